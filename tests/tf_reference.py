@@ -1,0 +1,108 @@
+"""TensorFlow float autodiff of an artifact's forward graph (dequantized weights, float activations).
+
+The reference the int8 gradients are judged against: the same quantized model (same int8 weights,
+dequantized), run in float32 by TensorFlow and differentiated by tf.GradientTape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfmicro_train.schema import fb
+from tfmicro_train.simulator import HostSimulator
+
+ACT = {fb.ActivationFunctionType.NONE: lambda v: v, fb.ActivationFunctionType.RELU: tf.nn.relu,
+       fb.ActivationFunctionType.RELU6: tf.nn.relu6}
+
+
+def _deq(info, q: np.ndarray) -> np.ndarray:
+    scale = info.scale.astype(np.float64)
+    zp = info.zero_point.astype(np.float64)
+    if scale.size > 1:
+        shape = [1] * q.ndim
+        shape[info.quantized_dimension] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q.astype(np.float64) - zp) * scale).astype(np.float32)
+
+
+def _pad(options) -> str:
+    return "SAME" if options.padding == fb.Padding.SAME else "VALID"
+
+
+def float_gradients(sim: HostSimulator, x: np.ndarray, label: int) -> tuple[dict, float]:
+    """dL/dparam (real units) of every trainable parameter, and the loss, by TensorFlow."""
+    sg = sim.main
+    weights = sim.weights()
+    variables = {name: tf.Variable(_deq(_info_of(sg, name), w)) for name, w in weights.items()}
+    values: dict[int, tf.Tensor] = {}
+    with tf.GradientTape() as tape:
+        xq = sim.quantize_input(x).reshape(sim.input_info.shape)
+        values[sg.inputs[0]] = tf.constant(_deq(sim.input_info, xq))
+        handles = {}
+        for op in sg.ops:
+            name, o = op.name, op.options
+
+            def get(i, op=op):
+                t = op.inputs[i]
+                if t in values:
+                    return values[t]
+                return tf.constant(_deq(sg.infos[t], sg.consts[t]) if sg.infos[t].quantized
+                                   else sg.consts[t])
+
+            if name == "VAR_HANDLE":
+                handles[op.outputs[0]] = o
+                continue
+            if name == "READ_VARIABLE":
+                values[op.outputs[0]] = variables[handles[op.inputs[0]]]
+                continue
+            if name in ("CALL_ONCE",) or name.startswith("TMT_") or name == "ASSIGN_VARIABLE":
+                continue
+            if name == "CONV_2D":
+                w = tf.transpose(get(1), (1, 2, 3, 0))
+                y = tf.nn.conv2d(get(0), w, [1, o.strideH, o.strideW, 1], _pad(o))
+                y = ACT[o.fusedActivationFunction](y + get(2) if op.inputs[2] >= 0 else y)
+            elif name == "DEPTHWISE_CONV_2D":
+                w = tf.transpose(get(1), (1, 2, 3, 0))
+                y = tf.nn.depthwise_conv2d(get(0), w, [1, o.strideH, o.strideW, 1], _pad(o))
+                y = ACT[o.fusedActivationFunction](y + get(2) if op.inputs[2] >= 0 else y)
+            elif name == "FULLY_CONNECTED":
+                xin = tf.reshape(get(0), (1, -1))
+                y = tf.matmul(xin, get(1), transpose_b=True)
+                has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
+                y = ACT[o.fusedActivationFunction](y + get(2) if has_bias else y)
+            elif name == "ADD":
+                y = ACT[o.fusedActivationFunction](get(0) + get(1))
+            elif name == "MEAN":
+                axes = [int(a) for a in np.ravel(sg.consts[op.inputs[1]])]
+                y = tf.reduce_mean(get(0), axis=axes, keepdims=bool(o.keepDims))
+            elif name == "SOFTMAX":
+                logits = get(0)
+                y = tf.nn.softmax(logits)
+                loss = tf.nn.sparse_softmax_cross_entropy_with_logits([label], logits)
+                values[op.outputs[0]] = y
+                break
+            elif name == "RESHAPE":
+                y = tf.reshape(get(0), sg.infos[op.outputs[0]].shape)
+            elif name in ("PAD", "PADV2"):
+                y = tf.pad(get(0), sg.consts[op.inputs[1]])
+            elif name == "AVERAGE_POOL_2D":
+                y = tf.nn.avg_pool2d(get(0), (o.filterHeight, o.filterWidth),
+                                     (o.strideH, o.strideW), _pad(o))
+            elif name == "MAX_POOL_2D":
+                y = tf.nn.max_pool2d(get(0), (o.filterHeight, o.filterWidth),
+                                     (o.strideH, o.strideW), _pad(o))
+            elif name == "QUANTIZE":
+                y = get(0)
+            else:
+                raise NotImplementedError(name)
+            values[op.outputs[0]] = y
+    grads = tape.gradient(loss, list(variables.values()))
+    return {k: g.numpy() for k, g in zip(variables, grads)}, float(loss.numpy()[0])
+
+
+def _info_of(sg, name: str):
+    for info in sg.infos:
+        if info.name == name:
+            return info
+    raise KeyError(name)

@@ -1,0 +1,202 @@
+"""Public API: convert(), TrainingModel, MemoryReport, SGD."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .autodiff import differentiate
+from .emit import emit
+from .graph import from_tflite
+from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
+from .plan import MemoryPlan, plan_memory
+from .schedule import schedule
+from .sparse import LayerTraining, SparseUpdate, resolve
+
+LOSSES = {"sparse_categorical_crossentropy": "softmax", "mse": "linear",
+          "mean_squared_error": "linear"}
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Plain SGD (no momentum: it does not help at batch 1 and doubles update memory).
+
+    The learning rate is a runtime input of the artifact; `schedule="cosine"` decays it from
+    `learning_rate` to 0 over `decay_steps` after `warmup_steps` of linear warm-up.
+    """
+
+    learning_rate: float = 0.01
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
+                and math.isfinite(self.learning_rate)):
+            raise ValueError(f"SGD learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"SGD schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+    def __call__(self, step: int) -> float:
+        """Learning rate of training step `step` (0-based)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        if self.schedule == "cosine" and self.decay_steps:
+            t = min(1.0, (step - self.warmup_steps) / self.decay_steps)
+            return max(self.learning_rate * 0.5 * (1 + math.cos(math.pi * t)), 1e-12)
+        return self.learning_rate
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """Memory live during one operator of the training step."""
+
+    index: int
+    op: str
+    role: str
+    layer: str | None
+    live_bytes: int
+
+
+@dataclass
+class MemoryReport:
+    """Memory of one training step: peak SRAM (arena + variables + TFLM bookkeeping) and flash."""
+
+    peak_sram_bytes: int
+    flash_bytes: int
+    arena_bytes: int
+    variable_bytes: int
+    overhead_bytes: int
+    timeline: list[TimelineEntry] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        kb = 1024
+        return (f"peak SRAM {self.peak_sram_bytes / kb:.1f} KB (arena {self.arena_bytes / kb:.1f}"
+                f" + variables {self.variable_bytes / kb:.1f} + TFLM bookkeeping est. "
+                f"{self.overhead_bytes / kb:.1f}), flash {self.flash_bytes / kb:.1f} KB")
+
+    def plot(self, path: str) -> str:
+        """Write a PNG of live arena bytes over the operators of one step; returns the path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        colors = {"forward": "tab:blue", "variable": "tab:gray", "loss": "tab:red",
+                  "backward": "tab:orange", "update": "tab:green"}
+        fig, ax = plt.subplots(figsize=(10, 4))
+        xs = [e.index for e in self.timeline]
+        ax.bar(xs, [e.live_bytes / 1024 for e in self.timeline], width=1.0,
+               color=[colors.get(e.role, "k") for e in self.timeline])
+        ax.axhline(self.arena_bytes / 1024, color="k", ls="--", lw=1, label="planned arena")
+        for role, c in colors.items():
+            ax.bar([], [], color=c, label=role)
+        ax.set_xlabel("operator in the training step")
+        ax.set_ylabel("live arena KB")
+        ax.set_title(str(self))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+@dataclass
+class TrainingModel:
+    """A self-training TFLite artifact and what the converter knows about it."""
+
+    flatbuffer: bytes
+    layers: list[LayerRef]
+    trainable: list[LayerTraining]
+    plan: MemoryPlan
+    timeline: list[TimelineEntry]
+    optimizer: SGD
+    metadata: dict
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the flatbuffer atomically (a temporary file renamed into place)."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.flatbuffer)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def memory_report(self) -> MemoryReport:
+        """Peak SRAM, flash and the per-operator timeline of one training step."""
+        p = self.plan
+        return MemoryReport(p.peak_sram_bytes, len(self.flatbuffer), p.arena_bytes,
+                            p.variable_bytes, p.overhead_bytes, list(self.timeline))
+
+    def summary(self) -> str:
+        """What trains, per layer."""
+        lines = [f"{'conv':>4}  {'layer':<32} {'op':<18} {'weights':>12} {'bias':>5}"]
+        for lt in self.trainable:
+            lines.append(f"{lt.layer.conv_index:>4}  {lt.layer.name:<32} {lt.layer.kind:<18} "
+                         f"{lt.weight_channels:>12} {'yes' if lt.bias else 'no':>5}")
+        return "\n".join(lines)
+
+
+def _keras_out_channels(model) -> tuple[list[LayerRef], list[int]]:
+    refs, chans = [], []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in WEIGHT_OPS:
+            if kind == "Conv2D":
+                c = int(layer.filters)
+            elif kind == "Dense":
+                c = int(layer.units)
+            else:
+                c = int(layer.kernel.shape[2]) * int(layer.depth_multiplier)
+            refs.append(LayerRef(len(refs), layer.name, WEIGHT_OPS[kind], -1))
+            chans.append(c)
+    return refs, chans
+
+
+def convert(model, representative_data: Iterable, update: str | SparseUpdate = "last",
+            loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
+            qas: bool = True, seed: int = 0) -> TrainingModel:
+    """Keras model -> self-training int8 TFLite artifact.
+
+    update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
+    "sparse_categorical_crossentropy" (int32 label input) or "mse". qas: quantization-aware
+    scaling of the updates. Nothing is written to disk; call `.save()` on the result.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not supported; use one of {sorted(LOSSES)}")
+    optimizer = optimizer or SGD()
+    if not isinstance(optimizer, SGD):
+        raise ValueError(f"optimizer must be tfmicro_train.SGD, got {type(optimizer).__name__}")
+    check_layers(model)
+    refs, chans = _keras_out_channels(model)
+    resolve(update, refs, chans)  # fail on a bad spec before the slow conversion
+    head = LOSSES[loss]
+    imported = import_model(model, representative_data, head)
+    graph = from_tflite(imported.model)
+    for ref in imported.layers:
+        graph.nodes[ref.op_index].layer = ref.name
+    out_channels = [graph.tensors[graph.nodes[r.op_index].outputs[0]].shape[-1]
+                    for r in imported.layers]
+    trainable = resolve(update, imported.layers, out_channels)
+    differentiate(graph, trainable, head, qas, seed)
+    schedule(graph)
+    mem = plan_memory(graph)
+    metadata = {
+        "format": 1, "head": head, "qas": qas, "learning_rate": optimizer.learning_rate,
+        "inputs": [graph.tensors[t].name for t in graph.inputs],
+        "outputs": [graph.tensors[t].name for t in graph.outputs],
+        "variables": [{"name": v.name, "layer": v.layer, "kind": v.kind, "channels": v.channels}
+                      for v in graph.variables],
+    }
+    timeline = [TimelineEntry(i + 1, n.op, n.role, n.layer, mem.live_bytes[i])
+                for i, n in enumerate(graph.nodes)]
+    return TrainingModel(emit(graph, metadata), imported.layers, trainable, mem, timeline,
+                         optimizer, metadata)

@@ -1,0 +1,299 @@
+"""Stage 2: compile-time reverse-mode autodiff of the int8 graph, pruned to what trains.
+
+Adds the loss, the resource variables of the trainable parameters, and the backward TMT_* nodes in
+reverse execution order. A tensor gets a gradient only if a trainable parameter lies upstream of it,
+so frozen parts of the network get no backward node and keep no extra activation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import RESOURCE, Graph, Node, Tensor, Variable
+from .schema import fb
+from .sparse import LayerTraining
+
+F32 = np.dtype(np.float32)
+I32 = np.dtype(np.int32)
+I8 = np.dtype(np.int8)
+ACT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D")
+
+
+def _opts(node: Node):
+    return node.options[1] if isinstance(node.options, tuple) else None
+
+
+def _qparams(t: Tensor) -> tuple[float, int]:
+    return float(t.scale[0]), int(t.zero_point[0])
+
+
+def activation_bounds(node: Node, out: Tensor) -> tuple[int, int] | None:
+    """(act_min, act_max) of a fused ReLU/ReLU6/ReLU_N1_TO_1 for the mask, or None."""
+    opts = _opts(node)
+    act = getattr(opts, "fusedActivationFunction", fb.ActivationFunctionType.NONE)
+    if act == fb.ActivationFunctionType.NONE:
+        return None
+    s, zp = _qparams(out)
+    lo_hi = {fb.ActivationFunctionType.RELU: (0.0, None),
+             fb.ActivationFunctionType.RELU6: (0.0, 6.0),
+             fb.ActivationFunctionType.RELU_N1_TO_1: (-1.0, 1.0)}.get(act)
+    if lo_hi is None:
+        raise ValueError(f"fused activation {act} of {node.op} has no backward pass")
+    lo = max(-128, zp + int(round(lo_hi[0] / s)))
+    hi = 128 if lo_hi[1] is None else min(127, zp + int(round(lo_hi[1] / s)))
+    return lo, hi
+
+
+def same_padding(in_size: int, out_size: int, filt: int, stride: int, padding: int) -> int:
+    """TFLite's leading pad for SAME (0 for VALID)."""
+    if padding != fb.Padding.SAME:
+        return 0
+    return max(0, (out_size - 1) * stride + filt - in_size) // 2
+
+
+class _Builder:
+    def __init__(self, g: Graph, layer_of: dict[int, str], qas: bool, seed: int):
+        self.g, self.layer_of, self.qas, self.seed = g, layer_of, qas, seed
+        self.grads: dict[int, list[tuple[int, int]]] = {}
+        self.backward: list[Node] = []
+        self.updates = 0
+
+    def emit(self, op: str, inputs: list[int], outputs: list[int], options: dict, layer: str | None,
+             role: str = "backward") -> None:
+        self.backward.append(Node(op, inputs, outputs, options, 1, layer, role))
+
+    def grad_tensor(self, like: int, tag: str) -> tuple[int, int]:
+        t = self.g.tensors[like]
+        data = self.g.add(Tensor(f"tmt/grad/{tag}/{t.name}", t.shape, I8))
+        scale = self.g.add(Tensor(f"tmt/grad_scale/{tag}/{t.name}", (1,), F32))
+        return data, scale
+
+    def contribute(self, tensor: int, grad: tuple[int, int]) -> None:
+        self.grads.setdefault(tensor, []).append(grad)
+
+    def total(self, tensor: int, lr: int, layer: str | None) -> tuple[int, int] | None:
+        """The summed gradient of a tensor (TMT_GRAD_ADD for several contributions)."""
+        parts = self.grads.pop(tensor, None)
+        if not parts:
+            return None
+        acc = parts[0]
+        for k, part in enumerate(parts[1:]):
+            out = self.grad_tensor(tensor, f"sum{k}")
+            self.emit("TMT_GRAD_ADD", [acc[0], acc[1], part[0], part[1], lr], list(out), {}, layer)
+            acc = out
+        return acc
+
+    def seed_for_update(self) -> int:
+        self.updates += 1
+        return (self.seed * 1000003 + self.updates * 7919) & 0x7FFFFFFF
+
+
+def _make_variable(g: Graph, node: Node, slot: int, kind: str, layer: str, channels: int,
+                   bias_scale: np.ndarray | None) -> Variable:
+    idx = node.inputs[slot] if slot < len(node.inputs) else -1
+    if idx < 0:  # the converter dropped an all-zero bias: create it
+        co = g.tensors[node.outputs[0]].shape[-1]
+        idx = g.add(Tensor(f"{layer}/bias", (co,), I32, bias_scale.astype(np.float32),
+                           np.zeros(co, np.int64), 0, np.zeros(co, np.int32)))
+        while len(node.inputs) <= slot:
+            node.inputs.append(-1)
+    init = g.tensors[idx]
+    if init.data is None:
+        raise ValueError(f"layer '{layer}': its {kind} are not constant in the converted graph")
+    name = f"tmt/{layer}/{kind}"
+    handle = g.add(Tensor(name + "/handle", (), RESOURCE))
+    value = g.add(Tensor(name, init.shape, init.dtype, init.scale, init.zero_point, init.qdim))
+    node.inputs[slot] = value
+    return Variable(name, layer, kind, idx, handle, value, channels)
+
+
+def _per_channel(t: Tensor, n: int) -> np.ndarray:
+    s = np.asarray(t.scale, np.float64)
+    return np.broadcast_to(s, (n,)).copy() if s.size == 1 else s
+
+
+def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, seed: int) -> Graph:
+    """Add loss, variables and pruned backward nodes to the forward graph (in place)."""
+    layer_of = {lt.layer.op_index: lt.layer.name for lt in plan}
+    b = _Builder(g, layer_of, qas, seed)
+    out_idx = g.outputs[0]
+    lr = g.add(Tensor("learning_rate", (1,), F32))
+    # --- variables
+    train = {lt.layer.op_index: lt for lt in plan}
+    for op_index, lt in train.items():
+        node = g.nodes[op_index]
+        node.layer = lt.layer.name
+        co = g.tensors[node.outputs[0]].shape[-1]
+        x_t = g.tensors[node.inputs[0]]
+        s_w = _per_channel(g.tensors[node.inputs[1]], co)
+        if lt.weight_channels:
+            g.variables.append(_make_variable(g, node, 1, "weights", lt.layer.name,
+                                              lt.weight_channels, None))
+        if lt.bias:
+            g.variables.append(_make_variable(g, node, 2, "bias", lt.layer.name, co,
+                                              s_w * float(x_t.scale[0])))
+    var_of = {(v.layer, v.kind): v for v in g.variables}
+    # --- taint: tensors downstream of a trainable op
+    tainted: set[int] = set()
+    for i, node in enumerate(g.nodes):
+        if i in train or any(t in tainted for t in node.inputs if t >= 0):
+            tainted.update(node.outputs)
+    # --- loss
+    producer = g.producers()
+    last = g.nodes[producer[out_idx]]
+    if head == "softmax":
+        if last.op != "SOFTMAX":
+            raise ValueError("a classification model must end in a softmax")
+        label = g.add(Tensor("label", (1,), I32))
+        lut = np.array([-np.log((k + 0.5) / 256.0) for k in range(256)], np.float32)
+        lut_t = g.add(Tensor("tmt/loss_lut", (256,), F32, data=lut))
+        grad = b.grad_tensor(last.inputs[0], "loss")
+        loss = g.add(Tensor("loss", (1,), F32))
+        b.emit("TMT_SOFTMAX_CE_GRAD", [out_idx, label, lr, lut_t], [*grad, loss], {}, None, "loss")
+        b.contribute(last.inputs[0], grad)
+        stop = producer[out_idx]
+    else:
+        label = g.like(out_idx, "target")
+        grad = b.grad_tensor(out_idx, "loss")
+        loss = g.add(Tensor("loss", (1,), F32))
+        b.emit("TMT_MSE_GRAD", [out_idx, label, lr], [*grad, loss], {}, None, "loss")
+        b.contribute(out_idx, grad)
+        stop = len(g.nodes)
+    g.inputs += [label, lr]
+    g.outputs += [loss]
+    # --- reverse pass
+    for i in range(stop - 1, -1, -1):
+        node = g.nodes[i]
+        if not node.outputs or node.outputs[0] not in tainted:
+            continue
+        grad = b.total(node.outputs[0], lr, node.layer)
+        if grad is None:
+            continue
+        _backward_node(b, node, i, grad, tainted, train, var_of, lr)
+    for t, parts in b.grads.items():
+        if parts and t not in g.inputs:
+            raise ValueError(f"internal: gradient of tensor '{g.tensors[t].name}' was not consumed")
+    g.nodes.extend(b.backward)
+    return g
+
+
+def _backward_node(b: _Builder, node: Node, index: int, grad: tuple[int, int],
+                   tainted: set[int], train: dict, var_of: dict, lr: int) -> None:
+    g = b.g
+    out = node.outputs[0]
+    x = node.inputs[0] if node.inputs else -1
+    where = f"{node.op} (operator {index}{', layer ' + repr(node.layer) if node.layer else ''})"
+    gd, gs = grad
+    if node.op in ACT_OPS:
+        bounds = activation_bounds(node, g.tensors[out])
+        if bounds is not None:
+            masked = g.like(gd, g.tensors[gd].name + "/masked")
+            b.emit("TMT_ACT_GRAD", [gd, out, lr], [masked],
+                   {"act_min": bounds[0], "act_max": bounds[1]}, node.layer)
+            gd = masked
+    opts = _opts(node)
+    if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        _conv_backward(b, node, index, (gd, gs), tainted, train, var_of, lr, where)
+    elif node.op == "ADD":
+        for inp in node.inputs:
+            if inp in tainted:
+                b.contribute(inp, (gd, gs))
+    elif node.op in ("QUANTIZE", "DEQUANTIZE") and x in tainted:
+        b.contribute(x, (gd, gs))
+    elif node.op == "RESHAPE" and x in tainted:
+        shape_t = g.add(Tensor(f"tmt/shape/{g.tensors[x].name}", (len(g.tensors[x].shape),),
+                               I32, data=np.array(g.tensors[x].shape, np.int32)))
+        dst = g.like(gd, f"tmt/grad/reshape/{g.tensors[x].name}")
+        g.tensors[dst].shape = g.tensors[x].shape
+        opts = fb.ReshapeOptionsT()
+        opts.newShape = list(g.tensors[x].shape)
+        b.backward.append(Node("RESHAPE", [gd, shape_t], [dst],
+                               (fb.BuiltinOptions.ReshapeOptions, opts), 1, node.layer))
+        b.contribute(x, (dst, gs))
+    elif node.op == "MEAN" and x in tainted:
+        axes = g.tensors[node.inputs[1]].data
+        xs = g.tensors[x].shape
+        if len(xs) != 4 or sorted(int(a) % 4 for a in np.ravel(axes)) != [1, 2]:
+            raise ValueError(f"{where}: only a spatial mean (GlobalAveragePooling2D) can be trained through")
+        dst = b.grad_tensor(x, "mean")
+        b.emit("TMT_MEAN_GRAD", [gd, gs, lr], list(dst),
+               {"inv_count": float(np.float32(1.0) / np.float32(xs[1] * xs[2]))}, node.layer)
+        b.contribute(x, dst)
+    elif node.op in ("PAD", "PADV2") and x in tainted:
+        pads = np.asarray(g.tensors[node.inputs[1]].data).reshape(-1, 2)
+        if pads[0].any() or pads[3].any():
+            raise ValueError(f"{where}: only spatial padding can be trained through")
+        if node.op == "PADV2":
+            value = g.tensors[node.inputs[2]].data
+            if int(np.ravel(value)[0]) != int(g.tensors[x].zero_point[0]):
+                raise ValueError(f"{where}: only zero padding can be trained through")
+        dst = g.like(gd, f"tmt/grad/pad/{g.tensors[x].name}")
+        g.tensors[dst].shape = g.tensors[x].shape
+        b.emit("TMT_PAD_GRAD", [gd, lr], [dst],
+               {"pad_top": int(pads[1, 0]), "pad_left": int(pads[2, 0])}, node.layer)
+        b.contribute(x, (dst, gs))
+    elif node.op in ("AVERAGE_POOL_2D", "MAX_POOL_2D") and x in tainted:
+        xs, ys = g.tensors[x].shape, g.tensors[out].shape
+        geom = {"filter_h": opts.filterHeight, "filter_w": opts.filterWidth,
+                "stride_h": opts.strideH, "stride_w": opts.strideW,
+                "pad_top": same_padding(xs[1], ys[1], opts.filterHeight, opts.strideH, opts.padding),
+                "pad_left": same_padding(xs[2], ys[2], opts.filterWidth, opts.strideW, opts.padding)}
+        dst = b.grad_tensor(x, "pool")
+        if node.op == "AVERAGE_POOL_2D":
+            b.emit("TMT_AVGPOOL_GRAD", [gd, gs, lr], list(dst), geom, node.layer)
+        else:
+            b.emit("TMT_MAXPOOL_GRAD", [gd, gs, x, out, lr], list(dst), geom, node.layer)
+        b.contribute(x, dst)
+    elif any(t in tainted for t in node.inputs if t >= 0):
+        raise ValueError(f"{where}: training through this operator is not supported; freeze the "
+                         "layers before it (train only layers after it)")
+
+
+def _conv_backward(b: _Builder, node: Node, index: int, grad: tuple[int, int], tainted: set[int],
+                   train: dict, var_of: dict, lr: int, where: str) -> None:
+    g = b.g
+    gd, gs = grad
+    x, w_idx, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    xt, wt, yt = g.tensors[x], g.tensors[w_idx], g.tensors[out]
+    opts = _opts(node)
+    dw = node.op == "DEPTHWISE_CONV_2D"
+    co = yt.shape[-1]
+    if node.op == "FULLY_CONNECTED":
+        geom = {"stride_h": 1, "stride_w": 1, "pad_top": 0, "pad_left": 0}
+    else:
+        if opts.dilationHFactor != 1 or opts.dilationWFactor != 1:
+            raise ValueError(f"{where}: dilated convolutions cannot be trained through")
+        kh, kw = wt.shape[1], wt.shape[2]
+        geom = {"stride_h": opts.strideH, "stride_w": opts.strideW,
+                "pad_top": same_padding(xt.shape[1], yt.shape[1], kh, opts.strideH, opts.padding),
+                "pad_left": same_padding(xt.shape[2], yt.shape[2], kw, opts.strideW, opts.padding)}
+    if dw and wt.shape[3] != xt.shape[3]:
+        raise ValueError(f"{where}: depthwise multiplier must be 1 to train through")
+    s_w = _per_channel(wt, co)
+    s_x = float(xt.scale[0])
+    if x in tainted:
+        wmul = np.clip(np.round(s_w / s_w.max() * 32768.0), 1, 32768).astype(np.int32)
+        wmul_t = g.add(Tensor(f"tmt/wmul/{wt.name}", (co,), I32, data=wmul))
+        dst = b.grad_tensor(x, "input")
+        b.emit("TMT_DW_INPUT_GRAD" if dw else "TMT_CONV_INPUT_GRAD",
+               [gd, gs, w_idx, wmul_t, lr], list(dst),
+               dict(geom, w_scale_max=float(np.float32(s_w.max()))), node.layer)
+        b.contribute(x, dst)
+    lt = train.get(index)
+    if lt is None:
+        return
+    layer = lt.layer.name
+    if lt.weight_channels:
+        var = var_of[(layer, "weights")]
+        f = s_x / s_w if b.qas else s_x * s_w
+        f_t = g.add(Tensor(f"tmt/wfactor/{layer}", (co,), F32, data=f.astype(np.float32)))
+        b.emit("TMT_DW_WEIGHT_UPDATE" if dw else "TMT_CONV_WEIGHT_UPDATE",
+               [gd, gs, x, var.value, f_t, lr], [],
+               dict(geom, x_zero_point=int(xt.zero_point[0]), update_channels=var.channels,
+                    seed=b.seed_for_update()), layer, "update")
+    if lt.bias:
+        var = var_of[(layer, "bias")]
+        f = 1.0 / (s_w * s_x) if b.qas else s_w * s_x
+        f_t = g.add(Tensor(f"tmt/bfactor/{layer}", (co,), F32, data=f.astype(np.float32)))
+        b.emit("TMT_BIAS_UPDATE", [gd, gs, var.value, f_t, lr], [],
+               {"update_channels": var.channels, "seed": b.seed_for_update()}, layer, "update")

@@ -1,0 +1,59 @@
+"""The TFLite flatbuffer schema (object API), as shipped with TensorFlow, and small helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tensorflow.lite.python import schema_py_generated as fb  # noqa: F401  (re-exported)
+
+BUILTIN_NAMES: dict[int, str] = {
+    v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")
+}
+TENSOR_DTYPES: dict[int, np.dtype] = {
+    fb.TensorType.FLOAT32: np.dtype(np.float32),
+    fb.TensorType.INT32: np.dtype(np.int32),
+    fb.TensorType.INT8: np.dtype(np.int8),
+    fb.TensorType.UINT8: np.dtype(np.uint8),
+    fb.TensorType.INT16: np.dtype(np.int16),
+    fb.TensorType.INT64: np.dtype(np.int64),
+    fb.TensorType.BOOL: np.dtype(np.bool_),
+    fb.TensorType.RESOURCE: np.dtype(np.int32),
+}
+DTYPE_TO_TENSOR_TYPE: dict[np.dtype, int] = {
+    np.dtype(np.float32): fb.TensorType.FLOAT32,
+    np.dtype(np.int32): fb.TensorType.INT32,
+    np.dtype(np.int8): fb.TensorType.INT8,
+    np.dtype(np.int16): fb.TensorType.INT16,
+    np.dtype(np.int64): fb.TensorType.INT64,
+}
+
+
+@dataclass
+class TensorInfo:
+    """Shape, dtype and quantization of one tensor, as the kernels see it.
+
+    `scale` and `zero_point` are 1-D arrays (length 1 for per-tensor quantization,
+    one entry per channel along `quantized_dimension` otherwise); empty when unquantized.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    zero_point: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    quantized_dimension: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale.size > 0
+
+
+def op_name(model: fb.ModelT, op: fb.OperatorT) -> str:
+    """The builtin name (e.g. 'CONV_2D') or the custom code of an operator."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == fb.BuiltinOperator.CUSTOM:
+        cc = code.customCode
+        return cc.decode() if isinstance(cc, bytes) else str(cc)
+    return BUILTIN_NAMES[builtin]

@@ -1,0 +1,351 @@
+"""HostSimulator: runs a training artifact exactly as the device does, in numpy.
+
+It parses the flatbuffer (not the converter's in-memory graph), executes builtins with the
+bit-exact numpy port of TFLM's reference kernels and TMT_* ops with the contract's numpy reference,
+and keeps resource variables and per-op rounding counters as TFLM does. A step is transactional: a
+failing step raises and leaves every parameter and counter as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flatbuffers import flexbuffers
+
+from .emit import read_metadata
+from .importer import buffer_array, tensor_info
+from .kernels import training_ops as T
+from .kernels.builtin_ops import BUILTIN_KERNELS
+from .schema import fb, op_name
+
+F32 = np.float32
+
+
+@dataclass
+class _Op:
+    name: str
+    inputs: list[int]
+    outputs: list[int]
+    options: object
+
+
+class _Subgraph:
+    def __init__(self, model: fb.ModelT, index: int):
+        sg = model.subgraphs[index]
+        self.infos = [tensor_info(sg, i) for i in range(len(sg.tensors))]
+        self.consts = {i: buffer_array(model, sg, i) for i in range(len(sg.tensors))}
+        self.consts = {i: a for i, a in self.consts.items() if a is not None}
+        self.inputs = [int(i) for i in sg.inputs]
+        self.outputs = [int(o) for o in sg.outputs]
+        self.ops = []
+        for op in sg.operators:
+            name = op_name(model, op)
+            if name.startswith("TMT_"):
+                raw = bytes(bytearray(op.customOptions)) if op.customOptions is not None else b""
+                options = flexbuffers.Loads(raw) if raw else {}
+            elif name == "VAR_HANDLE":
+                sn = op.builtinOptions.sharedName
+                options = sn.decode() if isinstance(sn, bytes) else sn
+            else:
+                options = op.builtinOptions
+            self.ops.append(_Op(name, [int(i) for i in op.inputs], [int(o) for o in op.outputs],
+                                options))
+
+
+class HostSimulator:
+    """The device, bit-exact, in numpy: `train_step()`, `predict()`, `gradients()`, `invoke()`."""
+
+    def __init__(self, artifact, learning_rate=None):
+        data = artifact.flatbuffer if hasattr(artifact, "flatbuffer") else bytes(artifact)
+        self.model = fb.ModelT.InitFromPackedBuf(data, 0)
+        self.meta = read_metadata(self.model)
+        self.main = _Subgraph(self.model, 0)
+        self.init = _Subgraph(self.model, 1)
+        if learning_rate is None:  # the artifact's optimizer schedule, else its base rate
+            learning_rate = getattr(artifact, "optimizer", None) or self.meta["learning_rate"]
+        self.learning_rate = learning_rate
+        self.variables: dict[str, np.ndarray] = {}
+        self.counters: dict[int, int] = {}
+        self.steps = 0
+        self._initialised = False
+        self._record: dict | None = None
+
+    # ------------------------------------------------------------------ device-level interface
+    def invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """One interpreter invocation on raw input tensors (int8 image, int32 label, float32 lr)."""
+        sg = self.main
+        if len(inputs) != len(sg.inputs):
+            raise ValueError(f"the artifact takes {len(sg.inputs)} inputs, got {len(inputs)}")
+        values: dict[int, np.ndarray] = dict(sg.consts)
+        for i, (t, arr) in enumerate(zip(sg.inputs, inputs)):
+            info = sg.infos[t]
+            arr = np.asarray(arr)
+            if arr.dtype != info.dtype:
+                raise ValueError(f"input {i} ('{info.name}') must be {info.dtype}, got {arr.dtype}")
+            if arr.size != int(np.prod(info.shape)):
+                raise ValueError(f"input {i} ('{info.name}') must have shape {info.shape}, "
+                                 f"got {arr.shape}")
+            values[t] = arr.reshape(info.shape)
+        variables = {k: v.copy() for k, v in self.variables.items()}
+        counters = dict(self.counters)
+        initialised = self._initialised
+        for index, op in enumerate(sg.ops):
+            if op.name == "CALL_ONCE":
+                if not initialised:
+                    self._run_init(variables)
+                    initialised = True
+                continue
+            self._run_op(sg, index, op, values, variables, counters)
+        self.variables, self.counters, self._initialised = variables, counters, initialised
+        return [values[t] for t in sg.outputs]
+
+    def _run_init(self, variables: dict[str, np.ndarray]) -> None:
+        sg = self.init
+        values = dict(sg.consts)
+        for op in sg.ops:
+            if op.name == "VAR_HANDLE":
+                values[op.outputs[0]] = op.options
+            elif op.name == "ASSIGN_VARIABLE":
+                variables[values[op.inputs[0]]] = values[op.inputs[1]].copy()
+
+    def _run_op(self, sg: _Subgraph, index: int, op: _Op, values: dict, variables: dict,
+                counters: dict) -> None:
+        if op.name == "VAR_HANDLE":
+            values[op.outputs[0]] = op.options
+        elif op.name == "READ_VARIABLE":
+            values[op.outputs[0]] = variables[values[op.inputs[0]]].copy()
+        elif op.name == "ASSIGN_VARIABLE":
+            variables[values[op.inputs[0]]] = values[op.inputs[1]].copy()
+        elif op.name.startswith("TMT_"):
+            _run_training_op(self, sg, index, op, values, counters)
+        else:
+            kernel = BUILTIN_KERNELS.get(op.name)
+            if kernel is None:
+                raise ValueError(f"operator {index} ({op.name}) has no host kernel")
+            ins = [values[t] if t >= 0 else None for t in op.inputs]
+            outs = kernel(ins, [sg.infos[t] if t >= 0 else None for t in op.inputs],
+                          [sg.infos[t] for t in op.outputs], op.options)
+            for t, arr in zip(op.outputs, outs):
+                values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
+
+    # ------------------------------------------------------------------ user-level interface
+    @property
+    def input_info(self):
+        return self.main.infos[self.main.inputs[0]]
+
+    @property
+    def output_info(self):
+        return self.main.infos[self.main.outputs[0]]
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float image(s) -> int8 with the artifact's input quantization (int8 passes through)."""
+        x = np.asarray(x)
+        if x.dtype == np.int8:
+            return x
+        info = self.input_info
+        q = np.round(x.astype(np.float64) / info.scale[0]) + info.zero_point[0]
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def _label_array(self, y) -> np.ndarray:
+        if self.meta["head"] == "softmax":
+            arr = np.asarray(y)
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"label must be an integer class index, got dtype {arr.dtype}")
+            n = self.output_info.shape[-1]
+            if arr.size != 1 or not 0 <= int(arr.reshape(-1)[0]) < n:
+                raise ValueError(f"label {arr.reshape(-1)[:4].tolist()} out of range [0, {n})")
+            return arr.reshape(1).astype(np.int32)
+        info = self.output_info
+        t = np.asarray(y, np.float64).reshape(info.shape)
+        q = np.round(t / info.scale[0]) + info.zero_point[0]
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def _lr(self, learning_rate: float | None) -> np.ndarray:
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        if callable(lr):
+            lr = lr(self.steps)
+        lr = float(lr)
+        if not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate must be a positive finite number, got {lr}")
+        return np.array([lr], F32)
+
+    def _dummy_label(self) -> np.ndarray:
+        if self.meta["head"] == "softmax":
+            return np.zeros(1, np.int32)
+        return np.zeros(self.output_info.shape, np.int8)
+
+    def train_step(self, x, y, learning_rate: float | None = None) -> float:
+        """One on-device training step on one sample (batch 1); returns the loss."""
+        xq = self.quantize_input(x).reshape(self.input_info.shape)
+        out = self.invoke([xq, self._label_array(y), self._lr(learning_rate)])
+        self.steps += 1
+        return float(out[1][0])
+
+    def fit(self, xs, ys, epochs: int = 1, learning_rate=None, shuffle_seed: int = 0) -> list[float]:
+        """Train sample by sample; returns the mean loss of every epoch."""
+        rng = np.random.default_rng(shuffle_seed)
+        means = []
+        for _ in range(epochs):
+            order = rng.permutation(len(xs))
+            means.append(float(np.mean([self.train_step(xs[i], ys[i], learning_rate)
+                                        for i in order])))
+        return means
+
+    def predict_raw(self, x) -> np.ndarray:
+        """Raw int8 output of one sample (an inference call: lr = 0 skips every TMT op)."""
+        xq = self.quantize_input(x).reshape(self.input_info.shape)
+        return self.invoke([xq, self._dummy_label(), np.zeros(1, F32)])[0]
+
+    def predict(self, x) -> np.ndarray:
+        """Dequantized outputs (probabilities for a softmax head) for a batch of samples."""
+        x = np.asarray(x)
+        batch = x.reshape((-1,) + self.input_info.shape[1:])
+        info = self.output_info
+        outs = [(self.predict_raw(s[None]).astype(np.float64) - info.zero_point[0]) * info.scale[0]
+                for s in batch]
+        return np.concatenate(outs, axis=0)
+
+    def evaluate(self, xs, ys) -> float:
+        """Classification accuracy over a data set."""
+        return float(np.mean(np.argmax(self.predict(xs), axis=-1) == np.asarray(ys).reshape(-1)))
+
+    def gradients(self, x, y) -> dict[str, np.ndarray]:
+        """Real-valued gradients dL/dparam of every trainable parameter, computed by the device
+        kernels (dequantized), without updating anything. Channels that do not train are 0."""
+        self._record = {}
+        saved = ({k: v.copy() for k, v in self.variables.items()}, dict(self.counters),
+                 self._initialised, self.steps)
+        try:
+            self.train_step(x, y, learning_rate=1e-30)
+            return self._record
+        finally:
+            self.variables, self.counters, self._initialised, self.steps = saved
+            self._record = None
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Current values of the trainable parameters (int8 weights, int32 biases)."""
+        if not self._initialised:
+            self._run_init(self.variables)
+            self._initialised = True
+        return {k: v.copy() for k, v in self.variables.items()}
+
+    def load_weights(self, values: dict[str, np.ndarray]) -> None:
+        """Replace trainable parameters (same names, shapes and dtypes as `weights()`)."""
+        current = self.weights()
+        for k, v in values.items():
+            if k not in current:
+                raise ValueError(f"'{k}' is not a trainable parameter of this artifact")
+            v = np.asarray(v)
+            if v.shape != current[k].shape or v.dtype != current[k].dtype:
+                raise ValueError(f"parameter '{k}' must be {current[k].dtype}{current[k].shape}, "
+                                 f"got {v.dtype}{v.shape}")
+        for k, v in values.items():
+            self.variables[k] = np.asarray(v).copy()
+
+
+def _geom(o: dict) -> T.ConvGeom:
+    return T.ConvGeom(o["stride_h"], o["stride_w"], o["pad_top"], o["pad_left"])
+
+
+def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, values: dict,
+                     counters: dict) -> None:
+    """Execute one TMT_* op on the value table (updates in place on the variable copies)."""
+    name = op.name
+    if name not in _LR_SLOT:
+        raise ValueError(f"operator {index}: unknown custom op {name}")
+    ins = [values.get(t) if t >= 0 else None for t in op.inputs]
+    o = op.options
+    lr = F32(ins[_LR_SLOT[name]][0])
+    if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
+        if not (lr >= 0):
+            raise ValueError(f"{name}: learning rate {lr} must be >= 0")
+    if not lr > 0:
+        if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
+            values[op.outputs[2]] = np.zeros(1, F32)
+        return
+    outs: list = []
+    if name == "TMT_SOFTMAX_CE_GRAD":
+        g, s, loss = T.softmax_ce_grad(ins[0], int(ins[1].reshape(-1)[0]), ins[3])
+        outs = [g, np.array([s], F32), np.array([loss], F32)]
+    elif name == "TMT_MSE_GRAD":
+        g, s, loss = T.mse_grad(ins[0], ins[1], float(sg.infos[op.inputs[0]].scale[0]))
+        outs = [g, np.array([s], F32), np.array([loss], F32)]
+    elif name == "TMT_ACT_GRAD":
+        outs = [T.act_grad(ins[0], ins[1], o["act_min"], o["act_max"])]
+    elif name == "TMT_GRAD_ADD":
+        g, s = T.grad_add(ins[0], ins[1][0], ins[2], ins[3][0])
+        outs = [g, np.array([s], F32)]
+    elif name == "TMT_MEAN_GRAD":
+        g, s = T.mean_grad(ins[0], ins[1][0], sg.infos[op.outputs[0]].shape, o["inv_count"])
+        outs = [g, np.array([s], F32)]
+    elif name == "TMT_PAD_GRAD":
+        outs = [T.pad_grad(ins[0], sg.infos[op.outputs[0]].shape, o["pad_top"], o["pad_left"])]
+    elif name in ("TMT_AVGPOOL_GRAD", "TMT_MAXPOOL_GRAD"):
+        filt = (o["filter_h"], o["filter_w"])
+        if name == "TMT_AVGPOOL_GRAD":
+            g, s = T.avgpool_grad(ins[0], ins[1][0], sg.infos[op.outputs[0]].shape, filt, _geom(o))
+        else:
+            g, s = T.maxpool_grad(ins[0], ins[1][0], ins[2], ins[3], filt, _geom(o))
+        outs = [g, np.array([s], F32)]
+    elif name in ("TMT_CONV_INPUT_GRAD", "TMT_DW_INPUT_GRAD"):
+        fn = T.conv_input_grad if name == "TMT_CONV_INPUT_GRAD" else T.depthwise_input_grad
+        g, s = fn(ins[0], ins[1][0], ins[2], ins[3], o["w_scale_max"],
+                  sg.infos[op.outputs[0]].shape, _geom(o))
+        outs = [g, np.array([s], F32)]
+    elif name in ("TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE", "TMT_BIAS_UPDATE"):
+        _run_update(sim, sg, index, op, ins, values, counters, lr)
+    for t, arr in zip(op.outputs, outs):
+        values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
+
+
+_LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_GRAD_ADD": 4,
+            "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_AVGPOOL_GRAD": 2, "TMT_MAXPOOL_GRAD": 4,
+            "TMT_CONV_INPUT_GRAD": 4, "TMT_DW_INPUT_GRAD": 4, "TMT_CONV_WEIGHT_UPDATE": 5,
+            "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
+
+
+def _run_update(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, ins: list, values: dict,
+                counters: dict, lr: np.float32) -> None:
+    o = op.options
+    counter = counters.get(index, 0)
+    name = op.name
+    p = T.UpdateParams(o["update_channels"], o["seed"], o.get("x_zero_point", 0))
+    g, s = ins[0], F32(ins[1][0])
+    slot = 2 if name == "TMT_BIAS_UPDATE" else 3
+    target = op.inputs[slot]
+    if sim._record is not None:
+        sim._record[sg.infos[target].name] = _real_gradient(sg, op, ins, p, s)
+        return
+    if name == "TMT_BIAS_UPDATE":
+        new = T.bias_update(ins[2], g, s, ins[3], lr, p, counter)
+    elif name == "TMT_CONV_WEIGHT_UPDATE":
+        new = T.conv_weight_update(ins[3], g, s, ins[2], ins[4], lr, _geom(o), p, counter)
+    else:
+        new = T.depthwise_weight_update(ins[3], g, s, ins[2], ins[4], lr, _geom(o), p, counter)
+    values[target] = new
+    counters[index] = counter + 1
+
+
+def _real_gradient(sg: _Subgraph, op: _Op, ins: list, p: T.UpdateParams, s: np.float32):
+    """dL/dparam in real units from the same integer accumulators the update op uses."""
+    o = op.options
+    if op.name == "TMT_BIAS_UPDATE":
+        acc = T.bias_grad_acc(ins[0], p.update_channels)
+        out = np.zeros(ins[2].shape, np.float64)
+        out[:p.update_channels] = acc * float(s)
+        return out
+    x, w = ins[2], ins[3]
+    s_x = float(sg.infos[op.inputs[2]].scale[0])
+    if op.name == "TMT_CONV_WEIGHT_UPDATE":
+        w4 = w.reshape(w.shape[0], 1, 1, -1) if w.ndim == 2 else w
+        acc = T.conv_weight_grad_acc(ins[0], x, p.x_zero_point, w4.shape[1:3], _geom(o),
+                                     p.update_channels)
+        out = np.zeros(w4.shape, np.float64)
+        out[:p.update_channels] = acc * float(s) * s_x
+        return out.reshape(w.shape)
+    acc = T.depthwise_weight_grad_acc(ins[0], x, p.x_zero_point, w.shape[1:3], _geom(o),
+                                      p.update_channels)
+    out = np.zeros(w.shape, np.float64)
+    out[0, :, :, :p.update_channels] = np.moveaxis(acc, 0, 2) * float(s) * s_x
+    return out
