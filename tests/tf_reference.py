@@ -30,8 +30,19 @@ def _pad(options) -> str:
     return "SAME" if options.padding == fb.Padding.SAME else "VALID"
 
 
-def float_gradients(sim: HostSimulator, x: np.ndarray, label: int) -> tuple[dict, float]:
-    """dL/dparam (real units) of every trainable parameter, and the loss, by TensorFlow."""
+def _fake_quant(y: tf.Tensor, info) -> tf.Tensor:
+    """Round to the int8 grid of the tensor (straight-through gradient)."""
+    s, zp = float(info.scale[0]), float(info.zero_point[0])
+    q = tf.clip_by_value(tf.round(y / s) + zp, -128.0, 127.0)
+    return y + tf.stop_gradient((q - zp) * s - y)
+
+
+def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
+                    fake_quant: bool = False) -> tuple[dict, float]:
+    """dL/dparam (real units) of every trainable parameter, and the loss, by TensorFlow.
+
+    fake_quant=True also rounds every activation to its int8 grid in the forward pass
+    (straight-through estimator), i.e. the quantized model's forward values exactly."""
     sg = sim.main
     weights = sim.weights()
     variables = {name: tf.Variable(_deq(_info_of(sg, name), w)) for name, w in weights.items()}
@@ -96,6 +107,8 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int) -> tuple[dict
                 y = get(0)
             else:
                 raise NotImplementedError(name)
+            if fake_quant:
+                y = _fake_quant(y, sg.infos[op.outputs[0]])
             values[op.outputs[0]] = y
     grads = tape.gradient(loss, list(variables.values()))
     return {k: g.numpy() for k, g in zip(variables, grads)}, float(loss.numpy()[0])

@@ -109,6 +109,7 @@ class TrainingModel:
     """A self-training TFLite artifact and what the converter knows about it."""
 
     flatbuffer: bytes
+    inference_flatbuffer: bytes  # TensorFlow's int8 model the artifact was built from
     layers: list[LayerRef]
     trainable: list[LayerTraining]
     plan: MemoryPlan
@@ -193,10 +194,10 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
         "format": 1, "head": head, "qas": qas, "learning_rate": optimizer.learning_rate,
         "inputs": [graph.tensors[t].name for t in graph.inputs],
         "outputs": [graph.tensors[t].name for t in graph.outputs],
-        "variables": [{"name": v.name, "layer": v.layer, "kind": v.kind, "channels": v.channels}
-                      for v in graph.variables],
+        "variables": [{"name": v.name, "layer": v.layer, "kind": v.kind, "channels": v.channels,
+                       "op_index": v.op_index, "slot": v.slot} for v in graph.variables],
     }
     timeline = [TimelineEntry(i + 1, n.op, n.role, n.layer, mem.live_bytes[i])
                 for i, n in enumerate(graph.nodes)]
-    return TrainingModel(emit(graph, metadata), imported.layers, trainable, mem, timeline,
+    return TrainingModel(emit(graph, metadata), imported.flatbuffer, imported.layers, trainable, mem, timeline,
                          optimizer, metadata)

@@ -88,8 +88,9 @@ class _Builder:
         return (self.seed * 1000003 + self.updates * 7919) & 0x7FFFFFFF
 
 
-def _make_variable(g: Graph, node: Node, slot: int, kind: str, layer: str, channels: int,
+def _make_variable(g: Graph, op_index: int, slot: int, kind: str, layer: str, channels: int,
                    bias_scale: np.ndarray | None) -> Variable:
+    node = g.nodes[op_index]
     idx = node.inputs[slot] if slot < len(node.inputs) else -1
     if idx < 0:  # the converter dropped an all-zero bias: create it
         co = g.tensors[node.outputs[0]].shape[-1]
@@ -104,7 +105,7 @@ def _make_variable(g: Graph, node: Node, slot: int, kind: str, layer: str, chann
     handle = g.add(Tensor(name + "/handle", (), RESOURCE))
     value = g.add(Tensor(name, init.shape, init.dtype, init.scale, init.zero_point, init.qdim))
     node.inputs[slot] = value
-    return Variable(name, layer, kind, idx, handle, value, channels)
+    return Variable(name, layer, kind, idx, handle, value, channels, op_index, slot)
 
 
 def _per_channel(t: Tensor, n: int) -> np.ndarray:
@@ -127,10 +128,10 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
         x_t = g.tensors[node.inputs[0]]
         s_w = _per_channel(g.tensors[node.inputs[1]], co)
         if lt.weight_channels:
-            g.variables.append(_make_variable(g, node, 1, "weights", lt.layer.name,
+            g.variables.append(_make_variable(g, op_index, 1, "weights", lt.layer.name,
                                               lt.weight_channels, None))
         if lt.bias:
-            g.variables.append(_make_variable(g, node, 2, "bias", lt.layer.name, co,
+            g.variables.append(_make_variable(g, op_index, 2, "bias", lt.layer.name, co,
                                               s_w * float(x_t.scale[0])))
     var_of = {(v.layer, v.kind): v for v in g.variables}
     # --- taint: tensors downstream of a trainable op
@@ -201,14 +202,9 @@ def _backward_node(b: _Builder, node: Node, index: int, grad: tuple[int, int],
     elif node.op in ("QUANTIZE", "DEQUANTIZE") and x in tainted:
         b.contribute(x, (gd, gs))
     elif node.op == "RESHAPE" and x in tainted:
-        shape_t = g.add(Tensor(f"tmt/shape/{g.tensors[x].name}", (len(g.tensors[x].shape),),
-                               I32, data=np.array(g.tensors[x].shape, np.int32)))
         dst = g.like(gd, f"tmt/grad/reshape/{g.tensors[x].name}")
         g.tensors[dst].shape = g.tensors[x].shape
-        opts = fb.ReshapeOptionsT()
-        opts.newShape = list(g.tensors[x].shape)
-        b.backward.append(Node("RESHAPE", [gd, shape_t], [dst],
-                               (fb.BuiltinOptions.ReshapeOptions, opts), 1, node.layer))
+        b.emit("TMT_RESHAPE_GRAD", [gd, lr], [dst], {}, node.layer)
         b.contribute(x, (dst, gs))
     elif node.op == "MEAN" and x in tainted:
         axes = g.tensors[node.inputs[1]].data

@@ -52,9 +52,10 @@ class _Writer:
             self.codes[key] = len(self.model.operatorCodes) - 1
         return self.codes[key]
 
-    def tensor(self, t: Tensor, const_buffers: dict[int, int], key: int) -> fb.TensorT:
+    def tensor(self, t: Tensor, const_buffers: dict[int, int], key: int,
+               quantization: bool = True) -> fb.TensorT:
         out = fb.TensorT()
-        out.name = t.name
+        out.name = short_name(t.name)
         out.shape = np.array(t.shape, np.int32)
         if t.dtype == RESOURCE:
             out.type = fb.TensorType.RESOURCE
@@ -65,13 +66,22 @@ class _Writer:
             if key not in const_buffers:
                 const_buffers[key] = self.buffer(np.ascontiguousarray(t.data, t.dtype).tobytes())
             out.buffer = const_buffers[key]
-        if t.scale is not None:
+        if t.scale is not None and quantization:
             q = fb.QuantizationParametersT()
             q.scale = np.asarray(t.scale, np.float32)
             q.zeroPoint = np.asarray(t.zero_point, np.int64)
             q.quantizedDimension = int(t.qdim)
             out.quantization = q
         return out
+
+
+def short_name(name: str, limit: int = 48) -> str:
+    """Tensor names cost flash: keep the first of the converter's fused names, at most `limit`
+    characters (our own tmt/ names are kept whole)."""
+    if name.startswith("tmt/"):
+        return name
+    first = name.split(";")[0]
+    return first if len(first) <= limit else first[-limit:]
 
 
 def _custom_options(options: dict) -> np.ndarray:
@@ -96,7 +106,8 @@ def _operator(w: _Writer, node, remap: dict[int, int]) -> fb.OperatorT:
     return op
 
 
-def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buffers):
+def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buffers,
+              quantization: bool = True):
     used: list[int] = []
     seen: set[int] = set()
     for t in [*inputs, *outputs] + [t for n in nodes for t in (*n.inputs, *n.outputs)]:
@@ -106,7 +117,7 @@ def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buf
     remap = {t: i for i, t in enumerate(used)}
     sg = fb.SubGraphT()
     sg.name = name
-    sg.tensors = [w.tensor(g.tensors[t], const_buffers, t) for t in used]
+    sg.tensors = [w.tensor(g.tensors[t], const_buffers, t, quantization) for t in used]
     sg.inputs = np.array([remap[t] for t in inputs], np.int32)
     sg.outputs = np.array([remap[t] for t in outputs], np.int32)
     sg.operators = [_operator(w, n, remap) for n in nodes]
@@ -129,7 +140,8 @@ def emit(g: Graph, metadata: dict) -> bytes:
     for v in g.variables:
         init_nodes.append(Node("VAR_HANDLE", [], [v.handle], v.name))
         init_nodes.append(Node("ASSIGN_VARIABLE", [v.handle, v.init], []))
-    _subgraph(w, g, "init", init_nodes, [], [], const_buffers)
+    # ASSIGN_VARIABLE copies bytes: the init subgraph needs no (per-channel) quantization params
+    _subgraph(w, g, "init", init_nodes, [], [], const_buffers, quantization=False)
     md = fb.MetadataT()
     md.name = METADATA_KEY
     md.buffer = w.buffer(json.dumps(metadata, sort_keys=True).encode())

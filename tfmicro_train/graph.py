@@ -56,6 +56,8 @@ class Variable:
     handle: int  # resource-handle tensor in the main subgraph
     value: int  # READ_VARIABLE output that the forward op reads and the update op writes
     channels: int  # leading channels updated
+    op_index: int  # the forward operator that reads it
+    slot: int  # its input position there
 
 
 @dataclass

@@ -46,6 +46,7 @@ class ImportedModel:
     head: str  # "softmax" (classification) or "linear" (regression)
     input_shape: tuple[int, ...]
     float_model: object  # the Keras model actually converted (softmax appended if needed)
+    flatbuffer: bytes  # the converter's inference model, as it came out
 
 
 def _activation_name(act) -> str:
@@ -221,7 +222,9 @@ def import_model(keras_model, representative_data: Iterable, head: str = "softma
     input_shape = (1,) + tuple(int(d) for d in keras_model.inputs[0].shape[1:])
     samples = collect_samples(representative_data, input_shape)
     float_model = _with_softmax(keras_model, head)
-    model = fb.ModelT.InitFromPackedBuf(tflite_convert(float_model, samples), 0)
+    flatbuffer = tflite_convert(float_model, samples)
+    model = fb.ModelT.InitFromPackedBuf(flatbuffer, 0)
     if len(model.subgraphs) != 1:
         raise ValueError("the converted model has more than one subgraph")
-    return ImportedModel(model, locate_layers(float_model, model), head, input_shape, float_model)
+    return ImportedModel(model, locate_layers(float_model, model), head, input_shape, float_model,
+                         flatbuffer)

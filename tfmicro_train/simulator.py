@@ -14,6 +14,7 @@ import numpy as np
 from flatbuffers import flexbuffers
 
 from .emit import read_metadata
+from .export import inference_model
 from .importer import buffer_array, tensor_info
 from .kernels import training_ops as T
 from .kernels.builtin_ops import BUILTIN_KERNELS
@@ -58,6 +59,7 @@ class HostSimulator:
 
     def __init__(self, artifact, learning_rate=None):
         data = artifact.flatbuffer if hasattr(artifact, "flatbuffer") else bytes(artifact)
+        self._artifact = data
         self.model = fb.ModelT.InitFromPackedBuf(data, 0)
         self.meta = read_metadata(self.model)
         self.main = _Subgraph(self.model, 0)
@@ -230,6 +232,10 @@ class HostSimulator:
             self._initialised = True
         return {k: v.copy() for k, v in self.variables.items()}
 
+    def export_tflite(self) -> bytes:
+        """The network with its current (fine-tuned) parameters as a plain int8 TFLite model."""
+        return inference_model(bytes(self._artifact), self.weights())
+
     def load_weights(self, values: dict[str, np.ndarray]) -> None:
         """Replace trainable parameters (same names, shapes and dtypes as `weights()`)."""
         current = self.weights()
@@ -279,6 +285,8 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
     elif name == "TMT_MEAN_GRAD":
         g, s = T.mean_grad(ins[0], ins[1][0], sg.infos[op.outputs[0]].shape, o["inv_count"])
         outs = [g, np.array([s], F32)]
+    elif name == "TMT_RESHAPE_GRAD":
+        outs = [ins[0]]
     elif name == "TMT_PAD_GRAD":
         outs = [T.pad_grad(ins[0], sg.infos[op.outputs[0]].shape, o["pad_top"], o["pad_left"])]
     elif name in ("TMT_AVGPOOL_GRAD", "TMT_MAXPOOL_GRAD"):
@@ -300,7 +308,7 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
 
 
 _LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_GRAD_ADD": 4,
-            "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_AVGPOOL_GRAD": 2, "TMT_MAXPOOL_GRAD": 4,
+            "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_RESHAPE_GRAD": 1, "TMT_AVGPOOL_GRAD": 2, "TMT_MAXPOOL_GRAD": 4,
             "TMT_CONV_INPUT_GRAD": 4, "TMT_DW_INPUT_GRAD": 4, "TMT_CONV_WEIGHT_UPDATE": 5,
             "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
 

@@ -1,0 +1,55 @@
+"""Export the forward pass of a training artifact, with given parameter values, as a plain model.
+
+The result uses builtin ops only (no variables, no TMT_* ops): the fine-tuned network as an
+ordinary int8 TFLite model for any interpreter.
+"""
+
+from __future__ import annotations
+
+import flatbuffers
+import numpy as np
+
+from .schema import fb, op_name
+
+VARIABLE_OPS = ("CALL_ONCE", "VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
+
+
+def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
+    """The artifact's forward operators with every variable replaced by a constant from `values`."""
+    m = fb.ModelT.InitFromPackedBuf(artifact, 0)
+    sg = m.subgraphs[0]
+    handles: dict[int, str] = {}
+    forward = []
+    for op in sg.operators:
+        name = op_name(m, op)
+        if name.startswith("TMT_"):
+            break
+        if name == "VAR_HANDLE":
+            sn = op.builtinOptions.sharedName
+            handles[int(op.outputs[0])] = sn.decode() if isinstance(sn, bytes) else sn
+        elif name == "READ_VARIABLE":
+            value = np.ascontiguousarray(values[handles[int(op.inputs[0])]])
+            buf = fb.BufferT()
+            buf.data = np.frombuffer(value.tobytes(), np.uint8).copy()
+            m.buffers.append(buf)
+            sg.tensors[int(op.outputs[0])].buffer = len(m.buffers) - 1
+        elif name not in VARIABLE_OPS:
+            forward.append(op)
+    used: list[int] = []
+    for t in [int(sg.inputs[0]), int(sg.outputs[0])] + [int(t) for op in forward
+                                                         for t in (*op.inputs, *op.outputs)]:
+        if t >= 0 and t not in used:
+            used.append(t)
+    remap = {t: i for i, t in enumerate(used)}
+    for op in forward:
+        op.inputs = np.array([remap[int(t)] if t >= 0 else -1 for t in op.inputs], np.int32)
+        op.outputs = np.array([remap[int(t)] for t in op.outputs], np.int32)
+    sg.tensors = [sg.tensors[t] for t in used]
+    sg.inputs = np.array([remap[int(sg.inputs[0])]], np.int32)
+    sg.outputs = np.array([remap[int(sg.outputs[0])]], np.int32)
+    sg.operators = forward
+    m.subgraphs = [sg]
+    m.metadata = None
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
