@@ -27,7 +27,7 @@ def test_classifier_only_artifact_is_pruned(residual_model, calib):
     assert _tmt_layers(art) == {"fc"}
     assert not any(o in ops for o in ("TMT_CONV_INPUT_GRAD", "TMT_DW_INPUT_GRAD", "TMT_GRAD_ADD",
                                       "TMT_MAXPOOL_GRAD", "TMT_ACT_GRAD"))
-    assert tmt_ops == ["TMT_BIAS_UPDATE", "TMT_CONV_WEIGHT_UPDATE", "TMT_SOFTMAX_CE_GRAD"]
+    assert tmt_ops == ["TMT_BIAS_UPDATE", "TMT_CONV_WEIGHT_UPDATE", "TMT_INIT", "TMT_SOFTMAX_CE_GRAD"]
     # no extra saved activations: only the classifier input and the probabilities outlive the
     # forward pass besides the classifier's own parameters
     full = tmt.convert(residual_model, calib, update="full")
@@ -42,9 +42,13 @@ def test_all_custom_ops_share_prefix_and_forward_is_builtin(residual_model, cali
     custom = [c.customCode.decode() for c in m.operatorCodes
               if c.builtinCode == fb.BuiltinOperator.CUSTOM]
     assert custom and all(c.startswith("TMT_") for c in custom)
-    assert len(m.subgraphs) == 2 and _ops(art)[0] == "CALL_ONCE"
-    init_ops = [op_name(m, op) for op in m.subgraphs[1].operators]
-    assert init_ops.count("ASSIGN_VARIABLE") == len(art.metadata["variables"]) == 8
+    assert len(m.subgraphs) == 1 and _ops(art)[0] == "TMT_INIT"
+    sg = m.subgraphs[0]
+    variables = [sg.tensors[t].name.decode() for t in range(len(sg.tensors))
+                 if sg.tensors[t].isVariable]
+    assert len(variables) == len(art.metadata["variables"]) + 1 == 9 and "tmt/state" in variables
+    # TMT_INIT reads (initial value, variable) pairs after the state tensor
+    assert len(sg.operators[0].inputs) == 1 + 2 * 8
 
 
 def test_bias_preset_and_sparse_ratios(residual_model, calib):

@@ -50,7 +50,6 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
     with tf.GradientTape() as tape:
         xq = sim.quantize_input(x).reshape(sim.input_info.shape)
         values[sg.inputs[0]] = tf.constant(_deq(sim.input_info, xq))
-        handles = {}
         for op in sg.ops:
             name, o = op.name, op.options
 
@@ -58,16 +57,12 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
                 t = op.inputs[i]
                 if t in values:
                     return values[t]
+                if sg.is_variable[t]:
+                    return variables[sg.infos[t].name]
                 return tf.constant(_deq(sg.infos[t], sg.consts[t]) if sg.infos[t].quantized
                                    else sg.consts[t])
 
-            if name == "VAR_HANDLE":
-                handles[op.outputs[0]] = o
-                continue
-            if name == "READ_VARIABLE":
-                values[op.outputs[0]] = variables[handles[op.inputs[0]]]
-                continue
-            if name in ("CALL_ONCE",) or name.startswith("TMT_") or name == "ASSIGN_VARIABLE":
+            if name.startswith("TMT_"):
                 continue
             if name == "CONV_2D":
                 w = tf.transpose(get(1), (1, 2, 3, 0))

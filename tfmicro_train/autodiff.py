@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import RESOURCE, Graph, Node, Tensor, Variable
+from .graph import Graph, Node, Tensor, Variable
 from .schema import fb
 from .sparse import LayerTraining
 
@@ -52,8 +52,8 @@ def same_padding(in_size: int, out_size: int, filt: int, stride: int, padding: i
 
 
 class _Builder:
-    def __init__(self, g: Graph, layer_of: dict[int, str], qas: bool, seed: int):
-        self.g, self.layer_of, self.qas, self.seed = g, layer_of, qas, seed
+    def __init__(self, g: Graph, qas: bool, seed: int):
+        self.g, self.qas, self.seed = g, qas, seed
         self.grads: dict[int, list[tuple[int, int]]] = {}
         self.backward: list[Node] = []
         self.updates = 0
@@ -102,10 +102,12 @@ def _make_variable(g: Graph, op_index: int, slot: int, kind: str, layer: str, ch
     if init.data is None:
         raise ValueError(f"layer '{layer}': its {kind} are not constant in the converted graph")
     name = f"tmt/{layer}/{kind}"
-    handle = g.add(Tensor(name + "/handle", (), RESOURCE))
-    value = g.add(Tensor(name, init.shape, init.dtype, init.scale, init.zero_point, init.qdim))
+    # the initial values are only copied by TMT_INIT: no quantization parameters needed in flash
+    idx = g.add(Tensor(name + "/init", init.shape, init.dtype, data=init.data))
+    value = g.add(Tensor(name, init.shape, init.dtype, init.scale, init.zero_point, init.qdim,
+                         variable=True))
     node.inputs[slot] = value
-    return Variable(name, layer, kind, idx, handle, value, channels, op_index, slot)
+    return Variable(name, layer, kind, idx, value, channels, op_index, slot)
 
 
 def _per_channel(t: Tensor, n: int) -> np.ndarray:
@@ -115,8 +117,7 @@ def _per_channel(t: Tensor, n: int) -> np.ndarray:
 
 def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, seed: int) -> Graph:
     """Add loss, variables and pruned backward nodes to the forward graph (in place)."""
-    layer_of = {lt.layer.op_index: lt.layer.name for lt in plan}
-    b = _Builder(g, layer_of, qas, seed)
+    b = _Builder(g, qas, seed)
     out_idx = g.outputs[0]
     lr = g.add(Tensor("learning_rate", (1,), F32))
     # --- variables
@@ -134,6 +135,10 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
             g.variables.append(_make_variable(g, op_index, 2, "bias", lt.layer.name, co,
                                               s_w * float(x_t.scale[0])))
     var_of = {(v.layer, v.kind): v for v in g.variables}
+    g.state = g.add(Tensor("tmt/state", (2,), I32, variable=True))
+    init_inputs = [g.state] + [t for v in g.variables for t in (v.init, v.value)]
+    g.nodes.insert(0, Node("TMT_INIT", init_inputs, [], {}, 1, None, "variable"))
+    train = {i + 1: lt for i, lt in train.items()}  # operator indices moved by TMT_INIT
     # --- taint: tensors downstream of a trainable op
     tainted: set[int] = set()
     for i, node in enumerate(g.nodes):
@@ -150,14 +155,15 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
         lut_t = g.add(Tensor("tmt/loss_lut", (256,), F32, data=lut))
         grad = b.grad_tensor(last.inputs[0], "loss")
         loss = g.add(Tensor("loss", (1,), F32))
-        b.emit("TMT_SOFTMAX_CE_GRAD", [out_idx, label, lr, lut_t], [*grad, loss], {}, None, "loss")
+        b.emit("TMT_SOFTMAX_CE_GRAD", [out_idx, label, lr, lut_t, g.state], [*grad, loss], {},
+               None, "loss")
         b.contribute(last.inputs[0], grad)
         stop = producer[out_idx]
     else:
         label = g.like(out_idx, "target")
         grad = b.grad_tensor(out_idx, "loss")
         loss = g.add(Tensor("loss", (1,), F32))
-        b.emit("TMT_MSE_GRAD", [out_idx, label, lr], [*grad, loss], {}, None, "loss")
+        b.emit("TMT_MSE_GRAD", [out_idx, label, lr, g.state], [*grad, loss], {}, None, "loss")
         b.contribute(out_idx, grad)
         stop = len(g.nodes)
     g.inputs += [label, lr]
@@ -284,12 +290,12 @@ def _conv_backward(b: _Builder, node: Node, index: int, grad: tuple[int, int], t
         f = s_x / s_w if b.qas else s_x * s_w
         f_t = g.add(Tensor(f"tmt/wfactor/{layer}", (co,), F32, data=f.astype(np.float32)))
         b.emit("TMT_DW_WEIGHT_UPDATE" if dw else "TMT_CONV_WEIGHT_UPDATE",
-               [gd, gs, x, var.value, f_t, lr], [],
+               [gd, gs, x, var.value, f_t, lr, g.state], [],
                dict(geom, x_zero_point=int(xt.zero_point[0]), update_channels=var.channels,
                     seed=b.seed_for_update()), layer, "update")
     if lt.bias:
         var = var_of[(layer, "bias")]
         f = 1.0 / (s_w * s_x) if b.qas else s_w * s_x
         f_t = g.add(Tensor(f"tmt/bfactor/{layer}", (co,), F32, data=f.astype(np.float32)))
-        b.emit("TMT_BIAS_UPDATE", [gd, gs, var.value, f_t, lr], [],
+        b.emit("TMT_BIAS_UPDATE", [gd, gs, var.value, f_t, lr, g.state], [],
                {"update_channels": var.channels, "seed": b.seed_for_update()}, layer, "update")

@@ -1,8 +1,8 @@
 """Stage 5: write the scheduled training graph as a TFLite flatbuffer (TFLite schema, object API).
 
-Subgraph 0 ("train_step") runs CALL_ONCE of subgraph 1 ("init"), which assigns the converted values
-to the resource variables, then the forward pass, the loss and the backward pass. Custom options
-are flexbuffer maps. A "tmt_training" metadata entry (JSON) describes the inputs, outputs and
+One subgraph ("train_step"): TMT_INIT (copies the converted values of the trainable parameters
+from flash into their variable tensors, once), the forward pass, the loss and the backward pass.
+Custom options are flexbuffer maps. A "tmt_training" metadata entry (JSON) describes the inputs, outputs and
 variables for host tools.
 """
 
@@ -14,7 +14,7 @@ import flatbuffers
 import numpy as np
 from flatbuffers import flexbuffers
 
-from .graph import RESOURCE, Graph, Tensor
+from .graph import Graph, Tensor
 from .schema import DTYPE_TO_TENSOR_TYPE, fb
 
 METADATA_KEY = "tmt_training"
@@ -52,21 +52,18 @@ class _Writer:
             self.codes[key] = len(self.model.operatorCodes) - 1
         return self.codes[key]
 
-    def tensor(self, t: Tensor, const_buffers: dict[int, int], key: int,
-               quantization: bool = True) -> fb.TensorT:
+    def tensor(self, t: Tensor, const_buffers: dict[int, int], key: int) -> fb.TensorT:
         out = fb.TensorT()
         out.name = short_name(t.name)
         out.shape = np.array(t.shape, np.int32)
-        if t.dtype == RESOURCE:
-            out.type = fb.TensorType.RESOURCE
-        else:
-            out.type = DTYPE_TO_TENSOR_TYPE[np.dtype(t.dtype)]
+        out.type = DTYPE_TO_TENSOR_TYPE[np.dtype(t.dtype)]
+        out.isVariable = t.variable
         out.buffer = 0
         if t.data is not None:
             if key not in const_buffers:
                 const_buffers[key] = self.buffer(np.ascontiguousarray(t.data, t.dtype).tobytes())
             out.buffer = const_buffers[key]
-        if t.scale is not None and quantization:
+        if t.scale is not None:
             q = fb.QuantizationParametersT()
             q.scale = np.asarray(t.scale, np.float32)
             q.zeroPoint = np.asarray(t.zero_point, np.int64)
@@ -96,18 +93,12 @@ def _operator(w: _Writer, node, remap: dict[int, int]) -> fb.OperatorT:
     if node.op.startswith("TMT_"):
         op.customOptions = _custom_options(node.options)
         op.customOptionsFormat = fb.CustomOptionsFormat.FLEXBUFFERS
-    elif node.op == "VAR_HANDLE":
-        opts = fb.VarHandleOptionsT()
-        opts.container = ""
-        opts.sharedName = node.options
-        op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.VarHandleOptions, opts
     elif isinstance(node.options, tuple):
         op.builtinOptionsType, op.builtinOptions = node.options
     return op
 
 
-def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buffers,
-              quantization: bool = True):
+def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buffers):
     used: list[int] = []
     seen: set[int] = set()
     for t in [*inputs, *outputs] + [t for n in nodes for t in (*n.inputs, *n.outputs)]:
@@ -117,7 +108,7 @@ def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buf
     remap = {t: i for i, t in enumerate(used)}
     sg = fb.SubGraphT()
     sg.name = name
-    sg.tensors = [w.tensor(g.tensors[t], const_buffers, t, quantization) for t in used]
+    sg.tensors = [w.tensor(g.tensors[t], const_buffers, t) for t in used]
     sg.inputs = np.array([remap[t] for t in inputs], np.int32)
     sg.outputs = np.array([remap[t] for t in outputs], np.int32)
     sg.operators = [_operator(w, n, remap) for n in nodes]
@@ -126,22 +117,9 @@ def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buf
 
 
 def emit(g: Graph, metadata: dict) -> bytes:
-    """Serialize the scheduled graph (and an init subgraph for the variables) to flatbuffer bytes."""
-    from .graph import Node
-
+    """Serialize the scheduled graph to flatbuffer bytes."""
     w = _Writer()
-    const_buffers: dict[int, int] = {}
-    call_once = fb.CallOnceOptionsT()
-    call_once.initSubgraphIndex = 1
-    main_nodes = [Node("CALL_ONCE", [], [], (fb.BuiltinOptions.CallOnceOptions, call_once))]
-    main_nodes += g.nodes
-    _subgraph(w, g, "train_step", main_nodes, g.inputs, g.outputs, const_buffers)
-    init_nodes = []
-    for v in g.variables:
-        init_nodes.append(Node("VAR_HANDLE", [], [v.handle], v.name))
-        init_nodes.append(Node("ASSIGN_VARIABLE", [v.handle, v.init], []))
-    # ASSIGN_VARIABLE copies bytes: the init subgraph needs no (per-channel) quantization params
-    _subgraph(w, g, "init", init_nodes, [], [], const_buffers, quantization=False)
+    _subgraph(w, g, "train_step", g.nodes, g.inputs, g.outputs, {})
     md = fb.MetadataT()
     md.name = METADATA_KEY
     md.buffer = w.buffer(json.dumps(metadata, sort_keys=True).encode())

@@ -1,6 +1,6 @@
 """Export the forward pass of a training artifact, with given parameter values, as a plain model.
 
-The result uses builtin ops only (no variables, no TMT_* ops): the fine-tuned network as an
+The result uses builtin ops only (no variable tensors, no TMT_* ops): the fine-tuned network as an
 ordinary int8 TFLite model for any interpreter.
 """
 
@@ -11,35 +11,34 @@ import numpy as np
 
 from .schema import fb, op_name
 
-VARIABLE_OPS = ("CALL_ONCE", "VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
-
 
 def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
-    """The artifact's forward operators with every variable replaced by a constant from `values`."""
+    """The artifact's forward operators with every variable tensor replaced by a constant holding
+    `values[name]` (the trainable parameters by tensor name)."""
     m = fb.ModelT.InitFromPackedBuf(artifact, 0)
     sg = m.subgraphs[0]
-    handles: dict[int, str] = {}
     forward = []
     for op in sg.operators:
         name = op_name(m, op)
+        if name == "TMT_INIT":
+            continue
         if name.startswith("TMT_"):
             break
-        if name == "VAR_HANDLE":
-            sn = op.builtinOptions.sharedName
-            handles[int(op.outputs[0])] = sn.decode() if isinstance(sn, bytes) else sn
-        elif name == "READ_VARIABLE":
-            value = np.ascontiguousarray(values[handles[int(op.inputs[0])]])
-            buf = fb.BufferT()
-            buf.data = np.frombuffer(value.tobytes(), np.uint8).copy()
-            m.buffers.append(buf)
-            sg.tensors[int(op.outputs[0])].buffer = len(m.buffers) - 1
-        elif name not in VARIABLE_OPS:
-            forward.append(op)
+        forward.append(op)
     used: list[int] = []
     for t in [int(sg.inputs[0]), int(sg.outputs[0])] + [int(t) for op in forward
                                                          for t in (*op.inputs, *op.outputs)]:
         if t >= 0 and t not in used:
             used.append(t)
+    for t in used:
+        tensor = sg.tensors[t]
+        if tensor.isVariable:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            buf = fb.BufferT()
+            buf.data = np.frombuffer(np.ascontiguousarray(values[name]).tobytes(), np.uint8).copy()
+            m.buffers.append(buf)
+            tensor.buffer = len(m.buffers) - 1
+            tensor.isVariable = False
     remap = {t: i for i, t in enumerate(used)}
     for op in forward:
         op.inputs = np.array([remap[int(t)] if t >= 0 else -1 for t in op.inputs], np.int32)
@@ -48,7 +47,6 @@ def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
     sg.inputs = np.array([remap[int(sg.inputs[0])]], np.int32)
     sg.outputs = np.array([remap[int(sg.outputs[0])]], np.int32)
     sg.operators = forward
-    m.subgraphs = [sg]
     m.metadata = None
     builder = flatbuffers.Builder(1024)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")

@@ -10,7 +10,7 @@ import numpy as np
 from .importer import buffer_array, tensor_info
 from .schema import fb, op_name
 
-RESOURCE = np.dtype("V4")  # marker dtype of resource-handle tensors
+STATE_MAGIC = 0x544D5431  # "TMT1": the variables hold trained (or initial) values
 
 
 @dataclass
@@ -24,11 +24,10 @@ class Tensor:
     zero_point: np.ndarray | None = None
     qdim: int = 0
     data: np.ndarray | None = None
+    variable: bool = False  # a TFLite variable tensor: persistent, written in place
 
     @property
     def nbytes(self) -> int:
-        if self.dtype == RESOURCE:
-            return 0
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
@@ -47,16 +46,15 @@ class Node:
 
 @dataclass
 class Variable:
-    """A trainable parameter kept in SRAM as a TFLite resource variable."""
+    """A trainable parameter kept in SRAM as a TFLite variable tensor, updated in place."""
 
     name: str
     layer: str
     kind: str  # "weights" | "bias"
-    init: int  # constant tensor with the converted values (flash, used once at start-up)
-    handle: int  # resource-handle tensor in the main subgraph
-    value: int  # READ_VARIABLE output that the forward op reads and the update op writes
+    init: int  # constant tensor with the converted values (flash, copied once by TMT_INIT)
+    value: int  # the variable tensor the forward op reads and the update op writes
     channels: int  # leading channels updated
-    op_index: int  # the forward operator that reads it
+    op_index: int  # the operator that reads it, in the converter's inference model
     slot: int  # its input position there
 
 
@@ -69,6 +67,7 @@ class Graph:
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
     variables: list[Variable] = field(default_factory=list)
+    state: int = -1  # int32 [2] variable tensor: initialised marker, training step counter
 
     def add(self, tensor: Tensor) -> int:
         """Append a tensor and return its index."""

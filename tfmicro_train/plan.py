@@ -3,15 +3,15 @@
 Lifetimes follow TFLite Micro's rules (a tensor lives from the operator that writes it, or the
 start for graph inputs, to the last operator that reads it, or the end for graph outputs) and the
 arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned), so the figure is the one
-TFLM's default planner reaches for the same schedule. Peak SRAM = arena + resource-variable buffers
-+ an estimate of TFLM's per-tensor and per-operator bookkeeping.
+TFLM's default planner reaches for the same schedule. Peak SRAM = arena + variable tensors
+(persistent: trainable parameters and the training state) + an estimate of TFLM's per-tensor and per-operator bookkeeping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .graph import RESOURCE, Graph
+from .graph import Graph
 
 ALIGN = 16
 # TFLM bookkeeping per tensor (TfLiteEvalTensor + allocation info) and per node (node, op data).
@@ -67,7 +67,7 @@ def lifetimes(g: Graph) -> list[Buffer]:
     out = []
     for t, f in first.items():
         tensor = g.tensors[t]
-        if tensor.data is not None or tensor.dtype == RESOURCE or tensor.nbytes == 0:
+        if tensor.data is not None or tensor.variable or tensor.nbytes == 0:
             continue
         out.append(Buffer(t, _align(tensor.nbytes), f, last.get(t, f)))
     return out
@@ -93,7 +93,7 @@ def plan_memory(g: Graph) -> MemoryPlan:
     """Lay out the arena and compute the memory figures of a scheduled graph."""
     buffers = lifetimes(g)
     arena = greedy_layout(buffers)
-    variables = sum(_align(g.tensors[v.value].nbytes) for v in g.variables)
+    variables = sum(_align(t.nbytes) for t in g.tensors if t.variable)
     overhead = TENSOR_OVERHEAD * len(g.tensors) + NODE_OVERHEAD * len(g.nodes)
     live = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(g.nodes))]
     return MemoryPlan(buffers, arena, variables, overhead, live)

@@ -1,37 +1,27 @@
 """Stage 3: operator order of one training step.
 
-Forward operators keep the converter's order; each trainable parameter is read from its resource
-variable just before its first use; backward nodes follow in the order autodiff made them (reverse
-execution order, the input gradient of a layer before its update), and each parameter is stored
-back right after its update, so no gradient buffer outlives the update that consumes it.
+TMT_INIT first (it fills the variable tensors once, from flash); then the forward operators in the
+converter's order; then the loss and the backward nodes in the order autodiff made them: reverse
+execution order, a layer's input gradient before its update, each update as soon as the layer's
+output gradient exists, so no gradient buffer outlives the update that consumes it.
 """
 
 from __future__ import annotations
 
-from .graph import Graph, Node
+from .graph import Graph
+
+ROLE_ORDER = {"variable": 0, "forward": 1, "loss": 2, "backward": 3, "update": 3}
 
 
 def schedule(g: Graph) -> Graph:
-    """Insert VAR_HANDLE / READ_VARIABLE / ASSIGN_VARIABLE nodes and fix the final order."""
-    by_value = {v.value: v for v in g.variables}
-    order: list[Node] = [Node("VAR_HANDLE", [], [v.handle], v.name, 1, v.layer, "variable")
-                         for v in g.variables]
-    read: set[int] = set()
-    for node in g.nodes:
-        for t in node.inputs:
-            v = by_value.get(t)
-            if v is not None and t not in read and node.role == "forward":
-                order.append(Node("READ_VARIABLE", [v.handle], [v.value], None, 1, v.layer,
-                                  "variable"))
-                read.add(t)
-        order.append(node)
-        if node.role == "update":
-            v = by_value[node.inputs[2] if node.op == "TMT_BIAS_UPDATE" else node.inputs[3]]
-            order.append(Node("ASSIGN_VARIABLE", [v.handle, v.value], [], None, 1, v.layer,
-                              "variable"))
-    missing = set(by_value) - read
-    if missing:
-        names = sorted(by_value[t].name for t in missing)
-        raise ValueError(f"internal: variables never read by the forward pass: {names}")
-    g.nodes = order
+    """Fix the final order: stable by phase, autodiff's order within the backward phase."""
+    g.nodes = sorted(g.nodes, key=lambda n: ROLE_ORDER[n.role])
+    seen: set[int] = set(g.inputs) | {t for t, x in enumerate(g.tensors)
+                                      if x.data is not None or x.variable}
+    for i, node in enumerate(g.nodes):
+        missing = [t for t in node.inputs if t >= 0 and t not in seen]
+        if missing:
+            raise ValueError(f"internal: operator {i} ({node.op}) reads tensor "
+                             f"'{g.tensors[missing[0]].name}' before it is written")
+        seen.update(node.outputs)
     return g

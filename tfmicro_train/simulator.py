@@ -2,7 +2,8 @@
 
 It parses the flatbuffer (not the converter's in-memory graph), executes builtins with the
 bit-exact numpy port of TFLM's reference kernels and TMT_* ops with the contract's numpy reference,
-and keeps resource variables and per-op rounding counters as TFLM does. A step is transactional: a
+and keeps the variable tensors (trainable parameters, training state) as TFLM does. A step is
+transactional: a
 failing step raises and leaves every parameter and counter as it was.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 from flatbuffers import flexbuffers
 
 from .emit import read_metadata
+from .graph import STATE_MAGIC
 from .export import inference_model
 from .importer import buffer_array, tensor_info
 from .kernels import training_ops as T
@@ -37,6 +39,7 @@ class _Subgraph:
         self.infos = [tensor_info(sg, i) for i in range(len(sg.tensors))]
         self.consts = {i: buffer_array(model, sg, i) for i in range(len(sg.tensors))}
         self.consts = {i: a for i, a in self.consts.items() if a is not None}
+        self.is_variable = [bool(t.isVariable) for t in sg.tensors]
         self.inputs = [int(i) for i in sg.inputs]
         self.outputs = [int(o) for o in sg.outputs]
         self.ops = []
@@ -45,9 +48,6 @@ class _Subgraph:
             if name.startswith("TMT_"):
                 raw = bytes(bytearray(op.customOptions)) if op.customOptions is not None else b""
                 options = flexbuffers.Loads(raw) if raw else {}
-            elif name == "VAR_HANDLE":
-                sn = op.builtinOptions.sharedName
-                options = sn.decode() if isinstance(sn, bytes) else sn
             else:
                 options = op.builtinOptions
             self.ops.append(_Op(name, [int(i) for i in op.inputs], [int(o) for o in op.outputs],
@@ -63,19 +63,22 @@ class HostSimulator:
         self.model = fb.ModelT.InitFromPackedBuf(data, 0)
         self.meta = read_metadata(self.model)
         self.main = _Subgraph(self.model, 0)
-        self.init = _Subgraph(self.model, 1)
         if learning_rate is None:  # the artifact's optimizer schedule, else its base rate
             learning_rate = getattr(artifact, "optimizer", None) or self.meta["learning_rate"]
         self.learning_rate = learning_rate
-        self.variables: dict[str, np.ndarray] = {}
-        self.counters: dict[int, int] = {}
+        sg = self.main
+        self.variables: dict[int, np.ndarray] = {  # as TFLM resets them: zero point / zero
+            t: np.full(info.shape, info.zero_point[0] if info.quantized else 0, info.dtype)
+            for t, info in enumerate(sg.infos) if sg.is_variable[t]}
+        self.state_tensor = next(t for t in self.variables if sg.infos[t].name == "tmt/state")
         self.steps = 0
-        self._initialised = False
         self._record: dict | None = None
 
     # ------------------------------------------------------------------ device-level interface
     def invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """One interpreter invocation on raw input tensors (int8 image, int32 label, float32 lr)."""
+        """One interpreter invocation on raw input tensors (int8 image, int32 label, float32 lr).
+
+        Transactional: if an operator fails, the variable tensors keep their previous values."""
         sg = self.main
         if len(inputs) != len(sg.inputs):
             raise ValueError(f"the artifact takes {len(sg.inputs)} inputs, got {len(inputs)}")
@@ -89,47 +92,29 @@ class HostSimulator:
                 raise ValueError(f"input {i} ('{info.name}') must have shape {info.shape}, "
                                  f"got {arr.shape}")
             values[t] = arr.reshape(info.shape)
-        variables = {k: v.copy() for k, v in self.variables.items()}
-        counters = dict(self.counters)
-        initialised = self._initialised
+        values.update({t: v.copy() for t, v in self.variables.items()})
         for index, op in enumerate(sg.ops):
-            if op.name == "CALL_ONCE":
-                if not initialised:
-                    self._run_init(variables)
-                    initialised = True
-                continue
-            self._run_op(sg, index, op, values, variables, counters)
-        self.variables, self.counters, self._initialised = variables, counters, initialised
+            self._run_op(sg, index, op, values)
+        self.variables = {t: values[t] for t in self.variables}
         return [values[t] for t in sg.outputs]
 
-    def _run_init(self, variables: dict[str, np.ndarray]) -> None:
-        sg = self.init
-        values = dict(sg.consts)
-        for op in sg.ops:
-            if op.name == "VAR_HANDLE":
-                values[op.outputs[0]] = op.options
-            elif op.name == "ASSIGN_VARIABLE":
-                variables[values[op.inputs[0]]] = values[op.inputs[1]].copy()
+    def _run_op(self, sg: _Subgraph, index: int, op: _Op, values: dict) -> None:
+        if op.name.startswith("TMT_"):
+            _run_training_op(self, sg, index, op, values)
+            return
+        kernel = BUILTIN_KERNELS.get(op.name)
+        if kernel is None:
+            raise ValueError(f"operator {index} ({op.name}) has no host kernel")
+        ins = [values[t] if t >= 0 else None for t in op.inputs]
+        outs = kernel(ins, [sg.infos[t] if t >= 0 else None for t in op.inputs],
+                      [sg.infos[t] for t in op.outputs], op.options)
+        for t, arr in zip(op.outputs, outs):
+            values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
 
-    def _run_op(self, sg: _Subgraph, index: int, op: _Op, values: dict, variables: dict,
-                counters: dict) -> None:
-        if op.name == "VAR_HANDLE":
-            values[op.outputs[0]] = op.options
-        elif op.name == "READ_VARIABLE":
-            values[op.outputs[0]] = variables[values[op.inputs[0]]].copy()
-        elif op.name == "ASSIGN_VARIABLE":
-            variables[values[op.inputs[0]]] = values[op.inputs[1]].copy()
-        elif op.name.startswith("TMT_"):
-            _run_training_op(self, sg, index, op, values, counters)
-        else:
-            kernel = BUILTIN_KERNELS.get(op.name)
-            if kernel is None:
-                raise ValueError(f"operator {index} ({op.name}) has no host kernel")
-            ins = [values[t] if t >= 0 else None for t in op.inputs]
-            outs = kernel(ins, [sg.infos[t] if t >= 0 else None for t in op.inputs],
-                          [sg.infos[t] for t in op.outputs], op.options)
-            for t, arr in zip(op.outputs, outs):
-                values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
+    @property
+    def step(self) -> int:
+        """The device's training-step counter (drives the stochastic rounding)."""
+        return int(np.uint32(self.variables[self.state_tensor][1]))
 
     # ------------------------------------------------------------------ user-level interface
     @property
@@ -216,21 +201,27 @@ class HostSimulator:
         """Real-valued gradients dL/dparam of every trainable parameter, computed by the device
         kernels (dequantized), without updating anything. Channels that do not train are 0."""
         self._record = {}
-        saved = ({k: v.copy() for k, v in self.variables.items()}, dict(self.counters),
-                 self._initialised, self.steps)
+        saved = ({k: v.copy() for k, v in self.variables.items()}, self.steps)
         try:
             self.train_step(x, y, learning_rate=1e-30)
             return self._record
         finally:
-            self.variables, self.counters, self._initialised, self.steps = saved
+            self.variables, self.steps = saved
             self._record = None
 
+    def _initialise(self) -> None:
+        """What TMT_INIT does on the first invocation."""
+        values = dict(self.main.consts)
+        values.update(self.variables)
+        _run_init(self.main, next(op for op in self.main.ops if op.name == "TMT_INIT"), values)
+        self.variables = {t: values[t] for t in self.variables}
+
     def weights(self) -> dict[str, np.ndarray]:
-        """Current values of the trainable parameters (int8 weights, int32 biases)."""
-        if not self._initialised:
-            self._run_init(self.variables)
-            self._initialised = True
-        return {k: v.copy() for k, v in self.variables.items()}
+        """Current values of the trainable parameters (int8 weights, int32 biases), by name."""
+        self._initialise()
+        infos = self.main.infos
+        return {infos[t].name: v.copy() for t, v in self.variables.items()
+                if t != self.state_tensor}
 
     def export_tflite(self) -> bytes:
         """The network with its current (fine-tuned) parameters as a plain int8 TFLite model."""
@@ -246,18 +237,32 @@ class HostSimulator:
             if v.shape != current[k].shape or v.dtype != current[k].dtype:
                 raise ValueError(f"parameter '{k}' must be {current[k].dtype}{current[k].shape}, "
                                  f"got {v.dtype}{v.shape}")
+        by_name = {self.main.infos[t].name: t for t in self.variables}
         for k, v in values.items():
-            self.variables[k] = np.asarray(v).copy()
+            self.variables[by_name[k]] = np.asarray(v).copy()
 
 
 def _geom(o: dict) -> T.ConvGeom:
     return T.ConvGeom(o["stride_h"], o["stride_w"], o["pad_top"], o["pad_left"])
 
 
-def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, values: dict,
-                     counters: dict) -> None:
+def _run_init(sg: _Subgraph, op: _Op, values: dict) -> None:
+    """TMT_INIT: if state[0] != STATE_MAGIC, copy each (init, variable) pair; state = [MAGIC, 0]."""
+    state = values[op.inputs[0]]
+    if int(state[0]) == STATE_MAGIC:
+        return
+    pairs = op.inputs[1:]
+    for init, var in zip(pairs[::2], pairs[1::2]):
+        values[var] = values[init].copy()
+    values[op.inputs[0]] = np.array([STATE_MAGIC, 0], np.int32)
+
+
+def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, values: dict) -> None:
     """Execute one TMT_* op on the value table (updates in place on the variable copies)."""
     name = op.name
+    if name == "TMT_INIT":
+        _run_init(sg, op, values)
+        return
     if name not in _LR_SLOT:
         raise ValueError(f"operator {index}: unknown custom op {name}")
     ins = [values.get(t) if t >= 0 else None for t in op.inputs]
@@ -274,9 +279,11 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
     if name == "TMT_SOFTMAX_CE_GRAD":
         g, s, loss = T.softmax_ce_grad(ins[0], int(ins[1].reshape(-1)[0]), ins[3])
         outs = [g, np.array([s], F32), np.array([loss], F32)]
+        _advance_step(values, op.inputs[4])
     elif name == "TMT_MSE_GRAD":
         g, s, loss = T.mse_grad(ins[0], ins[1], float(sg.infos[op.inputs[0]].scale[0]))
         outs = [g, np.array([s], F32), np.array([loss], F32)]
+        _advance_step(values, op.inputs[3])
     elif name == "TMT_ACT_GRAD":
         outs = [T.act_grad(ins[0], ins[1], o["act_min"], o["act_max"])]
     elif name == "TMT_GRAD_ADD":
@@ -302,21 +309,28 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
                   sg.infos[op.outputs[0]].shape, _geom(o))
         outs = [g, np.array([s], F32)]
     elif name in ("TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE", "TMT_BIAS_UPDATE"):
-        _run_update(sim, sg, index, op, ins, values, counters, lr)
+        _run_update(sim, sg, op, ins, values, lr)
     for t, arr in zip(op.outputs, outs):
         values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
 
 
 _LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_GRAD_ADD": 4,
-            "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_RESHAPE_GRAD": 1, "TMT_AVGPOOL_GRAD": 2, "TMT_MAXPOOL_GRAD": 4,
-            "TMT_CONV_INPUT_GRAD": 4, "TMT_DW_INPUT_GRAD": 4, "TMT_CONV_WEIGHT_UPDATE": 5,
-            "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
+            "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_RESHAPE_GRAD": 1, "TMT_AVGPOOL_GRAD": 2,
+            "TMT_MAXPOOL_GRAD": 4, "TMT_CONV_INPUT_GRAD": 4, "TMT_DW_INPUT_GRAD": 4,
+            "TMT_CONV_WEIGHT_UPDATE": 5, "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
 
 
-def _run_update(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, ins: list, values: dict,
-                counters: dict, lr: np.float32) -> None:
+def _advance_step(values: dict, state: int) -> None:
+    """The loss op counts training steps (uint32, wrapping) after validating its inputs."""
+    s = values[state].copy()
+    s.view(np.uint32)[1] += np.uint32(1)
+    values[state] = s
+
+
+def _run_update(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: dict,
+                lr: np.float32) -> None:
     o = op.options
-    counter = counters.get(index, 0)
+    counter = int(np.uint32(ins[-1][1]))
     name = op.name
     p = T.UpdateParams(o["update_channels"], o["seed"], o.get("x_zero_point", 0))
     g, s = ins[0], F32(ins[1][0])
@@ -332,7 +346,6 @@ def _run_update(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, ins: lis
     else:
         new = T.depthwise_weight_update(ins[3], g, s, ins[2], ins[4], lr, _geom(o), p, counter)
     values[target] = new
-    counters[index] = counter + 1
 
 
 def _real_gradient(sg: _Subgraph, op: _Op, ins: list, p: T.UpdateParams, s: np.float32):

@@ -1,0 +1,499 @@
+"""Random + edge-case golden cases of every TMT_* op, computed by the numpy reference.
+
+`make_cases(op, n, seed)` returns `n` case dicts for tfmicro_train.kernels.golden.write_golden;
+`write_all(out_dir, n, seed)` writes one file per op. The C++ driver
+(tflm_ops/tests/golden_test_main.cc) replays them against the C++ cores.
+
+Case keys: the op's inputs under their contract names, its options under their option names,
+`in_shape` where the output shape is not implied by the inputs, expected outputs as `out_<name>`,
+and `error` = 1 for cases the reference rejects (no outputs then).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from tfmicro_train.kernels import golden  # noqa: E402
+from tfmicro_train.kernels import training_ops as T  # noqa: E402
+
+F32 = np.float32
+
+
+# --------------------------------------------------------------------------- random helpers
+
+
+def i8(rng, shape, mode: str | None = None) -> np.ndarray:
+    """Random int8 data in one of several regimes (chosen at random unless given)."""
+    mode = mode or rng.choice(["full", "full", "grad", "small", "sparse", "extreme", "const"])
+    if mode == "full":
+        a = rng.integers(-128, 128, shape)
+    elif mode == "grad":
+        a = rng.integers(-127, 128, shape)
+    elif mode == "small":
+        a = rng.integers(-3, 4, shape)
+    elif mode == "sparse":
+        a = rng.integers(-127, 128, shape) * (rng.random(shape) < 0.1)
+    elif mode == "extreme":
+        a = rng.choice(np.array([-128, -127, 127]), shape)
+    else:  # const
+        a = np.full(shape, rng.choice([-128, -127, -1, 0, 1, 127]))
+    return np.asarray(a, np.int8)
+
+
+def grad_i8(rng, shape) -> np.ndarray:
+    """A gradient tensor: int8 in [-127, 127]."""
+    mode = rng.choice(["grad", "grad", "small", "sparse", "extreme", "const"])
+    return np.clip(i8(rng, shape, mode), -127, 127).astype(np.int8)
+
+
+def scale(rng, zero_prob: float = 0.0) -> np.float32:
+    """A positive float32 scale, log-uniform over a wide range (sometimes 0 or a power of 2)."""
+    u = rng.random()
+    if u < zero_prob:
+        return F32(0.0)
+    if u < zero_prob + 0.1:
+        return F32(2.0 ** int(rng.integers(-20, 5)))
+    return F32(2.0 ** rng.uniform(-24, 6))
+
+
+def geometry(rng, k_max: int = 5, in_max: int = 10):
+    """Random conv/pool geometry: (ih, iw, kh, kw, ConvGeom, oh, ow)."""
+    kh = int(rng.choice([1, 1, 2, 3, 3, 5][: 6 if k_max >= 5 else 5]))
+    kw = kh if rng.random() < 0.8 else int(rng.integers(1, k_max + 1))
+    kh, kw = min(kh, k_max), min(kw, k_max)
+    sh = int(rng.choice([1, 1, 2, 2, 3]))
+    sw = sh if rng.random() < 0.85 else int(rng.integers(1, 4))
+    ih = int(rng.integers(1, in_max + 1))
+    iw = ih if rng.random() < 0.6 else int(rng.integers(1, in_max + 1))
+    padding = rng.choice(["SAME", "VALID", "EXPLICIT"])
+    if padding == "VALID" and (ih < kh or iw < kw):
+        padding = "SAME"
+    if padding == "SAME":
+        oh, ow = -(-ih // sh), -(-iw // sw)
+        pt = max((oh - 1) * sh + kh - ih, 0) // 2
+        pl = max((ow - 1) * sw + kw - iw, 0) // 2
+    elif padding == "VALID":
+        oh, ow = (ih - kh) // sh + 1, (iw - kw) // sw + 1
+        pt = pl = 0
+    else:
+        pt, pb = int(rng.integers(0, kh)), int(rng.integers(0, kh))
+        pl, pr = int(rng.integers(0, kw)), int(rng.integers(0, kw))
+        oh = max((ih + pt + pb - kh) // sh + 1, 1)
+        ow = max((iw + pl + pr - kw) // sw + 1, 1)
+    return ih, iw, kh, kw, T.ConvGeom(sh, sw, pt, pl), oh, ow
+
+
+def channels(rng, hi: int = 8) -> int:
+    return int(rng.choice([1, 1, 2, 3, 4, 8, hi]) if rng.random() < 0.7 else rng.integers(1, hi + 1))
+
+
+def update_channels(rng, total: int) -> int:
+    """Channel ratios 1/8 .. 1 of the tensor (or a random count >= 1)."""
+    # (0 is excluded: the numpy reference's conv_weight_grad_acc cannot reshape an empty acc.)
+    u = rng.random()
+    if u < 0.2:
+        return int(rng.integers(1, total + 1))
+    ratio = rng.choice([1 / 8, 1 / 4, 1 / 2, 3 / 4, 1, 1])
+    return max(1, int(math.ceil(total * ratio)))
+
+
+def geom_dict(g: T.ConvGeom) -> dict:
+    return {"stride_h": g.stride_h, "stride_w": g.stride_w,
+            "pad_top": g.pad_top, "pad_left": g.pad_left}
+
+
+def lr_value(rng) -> np.float32:
+    u = rng.random()
+    if u < 0.04:
+        return F32(1e12)  # saturates requant64
+    if u < 0.08:
+        return F32(1e-30)  # multiplier shift far below 0
+    if u < 0.10:
+        return F32(0.0)  # all multipliers 0 (the glue skips lr == 0; the core still works)
+    return F32(2.0 ** rng.uniform(-16, 2))
+
+
+def factors(rng, n: int) -> np.ndarray:
+    f = (2.0 ** rng.uniform(-12, 12, n)).astype(F32)
+    u = rng.random()
+    if u < 0.05:
+        f[rng.integers(0, n)] = 0.0
+    elif u < 0.08:
+        f[rng.integers(0, n)] = np.inf  # non-finite multiplier -> (0, 0)
+    elif u < 0.15:
+        f[:] = F32(2.0 ** rng.uniform(-4, 4))
+    return f
+
+
+def tuned_factors(rng, f: np.ndarray, lr, s, acc) -> np.ndarray:
+    """Often: factors giving steps of ~0.25 .. 64 parameter units (else updates are mostly < 1)."""
+    a = float(np.abs(acc).mean()) if acc.size else 0.0
+    if rng.random() < 0.5 or a == 0 or float(lr) * float(s) == 0:
+        return f
+    step = 2.0 ** rng.uniform(-2, 6, f.size)
+    with np.errstate(all="ignore"):
+        return (step / (float(lr) * float(s) * a)).astype(F32)
+
+
+# make_cases(counter0=True) sets this: update ops then use counter 0 (a freshly initialised op,
+# as the TFLM glue test replays them).
+_FORCE_COUNTER0 = False
+
+
+def seed_counter(rng) -> tuple[int, int]:
+    seed = int(rng.integers(0, 2**32))
+    counter = int(rng.choice([0, 1, 2, int(rng.integers(0, 10**6)), 2**32 - 1]))
+    return seed, 0 if _FORCE_COUNTER0 else counter
+
+
+def zero_point(rng) -> int:
+    return int(rng.choice([-128, 127, 0, int(rng.integers(-128, 128)), int(rng.integers(-128, 128))]))
+
+
+# --------------------------------------------------------------------------- per-op generators
+
+
+def gen_softmax_ce_grad(rng, i):
+    n = int(rng.integers(1, 65)) if rng.random() < 0.9 else int(rng.integers(65, 1001))
+    if rng.random() < 0.5:
+        logits = rng.normal(0, rng.uniform(0.1, 8), n)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        probs = np.clip(np.round(p * 256) - 128, -128, 127).astype(np.int8)[None]
+    else:
+        probs = i8(rng, (1, n))
+    k = np.arange(256)
+    lut = (-np.log((k + 0.5) / 256)).astype(F32)
+    if rng.random() < 0.1:
+        lut = rng.normal(0, 10, 256).astype(F32)
+    label = int(rng.integers(0, n))
+    if rng.random() < 0.05:
+        label = int(rng.choice([-1, n, n + 7, -(2**31), 2**31 - 1]))
+    case = {"probs": probs, "label": np.array([label], np.int32), "loss_lut": lut}
+    try:
+        g, gs, loss = T.softmax_ce_grad(probs, label, lut)
+    except T.TrainingOpError:
+        return {**case, "error": 1}
+    return {**case, "out_grad": g, "out_grad_scale": F32(gs), "out_loss": F32(loss)}
+
+
+def gen_mse_grad(rng, i):
+    n = int(rng.integers(1, 259))
+    shape = (1, n)
+    y, t = i8(rng, shape), i8(rng, shape)
+    if rng.random() < 0.1:
+        y, t = np.full(shape, 127, np.int8), np.full(shape, -128, np.int8)  # largest errors
+    s = scale(rng)
+    g, gs, loss = T.mse_grad(y, t, s)
+    return {"y": y, "target": t, "scale": s, "out_grad": g, "out_grad_scale": F32(gs),
+            "out_loss": F32(loss)}
+
+
+def gen_act_grad(rng, i):
+    shape = (1, int(rng.integers(1, 6)), int(rng.integers(1, 6)), channels(rng))
+    if rng.random() < 0.2:
+        shape = (1, int(rng.integers(1, 50)))
+    g, y = grad_i8(rng, shape), i8(rng, shape)
+    zp = zero_point(rng)
+    kind = rng.choice(["none", "relu", "relu6", "random"])
+    if kind == "none":
+        lo, hi = -128, 127
+    elif kind == "relu":
+        lo, hi = zp, 127
+    elif kind == "relu6":
+        lo, hi = zp, min(127, zp + int(rng.integers(1, 256)))
+    else:
+        lo, hi = sorted(int(v) for v in rng.integers(-129, 129, 2))
+    return {"g": g, "y": y, "act_min": lo, "act_max": hi,
+            "out_g": T.act_grad(g, y, lo, hi)}
+
+
+def gen_grad_add(rng, i):
+    shape = (1, int(rng.integers(1, 6)), int(rng.integers(1, 6)), channels(rng))
+    if rng.random() < 0.2:
+        shape = (1, int(rng.integers(1, 50)))
+    g1, g2 = grad_i8(rng, shape), grad_i8(rng, shape)
+    u = rng.random()
+    s1, s2 = scale(rng, 0.08), scale(rng, 0.08)
+    if u < 0.1:
+        s2 = s1
+    elif u < 0.15:
+        s1 = s2 = F32(0.0)
+    elif u < 0.2:
+        s2 = F32(s1 * F32(2.0 ** -30))  # second weight rounds to 0
+    g, s = T.grad_add(g1, s1, g2, s2)
+    return {"g1": g1, "s1": s1, "g2": g2, "s2": s2, "out_g": g, "out_s": F32(s)}
+
+
+def gen_mean_grad(rng, i):
+    h, w, c = int(rng.integers(1, 9)), int(rng.integers(1, 9)), channels(rng, 16)
+    g = grad_i8(rng, (1, c) if rng.random() < 0.5 else (1, 1, 1, c))
+    s = scale(rng, 0.05)
+    inv = F32(1.0 / (h * w))
+    out, s_in = T.mean_grad(g, s, (1, h, w, c), inv)
+    return {"g": g, "s": s, "inv_count": inv, "in_shape": np.array([1, h, w, c], np.int32),
+            "out_g_in": np.ascontiguousarray(out), "out_s_in": F32(s_in)}
+
+
+def gen_pad_grad(rng, i):
+    ih, iw, c = int(rng.integers(1, 8)), int(rng.integers(1, 8)), channels(rng)
+    pt, pb, pl, pr = (int(v) for v in rng.integers(0, 4, 4))
+    g = grad_i8(rng, (1, ih + pt + pb, iw + pl + pr, c))
+    out = T.pad_grad(g, (1, ih, iw, c), pt, pl)
+    return {"g": g, "pad_top": pt, "pad_left": pl, "in_shape": np.array([1, ih, iw, c], np.int32),
+            "out_g_in": out}
+
+
+def gen_reshape_grad(rng, i):
+    dims = [int(rng.integers(1, 6)) for _ in range(3)]
+    in_shape = (1, *dims) if rng.random() < 0.7 else (1, int(np.prod(dims)))
+    g_shape = (1, int(np.prod(dims))) if len(in_shape) == 4 else (1, *dims)
+    g = grad_i8(rng, g_shape)
+    ref = getattr(T, "reshape_grad", None)
+    out = ref(g, in_shape) if ref is not None else np.ascontiguousarray(g.reshape(in_shape))
+    return {"g": g, "in_shape": np.array(in_shape, np.int32), "out_g_in": out}
+
+
+def _pool_geometry(rng):
+    if rng.random() < 0.5:  # the common "pool k, stride k" layers
+        k = int(rng.choice([2, 2, 3, 4]))
+        fh = fw = k
+        sh = sw = k
+        ih, iw = int(rng.integers(1, 13)), int(rng.integers(1, 13))
+        padding = rng.choice(["SAME", "VALID"])
+    else:
+        fh, fw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        ih, iw = int(rng.integers(1, 11)), int(rng.integers(1, 11))
+        padding = rng.choice(["SAME", "VALID"])
+    if padding == "VALID" and (ih < fh or iw < fw):
+        padding = "SAME"
+    if padding == "SAME":
+        oh, ow = -(-ih // sh), -(-iw // sw)
+        pt = max((oh - 1) * sh + fh - ih, 0) // 2
+        pl = max((ow - 1) * sw + fw - iw, 0) // 2
+    else:
+        oh, ow = (ih - fh) // sh + 1, (iw - fw) // sw + 1
+        pt = pl = 0
+    return ih, iw, fh, fw, T.ConvGeom(sh, sw, pt, pl), oh, ow
+
+
+def _pool_dict(fh, fw, geom):
+    return {"filter_h": fh, "filter_w": fw, **geom_dict(geom)}
+
+
+def gen_avgpool_grad(rng, i):
+    ih, iw, fh, fw, geom, oh, ow = _pool_geometry(rng)
+    c = channels(rng)
+    g = grad_i8(rng, (1, oh, ow, c))
+    s = scale(rng, 0.03)
+    out, s_in = T.avgpool_grad(g, s, (1, ih, iw, c), (fh, fw), geom)
+    return {"g": g, "s": s, **_pool_dict(fh, fw, geom),
+            "in_shape": np.array([1, ih, iw, c], np.int32), "out_g_in": out, "out_s_in": F32(s_in)}
+
+
+def _maxpool_forward(x, fh, fw, geom, oh, ow):
+    _, ih, iw, c = x.shape
+    y = np.full((1, oh, ow, c), -128, np.int8)
+    for o_h in range(oh):
+        for o_w in range(ow):
+            h0, w0 = o_h * geom.stride_h - geom.pad_top, o_w * geom.stride_w - geom.pad_left
+            win = x[0, max(h0, 0):max(min(h0 + fh, ih), 0), max(w0, 0):max(min(w0 + fw, iw), 0)]
+            if win.size:
+                y[0, o_h, o_w] = win.reshape(-1, c).max(axis=0)
+    return y
+
+
+def gen_maxpool_grad(rng, i):
+    ih, iw, fh, fw, geom, oh, ow = _pool_geometry(rng)
+    c = channels(rng)
+    x = i8(rng, (1, ih, iw, c), rng.choice(["full", "small", "const", "extreme"]))  # ties!
+    y = _maxpool_forward(x, fh, fw, geom, oh, ow)
+    u = rng.random()
+    if u < 0.2:  # fused ReLU-like clamp: some windows have no input equal to y
+        y = np.maximum(y, np.int8(zero_point(rng))).astype(np.int8)
+    elif u < 0.25:
+        y = i8(rng, y.shape)
+    g = grad_i8(rng, (1, oh, ow, c))
+    s = scale(rng, 0.03)
+    out, s_in = T.maxpool_grad(g, s, x, y, (fh, fw), geom)
+    return {"g": g, "s": s, "x": x, "y": y, **_pool_dict(fh, fw, geom),
+            "out_g_in": out, "out_s_in": F32(s_in)}
+
+
+def _wmul(rng, co) -> np.ndarray:
+    s_w = (2.0 ** rng.uniform(-10, -2, co)).astype(F32)
+    if rng.random() < 0.2:
+        s_w[:] = s_w[0]
+    wm = np.clip(np.round(s_w / s_w.max() * 2**15), 1, 2**15).astype(np.int32)
+    return wm
+
+
+def _weights(rng, shape) -> np.ndarray:
+    mode = rng.choice(["grad", "grad", "full", "small", "extreme"])
+    return i8(rng, shape, mode)
+
+
+def gen_conv_input_grad(rng, i):
+    w_scale_max = scale(rng)
+    s = scale(rng, 0.03)
+    if rng.random() < 0.15:  # fully connected
+        ci, co = channels(rng, 32), channels(rng, 16)
+        g, w = grad_i8(rng, (1, co)), _weights(rng, (co, ci))
+        wm = _wmul(rng, co)
+        out, s_in = T.conv_input_grad(g, s, w, wm, w_scale_max, (1, ci), T.ConvGeom())
+        return {"g": g, "s": s, "w": w, "wmul": wm, "w_scale_max": w_scale_max,
+                **geom_dict(T.ConvGeom()), "in_shape": np.array([1, ci], np.int32),
+                "out_g_in": out, "out_s_in": F32(s_in)}
+    ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+    ci, co = channels(rng), channels(rng)
+    g, w = grad_i8(rng, (1, oh, ow, co)), _weights(rng, (co, kh, kw, ci))
+    wm = _wmul(rng, co)
+    out, s_in = T.conv_input_grad(g, s, w, wm, w_scale_max, (1, ih, iw, ci), geom)
+    return {"g": g, "s": s, "w": w, "wmul": wm, "w_scale_max": w_scale_max, **geom_dict(geom),
+            "in_shape": np.array([1, ih, iw, ci], np.int32), "out_g_in": out,
+            "out_s_in": F32(s_in)}
+
+
+def gen_dw_input_grad(rng, i):
+    ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+    c = channels(rng, 16)
+    g, w = grad_i8(rng, (1, oh, ow, c)), _weights(rng, (1, kh, kw, c))
+    wm = _wmul(rng, c)
+    w_scale_max, s = scale(rng), scale(rng, 0.03)
+    out, s_in = T.depthwise_input_grad(g, s, w, wm, w_scale_max, (1, ih, iw, c), geom)
+    return {"g": g, "s": s, "w": w, "wmul": wm, "w_scale_max": w_scale_max, **geom_dict(geom),
+            "in_shape": np.array([1, ih, iw, c], np.int32), "out_g_in": out,
+            "out_s_in": F32(s_in)}
+
+
+def _update_common(rng, n_ch):
+    seed, counter = seed_counter(rng)
+    p = T.UpdateParams(update_channels(rng, n_ch), seed, zero_point(rng))
+    return p, counter
+
+
+def _update_dict(p: T.UpdateParams, counter: int) -> dict:
+    return {"update_channels": p.update_channels, "seed": p.seed,
+            "x_zero_point": p.x_zero_point, "counter": counter}
+
+
+def gen_conv_weight_update(rng, i):
+    s, lr = scale(rng, 0.03), lr_value(rng)
+    if i % 200 == 7:  # large output: the int32 saturation of the weight-gradient sum
+        ih = iw = 260
+        kh = kw = 1
+        geom, oh, ow = T.ConvGeom(), 260, 260
+        ci = co = 1
+        g = np.full((1, oh, ow, co), 127 if i % 400 == 7 else -127, np.int8)
+        x = np.full((1, ih, iw, ci), 127, np.int8)
+        p = T.UpdateParams(1, int(rng.integers(0, 2**32)), -128)
+        counter = 0 if _FORCE_COUNTER0 else int(rng.integers(0, 100))
+        w = _weights(rng, (co, kh, kw, ci))
+    elif rng.random() < 0.15:  # fully connected
+        ci, co = channels(rng, 32), channels(rng, 16)
+        g, x, w = grad_i8(rng, (1, co)), i8(rng, (1, ci)), _weights(rng, (co, ci))
+        geom = T.ConvGeom()
+        p, counter = _update_common(rng, co)
+    else:
+        ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+        ci, co = channels(rng), channels(rng)
+        g, x = grad_i8(rng, (1, oh, ow, co)), i8(rng, (1, ih, iw, ci))
+        w = _weights(rng, (co, kh, kw, ci))
+        p, counter = _update_common(rng, co)
+    wf = factors(rng, co)
+    if p.update_channels:
+        w4 = w.reshape(w.shape[0], 1, 1, -1) if w.ndim == 2 else w
+        wf = tuned_factors(rng, wf, lr, s, T.conv_weight_grad_acc(
+            g, x, p.x_zero_point, w4.shape[1:3], geom, p.update_channels))
+    out = T.conv_weight_update(w, g, s, x, wf, lr, geom, p, counter)
+    return {"g": g, "s": s, "x": x, "w": w, "wfactor": wf, "lr": lr, **geom_dict(geom),
+            **_update_dict(p, counter), "out_w": out}
+
+
+def gen_dw_weight_update(rng, i):
+    s, lr = scale(rng, 0.03), lr_value(rng)
+    ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+    c = channels(rng, 16)
+    g, x = grad_i8(rng, (1, oh, ow, c)), i8(rng, (1, ih, iw, c))
+    w = _weights(rng, (1, kh, kw, c))
+    p, counter = _update_common(rng, c)
+    wf = tuned_factors(rng, factors(rng, c), lr, s, T.depthwise_weight_grad_acc(
+        g, x, p.x_zero_point, w.shape[1:3], geom, p.update_channels))
+    out = T.depthwise_weight_update(w, g, s, x, wf, lr, geom, p, counter)
+    return {"g": g, "s": s, "x": x, "w": w, "wfactor": wf, "lr": lr, **geom_dict(geom),
+            **_update_dict(p, counter), "out_w": out}
+
+
+def gen_bias_update(rng, i):
+    s, lr = scale(rng, 0.03), lr_value(rng)
+    c = channels(rng, 16)
+    shape = (1, c) if rng.random() < 0.3 else (1, int(rng.integers(1, 9)), int(rng.integers(1, 9)), c)
+    g = grad_i8(rng, shape)
+    u = rng.random()
+    if u < 0.15:
+        b = rng.choice(np.array([-(2**31), 2**31 - 1, -(2**31) + 1, 2**31 - 2]), c).astype(np.int32)
+    else:
+        b = rng.integers(-(2**20), 2**20, c).astype(np.int32)
+    seed, counter = seed_counter(rng)
+    p = T.UpdateParams(update_channels(rng, c), seed)
+    bf = tuned_factors(rng, factors(rng, c), lr, s, T.bias_grad_acc(g, p.update_channels))
+    out = T.bias_update(b, g, s, bf, lr, p, counter)
+    return {"g": g, "s": s, "b": b, "bfactor": bf, "lr": lr, "update_channels": p.update_channels,
+            "seed": p.seed, "counter": counter, "out_b": out}
+
+
+GENERATORS = {
+    "TMT_SOFTMAX_CE_GRAD": gen_softmax_ce_grad,
+    "TMT_MSE_GRAD": gen_mse_grad,
+    "TMT_ACT_GRAD": gen_act_grad,
+    "TMT_GRAD_ADD": gen_grad_add,
+    "TMT_MEAN_GRAD": gen_mean_grad,
+    "TMT_PAD_GRAD": gen_pad_grad,
+    "TMT_RESHAPE_GRAD": gen_reshape_grad,
+    "TMT_AVGPOOL_GRAD": gen_avgpool_grad,
+    "TMT_MAXPOOL_GRAD": gen_maxpool_grad,
+    "TMT_CONV_INPUT_GRAD": gen_conv_input_grad,
+    "TMT_DW_INPUT_GRAD": gen_dw_input_grad,
+    "TMT_CONV_WEIGHT_UPDATE": gen_conv_weight_update,
+    "TMT_DW_WEIGHT_UPDATE": gen_dw_weight_update,
+    "TMT_BIAS_UPDATE": gen_bias_update,
+}
+
+
+def make_cases(op: str, n: int, seed: int = 0, counter0: bool = False) -> list[dict]:
+    """`n` cases of `op` (deterministic in `seed`); counter0: update ops use counter 0."""
+    global _FORCE_COUNTER0
+    gen = GENERATORS[op]
+    rng = np.random.default_rng([seed, sum(op.encode())])
+    cases = []
+    _FORCE_COUNTER0 = counter0
+    try:
+        with np.errstate(all="ignore"):
+            for i in range(n):
+                case = gen(rng, i)
+                case["op"] = op
+                cases.append(case)
+    finally:
+        _FORCE_COUNTER0 = False
+    return cases
+
+
+def write_all(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0,
+              ops: list[str] | None = None, counter0: bool = False) -> dict[str, int]:
+    """One golden file `<op>.tmtg` per op in out_dir; returns {op: number of cases}."""
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {}
+    for op in ops or list(GENERATORS):
+        counts[op] = golden.write_golden(Path(out_dir) / f"{op}.tmtg",
+                                         make_cases(op, n, seed, counter0))
+    return counts

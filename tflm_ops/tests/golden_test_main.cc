@@ -1,0 +1,399 @@
+// golden_test [DIR_OR_FILE...]: replays golden cases written by the numpy reference
+// (tests/golden/golden_cases.py) against the C++ cores and compares bit for bit.
+//
+// Without arguments it reads the directory in $TMT_GOLDEN_DIR; with neither it prints
+// how to make one and exits 0 (so a plain `bazel test //...` passes; the real check
+// runs from `pytest tests/test_golden_cpp.py`, or with
+//   python3 tests/golden/make_golden.py /tmp/golden
+//   bazel test //tflm_ops/tests:golden_test --test_env=TMT_GOLDEN_DIR=/tmp/golden
+// ).
+//
+// Ops with a dyn-quantized output run twice: with an int64 scratch buffer and
+// without (recompute mode); both must match. Prints one line per op:
+//   golden TMT_X: <n> cases, <m> mismatches
+// and a final "<passed> passed, <failed> failed" line; exits 1 on any failure.
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tflm_ops/core/training_ops.h"
+#include "tflm_ops/tests/golden_reader.h"
+
+namespace {
+
+using tfmicro_train::core::ConvGeom;
+using tfmicro_train::core::Hwc;
+using tfmicro_train::core::PoolParams;
+using tfmicro_train::core::Status;
+using tfmicro_train::core::UpdateParams;
+using tmt_golden::Array;
+using tmt_golden::Case;
+namespace core = tfmicro_train::core;
+
+// Thrown by a checker to report a mismatch (message says what differs).
+struct Mismatch {
+  std::string what;
+};
+
+// [1, C] -> {1, 1, C}; [1, H, W, C] -> {H, W, C}; anything else -> flattened as [1, N].
+Hwc HwcOf(const std::vector<int64_t>& d) {
+  Hwc r;
+  if (d.size() == 4) {
+    r.h = static_cast<int32_t>(d[1]);
+    r.w = static_cast<int32_t>(d[2]);
+    r.c = static_cast<int32_t>(d[3]);
+  } else if (d.size() == 2) {
+    r.c = static_cast<int32_t>(d[1]);
+  } else {
+    int64_t n = 1;
+    for (int64_t v : d) n *= v;
+    r.c = static_cast<int32_t>(n);
+  }
+  return r;
+}
+
+std::vector<int64_t> ShapeEntry(const Case& c, const std::string& key) {
+  const Array& a = c.array(key);
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < a.size(); ++i) dims.push_back(a.int_at(i));
+  return dims;
+}
+
+ConvGeom GeomOf(const Case& c) {
+  ConvGeom g;
+  g.stride_h = static_cast<int32_t>(c.i64("stride_h"));
+  g.stride_w = static_cast<int32_t>(c.i64("stride_w"));
+  g.pad_top = static_cast<int32_t>(c.i64("pad_top"));
+  g.pad_left = static_cast<int32_t>(c.i64("pad_left"));
+  return g;
+}
+
+template <typename T>
+void Expect(const Case& c, const std::string& key, const std::vector<T>& got) {
+  std::string msg;
+  if (!tmt_golden::CompareExact(c.array(key), got, &msg)) throw Mismatch{key + ": " + msg};
+}
+
+void ExpectF32(const Case& c, const std::string& key, float got) {
+  std::string msg;
+  if (!tmt_golden::CompareExact(c.array(key), &got, 1, &msg)) throw Mismatch{key + ": " + msg};
+}
+
+void ExpectOk(Status s, const char* what) {
+  if (s != Status::kOk) throw Mismatch{std::string(what) + " returned " + core::StatusString(s)};
+}
+
+// Runs fn(scratch) with and without scratch; returns the scratch run's results after
+// checking both agree via `check` (called once per run).
+void BothModes(int64_t n, const std::function<void(int64_t*)>& run_and_check) {
+  std::vector<int64_t> scratch(static_cast<size_t>(std::max<int64_t>(n, 1)), 0x5a5a5a5a5a5a5a5a);
+  run_and_check(scratch.data());
+  run_and_check(nullptr);
+}
+
+// ------------------------------------------------------------------ checkers
+
+void CheckSoftmaxCeGrad(const Case& c) {
+  const Array& probs = c.array_of<int8_t>("probs");
+  const int32_t n = static_cast<int32_t>(probs.size());
+  const int32_t label = static_cast<int32_t>(c.i64("label"));
+  std::vector<int8_t> grad(n);
+  float gs = -1, loss = -1;
+  const Status st = core::SoftmaxCeGrad(probs.data<int8_t>(), n, label,
+                                        c.array_of<float>("loss_lut").data<float>(), grad.data(),
+                                        &gs, &loss);
+  if (c.has("error")) {
+    if (st != Status::kLabelOutOfRange) throw Mismatch{"expected label error, got ok"};
+    return;
+  }
+  ExpectOk(st, "SoftmaxCeGrad");
+  Expect(c, "out_grad", grad);
+  ExpectF32(c, "out_grad_scale", gs);
+  ExpectF32(c, "out_loss", loss);
+}
+
+void CheckMseGrad(const Case& c) {
+  const Array& y = c.array_of<int8_t>("y");
+  const int32_t n = static_cast<int32_t>(y.size());
+  std::vector<int8_t> grad(n);
+  float gs = -1, loss = -1;
+  ExpectOk(core::MseGrad(y.data<int8_t>(), c.array_of<int8_t>("target").data<int8_t>(), n,
+                         c.f32("scale"), grad.data(), &gs, &loss),
+           "MseGrad");
+  Expect(c, "out_grad", grad);
+  ExpectF32(c, "out_grad_scale", gs);
+  ExpectF32(c, "out_loss", loss);
+}
+
+void CheckActGrad(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  std::vector<int8_t> out(g.size());
+  ExpectOk(core::ActGrad(g.data<int8_t>(), c.array_of<int8_t>("y").data<int8_t>(),
+                         static_cast<int32_t>(g.size()), static_cast<int32_t>(c.i64("act_min")),
+                         static_cast<int32_t>(c.i64("act_max")), out.data()),
+           "ActGrad");
+  Expect(c, "out_g", out);
+}
+
+void CheckGradAdd(const Case& c) {
+  const Array& g1 = c.array_of<int8_t>("g1");
+  const int32_t n = static_cast<int32_t>(g1.size());
+  BothModes(n, [&](int64_t* scratch) {
+    std::vector<int8_t> out(n, 99);
+    float s = -1;
+    ExpectOk(core::GradAdd(g1.data<int8_t>(), c.f32("s1"), c.array_of<int8_t>("g2").data<int8_t>(),
+                           c.f32("s2"), n, out.data(), &s, scratch),
+             "GradAdd");
+    Expect(c, "out_g", out);
+    ExpectF32(c, "out_s", s);
+  });
+}
+
+void CheckMeanGrad(const Case& c) {
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  std::vector<int8_t> out(in.size(), 99);
+  float s = -1;
+  ExpectOk(core::MeanGrad(c.array_of<int8_t>("g").data<int8_t>(), c.f32("s"), in,
+                          c.f32("inv_count"), out.data(), &s),
+           "MeanGrad");
+  Expect(c, "out_g_in", out);
+  ExpectF32(c, "out_s_in", s);
+}
+
+void CheckPadGrad(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  std::vector<int8_t> out(in.size(), 99);
+  ExpectOk(core::PadGrad(g.data<int8_t>(), HwcOf(g.dims), in,
+                         static_cast<int32_t>(c.i64("pad_top")),
+                         static_cast<int32_t>(c.i64("pad_left")), out.data()),
+           "PadGrad");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckReshapeGrad(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  std::vector<int64_t> shape = ShapeEntry(c, "in_shape");
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (n != g.size()) throw Mismatch{"in_shape has another element count than g"};
+  std::vector<int8_t> out(static_cast<size_t>(n), 99);
+  ExpectOk(core::ReshapeGrad(g.data<int8_t>(), static_cast<int32_t>(n), out.data()), "ReshapeGrad");
+  Expect(c, "out_g_in", out);
+}
+
+PoolParams PoolOf(const Case& c) {
+  PoolParams p;
+  p.filter_h = static_cast<int32_t>(c.i64("filter_h"));
+  p.filter_w = static_cast<int32_t>(c.i64("filter_w"));
+  p.geom = GeomOf(c);
+  return p;
+}
+
+void CheckAvgPoolGrad(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  BothModes(in.size(), [&](int64_t* scratch) {
+    std::vector<int8_t> out(in.size(), 99);
+    float s = -1;
+    ExpectOk(core::AvgPoolGrad(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), in, PoolOf(c),
+                               out.data(), &s, scratch),
+             "AvgPoolGrad");
+    Expect(c, "out_g_in", out);
+    ExpectF32(c, "out_s_in", s);
+  });
+}
+
+void CheckMaxPoolGrad(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  const Array& x = c.array_of<int8_t>("x");
+  const Hwc in = HwcOf(x.dims);
+  BothModes(in.size(), [&](int64_t* scratch) {
+    std::vector<int8_t> out(in.size(), 99);
+    float s = -1;
+    ExpectOk(core::MaxPoolGrad(g.data<int8_t>(), c.f32("s"), x.data<int8_t>(),
+                               c.array_of<int8_t>("y").data<int8_t>(), HwcOf(g.dims), in,
+                               PoolOf(c), out.data(), &s, scratch),
+             "MaxPoolGrad");
+    Expect(c, "out_g_in", out);
+    ExpectF32(c, "out_s_in", s);
+  });
+}
+
+// Kernel height/width of conv weights [CO, KH, KW, CI] or [CO, CI] (-> 1, 1).
+void KernelOf(const Array& w, int32_t* kh, int32_t* kw) {
+  *kh = w.ndim() == 4 ? static_cast<int32_t>(w.dim(1)) : 1;
+  *kw = w.ndim() == 4 ? static_cast<int32_t>(w.dim(2)) : 1;
+}
+
+void CheckInputGrad(const Case& c, bool depthwise) {
+  const Array& g = c.array_of<int8_t>("g");
+  const Array& w = c.array_of<int8_t>("w");
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  int32_t kh, kw;
+  KernelOf(w, &kh, &kw);
+  BothModes(in.size(), [&](int64_t* scratch) {
+    std::vector<int8_t> out(in.size(), 99);
+    float s = -1;
+    const auto fn = depthwise ? core::DepthwiseInputGrad : core::ConvInputGrad;
+    ExpectOk(fn(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), w.data<int8_t>(), kh, kw,
+                c.array_of<int32_t>("wmul").data<int32_t>(), c.f32("w_scale_max"), in, GeomOf(c),
+                out.data(), &s, scratch),
+             depthwise ? "DepthwiseInputGrad" : "ConvInputGrad");
+    Expect(c, "out_g_in", out);
+    ExpectF32(c, "out_s_in", s);
+  });
+}
+
+UpdateParams UpdateOf(const Case& c) {
+  UpdateParams p;
+  p.update_channels = static_cast<int32_t>(c.i64("update_channels"));
+  p.seed = static_cast<uint32_t>(c.i64("seed"));
+  p.x_zero_point = static_cast<int32_t>(c.i64_or("x_zero_point", 0));
+  return p;
+}
+
+void CheckWeightUpdate(const Case& c, bool depthwise) {
+  const Array& g = c.array_of<int8_t>("g");
+  const Array& x = c.array_of<int8_t>("x");
+  std::vector<int8_t> w = c.array_of<int8_t>("w").vec<int8_t>();
+  int32_t kh, kw;
+  KernelOf(c.array("w"), &kh, &kw);
+  const auto fn = depthwise ? core::DepthwiseWeightUpdate : core::ConvWeightUpdate;
+  ExpectOk(fn(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), x.data<int8_t>(), HwcOf(x.dims),
+              w.data(), kh, kw, c.array_of<float>("wfactor").data<float>(), c.f32("lr"),
+              GeomOf(c), UpdateOf(c), static_cast<uint32_t>(c.i64("counter"))),
+           depthwise ? "DepthwiseWeightUpdate" : "ConvWeightUpdate");
+  Expect(c, "out_w", w);
+}
+
+void CheckBiasUpdate(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  std::vector<int32_t> b = c.array_of<int32_t>("b").vec<int32_t>();
+  const int32_t ch = static_cast<int32_t>(b.size());
+  const int32_t positions = ch ? static_cast<int32_t>(g.size() / ch) : 0;
+  ExpectOk(core::BiasUpdate(g.data<int8_t>(), c.f32("s"), positions, ch, b.data(),
+                            c.array_of<float>("bfactor").data<float>(), c.f32("lr"), UpdateOf(c),
+                            static_cast<uint32_t>(c.i64("counter"))),
+           "BiasUpdate");
+  Expect(c, "out_b", b);
+}
+
+const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
+  static const std::map<std::string, std::function<void(const Case&)>> m = {
+      {"TMT_SOFTMAX_CE_GRAD", CheckSoftmaxCeGrad},
+      {"TMT_MSE_GRAD", CheckMseGrad},
+      {"TMT_ACT_GRAD", CheckActGrad},
+      {"TMT_GRAD_ADD", CheckGradAdd},
+      {"TMT_MEAN_GRAD", CheckMeanGrad},
+      {"TMT_PAD_GRAD", CheckPadGrad},
+      {"TMT_RESHAPE_GRAD", CheckReshapeGrad},
+      {"TMT_AVGPOOL_GRAD", CheckAvgPoolGrad},
+      {"TMT_MAXPOOL_GRAD", CheckMaxPoolGrad},
+      {"TMT_CONV_INPUT_GRAD", [](const Case& c) { CheckInputGrad(c, false); }},
+      {"TMT_DW_INPUT_GRAD", [](const Case& c) { CheckInputGrad(c, true); }},
+      {"TMT_CONV_WEIGHT_UPDATE", [](const Case& c) { CheckWeightUpdate(c, false); }},
+      {"TMT_DW_WEIGHT_UPDATE", [](const Case& c) { CheckWeightUpdate(c, true); }},
+      {"TMT_BIAS_UPDATE", CheckBiasUpdate},
+  };
+  return m;
+}
+
+bool IsDir(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::vector<std::string> GoldenFiles(const std::string& path) {
+  if (!IsDir(path)) return {path};
+  std::vector<std::string> files;
+  if (DIR* d = opendir(path.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.size() > 5 && name.compare(name.size() - 5, 5, ".tmtg") == 0) {
+        files.push_back(path + "/" + name);
+      }
+    }
+    closedir(d);
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> inputs(argv + 1, argv + argc);
+  if (inputs.empty()) {
+    const char* dir = std::getenv("TMT_GOLDEN_DIR");
+    if (!dir || !*dir) {
+      std::printf(
+          "golden_test: no golden files given, nothing checked. Run `python3 -m pytest "
+          "tests/test_golden_cpp.py`, or write them with `python3 tests/golden/make_golden.py "
+          "DIR` and pass DIR as an argument or in TMT_GOLDEN_DIR.\n");
+      return 0;
+    }
+    inputs.push_back(dir);
+  }
+  std::vector<std::string> files;
+  for (const auto& in : inputs) {
+    for (const auto& f : GoldenFiles(in)) files.push_back(f);
+  }
+  if (files.empty()) {
+    std::fprintf(stderr, "golden_test: no .tmtg files in %s\n", inputs[0].c_str());
+    return 1;
+  }
+  std::map<std::string, std::pair<int64_t, int64_t>> per_op;  // op -> (cases, mismatches)
+  int64_t passed = 0, failed = 0;
+  int reported = 0;
+  for (const auto& f : files) {
+    std::vector<Case> cases;
+    std::string err;
+    if (!tmt_golden::ReadFile(f, &cases, &err)) {
+      std::fprintf(stderr, "golden_test: %s\n", err.c_str());
+      ++failed;
+      continue;
+    }
+    for (const Case& c : cases) {
+      auto& counts = per_op[c.op];
+      ++counts.first;
+      std::string problem;
+      const auto it = Checkers().find(c.op);
+      if (it == Checkers().end()) {
+        problem = "no C++ checker for this op";
+      } else {
+        try {
+          it->second(c);
+        } catch (const Mismatch& m) {
+          problem = m.what;
+        } catch (const tmt_golden::GoldenError& e) {
+          problem = std::string("bad case: ") + e.what();
+        }
+      }
+      if (problem.empty()) {
+        ++passed;
+      } else {
+        ++failed;
+        ++counts.second;
+        if (reported++ < 20) {
+          std::printf("MISMATCH %s case #%zu (%s): %s\n", f.c_str(), c.index, c.op.c_str(),
+                      problem.c_str());
+        }
+      }
+    }
+  }
+  for (const auto& kv : per_op) {
+    std::printf("golden %s: %lld cases, %lld mismatches\n", kv.first.c_str(),
+                static_cast<long long>(kv.second.first), static_cast<long long>(kv.second.second));
+  }
+  std::printf("%lld passed, %lld failed\n", static_cast<long long>(passed),
+              static_cast<long long>(failed));
+  return failed ? 1 : 0;
+}
