@@ -142,7 +142,8 @@ KERAS_CASES: dict[str, tuple[tuple[int, ...], Callable, tuple[float, float]]] = 
     "dense_3d": ((4, 6), lambda x: L.Dense(5)(x), (-2, 2)),
     "residual_add_relu6": ((8, 8, 4), _inverted_residual, (-2, 2)),
     "add_relu": (
-        (8, 8, 4), lambda x: L.ReLU()(L.Add()([L.Conv2D(4, 1)(x), L.Conv2D(4, 3, padding="same")(x)])),
+        (8, 8, 4),
+        lambda x: L.ReLU()(L.Add()([L.Conv2D(4, 1)(x), L.Conv2D(4, 3, padding="same")(x)])),
         (-2, 2)),
     "add_broadcast": (
         (6, 6, 4), lambda x: L.Add()([x, L.GlobalAveragePooling2D(keepdims=True)(x)]), (-2, 2)),

@@ -4,11 +4,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <new>
 
 #include "flatbuffers/flexbuffers.h"
 #include "tensorflow/lite/c/common.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
 #include "tflm_ops/core/training_ops.h"
@@ -53,7 +55,7 @@ enum : uint32_t {
 };
 constexpr uint32_t kOptGeom = kOptStride | kOptPadTop | kOptPadLeft;
 
-constexpr int kMaxTensors = 6;
+constexpr int kMaxTensors = 8;
 
 struct OpInfo {
   const char* name;
@@ -63,8 +65,9 @@ struct OpInfo {
 };
 
 const OpInfo kOps[kNumKinds] = {
-    {"TMT_SOFTMAX_CE_GRAD", {"probs", "label", "lr", "loss_lut"}, {"grad", "grad_scale", "loss"}, 0},
-    {"TMT_MSE_GRAD", {"y", "target", "lr"}, {"grad", "grad_scale", "loss"}, 0},
+    {"TMT_SOFTMAX_CE_GRAD", {"probs", "label", "lr", "loss_lut", "state"},
+     {"grad", "grad_scale", "loss"}, 0},
+    {"TMT_MSE_GRAD", {"y", "target", "lr", "state"}, {"grad", "grad_scale", "loss"}, 0},
     {"TMT_ACT_GRAD", {"g", "y", "lr"}, {"g_out"}, kOptActMin | kOptActMax},
     {"TMT_GRAD_ADD", {"g1", "s1", "g2", "s2", "lr"}, {"g", "s"}, kOptUseScratch},
     {"TMT_MEAN_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptInvCount},
@@ -77,11 +80,12 @@ const OpInfo kOps[kNumKinds] = {
      kOptGeom | kOptWScaleMax | kOptUseScratch},
     {"TMT_DW_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
      kOptGeom | kOptWScaleMax | kOptUseScratch},
-    {"TMT_CONV_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr"}, {},
+    {"TMT_CONV_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
      kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
-    {"TMT_DW_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr"}, {},
+    {"TMT_DW_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
      kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
-    {"TMT_BIAS_UPDATE", {"g", "s", "b", "bfactor", "lr"}, {}, kOptUpdateChannels | kOptSeed},
+    {"TMT_BIAS_UPDATE", {"g", "s", "b", "bfactor", "lr", "state"}, {},
+     kOptUpdateChannels | kOptSeed},
 };
 
 int CountNames(const char* const* names) {
@@ -116,8 +120,6 @@ struct OpData {
   // Set in Prepare.
   float y_scale = 0.0f;  // TMT_MSE_GRAD: the scale of y / target
   int scratch_index = -1;
-  // State.
-  uint32_t counter = 0;  // stochastic-rounding step count of update ops
 };
 
 // ------------------------------------------------------------------ Init
@@ -323,6 +325,10 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   constexpr bool kIn = true, kOut = false;
   const int lr = IndexOf(info.inputs, "lr");
   if (!c.Scalar(kIn, lr)) return kTfLiteError;
+  const int state = IndexOf(info.inputs, "state");
+  if (state >= 0 && !(c.Type(kIn, state, kTfLiteInt32) && c.Elems(kIn, state, 2))) {
+    return kTfLiteError;
+  }
   int scratch_elems = 0;
   bool ok = true;
   switch (K) {
@@ -536,6 +542,14 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   auto mut_i8 = [](TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<int8_t>(t); };
 
   const float lr = f32(in(IndexOf(info.inputs, "lr")));
+  const int state_index = IndexOf(info.inputs, "state");
+  // The training-step counter: advanced by the loss op, read by the update ops.
+  uint32_t* step = state_index >= 0 ? reinterpret_cast<uint32_t*>(
+                                          tflite::micro::GetTensorData<int32_t>(
+                                              tflite::micro::GetMutableEvalInput(context, node,
+                                                                                 state_index))) +
+                                          1
+                                    : nullptr;
   const bool is_loss = K == kSoftmaxCeGrad || K == kMseGrad;
   if (lr == 0.0f) {  // inference call
     if (is_loss) {
@@ -623,7 +637,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       KernelOf(w, &kh, &kw);
       const auto fn = K == kConvWeightUpdate ? core::ConvWeightUpdate : core::DepthwiseWeightUpdate;
       s = fn(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), HwcOf(in(2)), mut_i8(w), kh, kw,
-             tflite::micro::GetTensorData<float>(in(4)), lr, GeomOf(d), UpdateOf(d), d->counter);
+             tflite::micro::GetTensorData<float>(in(4)), lr, GeomOf(d), UpdateOf(d), *step);
       break;
     }
     case kBiasUpdate: {
@@ -632,27 +646,85 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       const int32_t positions = ch ? ElementsOf(in(0)) / ch : 0;
       s = core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
                            tflite::micro::GetTensorData<int32_t>(b),
-                           tflite::micro::GetTensorData<float>(in(3)), lr, UpdateOf(d), d->counter);
+                           tflite::micro::GetTensorData<float>(in(3)), lr, UpdateOf(d), *step);
       break;
     }
     default:
       break;
   }
   if (s != core::Status::kOk) return Report(K, s);
-  if (K == kConvWeightUpdate || K == kDwWeightUpdate || K == kBiasUpdate) {
-    if (lr > 0.0f) ++d->counter;
-  }
+  if (is_loss) ++*step;  // after validation: a failed step leaves the counter as it was
   return kTfLiteOk;
 }
 
 template <int K>
 TFLMRegistration Registration() {
-  // No reset hook: the update counter is training progress and survives
-  // MicroInterpreter::Reset(), like the trained weights do.
   return tflite::micro::RegisterOp(Init<K>, Prepare<K>, Eval<K>);
 }
 
+// ------------------------------------------------------------------ TMT_INIT
+
+// inputs: state int32[2] (variable), then (initial value, variable) pairs; no outputs.
+// Eval: if state[0] != kStateMagic, copy every initial value into its variable and set
+// state = {kStateMagic, 0}. ResetVariableTensors() zeroes the state, so the next Invoke
+// restores the shipped parameters.
+constexpr int32_t kStateMagic = 0x544D5431;  // "TMT1"
+
+TfLiteStatus InitPrepare(TfLiteContext* context, TfLiteNode* node) {
+  if (node->inputs->size < 1 || (node->inputs->size - 1) % 2 != 0 || node->outputs->size != 0) {
+    MicroPrintf("TMT_INIT: expected a state tensor and (initial value, variable) pairs, "
+                "no outputs; got %d inputs and %d outputs",
+                node->inputs->size, node->outputs->size);
+    return kTfLiteError;
+  }
+  tflite::MicroContext* mc = tflite::GetMicroContext(context);
+  TfLiteTensor* st = mc->AllocateTempInputTensor(node, 0);
+  const bool state_ok = st != nullptr && st->type == kTfLiteInt32 && st->bytes == 8;
+  if (st) mc->DeallocateTempTfLiteTensor(st);
+  if (!state_ok) {
+    MicroPrintf("TMT_INIT: input 0 'state' must be int32 with 2 elements");
+    return kTfLiteError;
+  }
+  for (int i = 1; i < node->inputs->size; i += 2) {
+    TfLiteTensor* init = mc->AllocateTempInputTensor(node, i);
+    TfLiteTensor* var = mc->AllocateTempInputTensor(node, i + 1);
+    const bool ok = init && var && init->type == var->type && init->bytes == var->bytes &&
+                    init->data.data != nullptr;
+    const int init_bytes = init ? static_cast<int>(init->bytes) : -1;
+    const int var_bytes = var ? static_cast<int>(var->bytes) : -1;
+    if (init) mc->DeallocateTempTfLiteTensor(init);
+    if (var) mc->DeallocateTempTfLiteTensor(var);
+    if (!ok) {
+      MicroPrintf("TMT_INIT: input %d (initial value, %d bytes) does not match variable input %d "
+                  "(%d bytes) or is not constant",
+                  i, init_bytes, i + 1, var_bytes);
+      return kTfLiteError;
+    }
+  }
+  return kTfLiteOk;
+}
+
+TfLiteStatus InitEval(TfLiteContext* context, TfLiteNode* node) {
+  int32_t* state = tflite::micro::GetTensorData<int32_t>(
+      tflite::micro::GetMutableEvalInput(context, node, 0));
+  if (state[0] == kStateMagic) return kTfLiteOk;
+  for (int i = 1; i < node->inputs->size; i += 2) {
+    const TfLiteEvalTensor* init = tflite::micro::GetEvalInput(context, node, i);
+    TfLiteEvalTensor* var = tflite::micro::GetMutableEvalInput(context, node, i + 1);
+    size_t bytes = 0;
+    TF_LITE_ENSURE_STATUS(tflite::TfLiteEvalTensorByteLength(init, &bytes));
+    std::memcpy(var->data.data, init->data.data, bytes);
+  }
+  state[0] = kStateMagic;
+  state[1] = 0;
+  return kTfLiteOk;
+}
+
 }  // namespace
+
+TFLMRegistration Register_TMT_INIT() {
+  return tflite::micro::RegisterOp(nullptr, InitPrepare, InitEval);
+}
 
 TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD() { return Registration<kSoftmaxCeGrad>(); }
 TFLMRegistration Register_TMT_MSE_GRAD() { return Registration<kMseGrad>(); }
@@ -671,6 +743,7 @@ TFLMRegistration Register_TMT_BIAS_UPDATE() { return Registration<kBiasUpdate>()
 
 const TrainingOpEntry* TrainingOps() {
   static const TrainingOpEntry kEntries[kNumTrainingOps] = {
+      {"TMT_INIT", Register_TMT_INIT},
       {"TMT_SOFTMAX_CE_GRAD", Register_TMT_SOFTMAX_CE_GRAD},
       {"TMT_MSE_GRAD", Register_TMT_MSE_GRAD},
       {"TMT_ACT_GRAD", Register_TMT_ACT_GRAD},

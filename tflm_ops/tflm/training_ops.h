@@ -9,8 +9,10 @@
 // shapes in Prepare (errors name the op and the tensor via MicroPrintf), and calls
 // the portable core (tflm_ops/core/) in Eval. Learning-rate gate: lr == 0 makes
 // every op return at once (the loss ops write loss 0 and gradient scale 0); the loss
-// ops fail on lr < 0 or NaN. Update ops keep their stochastic-rounding counter in
-// persistent op data (+1 after every call with lr > 0).
+// ops fail on lr < 0 or NaN. The stochastic-rounding counter is the training-step
+// counter in the artifact's `tmt/state` variable tensor: the loss op advances it after
+// validating its inputs, the update ops read it. TMT_INIT fills the trainable variable
+// tensors from their constant initial values on the first Invoke.
 //
 // Optional custom option on the ops with a dyn-quantized output (GRAD_ADD, AVGPOOL_GRAD,
 // MAXPOOL_GRAD, CONV/DW_INPUT_GRAD): `use_scratch` (int, default 0). 0 computes every
@@ -24,6 +26,7 @@
 
 namespace tfmicro_train {
 
+TFLMRegistration Register_TMT_INIT();
 TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD();
 TFLMRegistration Register_TMT_MSE_GRAD();
 TFLMRegistration Register_TMT_ACT_GRAD();
@@ -45,7 +48,7 @@ struct TrainingOpEntry {
 };
 
 // Number of TMT_* ops: reserve that many slots in the MicroMutableOpResolver.
-constexpr unsigned int kNumTrainingOps = 14;
+constexpr unsigned int kNumTrainingOps = 15;
 
 // All TMT_* ops (kNumTrainingOps entries).
 const TrainingOpEntry* TrainingOps();
