@@ -342,7 +342,7 @@ def _fully_connected(
     else:
         wf -= _zp(w_info)
         # GetQuantizedConvolutionMultipler: the scale product is taken in float32.
-        real = float(_scale(in_info)) * float(_scale(w_info)) / float(_scale(out_info))
+        real = float(_scale(in_info) * _scale(w_info)) / float(_scale(out_info))
         mult, shift = _quantize_multipliers(real)
     x0 = x.reshape(-1, depth).astype(np.float64) - _zp(in_info)
     acc = (x0 @ wf.T).astype(np.int64)
