@@ -180,8 +180,35 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
     for t, parts in b.grads.items():
         if parts and t not in g.inputs:
             raise ValueError(f"internal: gradient of tensor '{g.tensors[t].name}' was not consumed")
+    _pack_masks(g, b.backward, lr)
     g.nodes.extend(b.backward)
     return g
+
+
+def _pack_masks(g: Graph, backward: list[Node], lr: int) -> None:
+    """Keep 1-bit masks instead of int8 activations where a mask is all the backward pass needs.
+
+    Each TMT_ACT_GRAD whose `y` no other backward node reads becomes TMT_MASK_GRAD, fed by a
+    TMT_MASK_PACK placed right after y's producer in the forward pass, so y dies as in inference.
+    """
+    producer = g.producers()
+    packs: dict[int, list[Node]] = {}
+    for node in backward:
+        if node.op != "TMT_ACT_GRAD":
+            continue
+        y = node.inputs[1]
+        if y in g.outputs or any(y in n.inputs for n in backward if n is not node):
+            continue
+        n_bytes = (int(np.prod(g.tensors[y].shape)) + 7) // 8
+        bits = g.add(Tensor(f"tmt/mask/{g.tensors[y].name}", (n_bytes,), np.dtype(np.uint8)))
+        packs.setdefault(producer[y], []).append(
+            Node("TMT_MASK_PACK", [y, lr], [bits], dict(node.options), layer=node.layer))
+        node.op, node.inputs, node.options = "TMT_MASK_GRAD", [node.inputs[0], bits, lr], {}
+    nodes = []
+    for i, node in enumerate(g.nodes):
+        nodes.append(node)
+        nodes.extend(packs.get(i, []))
+    g.nodes = nodes
 
 
 def _backward_node(b: _Builder, node: Node, index: int, grad: tuple[int, int],

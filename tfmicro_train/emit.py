@@ -18,6 +18,7 @@ from .graph import Graph, Tensor
 from .schema import DTYPE_TO_TENSOR_TYPE, fb
 
 METADATA_KEY = "tmt_training"
+OFFLINE_PLAN_KEY = "OfflineMemoryAllocation"
 FILE_IDENTIFIER = b"TFL3"
 
 
@@ -106,6 +107,7 @@ def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buf
             seen.add(t)
             used.append(t)
     remap = {t: i for i, t in enumerate(used)}
+    w.used = used
     sg = fb.SubGraphT()
     sg.name = name
     sg.tensors = [w.tensor(g.tensors[t], const_buffers, t) for t in used]
@@ -116,14 +118,21 @@ def _subgraph(w: _Writer, g: Graph, name: str, nodes, inputs, outputs, const_buf
     return remap
 
 
-def emit(g: Graph, metadata: dict) -> bytes:
-    """Serialize the scheduled graph to flatbuffer bytes."""
+def emit(g: Graph, metadata: dict, offsets: dict[int, int] | None = None) -> bytes:
+    """Serialize the scheduled graph to flatbuffer bytes; `offsets` (tensor -> arena offset) become
+    TFLM's "OfflineMemoryAllocation" metadata (-1, planned online, for every other tensor)."""
     w = _Writer()
     _subgraph(w, g, "train_step", g.nodes, g.inputs, g.outputs, {})
     md = fb.MetadataT()
     md.name = METADATA_KEY
     md.buffer = w.buffer(json.dumps(metadata, sort_keys=True).encode())
     w.model.metadata = [md]
+    if offsets is not None:
+        plan = [offsets.get(t, -1) for t in w.used]
+        md = fb.MetadataT()
+        md.name = OFFLINE_PLAN_KEY
+        md.buffer = w.buffer(np.array([1, 1, len(plan), *plan], "<i4").tobytes())
+        w.model.metadata.append(md)
     builder = flatbuffers.Builder(1024)
     builder.Finish(w.model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())

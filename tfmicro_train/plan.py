@@ -1,9 +1,10 @@
 """Stage 4: memory plan of one training step.
 
 Lifetimes follow TFLite Micro's rules (a tensor lives from the operator that writes it, or the
-start for graph inputs, to the last operator that reads it, or the end for graph outputs) and the
-arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned), so the figure is the one
-TFLM's default planner reaches for the same schedule. Peak SRAM = arena + variable tensors
+start for graph inputs, to the last operator that reads it, or the end for graph outputs). Gradient
+ops that work element by element write their output over an input that dies there (in place). The
+arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned) and the offsets are written
+into the artifact as "OfflineMemoryAllocation" metadata, so TFLM uses exactly this plan. Peak SRAM = arena + variable tensors
 (persistent: trainable parameters and the training state) + an estimate of TFLM's per-tensor and per-operator bookkeeping.
 """
 
@@ -23,15 +24,21 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+# op -> input slot whose buffer output 0 may reuse (element-wise, alias-safe in both kernels)
+IN_PLACE = {"TMT_ACT_GRAD": 0, "TMT_MASK_GRAD": 0, "TMT_RESHAPE_GRAD": 0, "TMT_PAD_GRAD": 0,
+            "TMT_GRAD_ADD": 0}
+
+
 @dataclass
 class Buffer:
-    """One planned arena buffer."""
+    """One planned arena buffer (one tensor, or a chain of tensors updated in place)."""
 
     tensor: int
     size: int
     first: int
     last: int
     offset: int = 0
+    aliases: list[int] = field(default_factory=list)  # further tensors sharing this buffer
 
 
 @dataclass
@@ -39,6 +46,7 @@ class MemoryPlan:
     """Arena layout and figures of a scheduled training graph."""
 
     buffers: list[Buffer]
+    offsets: dict[int, int]  # tensor -> arena offset
     arena_bytes: int
     variable_bytes: int
     overhead_bytes: int
@@ -49,8 +57,9 @@ class MemoryPlan:
         return self.arena_bytes + self.variable_bytes + self.overhead_bytes
 
 
-def lifetimes(g: Graph) -> list[Buffer]:
-    """Planned (non-constant, non-resource) tensors with their first and last operator."""
+def lifetimes(g: Graph, in_place: bool = True) -> list[Buffer]:
+    """Planned (non-constant, non-variable) tensors with their first and last operator; with
+    `in_place`, the output of an IN_PLACE op joins its input's buffer when that input dies there."""
     first: dict[int, int] = {t: 0 for t in g.inputs}
     last: dict[int, int] = {}
     for i, node in enumerate(g.nodes):
@@ -64,13 +73,27 @@ def lifetimes(g: Graph) -> list[Buffer]:
     end = len(g.nodes) - 1
     for t in g.outputs:
         last[t] = end
-    out = []
+    buffers: dict[int, Buffer] = {}
     for t, f in first.items():
         tensor = g.tensors[t]
         if tensor.data is not None or tensor.variable or tensor.nbytes == 0:
             continue
-        out.append(Buffer(t, _align(tensor.nbytes), f, last.get(t, f)))
-    return out
+        buffers[t] = Buffer(t, _align(tensor.nbytes), f, last.get(t, f))
+    if in_place:
+        owner: dict[int, Buffer] = dict(buffers)
+        for i, node in enumerate(g.nodes):
+            slot = IN_PLACE.get(node.op)
+            if slot is None or not node.outputs:
+                continue
+            src, dst = node.inputs[slot], node.outputs[0]
+            if src not in owner or dst not in buffers or owner[src].last != i:
+                continue
+            b = owner[src]
+            moved = buffers.pop(dst)
+            b.size, b.last = max(b.size, moved.size), moved.last
+            b.aliases.append(dst)
+            owner[dst] = b
+    return list(buffers.values())
 
 
 def greedy_layout(buffers: list[Buffer]) -> int:
@@ -93,7 +116,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
     """Lay out the arena and compute the memory figures of a scheduled graph."""
     buffers = lifetimes(g)
     arena = greedy_layout(buffers)
+    offsets = {t: b.offset for b in buffers for t in (b.tensor, *b.aliases)}
     variables = sum(_align(t.nbytes) for t in g.tensors if t.variable)
     overhead = TENSOR_OVERHEAD * len(g.tensors) + NODE_OVERHEAD * len(g.nodes)
     live = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(g.nodes))]
-    return MemoryPlan(buffers, arena, variables, overhead, live)
+    return MemoryPlan(buffers, offsets, arena, variables, overhead, live)

@@ -241,6 +241,20 @@ class HostSimulator:
         for k, v in values.items():
             self.variables[by_name[k]] = np.asarray(v).copy()
 
+    def save_checkpoint(self, region: bytearray | None = None) -> bytearray:
+        """Save the training state (every variable tensor) into a two-slot, power-safe region,
+        byte-identical to the device's `tfmicro_train::checkpoint::Save` (a new region if None)."""
+        from .checkpoint import save_simulator
+
+        return save_simulator(self, region)
+
+    def load_checkpoint(self, region: bytes | bytearray) -> int:
+        """Restore the newest valid checkpoint of this artifact from `region`; returns its sequence
+        number. Raises checkpoint.CheckpointError (state unchanged) if there is none."""
+        from .checkpoint import load_simulator
+
+        return load_simulator(self, region)
+
 
 def _geom(o: dict) -> T.ConvGeom:
     return T.ConvGeom(o["stride_h"], o["stride_w"], o["pad_top"], o["pad_left"])
@@ -286,6 +300,10 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
         _advance_step(values, op.inputs[3])
     elif name == "TMT_ACT_GRAD":
         outs = [T.act_grad(ins[0], ins[1], o["act_min"], o["act_max"])]
+    elif name == "TMT_MASK_PACK":
+        outs = [T.mask_pack(ins[0], o["act_min"], o["act_max"])]
+    elif name == "TMT_MASK_GRAD":
+        outs = [T.mask_grad(ins[0], ins[1])]
     elif name == "TMT_GRAD_ADD":
         g, s = T.grad_add(ins[0], ins[1][0], ins[2], ins[3][0])
         outs = [g, np.array([s], F32)]
@@ -293,7 +311,7 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
         g, s = T.mean_grad(ins[0], ins[1][0], sg.infos[op.outputs[0]].shape, o["inv_count"])
         outs = [g, np.array([s], F32)]
     elif name == "TMT_RESHAPE_GRAD":
-        outs = [ins[0]]
+        outs = [T.reshape_grad(ins[0], sg.infos[op.outputs[0]].shape)]
     elif name == "TMT_PAD_GRAD":
         outs = [T.pad_grad(ins[0], sg.infos[op.outputs[0]].shape, o["pad_top"], o["pad_left"])]
     elif name in ("TMT_AVGPOOL_GRAD", "TMT_MAXPOOL_GRAD"):
@@ -314,7 +332,8 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
         values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
 
 
-_LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_GRAD_ADD": 4,
+_LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_MASK_PACK": 1, "TMT_MASK_GRAD": 2,
+            "TMT_GRAD_ADD": 4,
             "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_RESHAPE_GRAD": 1, "TMT_AVGPOOL_GRAD": 2,
             "TMT_MAXPOOL_GRAD": 4, "TMT_CONV_INPUT_GRAD": 4, "TMT_DW_INPUT_GRAD": 4,
             "TMT_CONV_WEIGHT_UPDATE": 5, "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}

@@ -217,6 +217,20 @@ def gen_act_grad(rng, i):
             "out_g": T.act_grad(g, y, lo, hi)}
 
 
+def gen_mask_pack(rng, i):
+    case = gen_act_grad(rng, i)
+    return {"y": case["y"], "act_min": case["act_min"], "act_max": case["act_max"],
+            "out_bits": T.mask_pack(case["y"], case["act_min"], case["act_max"])}
+
+
+def gen_mask_grad(rng, i):
+    case = gen_act_grad(rng, i)
+    bits = T.mask_pack(case["y"], case["act_min"], case["act_max"])
+    out = T.mask_grad(case["g"], bits)
+    assert np.array_equal(out, case["out_g"])  # the packed mask is the same mask
+    return {"g": case["g"], "bits": bits, "out_g": out}
+
+
 def gen_grad_add(rng, i):
     shape = (1, int(rng.integers(1, 6)), int(rng.integers(1, 6)), channels(rng))
     if rng.random() < 0.2:
@@ -456,6 +470,8 @@ GENERATORS = {
     "TMT_SOFTMAX_CE_GRAD": gen_softmax_ce_grad,
     "TMT_MSE_GRAD": gen_mse_grad,
     "TMT_ACT_GRAD": gen_act_grad,
+    "TMT_MASK_PACK": gen_mask_pack,
+    "TMT_MASK_GRAD": gen_mask_grad,
     "TMT_GRAD_ADD": gen_grad_add,
     "TMT_MEAN_GRAD": gen_mean_grad,
     "TMT_PAD_GRAD": gen_pad_grad,

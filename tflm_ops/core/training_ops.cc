@@ -101,6 +101,27 @@ Status ActGrad(const int8_t* g, const int8_t* y, int32_t n, int32_t act_min, int
   return Status::kOk;
 }
 
+Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, uint8_t* bits) {
+  if (n < 0) return Status::kBadShape;
+  for (int32_t byte = 0; byte < (n + 7) / 8; ++byte) {
+    uint32_t packed = 0;
+    for (int32_t b = 0; b < 8 && byte * 8 + b < n; ++b) {
+      const int32_t v = y[byte * 8 + b];
+      if (v > act_min && v < act_max) packed |= 1u << b;
+    }
+    bits[byte] = static_cast<uint8_t>(packed);
+  }
+  return Status::kOk;
+}
+
+Status MaskGrad(const int8_t* g, const uint8_t* bits, int32_t n, int8_t* out) {
+  if (n < 0) return Status::kBadShape;
+  for (int32_t i = 0; i < n; ++i) {
+    out[i] = ((bits[i >> 3] >> (i & 7)) & 1u) ? g[i] : static_cast<int8_t>(0);
+  }
+  return Status::kOk;
+}
+
 Status GradAdd(const int8_t* g1, float s1, const int8_t* g2, float s2, int32_t n, int8_t* out,
                float* out_scale, int64_t* scratch) {
   if (n < 0) return Status::kBadShape;

@@ -77,6 +77,12 @@ Status MseGrad(const int8_t* y, const int8_t* target, int32_t n, float scale, in
 Status ActGrad(const int8_t* g, const int8_t* y, int32_t n, int32_t act_min, int32_t act_max,
                int8_t* out);
 
+// TMT_MASK_PACK: bits[i / 8] bit (i % 8) = act_min < y[i] < act_max, (n + 7) / 8 bytes.
+Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, uint8_t* bits);
+
+// TMT_MASK_GRAD: out = g where the packed mask bit is set, else 0 (may alias g).
+Status MaskGrad(const int8_t* g, const uint8_t* bits, int32_t n, int8_t* out);
+
 // TMT_GRAD_ADD: (g1, s1) + (g2, s2) -> (out, out_scale), n elements.
 // scratch: nullptr or n int64s.
 Status GradAdd(const int8_t* g1, float s1, const int8_t* g2, float s2, int32_t n, int8_t* out,

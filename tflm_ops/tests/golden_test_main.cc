@@ -142,6 +142,25 @@ void CheckActGrad(const Case& c) {
   Expect(c, "out_g", out);
 }
 
+void CheckMaskPack(const Case& c) {
+  const Array& y = c.array_of<int8_t>("y");
+  const int32_t n = static_cast<int32_t>(y.size());
+  std::vector<uint8_t> bits((n + 7) / 8, 0xAA);
+  ExpectOk(core::MaskPack(y.data<int8_t>(), n, static_cast<int32_t>(c.i64("act_min")),
+                          static_cast<int32_t>(c.i64("act_max")), bits.data()),
+           "MaskPack");
+  Expect(c, "out_bits", bits);
+}
+
+void CheckMaskGrad(const Case& c) {
+  const Array& g = c.array_of<int8_t>("g");
+  const int32_t n = static_cast<int32_t>(g.size());
+  std::vector<int8_t> out(g.data<int8_t>(), g.data<int8_t>() + n);  // in place, as planned
+  ExpectOk(core::MaskGrad(out.data(), c.array_of<uint8_t>("bits").data<uint8_t>(), n, out.data()),
+           "MaskGrad");
+  Expect(c, "out_g", out);
+}
+
 void CheckGradAdd(const Case& c) {
   const Array& g1 = c.array_of<int8_t>("g1");
   const int32_t n = static_cast<int32_t>(g1.size());
@@ -291,6 +310,8 @@ const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
       {"TMT_SOFTMAX_CE_GRAD", CheckSoftmaxCeGrad},
       {"TMT_MSE_GRAD", CheckMseGrad},
       {"TMT_ACT_GRAD", CheckActGrad},
+      {"TMT_MASK_PACK", CheckMaskPack},
+      {"TMT_MASK_GRAD", CheckMaskGrad},
       {"TMT_GRAD_ADD", CheckGradAdd},
       {"TMT_MEAN_GRAD", CheckMeanGrad},
       {"TMT_PAD_GRAD", CheckPadGrad},

@@ -1,12 +1,14 @@
 // Tests of the TFLM glue (tflm_ops/tflm/training_ops.cc) through TFLM's KernelRunner:
 //
 // 1. hand-written checks: registration in a MicroMutableOpResolver, the learning-rate
-//    gate, the update counter, option / type / shape errors;
+//    gate, the training-step counter in the `state` tensor (the loss ops advance state[1]
+//    after validation, the update ops use it), TMT_INIT (copies once; a zeroed state, as
+//    TFLM's ResetVariableTensors() leaves it, copies again), option / type / shape /
+//    variable-ness errors;
 // 2. golden replay (when given golden files: argv[1] or $TMT_GOLDEN_DIR): every case is
 //    run through Init/Prepare/Eval with flexbuffer options built here, with and without
-//    `use_scratch`, and compared bit for bit. Update-op cases need counter == 0 (a fresh
-//    op); write them with `python3 tests/golden/make_golden.py DIR --counter0`; other
-//    update cases are only run, not compared.
+//    `use_scratch`, and compared bit for bit. The case's counter is put in state[1], so
+//    every update case is compared (files from `python3 tests/golden/make_golden.py DIR`).
 //
 // Prints "<passed> passed, <failed> failed" and exits 1 on any failure.
 #include <dirent.h>
@@ -36,9 +38,10 @@ namespace {
 using tmt_golden::Array;
 using tmt_golden::Case;
 
+constexpr int32_t kStateMagic = 0x544D5431;  // "TMT1" (docs/contract.md, TMT_INIT)
+
 int g_passed = 0;
 int g_failed = 0;
-int g_uncompared = 0;
 
 void Result(bool ok, const std::string& what) {
   if (ok) {
@@ -86,6 +89,14 @@ class Tensors {
     std::vector<uint8_t> fill(n * TfLiteTypeGetSizeOf(type), 0x5a);
     return Add(shape, type, fill.data(), fill.size());
   }
+  // The artifact's `tmt/state` variable: {kStateMagic, counter}.
+  int AddState(uint32_t counter) {
+    const int32_t st[2] = {kStateMagic, static_cast<int32_t>(counter)};
+    const int i = Add({2}, kTfLiteInt32, st, sizeof(st));
+    SetVariable(i);
+    return i;
+  }
+  void SetVariable(int i, bool v = true) { tensors_[i].is_variable = v; }
   void Quantize(int i, float scale, int zero_point) {
     tensors_[i].params = {scale, zero_point};
     tensors_[i].quantization = {kTfLiteAffineQuantization, nullptr};
@@ -197,8 +208,7 @@ void AddGeom(const Case& c, Options* o) {
 // ------------------------------------------------------------------ golden replay
 
 // Runs one golden case through the glue; returns "" or what went wrong.
-std::string ReplayCase(const Case& c, bool use_scratch, bool* compared) {
-  *compared = true;
+std::string ReplayCase(const Case& c, bool use_scratch) {
   Tensors t;
   Options o;
   std::vector<int> in, out;
@@ -229,23 +239,36 @@ std::string ReplayCase(const Case& c, bool use_scratch, bool* compared) {
     if (r.invoke != kTfLiteOk) return "Invoke failed";
     return "";
   };
+  // The loss ops advance state[1] by one (wrapping) after validating; a varied start,
+  // including the wrap-around.
+  const uint32_t counter0 = c.index % 5 == 0 ? 0xFFFFFFFFu : static_cast<uint32_t>(c.index) * 7919u;
+  auto expect_state = [&](int idx, uint32_t want) -> std::string {
+    const int32_t* st = t.ptr<int32_t>(idx);
+    if (st[0] == kStateMagic && static_cast<uint32_t>(st[1]) == want) return "";
+    return "state = {" + std::to_string(st[0]) + ", " + std::to_string(static_cast<uint32_t>(st[1])) +
+           "}, want {" + std::to_string(kStateMagic) + ", " + std::to_string(want) + "}";
+  };
   std::string e;
   if (op == "TMT_SOFTMAX_CE_GRAD") {
     const Array& probs = c.array("probs");
     in = {t.AddArray(probs), t.AddI32(static_cast<int32_t>(c.i64("label"))), t.AddF32(kLr),
-          t.AddArray(c.array("loss_lut"))};
+          t.AddArray(c.array("loss_lut")), t.AddState(counter0)};
     out = {t.AddOutput(DimsOf(probs), kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32),
            t.AddOutput({1}, kTfLiteFloat32)};
     const Run r = RunOp(reg, t, in, out, o);
-    if (c.has("error")) return (r.prepare == kTfLiteOk && r.invoke == kTfLiteError) ? "" : "expected a label error";
+    if (c.has("error")) {
+      if (r.prepare != kTfLiteOk || r.invoke != kTfLiteError) return "expected a label error";
+      return expect_state(in[4], counter0);  // a failed step does not advance the counter
+    }
     if (r.prepare != kTfLiteOk || r.invoke != kTfLiteOk) return "failed";
     if (!(e = expect_i8(out[0], "out_grad")).empty()) return e;
     if (!(e = expect_f32(out[1], "out_grad_scale")).empty()) return e;
-    return expect_f32(out[2], "out_loss");
+    if (!(e = expect_f32(out[2], "out_loss")).empty()) return e;
+    return expect_state(in[4], counter0 + 1u);
   }
   if (op == "TMT_MSE_GRAD") {
     const Array& y = c.array("y");
-    in = {t.AddArray(y), t.AddArray(c.array("target")), t.AddF32(kLr)};
+    in = {t.AddArray(y), t.AddArray(c.array("target")), t.AddF32(kLr), t.AddState(counter0)};
     t.Quantize(in[0], c.f32("scale"), 3);
     t.Quantize(in[1], c.f32("scale"), 3);
     out = {t.AddOutput(DimsOf(y), kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32),
@@ -253,7 +276,8 @@ std::string ReplayCase(const Case& c, bool use_scratch, bool* compared) {
     if (!(e = run()).empty()) return e;
     if (!(e = expect_i8(out[0], "out_grad")).empty()) return e;
     if (!(e = expect_f32(out[1], "out_grad_scale")).empty()) return e;
-    return expect_f32(out[2], "out_loss");
+    if (!(e = expect_f32(out[2], "out_loss")).empty()) return e;
+    return expect_state(in[3], counter0 + 1u);
   }
   if (op == "TMT_ACT_GRAD") {
     const Array& g = c.array("g");
@@ -328,29 +352,31 @@ std::string ReplayCase(const Case& c, bool use_scratch, bool* compared) {
   if (op == "TMT_CONV_WEIGHT_UPDATE" || op == "TMT_DW_WEIGHT_UPDATE" || op == "TMT_BIAS_UPDATE") {
     const bool bias = op == "TMT_BIAS_UPDATE";
     const float lr = c.f32("lr");
+    // The update op reads the training-step counter from state[1] and leaves it as it is.
+    const uint32_t counter = static_cast<uint32_t>(c.i64("counter"));
     int p;  // the updated parameter tensor
+    int st;
     if (bias) {
       in = {t.AddArray(c.array("g")), t.AddF32(c.f32("s")), p = t.AddArray(c.array("b")),
-            t.AddArray(c.array("bfactor")), t.AddF32(lr)};
+            t.AddArray(c.array("bfactor")), t.AddF32(lr), st = t.AddState(counter)};
     } else {
       in = {t.AddArray(c.array("g")), t.AddF32(c.f32("s")), t.AddArray(c.array("x")),
-            p = t.AddArray(c.array("w")), t.AddArray(c.array("wfactor")), t.AddF32(lr)};
+            p = t.AddArray(c.array("w")), t.AddArray(c.array("wfactor")), t.AddF32(lr),
+            st = t.AddState(counter)};
       AddGeom(c, &o);
       o.ints.push_back({"x_zero_point", c.i64("x_zero_point")});
     }
+    t.SetVariable(p);
     o.ints.push_back({"update_channels", c.i64("update_channels")});
     o.ints.push_back({"seed", c.i64("seed")});
     if (!(e = run()).empty()) return e;
+    if (!(e = expect_state(st, counter)).empty()) return "the update op changed the state: " + e;
     const char* before = bias ? "b" : "w";
     const char* after = bias ? "out_b" : "out_w";
     if (lr == 0.0f) {  // inference call: the parameter must be untouched
       const bool same = bias ? Same(c.array(before), t.ptr<int32_t>(p), t.elements(p), &msg)
                              : Same(c.array(before), t.ptr<int8_t>(p), t.elements(p), &msg);
       return same ? "" : std::string("lr == 0 changed the parameter: ") + msg;
-    }
-    if (c.i64("counter") != 0) {
-      *compared = false;
-      return "";
     }
     const bool same = bias ? Same(c.array(after), t.ptr<int32_t>(p), t.elements(p), &msg)
                            : Same(c.array(after), t.ptr<int8_t>(p), t.elements(p), &msg);
@@ -392,16 +418,11 @@ void ReplayGolden(const std::string& path) {
         // KernelRunner's arena is 10000 bytes: scratch runs only for small outputs.
         if (scratch && c.has("out_g_in") && c.array("out_g_in").size() * 8 > 8000) continue;
         if (scratch && c.has("out_g") && c.array("out_g").size() * 8 > 8000) continue;
-        bool compared = true;
         std::string problem;
         try {
-          problem = ReplayCase(c, scratch, &compared);
+          problem = ReplayCase(c, scratch);
         } catch (const tmt_golden::GoldenError& e) {
           problem = std::string("bad case: ") + e.what();
-        }
-        if (!compared) {
-          ++g_uncompared;
-          continue;
         }
         auto& counts = per_op[c.op];
         ++counts.first;
@@ -415,7 +436,6 @@ void ReplayGolden(const std::string& path) {
     std::printf("glue %s: %d runs compared, %d mismatches\n", kv.first.c_str(), kv.second.first,
                 kv.second.second);
   }
-  if (g_uncompared) std::printf("glue: %d update runs with counter != 0 not compared\n", g_uncompared);
 }
 
 // ------------------------------------------------------------------ hand-written checks
@@ -431,65 +451,199 @@ void TestResolver() {
 }
 
 // Softmax loss: lr == 0 writes zeros; lr < 0 fails; label out of range fails.
+// Softmax loss: lr == 0 writes zeros; lr < 0 / NaN fails; none of them advances the counter;
+// lr > 0 computes and advances state[1].
 void TestLossGate() {
   const int8_t probs[4] = {-128, 100, -100, 0};
   std::vector<float> lut(256, 2.5f);
   for (float lr : {0.0f, -1.0f, NAN, 1.0f}) {
     Tensors t;
     std::vector<int> in = {t.Add({1, 4}, kTfLiteInt8, probs, 4), t.AddI32(1), t.AddF32(lr),
-                           t.Add({256}, kTfLiteFloat32, lut.data(), 256 * 4)};
+                           t.Add({256}, kTfLiteFloat32, lut.data(), 256 * 4), t.AddState(10)};
     std::vector<int> out = {t.AddOutput({1, 4}, kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32),
                             t.AddOutput({1}, kTfLiteFloat32)};
     const Run r = RunOp(tfmicro_train::Register_TMT_SOFTMAX_CE_GRAD(), t, in, out, Options());
     const std::string tag = "softmax lr=" + std::to_string(lr);
+    const int32_t step = t.ptr<int32_t>(in[4])[1];
     Result(r.prepare == kTfLiteOk, tag + ": prepare");
     if (lr == 0.0f) {
       Result(r.invoke == kTfLiteOk && t.ptr<float>(out[1])[0] == 0.0f && t.ptr<float>(out[2])[0] == 0.0f,
              tag + ": inference call writes loss 0, scale 0");
+      Result(step == 10, tag + ": inference call leaves state[1]");
     } else if (!(lr > 0.0f)) {
       Result(r.invoke == kTfLiteError, tag + ": must fail");
+      Result(step == 10, tag + ": failed call leaves state[1]");
     } else {
       Result(r.invoke == kTfLiteOk && t.ptr<float>(out[2])[0] == 2.5f &&
                  t.ptr<float>(out[1])[0] == 1.0f / 128.0f && t.ptr<int8_t>(out[0])[1] == -14,
              tag + ": loss, scale, grad");
+      Result(step == 11, tag + ": state[1] advanced to 11, is " + std::to_string(step));
     }
   }
 }
 
-// Two invokes of a weight update use counters 0 and 1 (checked against the core).
+// The training-step counter: the loss op advances state[1] (after validation, wrapping), the
+// update ops read it (checked against the core with the same counters) and leave it.
 void TestUpdateCounter() {
+  const int8_t probs[4] = {-128, 100, -100, 0};
+  std::vector<float> lut(256, 1.0f);
   const int8_t g[4] = {50, -70, 127, 3};    // [1, 2, 2, 1]
   const int8_t x[4] = {10, -128, 127, 33};  // [1, 2, 2, 1]
   const int8_t w0[1] = {5};                 // [1, 1, 1, 1]
+  const int32_t b0[1] = {-1000};
   const float wf[1] = {0.37f};
+  const float bf[1] = {2.5e4f};
   const float s = 0.01f, lr = 0.003f;
-  Options o;
-  o.ints = {{"stride_h", 1}, {"stride_w", 1}, {"pad_top", 0}, {"pad_left", 0},
-            {"x_zero_point", -3}, {"update_channels", 1}, {"seed", 777}};
+  Options ow;
+  ow.ints = {{"stride_h", 1}, {"stride_w", 1}, {"pad_top", 0}, {"pad_left", 0},
+             {"x_zero_point", -3}, {"update_channels", 1}, {"seed", 777}};
+  Options ob;
+  ob.ints = {{"update_channels", 1}, {"seed", 778}};
   Tensors t;
-  const int wi = 3;
-  std::vector<int> in = {t.Add({1, 2, 2, 1}, kTfLiteInt8, g, 4), t.AddF32(s),
-                         t.Add({1, 2, 2, 1}, kTfLiteInt8, x, 4), t.Add({1, 1, 1, 1}, kTfLiteInt8, w0, 1),
-                         t.Add({1}, kTfLiteFloat32, wf, 4), t.AddF32(lr)};
-  Result(in[3] == wi, "counter: tensor layout");
-  const Run r = RunOp(tfmicro_train::Register_TMT_CONV_WEIGHT_UPDATE(), t, in, {}, o, 2);
-  Result(r.prepare == kTfLiteOk && r.invoke == kTfLiteOk, "counter: two invokes");
-  int8_t want = w0[0];
-  tfmicro_train::core::ConvGeom geom;
-  tfmicro_train::core::UpdateParams p;
-  p.update_channels = 1;
-  p.seed = 777;
-  p.x_zero_point = -3;
-  for (uint32_t counter = 0; counter < 2; ++counter) {
-    tfmicro_train::core::ConvWeightUpdate(g, s, {2, 2, 1}, x, {2, 2, 1}, &want, 1, 1, wf, lr, geom,
-                                          p, counter);
+  const int state = t.AddState(0xFFFFFFFEu);  // wraps after two steps
+  const int lr_t = t.AddF32(lr);
+  const int lr0 = t.AddF32(0.0f);
+  const int label = t.AddI32(1);
+  const int bad_label = t.AddI32(4);
+  const int probs_t = t.Add({1, 4}, kTfLiteInt8, probs, 4);
+  const int lut_t = t.Add({256}, kTfLiteFloat32, lut.data(), 256 * 4);
+  const std::vector<int> loss_out = {t.AddOutput({1, 4}, kTfLiteInt8),
+                                     t.AddOutput({1}, kTfLiteFloat32),
+                                     t.AddOutput({1}, kTfLiteFloat32)};
+  const int w = t.Add({1, 1, 1, 1}, kTfLiteInt8, w0, 1);
+  const int b = t.Add({1}, kTfLiteInt32, b0, 4);
+  t.SetVariable(w);
+  t.SetVariable(b);
+  const std::vector<int> wup = {t.Add({1, 2, 2, 1}, kTfLiteInt8, g, 4), t.AddF32(s),
+                                t.Add({1, 2, 2, 1}, kTfLiteInt8, x, 4), w,
+                                t.Add({1}, kTfLiteFloat32, wf, 4), lr_t, state};
+  const std::vector<int> bup = {wup[0], wup[1], b, t.Add({1}, kTfLiteFloat32, bf, 4), lr_t, state};
+  auto loss = [&](int label_t, int lr_in) {
+    return RunOp(tfmicro_train::Register_TMT_SOFTMAX_CE_GRAD(), t,
+                 {probs_t, label_t, lr_in, lut_t, state}, loss_out, Options());
+  };
+  auto step = [&]() { return static_cast<uint32_t>(t.ptr<int32_t>(state)[1]); };
+
+  std::vector<uint32_t> used;  // the counters the updates should have seen
+  for (int k = 0; k < 3; ++k) {
+    const Run l = loss(label, lr_t);
+    Result(l.prepare == kTfLiteOk && l.invoke == kTfLiteOk, "counter: loss step " + std::to_string(k));
+    used.push_back(step());
+    Result(RunOp(tfmicro_train::Register_TMT_CONV_WEIGHT_UPDATE(), t, wup, {}, ow).invoke == kTfLiteOk,
+           "counter: weight update " + std::to_string(k));
+    Result(RunOp(tfmicro_train::Register_TMT_BIAS_UPDATE(), t, bup, {}, ob).invoke == kTfLiteOk,
+           "counter: bias update " + std::to_string(k));
+    Result(step() == used.back(), "counter: the update ops leave state[1]");
+    // Neither an inference call nor a failing loss (label out of range) advances it.
+    Result(loss(label, lr0).invoke == kTfLiteOk && step() == used.back(),
+           "counter: lr = 0 leaves state[1]");
+    Result(loss(bad_label, lr_t).invoke == kTfLiteError && step() == used.back(),
+           "counter: a failed loss leaves state[1]");
   }
-  Result(t.ptr<int8_t>(wi)[0] == want, "counter: weights after two steps (counters 0, 1) = " +
-                                           std::to_string(want) + ", got " +
-                                           std::to_string(t.ptr<int8_t>(wi)[0]));
+  Result(used == std::vector<uint32_t>({0xFFFFFFFFu, 0u, 1u}),
+         "counter: loss op advances state[1] by one, wrapping (0xFFFFFFFE -> ffffffff, 0, 1)");
+  int8_t want_w = w0[0];
+  int32_t want_b = b0[0];
+  tfmicro_train::core::ConvGeom geom;
+  tfmicro_train::core::UpdateParams pw, pb;
+  pw.update_channels = 1;
+  pw.seed = 777;
+  pw.x_zero_point = -3;
+  pb.update_channels = 1;
+  pb.seed = 778;
+  for (uint32_t counter : used) {
+    tfmicro_train::core::ConvWeightUpdate(g, s, {2, 2, 1}, x, {2, 2, 1}, &want_w, 1, 1, wf, lr,
+                                          geom, pw, counter);
+    tfmicro_train::core::BiasUpdate(g, s, 4, 1, &want_b, bf, lr, pb, counter);
+  }
+  Result(t.ptr<int8_t>(w)[0] == want_w, "counter: weights after three steps = " +
+                                            std::to_string(want_w) + ", got " +
+                                            std::to_string(t.ptr<int8_t>(w)[0]));
+  Result(t.ptr<int32_t>(b)[0] == want_b, "counter: bias after three steps = " +
+                                             std::to_string(want_b) + ", got " +
+                                             std::to_string(t.ptr<int32_t>(b)[0]));
+  // The check is sensitive to the counter: counters 0, 1, 2 (an off-by-one, or no wrap) give
+  // another bias.
+  int32_t other_b = b0[0];
+  for (uint32_t counter : {0u, 1u, 2u}) {
+    tfmicro_train::core::BiasUpdate(g, s, 4, 1, &other_b, bf, lr, pb, counter);
+  }
+  Result(other_b != want_b, "counter: the bias test is sensitive to the counter");
 }
 
-// Prepare rejects missing options, wrong types and inconsistent shapes.
+// TMT_INIT copies every initial value into its variable when state[0] != magic, then sets
+// state = {magic, 0}; afterwards it copies nothing. A zeroed state (what TFLM's
+// ResetVariableTensors() leaves) makes the next invoke restore the initial values.
+void TestInit() {
+  const int8_t w_init[5] = {1, -2, 3, -4, 127};
+  const int32_t b_init[3] = {100000, -7, 0};
+  Tensors t;
+  const int32_t zero_state[2] = {0, 0};
+  const int state = t.Add({2}, kTfLiteInt32, zero_state, 8);
+  t.SetVariable(state);
+  const int wi = t.Add({1, 5}, kTfLiteInt8, w_init, 5);
+  const int wv = t.AddOutput({1, 5}, kTfLiteInt8);
+  const int bi = t.Add({3}, kTfLiteInt32, b_init, 12);
+  const int bv = t.AddOutput({3}, kTfLiteInt32);
+  t.SetVariable(wv);
+  t.SetVariable(bv);
+  const std::vector<int> in = {state, wi, wv, bi, bv};
+  const TFLMRegistration reg = tfmicro_train::Register_TMT_INIT();
+  auto same_as_init = [&]() {
+    return std::memcmp(t.ptr<int8_t>(wv), w_init, 5) == 0 &&
+           std::memcmp(t.ptr<int32_t>(bv), b_init, 12) == 0;
+  };
+  Result(!same_as_init(), "init: variables start different");
+  Run r = RunOp(reg, t, in, {}, Options());
+  Result(r.prepare == kTfLiteOk && r.invoke == kTfLiteOk, "init: prepare + invoke");
+  Result(same_as_init(), "init: first invoke copies the initial values");
+  Result(t.ptr<int32_t>(state)[0] == kStateMagic && t.ptr<int32_t>(state)[1] == 0,
+         "init: state = {magic, 0}");
+  // Training changes the variables and the counter; TMT_INIT must not undo that.
+  t.ptr<int8_t>(wv)[0] = 99;
+  t.ptr<int32_t>(bv)[2] = -5;
+  t.ptr<int32_t>(state)[1] = 7;
+  r = RunOp(reg, t, in, {}, Options(), 3);
+  Result(r.invoke == kTfLiteOk && t.ptr<int8_t>(wv)[0] == 99 && t.ptr<int32_t>(bv)[2] == -5 &&
+             t.ptr<int32_t>(state)[1] == 7,
+         "init: later invokes copy nothing and keep the counter");
+  // ResetVariableTensors(): every variable to its zero point (0 here), state to {0, 0}.
+  std::memset(t.ptr<int8_t>(wv), 0, 5);
+  std::memset(t.ptr<int32_t>(bv), 0, 12);
+  std::memset(t.ptr<int32_t>(state), 0, 8);
+  r = RunOp(reg, t, in, {}, Options());
+  Result(r.invoke == kTfLiteOk && same_as_init() && t.ptr<int32_t>(state)[0] == kStateMagic &&
+             t.ptr<int32_t>(state)[1] == 0,
+         "init: after a reset the next invoke restores the initial values");
+  // Any other state[0] (garbage in a fresh arena) also initialises.
+  t.ptr<int32_t>(state)[0] = kStateMagic + 1;
+  t.ptr<int8_t>(wv)[1] = 55;
+  r = RunOp(reg, t, in, {}, Options());
+  Result(r.invoke == kTfLiteOk && same_as_init(), "init: state[0] != magic initialises");
+
+  // Prepare errors.
+  const int wv_short = t.AddOutput({1, 4}, kTfLiteInt8);
+  t.SetVariable(wv_short);
+  Result(RunOp(reg, t, {state, wi, wv_short}, {}, Options()).prepare == kTfLiteError,
+         "init: size mismatch");
+  const int bv_f32 = t.AddOutput({3}, kTfLiteFloat32);
+  t.SetVariable(bv_f32);
+  Result(RunOp(reg, t, {state, bi, bv_f32}, {}, Options()).prepare == kTfLiteError,
+         "init: type mismatch");
+  Result(RunOp(reg, t, {state, wi}, {}, Options()).prepare == kTfLiteError, "init: odd input count");
+  const int state_i8 = t.AddOutput({8}, kTfLiteInt8);
+  t.SetVariable(state_i8);
+  Result(RunOp(reg, t, {state_i8, wi, wv}, {}, Options()).prepare == kTfLiteError,
+         "init: state of the wrong type");
+  const int wv_const = t.AddOutput({1, 5}, kTfLiteInt8);  // not a variable
+  Result(RunOp(reg, t, {state, wi, wv_const}, {}, Options()).prepare == kTfLiteError,
+         "init: target not a variable tensor");
+  Result(RunOp(reg, t, {wi, wi, wv}, {}, Options()).prepare == kTfLiteError,
+         "init: state not a variable tensor");
+}
+
+// Prepare rejects missing options, wrong types, inconsistent shapes, missing state, and
+// parameters / state that are not variable tensors.
 void TestPrepareErrors() {
   const int8_t g[8] = {};
   {
@@ -518,16 +672,44 @@ void TestPrepareErrors() {
            "prepare: wrong type");
   }
   {
-    Tensors t;  // TMT_BIAS_UPDATE with update_channels > channels
+    Tensors t;  // TMT_BIAS_UPDATE
     const int32_t b[2] = {};
     const float bf[2] = {};
-    std::vector<int> in = {t.Add({1, 2}, kTfLiteInt8, g, 2), t.AddF32(1.0f),
-                           t.Add({2}, kTfLiteInt32, b, 8), t.Add({2}, kTfLiteFloat32, bf, 8),
-                           t.AddF32(1.0f)};
+    const int bias = t.Add({2}, kTfLiteInt32, b, 8);
+    t.SetVariable(bias);
+    const int state = t.AddState(0);
+    std::vector<int> in = {t.Add({1, 2}, kTfLiteInt8, g, 2), t.AddF32(1.0f), bias,
+                           t.Add({2}, kTfLiteFloat32, bf, 8), t.AddF32(1.0f), state};
     Options o;
+    o.ints = {{"update_channels", 2}, {"seed", 1}};
+    const TFLMRegistration reg = tfmicro_train::Register_TMT_BIAS_UPDATE();
+    Result(RunOp(reg, t, in, {}, o).prepare == kTfLiteOk, "prepare: bias update ok");
     o.ints = {{"update_channels", 3}, {"seed", 1}};
-    Result(RunOp(tfmicro_train::Register_TMT_BIAS_UPDATE(), t, in, {}, o).prepare == kTfLiteError,
-           "prepare: update_channels > channels");
+    Result(RunOp(reg, t, in, {}, o).prepare == kTfLiteError, "prepare: update_channels > channels");
+    o.ints = {{"update_channels", 2}, {"seed", 1}};
+    std::vector<int> no_state(in.begin(), in.end() - 1);
+    Result(RunOp(reg, t, no_state, {}, o).prepare == kTfLiteError, "prepare: state input missing");
+    std::vector<int> bad_state = in;
+    bad_state.back() = t.AddF32(0.0f);
+    t.SetVariable(bad_state.back());
+    Result(RunOp(reg, t, bad_state, {}, o).prepare == kTfLiteError, "prepare: state of the wrong type");
+    t.SetVariable(state, false);
+    Result(RunOp(reg, t, in, {}, o).prepare == kTfLiteError, "prepare: state not a variable tensor");
+    t.SetVariable(state, true);
+    t.SetVariable(bias, false);
+    Result(RunOp(reg, t, in, {}, o).prepare == kTfLiteError, "prepare: bias not a variable tensor");
+  }
+  {
+    Tensors t;  // TMT_SOFTMAX_CE_GRAD with a float32 label
+    const int8_t probs[4] = {};
+    std::vector<float> lut(256, 0.0f);
+    std::vector<int> in = {t.Add({1, 4}, kTfLiteInt8, probs, 4), t.AddF32(1.0f), t.AddF32(1.0f),
+                           t.Add({256}, kTfLiteFloat32, lut.data(), 256 * 4), t.AddState(0)};
+    std::vector<int> out = {t.AddOutput({1, 4}, kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32),
+                            t.AddOutput({1}, kTfLiteFloat32)};
+    Result(RunOp(tfmicro_train::Register_TMT_SOFTMAX_CE_GRAD(), t, in, out, Options()).prepare ==
+               kTfLiteError,
+           "prepare: float32 label");
   }
 }
 
@@ -537,6 +719,7 @@ int main(int argc, char** argv) {
   TestResolver();
   TestLossGate();
   TestUpdateCounter();
+  TestInit();
   TestPrepareErrors();
   std::string golden;
   if (argc > 1) {

@@ -13,6 +13,7 @@
 #include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
+#include "tensorflow/lite/schema/schema_generated.h"
 #include "tflm_ops/core/training_ops.h"
 
 namespace tfmicro_train {
@@ -285,6 +286,11 @@ class Checker {
     }
     return true;
   }
+  // An input TFLM keeps in the persistent arena and the op may write (state, parameters).
+  bool Variable(int i) const {
+    if (!In(i)->is_variable) return Fail(true, i, "must be a variable tensor (is_variable)");
+    return true;
+  }
   bool Option(bool ok, const char* what) const {
     if (!ok) MicroPrintf("%s: invalid options: %s", info_.name, what);
     return ok;
@@ -326,7 +332,8 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   const int lr = IndexOf(info.inputs, "lr");
   if (!c.Scalar(kIn, lr)) return kTfLiteError;
   const int state = IndexOf(info.inputs, "state");
-  if (state >= 0 && !(c.Type(kIn, state, kTfLiteInt32) && c.Elems(kIn, state, 2))) {
+  if (state >= 0 &&
+      !(c.Type(kIn, state, kTfLiteInt32) && c.Elems(kIn, state, 2) && c.Variable(state))) {
     return kTfLiteError;
   }
   int scratch_elems = 0;
@@ -426,7 +433,7 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       const bool dw = K == kDwWeightUpdate;
       ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, !dw) && c.Scalar(kIn, 1) &&
            c.Type(kIn, 2, kTfLiteInt8) && c.Activation(kIn, 2, !dw) &&
-           c.Type(kIn, 3, kTfLiteInt8) && c.Type(kIn, 4, kTfLiteFloat32);
+           c.Type(kIn, 3, kTfLiteInt8) && c.Variable(3) && c.Type(kIn, 4, kTfLiteFloat32);
       int co = 0;
       if (ok) {
         const TfLiteTensor* w = c.In(3);
@@ -450,7 +457,7 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     }
     case kBiasUpdate: {
       ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kIn, 2, kTfLiteInt32) &&
-           c.Type(kIn, 3, kTfLiteFloat32);
+           c.Variable(2) && c.Type(kIn, 3, kTfLiteFloat32);
       if (ok) {
         const int ch = Elements(c.In(2));
         ok = c.Elems(kIn, 3, ch);
@@ -679,25 +686,36 @@ TfLiteStatus InitPrepare(TfLiteContext* context, TfLiteNode* node) {
   }
   tflite::MicroContext* mc = tflite::GetMicroContext(context);
   TfLiteTensor* st = mc->AllocateTempInputTensor(node, 0);
-  const bool state_ok = st != nullptr && st->type == kTfLiteInt32 && st->bytes == 8;
+  const bool state_ok =
+      st != nullptr && st->type == kTfLiteInt32 && st->bytes == 8 && st->is_variable;
   if (st) mc->DeallocateTempTfLiteTensor(st);
   if (!state_ok) {
-    MicroPrintf("TMT_INIT: input 0 'state' must be int32 with 2 elements");
+    MicroPrintf("TMT_INIT: input 0 'state' must be an int32 variable tensor with 2 elements");
     return kTfLiteError;
   }
   for (int i = 1; i < node->inputs->size; i += 2) {
     TfLiteTensor* init = mc->AllocateTempInputTensor(node, i);
     TfLiteTensor* var = mc->AllocateTempInputTensor(node, i + 1);
-    const bool ok = init && var && init->type == var->type && init->bytes == var->bytes &&
-                    init->data.data != nullptr;
+    const char* problem = nullptr;
+    if (init == nullptr || var == nullptr) {
+      problem = "is missing";
+    } else if (init->data.data == nullptr) {
+      problem = "has an initial value that is not constant";
+    } else if (!var->is_variable) {
+      problem = "is not a variable tensor (is_variable)";
+    } else if (init->type != var->type) {
+      problem = "has a type other than its initial value's";
+    } else if (init->bytes != var->bytes) {
+      problem = "has a size other than its initial value's";
+    }
     const int init_bytes = init ? static_cast<int>(init->bytes) : -1;
     const int var_bytes = var ? static_cast<int>(var->bytes) : -1;
     if (init) mc->DeallocateTempTfLiteTensor(init);
     if (var) mc->DeallocateTempTfLiteTensor(var);
-    if (!ok) {
-      MicroPrintf("TMT_INIT: input %d (initial value, %d bytes) does not match variable input %d "
-                  "(%d bytes) or is not constant",
-                  i, init_bytes, i + 1, var_bytes);
+    if (problem != nullptr) {
+      MicroPrintf("TMT_INIT: variable input %d %s (initial value: input %d, %d bytes; "
+                  "variable: %d bytes)",
+                  i + 1, problem, i, init_bytes, var_bytes);
       return kTfLiteError;
     }
   }
@@ -740,6 +758,37 @@ TFLMRegistration Register_TMT_DW_INPUT_GRAD() { return Registration<kDwInputGrad
 TFLMRegistration Register_TMT_CONV_WEIGHT_UPDATE() { return Registration<kConvWeightUpdate>(); }
 TFLMRegistration Register_TMT_DW_WEIGHT_UPDATE() { return Registration<kDwWeightUpdate>(); }
 TFLMRegistration Register_TMT_BIAS_UPDATE() { return Registration<kBiasUpdate>(); }
+
+TfLiteStatus CheckModel(const tflite::Model* model) {
+  if (model == nullptr || model->subgraphs() == nullptr || model->subgraphs()->size() == 0) {
+    MicroPrintf("tfmicro_train::CheckModel: no model or no subgraph");
+    return kTfLiteError;
+  }
+  const auto* codes = model->operator_codes();
+  TfLiteStatus status = kTfLiteOk;
+  for (unsigned int i = 0; codes != nullptr && i < codes->size(); ++i) {
+    const tflite::OperatorCode* code = codes->Get(i);
+    const flatbuffers::String* name = code->custom_code();
+    if (name == nullptr || std::strncmp(name->c_str(), "TMT_", 4) != 0) continue;
+    bool known = false;
+    for (unsigned int k = 0; k < kNumTrainingOps; ++k) {
+      known = known || std::strcmp(TrainingOps()[k].name, name->c_str()) == 0;
+    }
+    if (!known) {
+      MicroPrintf("tfmicro_train::CheckModel: operator code %d: %s is not a training op this "
+                  "build knows (re-convert with a matching tfmicro_train)",
+                  static_cast<int>(i), name->c_str());
+      status = kTfLiteError;
+    } else if (code->version() != kTrainingOpVersion) {
+      MicroPrintf("tfmicro_train::CheckModel: operator code %d: %s version %d is not supported "
+                  "(this build implements version %d)",
+                  static_cast<int>(i), name->c_str(), static_cast<int>(code->version()),
+                  kTrainingOpVersion);
+      status = kTfLiteError;
+    }
+  }
+  return status;
+}
 
 const TrainingOpEntry* TrainingOps() {
   static const TrainingOpEntry kEntries[kNumTrainingOps] = {

@@ -234,6 +234,25 @@ def act_grad(g: np.ndarray, y: np.ndarray, act_min: int, act_max: int) -> np.nda
     return np.where(keep, g, 0).astype(np.int8)
 
 
+def mask_pack(y: np.ndarray, act_min: int, act_max: int) -> np.ndarray:
+    """TMT_MASK_PACK: bit i (LSB first, byte i // 8) = act_min < y[i] < act_max; ceil(N/8) bytes.
+
+    Run in the forward pass so that only the packed mask, not y, is kept for the backward pass."""
+    flat = y.reshape(-1).astype(np.int32)
+    return np.packbits((flat > act_min) & (flat < act_max), bitorder="little")
+
+
+def mask_grad(g: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """TMT_MASK_GRAD: g where the packed mask bit is set, else 0 (scale unchanged)."""
+    keep = np.unpackbits(bits, count=g.size, bitorder="little").astype(bool)
+    return np.where(keep.reshape(g.shape), g, 0).astype(np.int8)
+
+
+def reshape_grad(g: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """TMT_RESHAPE_GRAD: the same bytes in the forward input's shape."""
+    return np.ascontiguousarray(g).reshape(in_shape)
+
+
 def grad_add(g1: np.ndarray, s1: np.float32, g2: np.ndarray, s2: np.float32):
     """TMT_GRAD_ADD: sum of two gradients with different scales.
 

@@ -1,0 +1,96 @@
+"""The memory plan written into the artifact: valid for TFLM, in place where safe, masks packed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import residual_cnn
+
+import tfmicro_train as tmt
+from tfmicro_train.schema import TENSOR_DTYPES, fb, op_name
+
+
+def _offline_plan(m: fb.ModelT) -> np.ndarray:
+    for md in m.metadata:
+        if md.name.decode() == "OfflineMemoryAllocation":
+            raw = np.frombuffer(bytes(bytearray(m.buffers[md.buffer].data)), "<i4")
+            assert raw[2] == len(m.subgraphs[0].tensors) == raw.size - 3
+            return raw[3:]
+    raise AssertionError("no OfflineMemoryAllocation metadata")
+
+
+def _check_plan(art) -> tuple[int, int]:
+    """Recompute lifetimes from the flatbuffer; no two live tensors may share bytes, except an
+    element-wise gradient op's output over the input that dies there. Returns (tensors, aliases)."""
+    m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+    sg = m.subgraphs[0]
+    offsets = _offline_plan(m)
+    n_ops = len(sg.operators)
+    first, last = {}, {}
+    for t in sg.inputs:
+        first[int(t)] = 0
+    for i, op in enumerate(sg.operators):
+        for t in (*op.inputs, *op.outputs):
+            if t >= 0:
+                first.setdefault(int(t), i)
+                last[int(t)] = i
+    for t in sg.outputs:
+        last[int(t)] = n_ops - 1
+    planned = {}
+    for t, off in enumerate(offsets):
+        tensor = sg.tensors[t]
+        has_data = m.buffers[tensor.buffer].data is not None
+        if off < 0:
+            assert has_data or tensor.isVariable, f"tensor {t} '{tensor.name}' is not planned"
+            continue
+        assert not has_data and not tensor.isVariable and off % 16 == 0
+        size = int(np.prod(tensor.shape)) * TENSOR_DTYPES[tensor.type].itemsize
+        planned[t] = (int(off), size, first[t], last[t])
+    in_place = {(int(op.inputs[0]), int(op.outputs[0])) for op in sg.operators
+                if op_name(m, op) in ("TMT_ACT_GRAD", "TMT_MASK_GRAD", "TMT_RESHAPE_GRAD",
+                                      "TMT_PAD_GRAD", "TMT_GRAD_ADD")}
+    items = sorted(planned.items())
+    aliases = 0
+    for a, (oa, sa, fa, la) in items:
+        for b, (ob, sb, fb_, lb) in items:
+            if b <= a or not (oa < ob + sb and ob < oa + sa) or not (fa <= lb and fb_ <= la):
+                continue
+            # shared bytes while both live: only an in-place op's input (dying there) and output
+            in_place_pair = ((a, b) in in_place and la == fb_) or ((b, a) in in_place and lb == fa)
+            assert in_place_pair, (sg.tensors[a].name, sg.tensors[b].name)
+            aliases += 1
+    top = max(o + s for o, s, _, _ in planned.values())
+    assert top <= art.memory_report().arena_bytes
+    return len(planned), aliases
+
+
+@pytest.mark.parametrize("update", ["full", "bias", "last"])
+def test_offline_plan_is_valid(calib, update):
+    art = tmt.convert(residual_cnn(pool="avg"), calib, update=update)
+    n, aliases = _check_plan(art)
+    print(f"{update}: {n} planned tensors, {aliases} in-place pairs, arena "
+          f"{art.memory_report().arena_bytes} B")
+    if update == "full":
+        assert aliases > 0
+
+
+def test_masks_are_packed_and_save_memory(calib):
+    model = residual_cnn(pool="gap")
+    art = tmt.convert(model, calib, update="bias")
+    ops = [e.op for e in art.timeline]
+    assert "TMT_MASK_PACK" in ops and "TMT_MASK_GRAD" in ops
+    # the pack runs in the forward pass, right after the layer it masks
+    i = ops.index("TMT_MASK_PACK")
+    assert art.timeline[i - 1].role == "forward" and art.timeline[i].role == "forward"
+    _check_plan(art)
+
+
+def test_memory_report_timeline_and_plot(tmp_path, calib):
+    art = tmt.convert(residual_cnn(), calib, update="full")
+    rep = art.memory_report()
+    assert len(rep.timeline) == len(fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+                                    .subgraphs[0].operators)
+    assert max(e.live_bytes for e in rep.timeline) <= rep.arena_bytes
+    assert rep.peak_sram_bytes == rep.arena_bytes + rep.variable_bytes + rep.overhead_bytes
+    path = rep.plot(str(tmp_path / "m.png"))
+    assert open(path, "rb").read(4) == b"\x89PNG"
