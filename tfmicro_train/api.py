@@ -199,5 +199,5 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     }
     timeline = [TimelineEntry(i + 1, n.op, n.role, n.layer, mem.live_bytes[i])
                 for i, n in enumerate(graph.nodes)]
-    return TrainingModel(emit(graph, metadata, mem.offsets), imported.flatbuffer, imported.layers, trainable, mem, timeline,
-                         optimizer, metadata)
+    return TrainingModel(emit(graph, metadata, mem.offsets), imported.flatbuffer, imported.layers,
+                         trainable, mem, timeline, optimizer, metadata)

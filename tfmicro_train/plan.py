@@ -4,8 +4,9 @@ Lifetimes follow TFLite Micro's rules (a tensor lives from the operator that wri
 start for graph inputs, to the last operator that reads it, or the end for graph outputs). Gradient
 ops that work element by element write their output over an input that dies there (in place). The
 arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned) and the offsets are written
-into the artifact as "OfflineMemoryAllocation" metadata, so TFLM uses exactly this plan. Peak SRAM = arena + variable tensors
-(persistent: trainable parameters and the training state) + an estimate of TFLM's per-tensor and per-operator bookkeeping.
+into the artifact as "OfflineMemoryAllocation" metadata, so TFLM uses exactly this plan.
+Peak SRAM = arena + variable tensors (persistent: trainable parameters and the training state)
++ an estimate of TFLM's per-tensor and per-operator bookkeeping.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import numpy as np
 from flatbuffers import flexbuffers
 
 from .emit import read_metadata
-from .graph import STATE_MAGIC
 from .export import inference_model
+from .graph import STATE_MAGIC
 from .importer import buffer_array, tensor_info
 from .kernels import training_ops as T
 from .kernels.builtin_ops import BUILTIN_KERNELS
@@ -332,8 +332,8 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
         values[t] = np.asarray(arr).reshape(sg.infos[t].shape)
 
 
-_LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_MASK_PACK": 1, "TMT_MASK_GRAD": 2,
-            "TMT_GRAD_ADD": 4,
+_LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT_MASK_PACK": 1,
+            "TMT_MASK_GRAD": 2, "TMT_GRAD_ADD": 4,
             "TMT_MEAN_GRAD": 2, "TMT_PAD_GRAD": 1, "TMT_RESHAPE_GRAD": 1, "TMT_AVGPOOL_GRAD": 2,
             "TMT_MAXPOOL_GRAD": 4, "TMT_CONV_INPUT_GRAD": 4, "TMT_DW_INPUT_GRAD": 4,
             "TMT_CONV_WEIGHT_UPDATE": 5, "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
