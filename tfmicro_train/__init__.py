@@ -8,8 +8,10 @@
 """
 
 from .api import SGD, MemoryReport, TrainingModel, convert
+from .search import SparsePlan, contribution_analysis, plan_sparse_update
 from .simulator import HostSimulator
 from .sparse import SparseUpdate
 
-__all__ = ["SGD", "HostSimulator", "MemoryReport", "SparseUpdate", "TrainingModel", "convert"]
+__all__ = ["SGD", "HostSimulator", "MemoryReport", "SparsePlan", "SparseUpdate", "TrainingModel",
+           "contribution_analysis", "convert", "plan_sparse_update"]
 __version__ = "0.1.0"

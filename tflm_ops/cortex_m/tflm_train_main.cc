@@ -1,0 +1,206 @@
+// Runs training steps of an artifact in TFLite Micro (host, or Cortex-M under QEMU semihosting)
+// and saves / restores checkpoints. Used by tests/test_checkpoint.py, tests/test_cortex_m.py and
+// benchmarks/cortex_m.py.
+//
+//   tflm_train MODEL STEPS REGION [restore]
+//
+// MODEL: the artifact (or "-" when built with -DTMT_EMBEDDED_MODEL: the C array written by
+// TrainingModel.export_c). STEPS: "TMTS" | u32 steps | u32 n_inputs | u32 bytes per input |
+// the inputs of every step (image, label, learning rate) as raw bytes. REGION: the checkpoint
+// region file (read if it exists, written back after the last step). With "restore" the
+// newest checkpoint in REGION is restored before the first step.
+//
+// Output lines: "arena <bytes>", "inference insns <n>" (an lr = 0 call: forward pass only),
+// "restore <status> slot <k> seq <n>", "step <i> status <s> loss <float32 bits hex> insns <n>",
+// "save <status> slot <k> seq <n>", "done". Instruction counts are printed on Cortex-M (QEMU
+// -icount shift=0, see cm_timer.h) and are 0 on the host.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+#include "tflm_ops/checkpoint/checkpoint.h"
+#include "tflm_ops/checkpoint/tflm_checkpoint.h"
+#include "tflm_ops/tflm/training_ops.h"
+
+#if defined(__arm__)
+#include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
+#include "tflm_ops/cortex_m/cm_timer.h"
+#define TMT_COUNT_INSNS 1
+#endif
+
+#ifndef TMT_ARENA_BYTES
+#define TMT_ARENA_BYTES (512 * 1024)
+#endif
+#ifndef TMT_MODEL_MAX_BYTES
+#define TMT_MODEL_MAX_BYTES (1024 * 1024)
+#endif
+#ifndef TMT_REGION_MAX_BYTES
+#define TMT_REGION_MAX_BYTES (256 * 1024)
+#endif
+
+#if defined(TMT_EMBEDDED_MODEL)
+extern const unsigned char TMT_EMBEDDED_MODEL[];
+#else
+alignas(16) static uint8_t g_model[TMT_MODEL_MAX_BYTES];
+#endif
+alignas(16) static uint8_t g_arena[TMT_ARENA_BYTES];
+alignas(4) static uint8_t g_region[TMT_REGION_MAX_BYTES];
+static uint8_t g_steps[256 * 1024];
+
+namespace {
+
+long ReadFile(const char* path, uint8_t* buf, long cap) {
+  FILE* f = std::fopen(path, "rb");
+  if (!f) return -1;
+  long n = 0;
+  size_t got;
+  while (n < cap && (got = std::fread(buf + n, 1, static_cast<size_t>(cap - n), f)) > 0) {
+    n += static_cast<long>(got);
+  }
+  std::fclose(f);
+  return n;
+}
+
+bool WriteFile(const char* path, const uint8_t* buf, long n) {
+  FILE* f = std::fopen(path, "wb");
+  if (!f) return false;
+  const bool ok = std::fwrite(buf, 1, static_cast<size_t>(n), f) == static_cast<size_t>(n);
+  return std::fclose(f) == 0 && ok;
+}
+
+uint32_t U32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
+         (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+}
+
+void StartCount() {
+#if defined(TMT_COUNT_INSNS)
+  TmtTimerStart();
+#endif
+}
+
+unsigned long long Count() {
+#if defined(TMT_COUNT_INSNS)
+  return static_cast<unsigned long long>(TmtInstructions());
+#else
+  return 0;
+#endif
+}
+
+#if defined(__arm__)
+void Log(const char* s) { std::fputs(s, stdout); }
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#if defined(__arm__)
+  RegisterDebugLogCallback(Log);
+#endif
+  if (argc < 4) {
+    std::printf("usage: tflm_train MODEL STEPS REGION [restore]\n");
+    return 2;
+  }
+#if defined(TMT_EMBEDDED_MODEL)
+  const uint8_t* model_data = TMT_EMBEDDED_MODEL;
+#else
+  if (ReadFile(argv[1], g_model, sizeof(g_model)) <= 0) {
+    std::printf("cannot read model %s\n", argv[1]);
+    return 3;
+  }
+  const uint8_t* model_data = g_model;
+#endif
+  const long steps_len = ReadFile(argv[2], g_steps, sizeof(g_steps));
+  if (steps_len < 12 || std::memcmp(g_steps, "TMTS", 4) != 0) {
+    std::printf("cannot read steps %s\n", argv[2]);
+    return 3;
+  }
+  const uint32_t n_steps = U32(g_steps + 4);
+  const uint32_t n_inputs = U32(g_steps + 8);
+  const uint8_t* p = g_steps + 12 + 4 * n_inputs;
+
+  const tflite::Model* model = tflite::GetModel(model_data);
+  if (tfmicro_train::CheckModel(model) != kTfLiteOk) return 4;
+  static tfmicro_train::CheckpointVariables vars;
+  if (vars.Init(model) != kTfLiteOk) return 4;
+  static tflite::MicroMutableOpResolver<tfmicro_train::kNumTrainingBuiltins +
+                                        tfmicro_train::kNumTrainingOps>
+      resolver;
+  if (tfmicro_train::AddTrainingBuiltins(resolver) != kTfLiteOk ||
+      tfmicro_train::RegisterTrainingOps(resolver, &vars) != kTfLiteOk) {
+    return 4;
+  }
+  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
+  if (interpreter.AllocateTensors() != kTfLiteOk) return 5;
+  std::printf("arena %lu\n", static_cast<unsigned long>(interpreter.arena_used_bytes()));
+  if (interpreter.inputs_size() != n_inputs) {
+    std::printf("the model has %u inputs, the steps file %lu\n",
+                static_cast<unsigned>(interpreter.inputs_size()), static_cast<unsigned long>(n_inputs));
+    return 3;
+  }
+  for (uint32_t k = 0; k < n_inputs; ++k) {
+    if (interpreter.input(k)->bytes != U32(g_steps + 12 + 4 * k)) {
+      std::printf("input %lu has %u bytes, the steps file %lu\n", static_cast<unsigned long>(k),
+                  static_cast<unsigned>(interpreter.input(k)->bytes),
+                  static_cast<unsigned long>(U32(g_steps + 12 + 4 * k)));
+      return 3;
+    }
+    std::memset(interpreter.input(k)->data.raw, 0, interpreter.input(k)->bytes);
+  }
+  // Two inference calls (lr = 0): the first runs TMT_INIT (and binds `vars`), the second is
+  // the steady-state cost of a forward pass.
+  unsigned long long insns = 0;
+  for (int i = 0; i < 2; ++i) {
+    StartCount();
+    if (interpreter.Invoke() != kTfLiteOk) return 6;
+    insns = Count();
+  }
+  std::printf("inference insns %llu\n", insns);
+  if (!vars.bound()) {
+    std::printf("variables not bound\n");
+    return 7;
+  }
+  long region_len = ReadFile(argv[3], g_region, sizeof(g_region));
+  if (region_len < 0) {
+    region_len = static_cast<long>(2 * ((vars.slot_bytes() + 3u) & ~3u));
+    std::memset(g_region, 0xFF, static_cast<size_t>(region_len));
+  }
+  const tfmicro_train::checkpoint::Storage storage =
+      tfmicro_train::checkpoint::MemoryStorage(g_region, static_cast<uint32_t>(region_len));
+  uint32_t seq = 0;
+  int slot = -1;
+  if (argc > 4 && std::strcmp(argv[4], "restore") == 0) {
+    const auto st = vars.Restore(storage, &seq, &slot);
+    std::printf("restore %d slot %d seq %lu\n", static_cast<int>(st), slot,
+                static_cast<unsigned long>(seq));
+  }
+  for (uint32_t s = 0; s < n_steps; ++s) {
+    for (uint32_t k = 0; k < n_inputs; ++k) {
+      const uint32_t n = U32(g_steps + 12 + 4 * k);
+      std::memcpy(interpreter.input(k)->data.raw, p, n);
+      p += n;
+    }
+    StartCount();
+    const TfLiteStatus st = interpreter.Invoke();
+    insns = Count();
+    float loss = 0.0f;
+    if (interpreter.outputs_size() > 1) loss = interpreter.output(1)->data.f[0];
+    uint32_t bits;
+    std::memcpy(&bits, &loss, 4);
+    std::printf("step %lu status %d loss %08lx insns %llu\n", static_cast<unsigned long>(s),
+                static_cast<int>(st), static_cast<unsigned long>(bits), insns);
+  }
+  seq = 0;
+  slot = -1;
+  StartCount();
+  const auto st = vars.Save(storage, &seq, &slot);
+  insns = Count();
+  std::printf("save %d slot %d seq %lu insns %llu\n", static_cast<int>(st), slot,
+              static_cast<unsigned long>(seq), insns);
+  if (!WriteFile(argv[3], g_region, region_len)) return 8;
+  std::printf("done\n");
+  return 0;
+}
