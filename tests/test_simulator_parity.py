@@ -37,3 +37,19 @@ def test_predict_matches_tflm_before_and_after_training(calib, pool):
         assert np.array_equal(ours, _wheel(trained, xq))
         changed += not np.array_equal(ours, _wheel(art.inference_flatbuffer, xq))
     assert changed > 0
+
+
+def test_sliced_sparse_update_matches_tflm_after_training(calib):
+    update = tmt.SparseUpdate(bias_last_k=1, weight_ratios={2: 0.5, 3: 0.25})
+    art = tmt.convert(residual_cnn(pool="gap"), calib, update=update, optimizer=tmt.SGD(0.1))
+    sim = tmt.HostSimulator(art)
+    init = sim.weights()
+    for i in range(15):
+        sim.train_step(calib[i], np.int32(i % 10))
+    trained = sim.weights()
+    assert trained["tmt/pw/weights"].shape == (4, 1, 1, 8)
+    assert not np.array_equal(init["tmt/pw/weights"], trained["tmt/pw/weights"])
+    plain = sim.export_tflite()
+    for c in calib[:4]:
+        xq = sim.quantize_input(c)
+        assert np.array_equal(sim.predict_raw(xq), _wheel(plain, xq))

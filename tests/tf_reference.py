@@ -98,11 +98,24 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
             elif name == "MAX_POOL_2D":
                 y = tf.nn.max_pool2d(get(0), (o.filterHeight, o.filterWidth),
                                      (o.strideH, o.strideW), _pad(o))
+            elif name == "CONCATENATION":  # sliced weights: trainable head + frozen rest
+                out_info = sg.infos[op.outputs[0]]
+                parts, row = [], 0
+                for t in op.inputs:
+                    info = sg.infos[t]
+                    if sg.is_variable[t]:
+                        parts.append(variables[info.name])
+                    else:
+                        rows = info.shape[0]
+                        s = out_info.scale[row:row + rows].reshape((-1,) + (1,) * (len(info.shape) - 1))
+                        parts.append(tf.constant((sg.consts[t].astype(np.float64) * s).astype(np.float32)))
+                    row += info.shape[0]
+                y = tf.concat(parts, axis=0)
             elif name == "QUANTIZE":
                 y = get(0)
             else:
                 raise NotImplementedError(name)
-            if fake_quant:
+            if fake_quant and name != "CONCATENATION":  # (joined weights are not activations)
                 y = _fake_quant(y, sg.infos[op.outputs[0]])
             values[op.outputs[0]] = y
     grads = tape.gradient(loss, list(variables.values()))

@@ -16,6 +16,7 @@ from .sparse import LayerTraining
 F32 = np.dtype(np.float32)
 I32 = np.dtype(np.int32)
 I8 = np.dtype(np.int8)
+SLICEABLE = ("CONV_2D", "FULLY_CONNECTED")  # output channels are leading, contiguous rows
 ACT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D")
 
 
@@ -102,12 +103,48 @@ def _make_variable(g: Graph, op_index: int, slot: int, kind: str, layer: str, ch
     if init.data is None:
         raise ValueError(f"layer '{layer}': its {kind} are not constant in the converted graph")
     name = f"tmt/{layer}/{kind}"
+    co = init.shape[0]
+    if kind == "weights" and node.op in SLICEABLE and channels < co:
+        return _sliced_variable(g, op_index, init, name, layer, channels)
     # the initial values are only copied by TMT_INIT: no quantization parameters needed in flash
     idx = g.add(Tensor(name + "/init", init.shape, init.dtype, data=init.data))
     value = g.add(Tensor(name, init.shape, init.dtype, init.scale, init.zero_point, init.qdim,
                          variable=True))
     node.inputs[slot] = value
     return Variable(name, layer, kind, idx, value, channels, op_index, slot)
+
+
+def _sliced_variable(g: Graph, op_index: int, init: Tensor, name: str, layer: str,
+                     n: int) -> Variable:
+    """Only the first n output channels of the weights live in SRAM; a CONCATENATION joins them
+    with the frozen rest (flash) into a transient whole tensor right before the forward op."""
+    node = g.nodes[op_index]
+    scale = np.broadcast_to(np.asarray(init.scale, np.float32), (init.shape[0],))
+    zero = np.zeros(1, np.int64)
+    head = (n,) + init.shape[1:]
+    idx = g.add(Tensor(name + "/init", head, init.dtype, data=init.data[:n].copy()))
+    value = g.add(Tensor(name, head, init.dtype, scale[:n].copy(), np.zeros(n, np.int64), 0,
+                         variable=True))
+    # TFLM's int8 CONCATENATION only compares the first scale and zero point of its tensors
+    frozen = g.add(Tensor(name + "/frozen", (init.shape[0] - n,) + init.shape[1:], init.dtype,
+                          scale[:1].copy(), zero, 0, init.data[n:].copy()))
+    full = g.add(Tensor(name + "/full", init.shape, init.dtype, init.scale, init.zero_point,
+                        init.qdim))
+    node.inputs[1] = full
+    return Variable(name, layer, "weights", idx, value, n, op_index, 1, frozen, full)
+
+
+def join_slices(g: Graph, var: Variable, tag: str | None = None) -> tuple[Node, int]:
+    """A CONCATENATION node rebuilding the whole weight tensor of a sliced variable: into
+    `var.full` (forward), or into a new tensor named by `tag` (backward)."""
+    full = g.tensors[var.full]
+    out = var.full if tag is None else g.add(
+        Tensor(f"{var.name}/{tag}", full.shape, full.dtype, full.scale, full.zero_point, full.qdim))
+    opts = fb.ConcatenationOptionsT()
+    opts.axis = 0
+    node = Node("CONCATENATION", [var.value, var.frozen], [out],
+                (fb.BuiltinOptions.ConcatenationOptions, opts), 1, var.layer, "forward")
+    return node, out
 
 
 def _per_channel(t: Tensor, n: int) -> np.ndarray:
@@ -136,6 +173,7 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
                                               s_w * float(x_t.scale[0])))
     var_of = {(v.layer, v.kind): v for v in g.variables}
     g.state = g.add(Tensor("tmt/state", (2,), I32, variable=True))
+    joins = {id(g.nodes[v.op_index]): join_slices(g, v)[0] for v in g.variables if v.full >= 0}
     init_inputs = [g.state] + [t for v in g.variables for t in (v.init, v.value)]
     g.nodes.insert(0, Node("TMT_INIT", init_inputs, [], {}, 1, None, "variable"))
     train = {i + 1: lt for i, lt in train.items()}  # operator indices moved by TMT_INIT
@@ -180,12 +218,12 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
     for t, parts in b.grads.items():
         if parts and t not in g.inputs:
             raise ValueError(f"internal: gradient of tensor '{g.tensors[t].name}' was not consumed")
-    _pack_masks(g, b.backward, lr)
+    _pack_masks(g, b.backward, lr, joins)
     g.nodes.extend(b.backward)
     return g
 
 
-def _pack_masks(g: Graph, backward: list[Node], lr: int) -> None:
+def _pack_masks(g: Graph, backward: list[Node], lr: int, before: dict[int, Node]) -> None:
     """Keep 1-bit masks instead of int8 activations where a mask is all the backward pass needs.
 
     Each TMT_ACT_GRAD whose `y` no other backward node reads becomes TMT_MASK_GRAD, fed by a
@@ -206,6 +244,8 @@ def _pack_masks(g: Graph, backward: list[Node], lr: int) -> None:
         node.op, node.inputs, node.options = "TMT_MASK_GRAD", [node.inputs[0], bits, lr], {}
     nodes = []
     for i, node in enumerate(g.nodes):
+        if id(node) in before:  # sliced weights joined right before their forward use
+            nodes.append(before[id(node)])
         nodes.append(node)
         nodes.extend(packs.get(i, []))
     g.nodes = nodes
@@ -300,6 +340,12 @@ def _conv_backward(b: _Builder, node: Node, index: int, grad: tuple[int, int], t
         raise ValueError(f"{where}: depthwise multiplier must be 1 to train through")
     s_w = _per_channel(wt, co)
     s_x = float(xt.scale[0])
+    lt = train.get(index)
+    sliced = var_of.get((lt.layer.name, "weights")) if lt is not None else None
+    if x in tainted and sliced is not None and sliced.frozen >= 0:
+        join, w_idx = join_slices(g, sliced, "full_backward")  # the whole, current weights
+        join.role = "backward"
+        b.backward.append(join)
     if x in tainted:
         wmul = np.clip(np.round(s_w / s_w.max() * 32768.0), 1, 32768).astype(np.int32)
         wmul_t = g.add(Tensor(f"tmt/wmul/{wt.name}", (co,), I32, data=wmul))
@@ -308,7 +354,6 @@ def _conv_backward(b: _Builder, node: Node, index: int, grad: tuple[int, int], t
                [gd, gs, w_idx, wmul_t, lr], list(dst),
                dict(geom, w_scale_max=float(np.float32(s_w.max()))), node.layer)
         b.contribute(x, dst)
-    lt = train.get(index)
     if lt is None:
         return
     layer = lt.layer.name

@@ -56,6 +56,8 @@ class Variable:
     channels: int  # leading channels updated
     op_index: int  # the operator that reads it, in the converter's inference model
     slot: int  # its input position there
+    frozen: int = -1  # sliced weights: the constant remaining output channels (flash)
+    full: int = -1  # sliced weights: the whole tensor the forward op reads (joined per step)
 
 
 @dataclass

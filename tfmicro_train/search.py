@@ -188,9 +188,17 @@ class MemoryModel:
                          for r in self.imported.layers]
         self.head = loss_head
         self.cache: dict[tuple, tuple[int, int]] = {}
+        self.plans: dict[tuple, object] = {}  # key -> MemoryPlan
 
     def measure(self, update: SparseUpdate) -> tuple[int, int]:
         """(peak SRAM bytes, flash bytes) of the artifact `convert()` would make."""
+        return self.cache[self._measure(update)]
+
+    def plan(self, update: SparseUpdate):
+        """The MemoryPlan (arena, variables, overhead) of a scheme."""
+        return self.plans[self._measure(update)]
+
+    def _measure(self, update: SparseUpdate) -> tuple:
         key = (update.bias_last_k, tuple(sorted(update.weight_ratios.items())))
         if key not in self.cache:
             g = copy.deepcopy(self.base)
@@ -198,8 +206,9 @@ class MemoryModel:
             differentiate(g, plan, self.head, True, 0)
             schedule(g)
             mem = plan_memory(g)
+            self.plans[key] = mem
             self.cache[key] = (mem.peak_sram_bytes, len(emit(g, {}, mem.offsets)))
-        return self.cache[key]
+        return key
 
 
 def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,

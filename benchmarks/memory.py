@@ -1,0 +1,147 @@
+"""Memory of one training step: tfmicro-train's plan vs Keras/TensorFlow on this host.
+
+    python benchmarks/memory.py            # all three models (about 5 minutes on 2 cores)
+    python benchmarks/memory.py --quick    # MobileNetV2-w0.35 only, no TensorFlow column
+
+For MobileNetV2-w0.35 (keras.applications), an MCUNet-like and a ProxylessNAS-like model at
+128x128, batch 1: peak SRAM and flash of full, last (classifier), bias-only and the MIT paper's
+published sparse schemes at about 50, 100 and 150 KB, planned by the converter (the plan TFLM runs,
+through the OfflineMemoryAllocation metadata). The TensorFlow column is the peak resident-memory
+growth of a fresh Python process that builds the float model and runs one eager training step
+(GradientTape + SGD) of the same parameters, measured with /proc (VmHWM). Writes a PNG of memory
+over the paper's 100 KB MobileNetV2 step to benchmarks/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EVERY3 = lambda a, b: {i: 1 for i in range(a, b + 1, 3)}  # noqa: E731
+# The MIT paper's published schemes (../shared/reference/mit-tiny-training.md): budget KB ->
+# (bias_last_k, {conv index: ratio}); ratio 0 (bias only) entries are covered by bias_last_k.
+PAPER = {
+    "mobilenetv2_w035": {
+        49: (16, {36: 1, 39: 1, 41: 1 / 4, 42: 1 / 8, 45: 1 / 8, 48: 1 / 8, 49: 1 / 8}),
+        99: (25, {27: 1, 30: 1, 33: 1, 36: 1, 39: 1, 42: 1 / 8, 45: 1 / 2, 48: 1}),
+        138: (34, EVERY3(27, 48)),
+    },
+    "mcunet_like": {
+        49: (20, {24: 1 / 4, 27: 1 / 2, 30: 1 / 2}),
+        99: (22, {21: 1, 24: 1, 27: 1, 30: 1, 36: 1 / 8, 39: 1 / 4}),
+        148: (23, {21: 1, 24: 1, 27: 1, 30: 1, 36: 1, 39: 1 / 2}),
+    },
+    "proxyless_like": {
+        49: (21, {39: 1 / 4, 42: 1, 45: 1, 51: 1 / 8, 54: 1 / 4, 57: 1 / 4}),
+        98: (25, {36: 1, 39: 1 / 2, 42: 1, 45: 1, 48: 1 / 4, 51: 1 / 2, 54: 1, 57: 1}),
+        148: (45, EVERY3(36, 57)),
+    },
+}
+LABELS = {"mobilenetv2_w035": "MobileNetV2-w0.35", "mcunet_like": "MCUNet-like",
+          "proxyless_like": "ProxylessNAS-like"}
+
+TF_STEP = r"""
+import os, sys, json, gc
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, {root!r})
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+import numpy as np, tensorflow as tf, keras
+from tfmicro_train import zoo
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")
+before = rss("VmRSS:")
+model = getattr(zoo, {name!r})()
+layers = [l for l in model.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
+spec = json.loads({spec!r})
+train = []
+n = len(layers)
+for i, l in enumerate(layers):
+    if str(i) in spec["w"]:
+        train.append(l.kernel)
+    if i >= n - spec["b"] and getattr(l, "bias", None) is not None:
+        train.append(l.bias)
+x = tf.constant(np.random.default_rng(0).random((1, 128, 128, 3), np.float32))
+loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+with tf.GradientTape() as tape:
+    loss = loss_fn([3], model(x, training=False))
+grads = tape.gradient(loss, train)
+for v, g in zip(train, grads):
+    if g is not None:
+        v.assign_sub(0.01 * g)
+print(rss("VmHWM:") - before)
+"""
+
+
+def tf_step_bytes(name: str, bias_k: int, ratios: dict) -> int:
+    """Peak RSS growth of a fresh process: build the float model + one training step."""
+    spec = json.dumps({"b": bias_k, "w": {str(k): v for k, v in ratios.items()}})
+    out = subprocess.run([sys.executable, "-c", TF_STEP.format(root=ROOT, name=name, spec=spec)],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def schemes(name: str, n_layers: int):
+    from tfmicro_train import SparseUpdate
+
+    yield "full", SparseUpdate.preset("full", n_layers), (n_layers, {i: 1 for i in range(n_layers)})
+    yield "last", SparseUpdate.preset("last", n_layers), (1, {n_layers - 1: 1})
+    yield "bias", SparseUpdate.preset("bias", n_layers), (n_layers, {})
+    for kb, (k, ratios) in PAPER[name].items():
+        yield f"paper {kb} KB", SparseUpdate(k, dict(ratios)), (k, ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="MobileNetV2 only, no TF column")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
+    args = parser.parse_args()
+    from tfmicro_train import convert, zoo
+    from tfmicro_train.search import MemoryModel
+
+    os.makedirs(args.out, exist_ok=True)
+    names = ["mobilenetv2_w035"] if args.quick else list(PAPER)
+    rep = [np.random.default_rng(i).random((1, 128, 128, 3), np.float32) for i in range(4)]
+    header = (f"{'model':<18} {'update':<13} {'trainable':>10} {'peak SRAM':>10} {'arena':>9} "
+              f"{'flash':>9} {'TF host':>9} {'TF/ours':>8}")
+    rows = [header, "-" * len(header)]
+    for name in names:
+        model = getattr(zoo, name)()
+        mm = MemoryModel(model, rep)
+        n = len(mm.imported.layers)
+        for label, update, (k, ratios) in schemes(name, n):
+            peak, flash = mm.measure(update)
+            g_peak = mm.plan(update)
+            tf_bytes = None if args.quick else tf_step_bytes(name, k, ratios)
+            ratio = f"{tf_bytes / peak:>7.0f}x" if tf_bytes else f"{'-':>8}"
+            tf_text = f"{tf_bytes / 2**20:>7.1f}MB" if tf_bytes else f"{'-':>9}"
+            rows.append(f"{LABELS[name]:<18} {label:<13} {g_peak.variable_bytes / 1024:>8.1f}KB "
+                        f"{peak / 1024:>8.1f}KB {g_peak.arena_bytes / 1024:>7.1f}KB "
+                        f"{flash / 1024:>7.1f}KB {tf_text} {ratio}")
+            print(rows[-1], flush=True)
+        if name == "mobilenetv2_w035":
+            k, ratios = PAPER[name][99]
+            from tfmicro_train import SparseUpdate
+
+            art = convert(model, rep, update=SparseUpdate(k, dict(ratios)))
+            png = art.memory_report().plot(os.path.join(args.out, "mbv2_w035_paper100kb.png"))
+    print()
+    print("\n".join(rows))
+    print(f"\nmemory over the paper's 100 KB MobileNetV2-w0.35 step: {png}")
+    print("peak SRAM = planned arena + trainable variables + TFLM bookkeeping estimate; "
+          "TF host = RSS growth of model + one eager step")
+
+
+if __name__ == "__main__":
+    main()
