@@ -15,7 +15,6 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _ir_block(x, expand: int, out_ch: int, kernel: int, stride: int, name: str):
-    import keras
     from keras import layers as L
 
     in_ch = int(x.shape[-1])
