@@ -7,10 +7,14 @@
     loss = sim.train_step(x, y)
 """
 
-from .api import SGD, MemoryReport, TrainingModel, convert
-from .search import SparsePlan, contribution_analysis, plan_sparse_update
-from .simulator import HostSimulator
-from .sparse import SparseUpdate
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from .api import SGD, MemoryReport, TrainingModel, convert  # noqa: E402
+from .search import SparsePlan, contribution_analysis, plan_sparse_update  # noqa: E402
+from .simulator import HostSimulator  # noqa: E402
+from .sparse import SparseUpdate  # noqa: E402
 
 __all__ = ["SGD", "HostSimulator", "MemoryReport", "SparsePlan", "SparseUpdate", "TrainingModel",
            "contribution_analysis", "convert", "plan_sparse_update"]

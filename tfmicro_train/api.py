@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .autodiff import differentiate
 from .emit import emit
+from .fuse import fuse_frozen_blocks
 from .graph import from_tflite
 from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
 from .plan import MemoryPlan, plan_memory
@@ -91,13 +92,16 @@ class MemoryReport:
         xs = [e.index for e in self.timeline]
         ax.bar(xs, [e.live_bytes / 1024 for e in self.timeline], width=1.0,
                color=[colors.get(e.role, "k") for e in self.timeline])
-        ax.axhline(self.arena_bytes / 1024, color="k", ls="--", lw=1, label="planned arena")
-        for role, c in colors.items():
-            ax.bar([], [], color=c, label=role)
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        ax.axhline(self.arena_bytes / 1024, color="k", ls="--", lw=1)
+        handles = [Patch(color=c, label=role) for role, c in colors.items()]
+        handles.append(Line2D([], [], color="k", ls="--", label="planned arena"))
         ax.set_xlabel("operator in the training step")
         ax.set_ylabel("live arena KB")
-        ax.set_title(str(self))
-        ax.legend(fontsize=8)
+        ax.set_title(str(self), fontsize=9)
+        ax.legend(handles=handles, fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -136,6 +140,13 @@ class TrainingModel:
         p = self.plan
         return MemoryReport(p.peak_sram_bytes, len(self.flatbuffer), p.arena_bytes,
                             p.variable_bytes, p.overhead_bytes, list(self.timeline))
+
+    def export_c(self, path: str | os.PathLike, name: str = "g_model") -> list[str]:
+        """Write the artifact as an aligned constant C array for a device build: `path` (.h,
+        declarations) and the .cpp beside it (definition, in flash). Returns both paths."""
+        from .codegen import export_c
+
+        return export_c(self.flatbuffer, path, name)
 
     def summary(self) -> str:
         """What trains, per layer."""
@@ -188,6 +199,7 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
                     for r in imported.layers]
     trainable = resolve(update, imported.layers, out_channels)
     differentiate(graph, trainable, head, qas, seed)
+    fuse_frozen_blocks(graph)  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
     schedule(graph)
     mem = plan_memory(graph)
     metadata = {

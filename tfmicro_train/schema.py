@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as fb  # noqa: F401  (re-exported)
+
+
+def _load_schema():
+    """TensorFlow's generated TFLite schema module, loaded from its file so that importing this
+    package (e.g. only to simulate) does not import all of TensorFlow."""
+    name = "tfmicro_train._tflite_schema"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("tfmicro-train needs TensorFlow (pip install tensorflow-cpu)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "lite", "python",
+                        "schema_py_generated.py")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+fb = _load_schema()
 
 BUILTIN_NAMES: dict[int, str] = {
     v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")
