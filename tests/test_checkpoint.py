@@ -339,8 +339,8 @@ def tflm_train_sources() -> list[Path]:
     return [ROOT / "tflm_ops/cortex_m/tflm_train_main.cc",
             ROOT / "tflm_ops/checkpoint/tflm_checkpoint.cc",
             ROOT / "tflm_ops/checkpoint/checkpoint.cc",
-            ROOT / "tflm_ops/tflm/training_ops.cc",
-            ROOT / "tflm_ops/core/training_ops.cc"]
+            *[p for d in ("tflm", "core") for p in sorted((ROOT / "tflm_ops" / d).glob("*.cc"))
+              if not p.name.endswith("_test.cc")]]
 
 
 def run_reboot_scenario(run, sim_factory, art, tmp_path: Path, n: int = 4) -> dict:

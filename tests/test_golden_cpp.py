@@ -235,7 +235,8 @@ def test_golden_format_cpp_reader(tmp_path):
 N_CASES = int(os.environ.get("TMT_GOLDEN_CASES", "1000"))
 SEED = int(os.environ.get("TMT_GOLDEN_SEED", "0"))
 OPS = list(golden_cases.GENERATORS)
-CORE_SOURCES = [ROOT / "tflm_ops" / "core" / "training_ops.cc"]
+CORE_SOURCES = [ROOT / "tflm_ops" / "core" / "training_ops.cc",
+                ROOT / "tflm_ops" / "core" / "fused_irb.cc"]
 # Same as KERNEL_COPTS in tools/bazel/copts.bzl.
 KERNEL_FLAGS = ["-std=c++17", "-O2", "-fno-exceptions", "-fno-rtti", "-ffp-contract=off",
                 "-Wall", "-Wextra", "-Werror"]

@@ -76,7 +76,7 @@ class MemoryReport:
     def __str__(self) -> str:
         kb = 1024
         return (f"peak SRAM {self.peak_sram_bytes / kb:.1f} KB (arena {self.arena_bytes / kb:.1f}"
-                f" + variables {self.variable_bytes / kb:.1f} + TFLM bookkeeping est. "
+                f" + variables {self.variable_bytes / kb:.1f} + TFLM bookkeeping "
                 f"{self.overhead_bytes / kb:.1f}), flash {self.flash_bytes / kb:.1f} KB")
 
     def plot(self, path: str) -> str:
@@ -139,7 +139,8 @@ class TrainingModel:
         """Peak SRAM, flash and the per-operator timeline of one training step."""
         p = self.plan
         return MemoryReport(p.peak_sram_bytes, len(self.flatbuffer), p.arena_bytes,
-                            p.variable_bytes, p.overhead_bytes, list(self.timeline))
+                            p.variable_bytes, p.peak_sram_bytes - p.arena_bytes - p.variable_bytes,
+                            list(self.timeline))
 
     def export_c(self, path: str | os.PathLike, name: str = "g_model") -> list[str]:
         """Write the artifact as an aligned constant C array for a device build: `path` (.h,
@@ -175,12 +176,14 @@ def _keras_out_channels(model) -> tuple[list[LayerRef], list[int]]:
 
 def convert(model, representative_data: Iterable, update: str | SparseUpdate = "last",
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
-            qas: bool = True, seed: int = 0) -> TrainingModel:
+            qas: bool = True, seed: int = 0, fuse: bool = False) -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
     "sparse_categorical_crossentropy" (int32 label input) or "mse". qas: quantization-aware
-    scaling of the updates. Nothing is written to disk; call `.save()` on the result.
+    scaling of the updates. fuse: run frozen inverted-residual blocks as row-streamed
+    TMT_FUSED_IRB ops (bit-identical results, far smaller arena). Nothing is written to disk;
+    call `.save()` on the result.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} is not supported; use one of {sorted(LOSSES)}")
@@ -199,7 +202,8 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
                     for r in imported.layers]
     trainable = resolve(update, imported.layers, out_channels)
     differentiate(graph, trainable, head, qas, seed)
-    fuse_frozen_blocks(graph)  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
+    if fuse:  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
+        fuse_frozen_blocks(graph)
     schedule(graph)
     mem = plan_memory(graph)
     metadata = {

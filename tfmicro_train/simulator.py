@@ -277,6 +277,11 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
     if name == "TMT_INIT":
         _run_init(sg, op, values)
         return
+    if name == "TMT_FUSED_IRB":  # a forward op: no learning rate, runs at inference too
+        from .kernels import fused_ops
+
+        fused_ops.run_op(sg, op, values)
+        return
     if name not in _LR_SLOT:
         raise ValueError(f"operator {index}: unknown custom op {name}")
     ins = [values.get(t) if t >= 0 else None for t in op.inputs]

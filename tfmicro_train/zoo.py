@@ -10,6 +10,25 @@ DepthwiseConv2D, Dense from 0 at the input) line up with the MIT paper's sparse 
 from __future__ import annotations
 
 
+def settle_batchnorm(model, seed: int = 0):
+    """Set every BatchNormalization's statistics from one random batch.
+
+    With random weights, activations otherwise shrink layer after layer until int8 scales
+    degenerate (TFLM's softmax then refuses them); real pretrained models do not need this."""
+    import numpy as np
+    from keras import layers as L
+
+    bns = [lay for lay in model.layers if isinstance(lay, L.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    shape = (8,) + tuple(int(d) for d in model.inputs[0].shape[1:])
+    model(np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32), training=True)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
+    return model
+
+
 def _make_divisible(v: float, divisor: int = 8) -> int:
     return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
@@ -51,7 +70,7 @@ def _ir_net(blocks, stem: int, first: int, input_size: int, classes: int, head: 
         x = L.ReLU(6.0, name="head_relu")(x)
     x = L.GlobalAveragePooling2D(name="pool")(x)
     x = L.Dense(classes, name="classifier")(x)
-    return keras.Model(inp, x, name=name)
+    return settle_batchnorm(keras.Model(inp, x, name=name))
 
 
 def mcunet_like(input_size: int = 128, classes: int = 10):
@@ -77,5 +96,6 @@ def mobilenetv2_w035(input_size: int = 128, classes: int = 10):
     """keras.applications.MobileNetV2(alpha=0.35), random weights."""
     import keras
 
-    return keras.applications.MobileNetV2(alpha=0.35, input_shape=(input_size, input_size, 3),
-                                          weights=None, classes=classes)
+    keras.utils.set_random_seed(0)
+    return settle_batchnorm(keras.applications.MobileNetV2(
+        alpha=0.35, input_shape=(input_size, input_size, 3), weights=None, classes=classes))

@@ -489,7 +489,7 @@ GENERATORS = {
 def make_cases(op: str, n: int, seed: int = 0, counter0: bool = False) -> list[dict]:
     """`n` cases of `op` (deterministic in `seed`); counter0: update ops use counter 0."""
     global _FORCE_COUNTER0
-    gen = GENERATORS[op]
+    gen = GENERATORS[op] if op in GENERATORS else FORWARD_GENERATORS[op]
     rng = np.random.default_rng([seed, sum(op.encode())])
     cases = []
     _FORCE_COUNTER0 = counter0
@@ -513,3 +513,211 @@ def write_all(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0,
         counts[op] = golden.write_golden(Path(out_dir) / f"{op}.tmtg",
                                          make_cases(op, n, seed, counter0))
     return counts
+
+
+# --------------------------------------------------------------------------- forward custom ops
+# TMT_FUSED_IRB (tfmicro_train/kernels/fused_ops.py, tflm_ops/core/fused_irb.h): a frozen
+# inverted-residual block. Kept out of GENERATORS until its TFLM glue exists (test_tflm_glue
+# replays every op in GENERATORS through TFLM); tests/test_fuse.py replays these cases.
+
+
+def _fused_act(rng, relu6_prob: float) -> int:
+    if rng.random() < relu6_prob:
+        return 3
+    return int(rng.choice([0, 1, 2, 3]))
+
+
+def _fused_conv_geom(rng, in_h: int, in_w: int, ks=(1, 2, 3, 3, 5), strides=(1, 1, 2, 3),
+                     dil_prob: float = 0.15):
+    """(kh, kw, stride_h, stride_w, dil_h, dil_w, padding) with a non-empty output."""
+    kh = int(rng.choice(ks))
+    kw = kh if rng.random() < 0.85 else int(rng.choice(ks))
+    sh = int(rng.choice(strides))
+    sw = sh if rng.random() < 0.85 else int(rng.choice(strides))
+    dh = dw = 1
+    if rng.random() < dil_prob:
+        dh = int(rng.choice([1, 2, 3]))
+        dw = dh if rng.random() < 0.7 else int(rng.choice([1, 2]))
+    padding = int(rng.choice([0, 1]))  # 0 SAME, 1 VALID
+    if padding == 1 and (in_h < (kh - 1) * dh + 1 or in_w < (kw - 1) * dw + 1):
+        padding = 0
+    return kh, kw, sh, sw, dh, dw, padding
+
+
+def _fused_stage_scales(rng, in_scale: float, n: int, taps: int, act: int):
+    """(weight scales, output scale) of one conv stage: the output scale suits the activation
+    (as the converter picks it), the weight scales make typical accumulators span it (sometimes
+    saturating or coarse); per-tensor weight scales sometimes."""
+    if act == 3:
+        out = 6.0 / 255.0 * 2.0 ** rng.uniform(-0.5, 0.5)
+    elif act == 2:
+        out = 2.0 / 255.0 * 2.0 ** rng.uniform(-0.5, 0.5)
+    else:
+        out = 2.0 ** rng.uniform(-8, 0)
+    u = rng.random()
+    gain = 2.0 ** (rng.uniform(-8, -3) if u < 0.04 else rng.uniform(3, 8) if u < 0.07
+                   else rng.uniform(-1.5, 1.5))
+    base = out * 50.0 / (float(in_scale) * 40.0 * 60.0 * math.sqrt(taps)) / gain
+    if rng.random() < 0.15:
+        w = np.array([base], F32)
+    else:
+        w = (base * 2.0 ** rng.uniform(-1.5, 1.5, n)).astype(F32)
+    return w, F32(out)
+
+
+def _fused_zp(rng, act: int) -> int:
+    """Zero point of an activation output: mostly what the converter picks for its range."""
+    if act in (1, 3) and rng.random() < 0.75:
+        return -128
+    if act == 2 and rng.random() < 0.6:
+        return int(rng.integers(-3, 4))
+    return zero_point(rng)
+
+
+def _fused_weights(rng, shape) -> np.ndarray:
+    mode = rng.choice(["full", "full", "full", "small", "sparse", "extreme"])
+    if mode == "full":
+        w = rng.integers(-127, 128, shape)
+    elif mode == "small":
+        w = rng.integers(-3, 4, shape)
+    elif mode == "sparse":
+        w = rng.integers(-127, 128, shape) * (rng.random(shape) < 0.2)
+    else:
+        w = rng.choice(np.array([-127, 127, -128]), shape)
+    return np.asarray(w, np.int8)
+
+
+def _fused_bias(rng, n: int, acc_scale: float):
+    u = rng.random()
+    if u < 0.1:
+        return None
+    if u < 0.15:
+        return rng.choice(np.array([-(2**31), 2**31 - 1, 2**30, -(2**30)]), n).astype(np.int32)
+    return np.round(rng.normal(0, 0.25 * acc_scale, n)).astype(np.int32)
+
+
+def gen_fused_irb(rng, i):
+    from tfmicro_train.kernels import fused_ops as FO
+    from tfmicro_train.schema import TensorInfo
+
+    def qinfo(shape, s, zp, qdim=0):
+        return TensorInfo("t", tuple(shape), np.dtype(np.int8), np.atleast_1d(np.asarray(s, F32)),
+                          np.zeros(np.size(s), np.int64) + zp, qdim)
+
+    for _ in range(100):  # redraw the rare geometry whose ADD TFLM would reject
+        residual_try = rng.random() < 0.35
+        h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
+        if rng.random() < 0.6:
+            w = h
+        cin = int(rng.choice([1, 2, 3, 4, 6, 8])) if rng.random() < 0.7 else int(rng.integers(1, 9))
+        has_expand = rng.random() < 0.75
+        o: dict = {}
+        if has_expand:
+            if residual_try or rng.random() < 0.65:
+                ek = (1, 1, 1, 1, 1, 1, int(rng.choice([0, 1])))
+            else:
+                ek = _fused_conv_geom(rng, h, w, ks=(1, 2, 3, 5), strides=(1, 2, 2))
+            c_exp = int(rng.choice([1, 2, 4, 6, 8, 12, 16])) if rng.random() < 0.8 \
+                else int(rng.integers(1, 17))
+            o.update(zip(("e_kh", "e_kw", "e_stride_h", "e_stride_w", "e_dil_h", "e_dil_w",
+                          "e_padding"), ek))
+            o["e_act"] = _fused_act(rng, 0.6)
+        else:
+            c_exp = cin
+        pads = (0, 0, 0, 0)
+        if not residual_try and rng.random() < 0.25:
+            pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+        o.update(pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3])
+        # expansion / padded sizes
+        if has_expand:
+            eh = FO.out_size(o["e_padding"], h, o["e_kh"], o["e_stride_h"], o["e_dil_h"])
+            ew = FO.out_size(o["e_padding"], w, o["e_kw"], o["e_stride_w"], o["e_dil_w"])
+        else:
+            eh, ew = h, w
+        ph, pw = eh + pads[0] + pads[1], ew + pads[2] + pads[3]
+        if residual_try:
+            dg = (int(rng.choice([1, 3, 3, 5])), 0, 1, 1, 1, 1, 0)
+            dg = (dg[0], dg[0] if rng.random() < 0.85 else int(rng.choice([1, 3])), *dg[2:])
+            if rng.random() < 0.1:
+                dg = (*dg[:4], 2, 2, 0)  # dilated, SAME
+        else:
+            dg = _fused_conv_geom(rng, ph, pw)
+        o.update(zip(("d_kh", "d_kw", "d_stride_h", "d_stride_w", "d_dil_h", "d_dil_w",
+                      "d_padding"), dg))
+        o["d_act"] = _fused_act(rng, 0.7)
+        oh = FO.out_size(o["d_padding"], ph, o["d_kh"], o["d_stride_h"], o["d_dil_h"])
+        ow = FO.out_size(o["d_padding"], pw, o["d_kw"], o["d_stride_w"], o["d_dil_w"])
+        residual_ok = (oh, ow) == (h, w)
+        c_out = cin if residual_try and residual_ok else (
+            int(rng.choice([1, 2, 4, 8])) if rng.random() < 0.7 else int(rng.integers(1, 9)))
+        o["residual"] = int(rng.choice([1, 2])) if residual_try and residual_ok else 0
+        o["p_act"] = 0 if rng.random() < 0.8 else _fused_act(rng, 0.3)
+        o["add_act"] = 0 if rng.random() < 0.8 else _fused_act(rng, 0.3)
+        # quantization
+        x_scale, x_zp = F32(2.0 ** rng.uniform(-8, 0)), zero_point(rng)
+        x = i8(rng, (1, h, w, cin), rng.choice(["full", "small", "sparse", "extreme", "const"],
+                                                  p=[0.7, 0.1, 0.05, 0.1, 0.05]))
+        src_scale = x_scale
+        case: dict = {"x": x, "x_scale": x_scale, "x_zp": x_zp}
+        ins: list = [x, None, None, None, None, None, None]
+        infos: list = [qinfo(x.shape, x_scale, x_zp), None, None, None, None, None, None]
+        if has_expand:
+            we = _fused_weights(rng, (c_exp, o["e_kh"], o["e_kw"], cin))
+            taps = o["e_kh"] * o["e_kw"] * cin
+            ws, o["e_scale"] = _fused_stage_scales(rng, x_scale, c_exp, taps, o["e_act"])
+            o["e_zp"] = _fused_zp(rng, o["e_act"])
+            be = _fused_bias(rng, c_exp, 60 * 60 * math.sqrt(taps))
+            ins[1], ins[2] = we, be
+            infos[1] = qinfo(we.shape, ws, 0)
+            case.update(w_e=we, w_e_scales=ws)
+            if be is not None:
+                case["b_e"] = be
+            src_scale, src_zp = o["e_scale"], o["e_zp"]
+        else:
+            src_zp = x_zp
+        if any(pads) and rng.random() < 0.5:  # a PAD whose output quantization differs
+            o["d_in_scale"], o["d_in_zp"] = F32(src_scale * 2.0 ** rng.uniform(-1, 1)), zero_point(rng)
+        else:
+            o["d_in_scale"], o["d_in_zp"] = F32(src_scale), src_zp
+        o["pad_value"] = o["d_in_zp"] if rng.random() < 0.8 else int(rng.integers(-128, 128))
+        wd = _fused_weights(rng, (1, o["d_kh"], o["d_kw"], c_exp))
+        taps = o["d_kh"] * o["d_kw"]
+        wds, o["d_scale"] = _fused_stage_scales(rng, o["d_in_scale"], c_exp, taps, o["d_act"])
+        o["d_zp"] = _fused_zp(rng, o["d_act"])
+        bd = _fused_bias(rng, c_exp, 60 * 60 * math.sqrt(taps))
+        wp = _fused_weights(rng, (c_out, 1, 1, c_exp))
+        wps, p_scale = _fused_stage_scales(rng, o["d_scale"], c_out, c_exp, o["p_act"])
+        bp = _fused_bias(rng, c_out, 60 * 60 * math.sqrt(c_exp))
+        o["p_scale"], o["p_zp"] = p_scale, _fused_zp(rng, o["p_act"])
+        if o["residual"]:
+            y_scale = F32(max(x_scale, p_scale) * 2.0 ** rng.uniform(-1, 3))
+            if rng.random() < 0.1:
+                y_scale = F32(max(x_scale, p_scale) * 2.0 ** rng.uniform(-12, -1))
+            y_zp = _fused_zp(rng, o["add_act"])
+            twice_max = 2 * float(max(x_scale, p_scale))
+            if twice_max / ((1 << 20) * float(y_scale)) >= 1.0:
+                continue  # TFLM's ADD Prepare rejects an output multiplier >= 1
+        else:
+            y_scale, y_zp = o["p_scale"], o["p_zp"]
+        break
+    ins[3], ins[4], ins[5], ins[6] = wd, bd, wp, bp
+    infos[3] = qinfo(wd.shape, wds, 0, 3)
+    infos[5] = qinfo(wp.shape, wps, 0)
+    case.update(w_d=wd, w_d_scales=wds, w_p=wp, w_p_scales=wps)
+    if bd is not None:
+        case["b_d"] = bd
+    if bp is not None:
+        case["b_p"] = bp
+    opts = {k: v for k, v in o.items() if k not in ("e_kh", "e_kw", "d_kh", "d_kw")}
+    y_info = qinfo((1, oh, ow, c_out), y_scale, y_zp)
+    y = FO.fused_irb(ins, infos, y_info, opts)
+    case.update({k: (F32(v) if isinstance(v, (float, np.floating)) else int(v))
+                 for k, v in opts.items()})
+    case.update(has_expand=int(has_expand), y_scale=y_scale, y_zp=y_zp, out_y=y,
+                scratch_bytes=FO.scratch_bytes(x.shape, c_exp, None if not has_expand
+                                               else (c_exp, o["e_kh"], o["e_kw"], cin),
+                                               wd.shape, opts))
+    return case
+
+
+FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}

@@ -140,39 +140,57 @@ def build_host(name: str, sources: list[Path], flags: list[str] | tuple[str, ...
 
 def build_arm(name: str, cpu: str, sources: list[Path], cxx_flags: list[str] | tuple[str, ...],
               kernel_sources: list[Path] = (), includes: list[Path] = (), defines: list[str] = (),
-              libs: list[str] = (), opt: str | None = None) -> Path:
-    """Cross-compile and link a Cortex-M ELF for `cpu` (a key of CPUS); cached.
+              libs: list[str] = (), opt: str | None = None,
+              extra_flags: list[str] = (), source_flags: dict[str, list[str]] | None = None,
+              root_include: bool = True) -> Path:
+    """Cross-compile and link a Cortex-M ELF for `cpu` (a key of CPUS); objects and ELF cached.
 
     `sources` are compiled with `cxx_flags`, `kernel_sources` with KERNEL_FLAGS (no exceptions,
-    no RTTI), both with `includes` and `defines`; `opt` overrides the -O level of both."""
+    no RTTI), both with `includes`, `defines` and `extra_flags` (e.g. TFLM's); `opt` overrides
+    the -O level of both; `source_flags` maps a source (its path as given) to flags for it alone;
+    `root_include=False` leaves the repository root off the include path (`includes` only)."""
     c = CPUS[cpu]
     version = _compiler_version(ARM_CXX)
-    inc = ["-I", str(ROOT), *[f"-I{p}" for p in includes], *[f"-D{d}" for d in defines]]
+    inc = [*(["-I", str(ROOT)] if root_include else []), *[f"-I{p}" for p in includes],
+           *[f"-D{d}" for d in defines], *extra_flags]
+    source_flags = source_flags or {}
     sflags = list(cxx_flags) + ([opt] if opt else [])
     kflags = list(KERNEL_FLAGS) + ([opt] if opt else [])
-    key = _digest([version, name, *c.flags, *sflags, *kflags, *inc, *map(str, sources),
-                   *map(str, kernel_sources), *libs], [*sources, *kernel_sources])
-    out = cache_dir() / key
-    elf = out / f"{name}.elf"
-    if elf.exists():
-        return elf
-    out.mkdir(parents=True, exist_ok=True)
-    objs = []
-    start = out / "startup.o"
-    _run_cmd([ARM_CC, *c.flags, "-O2", "-c", str(STARTUP), "-o", str(start)])
-    objs.append(start)
+    headers = _digest([version], [])
+    objs = [_arm_object(STARTUP, [ARM_CC, *c.flags, "-O2"], headers)]
     for i, src in enumerate([*sources, *kernel_sources]):
         flags = sflags if i < len(sources) else kflags
-        obj = out / f"{i}_{Path(src).stem}.o"
-        lang = [ARM_CC, *c.flags, "-O2", "-ffunction-sections", "-fdata-sections"] \
-            if str(src).endswith(".c") else [ARM_CXX, *c.flags, *flags]
-        _run_cmd([*lang, *inc, "-c", str(src), "-o", str(obj)])
-        objs.append(obj)
-    tmp = out / f".{name}.{os.getpid()}.elf"
+        cmd = ([ARM_CC, *c.flags, "-O2", "-ffunction-sections", "-fdata-sections", *inc]
+               if str(src).endswith(".c") else [ARM_CXX, *c.flags, *flags, *inc])
+        cmd += source_flags.get(str(src), [])
+        objs.append(_arm_object(Path(src), cmd, headers))
+    key = hashlib.sha256("\0".join([name, *c.flags, *map(str, objs), *libs]).encode())
+    for lib in libs:
+        if os.path.isfile(lib):
+            st = os.stat(lib)
+            key.update(f"{lib}:{st.st_size}:{st.st_mtime_ns}".encode())
+    elf = cache_dir() / "elf" / key.hexdigest()[:20] / f"{name}.elf"
+    if elf.exists():
+        return elf
+    elf.parent.mkdir(parents=True, exist_ok=True)
+    tmp = elf.with_name(f".{name}.{os.getpid()}.elf")
     _run_cmd([ARM_CXX, *c.flags, "--specs=rdimon.specs", "-nostartfiles", "-T", str(LINKER_SCRIPT),
               "-Wl,--gc-sections", *map(str, objs), *libs, "-lm", "-o", str(tmp)])
     os.replace(tmp, elf)
     return elf
+
+
+def _arm_object(src: Path, cmd: list[str], headers: str) -> Path:
+    """Compile one source (cached by command, source and the digest of all project headers)."""
+    h = hashlib.sha256("\0".join([headers, *cmd, str(src)]).encode())
+    h.update(src.read_bytes())
+    obj = cache_dir() / "obj" / h.hexdigest()[:24] / (src.stem + ".o")
+    if not obj.exists():
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        tmp = obj.with_name(f".{src.stem}.{os.getpid()}.o")
+        _run_cmd([*cmd, "-c", str(src), "-o", str(tmp)])
+        os.replace(tmp, obj)
+    return obj
 
 
 def qemu_command(elf: Path, cpu: str, args: list[str] = (), icount: bool = False) -> list[str]:

@@ -48,7 +48,10 @@ alignas(16) static uint8_t g_model[TMT_MODEL_MAX_BYTES];
 #endif
 alignas(16) static uint8_t g_arena[TMT_ARENA_BYTES];
 alignas(4) static uint8_t g_region[TMT_REGION_MAX_BYTES];
-static uint8_t g_steps[256 * 1024];
+#ifndef TMT_STEPS_MAX_BYTES
+#define TMT_STEPS_MAX_BYTES (256 * 1024)
+#endif
+static uint8_t g_steps[TMT_STEPS_MAX_BYTES];
 
 namespace {
 

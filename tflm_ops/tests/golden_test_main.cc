@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
 #include "tflm_ops/tests/golden_reader.h"
 
@@ -305,6 +306,108 @@ void CheckBiasUpdate(const Case& c) {
   Expect(c, "out_b", b);
 }
 
+// TMT_FUSED_IRB (forward op): PrepareFusedIrb from the float scales, then the row-streamed
+// kernel with exactly FusedIrbScratchBytes of poisoned scratch (guard bytes must stay intact).
+core::TensorQuant QuantOf(const Case& c, const std::string& scale, const std::string& zp) {
+  core::TensorQuant q;
+  q.scale = c.f32(scale);
+  q.zero_point = static_cast<int32_t>(c.i64(zp));
+  return q;
+}
+
+core::WeightScales ScalesOf(const Case& c, const std::string& key) {
+  const Array& a = c.array_of<float>(key);
+  core::WeightScales w;
+  w.scales = a.data<float>();
+  w.n = static_cast<int32_t>(a.size());
+  return w;
+}
+
+core::ConvSpec ConvSpecOf(const Case& c, const Array& w, const std::string& prefix) {
+  core::ConvSpec s;
+  s.kh = static_cast<int32_t>(w.dim(1));
+  s.kw = static_cast<int32_t>(w.dim(2));
+  s.stride_h = static_cast<int32_t>(c.i64(prefix + "stride_h"));
+  s.stride_w = static_cast<int32_t>(c.i64(prefix + "stride_w"));
+  s.dil_h = static_cast<int32_t>(c.i64(prefix + "dil_h"));
+  s.dil_w = static_cast<int32_t>(c.i64(prefix + "dil_w"));
+  s.padding = static_cast<int32_t>(c.i64(prefix + "padding"));
+  s.act = static_cast<int32_t>(c.i64(prefix + "act"));
+  return s;
+}
+
+const int32_t* OptionalBias(const Case& c, const std::string& key) {
+  return c.has(key) ? c.array_of<int32_t>(key).data<int32_t>() : nullptr;
+}
+
+void CheckFusedIrb(const Case& c) {
+  const Array& x = c.array_of<int8_t>("x");
+  const Array& wd = c.array_of<int8_t>("w_d");
+  const Array& wp = c.array_of<int8_t>("w_p");
+  const Array& want = c.array_of<int8_t>("out_y");
+  core::FusedIrbSpec s;
+  s.x = HwcOf(x.dims);
+  s.y = HwcOf(want.dims);
+  s.x_q = QuantOf(c, "x_scale", "x_zp");
+  s.y_q = QuantOf(c, "y_scale", "y_zp");
+  s.c_exp = static_cast<int32_t>(wd.dim(3));
+  s.c_out = static_cast<int32_t>(wp.dim(0));
+  s.has_expand = c.i64("has_expand") != 0;
+  const int8_t* we = nullptr;
+  if (s.has_expand) {
+    const Array& w = c.array_of<int8_t>("w_e");
+    we = w.data<int8_t>();
+    s.expand = ConvSpecOf(c, w, "e_");
+    s.w_expand_scales = ScalesOf(c, "w_e_scales");
+    s.e_q = QuantOf(c, "e_scale", "e_zp");
+  }
+  s.pad_top = static_cast<int32_t>(c.i64("pad_top"));
+  s.pad_bottom = static_cast<int32_t>(c.i64("pad_bottom"));
+  s.pad_left = static_cast<int32_t>(c.i64("pad_left"));
+  s.pad_right = static_cast<int32_t>(c.i64("pad_right"));
+  s.pad_value = static_cast<int32_t>(c.i64("pad_value"));
+  s.d_in_q = QuantOf(c, "d_in_scale", "d_in_zp");
+  s.dw = ConvSpecOf(c, wd, "d_");
+  s.w_dw_scales = ScalesOf(c, "w_d_scales");
+  s.d_q = QuantOf(c, "d_scale", "d_zp");
+  s.project_act = static_cast<int32_t>(c.i64("p_act"));
+  s.w_project_scales = ScalesOf(c, "w_p_scales");
+  s.p_q = QuantOf(c, "p_scale", "p_zp");
+  s.residual = static_cast<int32_t>(c.i64("residual"));
+  s.add_act = static_cast<int32_t>(c.i64("add_act"));
+  std::vector<int32_t> words(static_cast<size_t>(core::FusedIrbChannelWords(s)), 0x5a5a5a5a);
+  core::FusedIrbParams p;
+  ExpectOk(core::PrepareFusedIrb(s, words.data(), &p), "PrepareFusedIrb");
+  const int32_t bytes = core::FusedIrbScratchBytes(p);
+  if (bytes != c.i64("scratch_bytes")) {
+    throw Mismatch{"scratch bytes " + std::to_string(bytes) + " != numpy " +
+                   std::to_string(c.i64("scratch_bytes"))};
+  }
+  if (s.has_expand && bytes >= p.e.h * p.e.w * p.c_exp + p.c_exp && p.ring_rows < p.e.h) {
+    throw Mismatch{"scratch is not smaller than the expansion"};
+  }
+  constexpr int32_t kGuard = 32;
+  std::vector<int8_t> scratch(static_cast<size_t>(bytes + kGuard));
+  for (size_t i = 0; i < scratch.size(); ++i) scratch[i] = static_cast<int8_t>(i * 37 + 11);
+  std::vector<int8_t> y(static_cast<size_t>(want.size()), 99);
+  const int32_t* be = OptionalBias(c, "b_e");
+  const int32_t* bd = OptionalBias(c, "b_d");
+  const int32_t* bp = OptionalBias(c, "b_p");
+  if (core::FusedIrb(p, x.data<int8_t>(), we, be, wd.data<int8_t>(), bd, wp.data<int8_t>(), bp,
+                     y.data(), scratch.data(), bytes - 1) != Status::kBadParams) {
+    throw Mismatch{"a scratch one byte short was accepted"};
+  }
+  ExpectOk(core::FusedIrb(p, x.data<int8_t>(), we, be, wd.data<int8_t>(), bd, wp.data<int8_t>(),
+                          bp, y.data(), scratch.data(), bytes),
+           "FusedIrb");
+  Expect(c, "out_y", y);
+  for (int32_t i = bytes; i < bytes + kGuard; ++i) {
+    if (scratch[static_cast<size_t>(i)] != static_cast<int8_t>(i * 37 + 11)) {
+      throw Mismatch{"FusedIrb wrote past its scratch"};
+    }
+  }
+}
+
 const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
   static const std::map<std::string, std::function<void(const Case&)>> m = {
       {"TMT_SOFTMAX_CE_GRAD", CheckSoftmaxCeGrad},
@@ -323,6 +426,7 @@ const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
       {"TMT_CONV_WEIGHT_UPDATE", [](const Case& c) { CheckWeightUpdate(c, false); }},
       {"TMT_DW_WEIGHT_UPDATE", [](const Case& c) { CheckWeightUpdate(c, true); }},
       {"TMT_BIAS_UPDATE", CheckBiasUpdate},
+      {"TMT_FUSED_IRB", CheckFusedIrb},
   };
   return m;
 }

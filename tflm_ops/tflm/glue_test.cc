@@ -288,6 +288,26 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (!(e = run()).empty()) return e;
     return expect_i8(out[0], "out_g");
   }
+  if (op == "TMT_MASK_PACK") {
+    const Array& y = c.array("y");
+    in = {t.AddArray(y), t.AddF32(kLr)};
+    out = {t.AddOutput({static_cast<int>(c.array("out_bits").size())}, kTfLiteUInt8)};
+    o.ints.push_back({"act_min", c.i64("act_min")});
+    o.ints.push_back({"act_max", c.i64("act_max")});
+    if (!(e = run()).empty()) return e;
+    return Same(c.array("out_bits"), t.ptr<uint8_t>(out[0]), t.elements(out[0]), &msg)
+               ? ""
+               : "out_bits: " + msg;
+  }
+  if (op == "TMT_MASK_GRAD") {
+    // In place, as the converter plans it (the output over 'g'), and out of place.
+    const Array& g = c.array("g");
+    const bool in_place = c.index % 2 == 0;
+    in = {t.AddArray(g), t.AddArray(c.array("bits")), t.AddF32(kLr)};
+    out = {in_place ? in[0] : t.AddOutput(DimsOf(g), kTfLiteInt8)};
+    if (!(e = run()).empty()) return e;
+    return expect_i8(out[0], "out_g");
+  }
   if (op == "TMT_GRAD_ADD") {
     const Array& g1 = c.array("g1");
     in = {t.AddArray(g1), t.AddF32(c.f32("s1")), t.AddArray(c.array("g2")), t.AddF32(c.f32("s2")),
@@ -446,6 +466,12 @@ void TestResolver() {
   Result(tfmicro_train::RegisterTrainingOps(resolver) == kTfLiteOk, "resolver: RegisterTrainingOps");
   Result(resolver.FindOp("TMT_CONV_WEIGHT_UPDATE") != nullptr, "resolver: FindOp(TMT_CONV_WEIGHT_UPDATE)");
   Result(resolver.FindOp("TMT_SOFTMAX_CE_GRAD") != nullptr, "resolver: FindOp(TMT_SOFTMAX_CE_GRAD)");
+  for (unsigned i = 0; i < tfmicro_train::kNumTrainingOps; ++i) {
+    const char* name = tfmicro_train::TrainingOps()[i].name;
+    Result(resolver.FindOp(name) != nullptr, std::string("resolver: FindOp(") + name + ")");
+  }
+  tflite::MicroMutableOpResolver<tfmicro_train::kNumTrainingBuiltins> builtins;
+  Result(tfmicro_train::AddTrainingBuiltins(builtins) == kTfLiteOk, "resolver: AddTrainingBuiltins");
   tflite::MicroMutableOpResolver<3> small;
   Result(tfmicro_train::RegisterTrainingOps(&small) == kTfLiteError, "resolver: too small must fail");
 }
@@ -569,6 +595,39 @@ void TestUpdateCounter() {
     tfmicro_train::core::BiasUpdate(g, s, 4, 1, &other_b, bf, lr, pb, counter);
   }
   Result(other_b != want_b, "counter: the bias test is sensitive to the counter");
+}
+
+// A weight variable holding only the trained leading output channels ([R, KH, KW, CI] with
+// R < CO; the converter keeps the frozen rest in flash): updated like the first R rows of
+// the whole tensor; update_channels > R is rejected.
+void TestSlicedWeights() {
+  const int8_t g[2 * 2 * 4] = {50, -70, 127, 3, -9, 8, 100, -127, 1, 2, 3, 4, 90, -90, 45, -45};
+  const int8_t x[2 * 2 * 3] = {10, -128, 127, 33, 5, 6, -7, 8, 9, 100, -100, 0};
+  int8_t w_full[4 * 3] = {5, -5, 7, 9, 11, -13, 20, 21, 22, 23, 24, 25};
+  const float wf[4] = {0.37f, 0.5f, 0.25f, 0.125f};
+  const float s = 0.01f, lr = 0.05f;
+  Options o;
+  o.ints = {{"stride_h", 1}, {"stride_w", 1}, {"pad_top", 0}, {"pad_left", 0},
+            {"x_zero_point", -3}, {"update_channels", 2}, {"seed", 99}};
+  Tensors t;
+  const int w = t.Add({2, 1, 1, 3}, kTfLiteInt8, w_full, 6);  // rows 0 and 1 of w_full
+  t.SetVariable(w);
+  const std::vector<int> in = {t.Add({1, 2, 2, 4}, kTfLiteInt8, g, 16), t.AddF32(s),
+                               t.Add({1, 2, 2, 3}, kTfLiteInt8, x, 12), w,
+                               t.Add({4}, kTfLiteFloat32, wf, 16), t.AddF32(lr), t.AddState(42)};
+  const TFLMRegistration reg = tfmicro_train::Register_TMT_CONV_WEIGHT_UPDATE();
+  const Run r = RunOp(reg, t, in, {}, o);
+  Result(r.prepare == kTfLiteOk && r.invoke == kTfLiteOk, "sliced: prepare + invoke");
+  tfmicro_train::core::UpdateParams p;
+  p.update_channels = 2;
+  p.seed = 99;
+  p.x_zero_point = -3;
+  tfmicro_train::core::ConvWeightUpdate(g, s, {2, 2, 4}, x, {2, 2, 3}, w_full, 1, 1, wf, lr,
+                                        tfmicro_train::core::ConvGeom(), p, 42);
+  Result(std::memcmp(t.ptr<int8_t>(w), w_full, 6) == 0, "sliced: equals the whole-tensor update");
+  Result(std::memcmp(w_full + 6, "\x14\x15\x16\x17\x18\x19", 6) == 0, "sliced: frozen rows untouched");
+  o.ints[5] = {"update_channels", 3};
+  Result(RunOp(reg, t, in, {}, o).prepare == kTfLiteError, "sliced: update_channels > rows of 'w'");
 }
 
 // TMT_INIT copies every initial value into its variable when state[0] != magic, then sets
@@ -720,6 +779,7 @@ int main(int argc, char** argv) {
   TestLossGate();
   TestUpdateCounter();
   TestInit();
+  TestSlicedWeights();
   TestPrepareErrors();
   std::string golden;
   if (argc > 1) {

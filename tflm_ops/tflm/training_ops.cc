@@ -36,6 +36,8 @@ enum OpKind : int {
   kConvWeightUpdate,
   kDwWeightUpdate,
   kBiasUpdate,
+  kMaskPack,
+  kMaskGrad,
   kNumKinds,
 };
 
@@ -87,6 +89,8 @@ const OpInfo kOps[kNumKinds] = {
      kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
     {"TMT_BIAS_UPDATE", {"g", "s", "b", "bfactor", "lr", "state"}, {},
      kOptUpdateChannels | kOptSeed},
+    {"TMT_MASK_PACK", {"y", "lr"}, {"bits"}, kOptActMin | kOptActMax},
+    {"TMT_MASK_GRAD", {"g", "bits", "lr"}, {"g_out"}, 0},
 };
 
 int CountNames(const char* const* names) {
@@ -361,6 +365,17 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
            c.Elems(kOut, 0, Elements(c.In(0)));
       break;
     }
+    case kMaskPack: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kOut, 0, kTfLiteUInt8) &&
+           c.Elems(kOut, 0, (Elements(c.In(0)) + 7) / 8);
+      break;
+    }
+    case kMaskGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteUInt8) &&
+           c.Elems(kIn, 1, (Elements(c.In(0)) + 7) / 8) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0)));
+      break;
+    }
     case kGradAdd: {
       ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kIn, 2, kTfLiteInt8) &&
            c.Elems(kIn, 2, Elements(c.In(0))) && c.Scalar(kIn, 3) && c.Type(kOut, 0, kTfLiteInt8) &&
@@ -443,16 +458,22 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
           if (w->dims->size != 4 || Dim(w, 0) != 1 || Dim(w, 3) != co || co != ci) {
             ok = c.Fail(kIn, 3, "must be [1, KH, KW, C] with C the channels of 'g' and 'x'");
           }
-        } else if (!((w->dims->size == 4 || w->dims->size == 2) && Dim(w, 0) == co &&
-                     LastDim(w) == ci)) {
-          ok = c.Fail(kIn, 3, "must be [CO, KH, KW, CI] or [CO, CI] matching 'g' and 'x'");
+        } else if (!((w->dims->size == 4 || w->dims->size == 2) && Dim(w, 0) >= 1 &&
+                     Dim(w, 0) <= co && LastDim(w) == ci)) {
+          // R == CO, or R < CO: only the leading (trained) output channels are a variable
+          // tensor (rows are contiguous, so the core updates them the same way).
+          ok = c.Fail(kIn, 3, "must be [R, KH, KW, CI] or [R, CI] with R <= the channels of 'g' "
+                              "and CI those of 'x'");
         }
         ok = ok && c.Elems(kIn, 4, co);
       }
+      const int rows = ok ? Dim(c.In(3), 0) : 0;  // output channels present in 'w'
       ok = ok && c.Option(d->stride_h >= 1 && d->stride_w >= 1, "stride < 1") &&
            c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding") &&
            c.Option(d->update_channels >= 0 && d->update_channels <= co,
-                    "update_channels outside [0, output channels]");
+                    "update_channels outside [0, output channels]") &&
+           c.Option(dw || d->update_channels <= rows,
+                    "update_channels larger than the output channels of 'w'");
       break;
     }
     case kBiasUpdate: {
@@ -595,6 +616,14 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     case kActGrad:
       s = core::ActGrad(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->act_min, d->act_max,
                         mut_i8(out(0)));
+      break;
+    case kMaskPack:
+      s = core::MaskPack(i8(in(0)), ElementsOf(in(0)), d->act_min, d->act_max,
+                         tflite::micro::GetTensorData<uint8_t>(out(0)));
+      break;
+    case kMaskGrad:
+      s = core::MaskGrad(i8(in(0)), tflite::micro::GetTensorData<uint8_t>(in(1)), ElementsOf(in(0)),
+                         mut_i8(out(0)));
       break;
     case kGradAdd:
       s = core::GradAdd(i8(in(0)), f32(in(1)), i8(in(2)), f32(in(3)), ElementsOf(in(0)),
@@ -747,6 +776,8 @@ TFLMRegistration Register_TMT_INIT() {
 TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD() { return Registration<kSoftmaxCeGrad>(); }
 TFLMRegistration Register_TMT_MSE_GRAD() { return Registration<kMseGrad>(); }
 TFLMRegistration Register_TMT_ACT_GRAD() { return Registration<kActGrad>(); }
+TFLMRegistration Register_TMT_MASK_PACK() { return Registration<kMaskPack>(); }
+TFLMRegistration Register_TMT_MASK_GRAD() { return Registration<kMaskGrad>(); }
 TFLMRegistration Register_TMT_GRAD_ADD() { return Registration<kGradAdd>(); }
 TFLMRegistration Register_TMT_MEAN_GRAD() { return Registration<kMeanGrad>(); }
 TFLMRegistration Register_TMT_PAD_GRAD() { return Registration<kPadGrad>(); }
@@ -796,6 +827,8 @@ const TrainingOpEntry* TrainingOps() {
       {"TMT_SOFTMAX_CE_GRAD", Register_TMT_SOFTMAX_CE_GRAD},
       {"TMT_MSE_GRAD", Register_TMT_MSE_GRAD},
       {"TMT_ACT_GRAD", Register_TMT_ACT_GRAD},
+      {"TMT_MASK_PACK", Register_TMT_MASK_PACK},
+      {"TMT_MASK_GRAD", Register_TMT_MASK_GRAD},
       {"TMT_GRAD_ADD", Register_TMT_GRAD_ADD},
       {"TMT_MEAN_GRAD", Register_TMT_MEAN_GRAD},
       {"TMT_PAD_GRAD", Register_TMT_PAD_GRAD},

@@ -43,6 +43,8 @@ TFLMRegistration Register_TMT_INIT();
 TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD();
 TFLMRegistration Register_TMT_MSE_GRAD();
 TFLMRegistration Register_TMT_ACT_GRAD();
+TFLMRegistration Register_TMT_MASK_PACK();
+TFLMRegistration Register_TMT_MASK_GRAD();
 TFLMRegistration Register_TMT_GRAD_ADD();
 TFLMRegistration Register_TMT_MEAN_GRAD();
 TFLMRegistration Register_TMT_PAD_GRAD();
@@ -61,7 +63,7 @@ struct TrainingOpEntry {
 };
 
 // Number of TMT_* ops: reserve that many slots in the MicroMutableOpResolver.
-constexpr unsigned int kNumTrainingOps = 15;
+constexpr unsigned int kNumTrainingOps = 17;
 
 // All TMT_* ops (kNumTrainingOps entries).
 const TrainingOpEntry* TrainingOps();

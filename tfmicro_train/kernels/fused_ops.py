@@ -132,7 +132,7 @@ def fused_irb(inputs: list[np.ndarray | None], infos: list[TensorInfo | None],
     w_d, w_e = inputs[W_DW], inputs[W_EXPAND]
     c_exp = int(w_d.shape[3])
     s = shapes(x.shape, c_exp, None if w_e is None else w_e.shape, w_d.shape, o)
-    src, src_info = x, x_info
+    src = x
     if w_e is not None:
         e_info = _info("e", (1, *s["e"]), o["e_scale"], o["e_zp"])
         src = conv([x, w_e, inputs[B_EXPAND]], [x_info, infos[W_EXPAND], infos[B_EXPAND]],

@@ -1,0 +1,154 @@
+// TMT_FUSED_IRB: a frozen inverted-residual block as one row-streamed forward op.
+//
+// Computes, bit for bit, what TFLite Micro's reference int8 kernels compute for
+//   [CONV_2D expand (any kernel/stride/dilation, fused act) ->] [PAD ->]
+//   DEPTHWISE_CONV_2D (multiplier 1, fused act) -> CONV_2D 1x1 project (fused act)
+//   [-> ADD with the chain input x (residual, fused act)]
+// while keeping only a ring of the (dilated) depthwise window's rows of the expansion plus one
+// pixel of depthwise output in `scratch` (FusedIrbScratchBytes), never the expanded tensor.
+// Without expansion x is read directly and only the pixel buffer is needed.
+// Numpy reference: tfmicro_train/kernels/fused_ops.py (it runs the builtin kernels in sequence).
+//
+// Arithmetic as TFLM's reference kernels: int32 accumulators (wrapping), per-channel
+// MultiplyByQuantizedMultiplier (double-rounding variant: SaturatingRoundingDoublingHighMul then
+// RoundingDivideByPOT), multipliers from float scales by double-precision QuantizeMultiplier;
+// ADD with left_shift 20 as reference_integer_ops::Add.
+//
+// Usage (what a TFLM glue does):
+//   Init/Prepare: fill a FusedIrbSpec from the tensors (shapes, float scales, zero points) and
+//     the custom options; allocate FusedIrbChannelWords(spec) int32s of persistent memory;
+//     PrepareFusedIrb(spec, words, &params); check the scratch tensor has
+//     FusedIrbScratchBytes(params) bytes.
+//   Eval: FusedIrb(params, x, w_e, b_e, w_d, b_d, w_p, b_p, y, scratch, scratch_bytes).
+//
+// Portable C++17: no TFLM, no heap, no exceptions, no RTTI.
+#ifndef TFLM_OPS_CORE_FUSED_IRB_H_
+#define TFLM_OPS_CORE_FUSED_IRB_H_
+
+#include <cstdint>
+
+#include "tflm_ops/core/training_ops.h"
+
+namespace tfmicro_train {
+namespace core {
+
+// TFLite's ActivationFunctionType and Padding values (as in the builtin options).
+enum FusedActivation : int32_t { kActNone = 0, kActRelu = 1, kActReluN1To1 = 2, kActRelu6 = 3 };
+enum FusedPadding : int32_t { kPaddingSame = 0, kPaddingValid = 1 };
+
+// Quantization of one int8 tensor (float32 scale, as in the flatbuffer).
+struct TensorQuant {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+};
+
+// Geometry of a convolution as in its builtin options.
+struct ConvSpec {
+  int32_t kh = 1;
+  int32_t kw = 1;
+  int32_t stride_h = 1;
+  int32_t stride_w = 1;
+  int32_t dil_h = 1;
+  int32_t dil_w = 1;
+  int32_t padding = kPaddingValid;
+  int32_t act = kActNone;
+};
+
+// Per-channel (n == channels) or per-tensor (n == 1) weight scales.
+struct WeightScales {
+  const float* scales = nullptr;
+  int32_t n = 0;
+};
+
+// Everything the flatbuffer says about one TMT_FUSED_IRB op (tensors + custom options).
+struct FusedIrbSpec {
+  Hwc x;                 // input dims (batch 1)
+  TensorQuant x_q;
+  Hwc y;                 // output dims (checked against the geometry)
+  TensorQuant y_q;
+  int32_t c_exp = 0;     // channels of the expansion / depthwise (= w_dw dim 3)
+  int32_t c_out = 0;     // output channels (= w_project dim 0)
+
+  bool has_expand = false;
+  ConvSpec expand;       // w_expand [c_exp, kh, kw, x.c]
+  WeightScales w_expand_scales;
+  TensorQuant e_q;       // options e_scale / e_zp
+
+  int32_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+  int32_t pad_value = 0;
+  TensorQuant d_in_q;    // options d_in_scale / d_in_zp
+
+  ConvSpec dw;           // w_dw [1, kh, kw, c_exp]
+  WeightScales w_dw_scales;
+  TensorQuant d_q;       // options d_scale / d_zp
+
+  int32_t project_act = kActNone;  // w_project [c_out, 1, 1, c_exp]
+  WeightScales w_project_scales;
+  TensorQuant p_q;       // options p_scale / p_zp (= y_q without residual)
+
+  int32_t residual = 0;  // 0 none, 1 y = ADD(x, project), 2 y = ADD(project, x)
+  int32_t add_act = kActNone;
+};
+
+// One requantization stage: per-channel multipliers, output offset, activation clamp.
+struct Requant {
+  const int32_t* multiplier = nullptr;  // [channels]
+  const int32_t* shift = nullptr;       // [channels]
+  int32_t output_offset = 0;
+  int32_t act_min = -128;
+  int32_t act_max = 127;
+};
+
+// Precomputed parameters (PrepareFusedIrb), as TFLM's OpData.
+struct FusedIrbParams {
+  Hwc x, e, pd, y;       // input, expansion, padded depthwise input, output (d = y spatially)
+  int32_t c_exp = 0, c_out = 0;
+  bool has_expand = false;
+  // expansion
+  int32_t e_kh = 1, e_kw = 1, e_stride_h = 1, e_stride_w = 1, e_dil_h = 1, e_dil_w = 1;
+  int32_t e_pad_top = 0, e_pad_left = 0;
+  int32_t x_offset = 0;  // -x zero point
+  Requant e_rq;
+  // explicit PAD
+  int32_t pad_top = 0, pad_left = 0, pad_value = 0;
+  // depthwise
+  int32_t d_kh = 1, d_kw = 1, d_stride_h = 1, d_stride_w = 1, d_dil_h = 1, d_dil_w = 1;
+  int32_t d_pad_top = 0, d_pad_left = 0;
+  int32_t d_in_offset = 0;  // -d_in zero point
+  Requant d_rq;
+  // project
+  int32_t p_in_offset = 0;  // -d zero point
+  Requant p_rq;
+  // residual ADD (reference_integer_ops::Add)
+  int32_t residual = 0;
+  int32_t add_left_shift = 20;
+  int32_t add_offset_x = 0, add_offset_p = 0;          // -zero points
+  int32_t add_mult_x = 0, add_shift_x = 0, add_mult_p = 0, add_shift_p = 0;
+  int32_t add_out_mult = 0, add_out_shift = 0, add_out_offset = 0;
+  int32_t add_act_min = -128, add_act_max = 127;
+  // streaming
+  int32_t ring_rows = 0;  // rows of the expansion kept (0 without expansion)
+};
+
+// int32 words of per-channel multiplier storage PrepareFusedIrb needs: 4 * c_exp + 2 * c_out.
+int32_t FusedIrbChannelWords(const FusedIrbSpec& spec);
+
+// Checks the spec and computes every multiplier, shift, offset, clamp, padding and the ring size
+// as TFLM's Prepare of each builtin would. `channel_words` must hold FusedIrbChannelWords(spec)
+// int32s and stay valid while `params` is used.
+Status PrepareFusedIrb(const FusedIrbSpec& spec, int32_t* channel_words, FusedIrbParams* params);
+
+// Bytes of the scratch tensor: ring_rows * e.w * c_exp + c_exp (mirrors fused_ops.scratch_bytes).
+int32_t FusedIrbScratchBytes(const FusedIrbParams& params);
+
+// Runs the block. w_e/b_e null without expansion; any bias may be null (absent in the model).
+// scratch: FusedIrbScratchBytes(params) bytes (kBadParams if smaller). y must not alias x.
+Status FusedIrb(const FusedIrbParams& params, const int8_t* x, const int8_t* w_expand,
+                const int32_t* b_expand, const int8_t* w_dw, const int32_t* b_dw,
+                const int8_t* w_project, const int32_t* b_project, int8_t* y, int8_t* scratch,
+                int32_t scratch_bytes);
+
+}  // namespace core
+}  // namespace tfmicro_train
+
+#endif  // TFLM_OPS_CORE_FUSED_IRB_H_

@@ -1,0 +1,848 @@
+// TFLite Micro glue of the TMT_* training ops: options, checks, and calls into the
+// portable cores (tflm_ops/core/training_ops.h). See training_ops.h and docs/contract.md.
+#include "tflm_ops/tflm/training_ops.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "flatbuffers/flexbuffers.h"
+#include "tensorflow/lite/c/common.h"
+#include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/memory_helpers.h"
+#include "tensorflow/lite/micro/micro_context.h"
+#include "tensorflow/lite/micro/micro_log.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+#include "tflm_ops/core/training_ops.h"
+
+namespace tfmicro_train {
+namespace {
+
+namespace core = ::tfmicro_train::core;
+
+enum OpKind : int {
+  kSoftmaxCeGrad,
+  kMseGrad,
+  kActGrad,
+  kGradAdd,
+  kMeanGrad,
+  kPadGrad,
+  kReshapeGrad,
+  kAvgPoolGrad,
+  kMaxPoolGrad,
+  kConvInputGrad,
+  kDwInputGrad,
+  kConvWeightUpdate,
+  kDwWeightUpdate,
+  kBiasUpdate,
+  kMaskPack,
+  kMaskGrad,
+  kNumKinds,
+};
+
+// Options (bit flags of OpInfo::options).
+enum : uint32_t {
+  kOptActMin = 1u << 0,
+  kOptActMax = 1u << 1,
+  kOptInvCount = 1u << 2,
+  kOptPadTop = 1u << 3,
+  kOptPadLeft = 1u << 4,
+  kOptFilter = 1u << 5,  // filter_h, filter_w
+  kOptStride = 1u << 6,  // stride_h, stride_w
+  kOptWScaleMax = 1u << 7,
+  kOptXZeroPoint = 1u << 8,
+  kOptUpdateChannels = 1u << 9,
+  kOptSeed = 1u << 10,
+  kOptUseScratch = 1u << 11,  // optional
+};
+constexpr uint32_t kOptGeom = kOptStride | kOptPadTop | kOptPadLeft;
+
+constexpr int kMaxTensors = 8;
+
+struct OpInfo {
+  const char* name;
+  const char* inputs[kMaxTensors];   // contract names, flatbuffer order (nullptr-terminated)
+  const char* outputs[kMaxTensors];  // likewise
+  uint32_t options;
+};
+
+const OpInfo kOps[kNumKinds] = {
+    {"TMT_SOFTMAX_CE_GRAD", {"probs", "label", "lr", "loss_lut", "state"},
+     {"grad", "grad_scale", "loss"}, 0},
+    {"TMT_MSE_GRAD", {"y", "target", "lr", "state"}, {"grad", "grad_scale", "loss"}, 0},
+    {"TMT_ACT_GRAD", {"g", "y", "lr"}, {"g_out"}, kOptActMin | kOptActMax},
+    {"TMT_GRAD_ADD", {"g1", "s1", "g2", "s2", "lr"}, {"g", "s"}, kOptUseScratch},
+    {"TMT_MEAN_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptInvCount},
+    {"TMT_PAD_GRAD", {"g", "lr"}, {"g_in"}, kOptPadTop | kOptPadLeft},
+    {"TMT_RESHAPE_GRAD", {"g", "lr"}, {"g_in"}, 0},
+    {"TMT_AVGPOOL_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptFilter | kOptGeom | kOptUseScratch},
+    {"TMT_MAXPOOL_GRAD", {"g", "s", "x", "y", "lr"}, {"g_in", "s_in"},
+     kOptFilter | kOptGeom | kOptUseScratch},
+    {"TMT_CONV_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
+     kOptGeom | kOptWScaleMax | kOptUseScratch},
+    {"TMT_DW_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
+     kOptGeom | kOptWScaleMax | kOptUseScratch},
+    {"TMT_CONV_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
+     kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
+    {"TMT_DW_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
+     kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
+    {"TMT_BIAS_UPDATE", {"g", "s", "b", "bfactor", "lr", "state"}, {},
+     kOptUpdateChannels | kOptSeed},
+    {"TMT_MASK_PACK", {"y", "lr"}, {"bits"}, kOptActMin | kOptActMax},
+    {"TMT_MASK_GRAD", {"g", "bits", "lr"}, {"g_out"}, 0},
+};
+
+int CountNames(const char* const* names) {
+  int n = 0;
+  while (n < kMaxTensors && names[n] != nullptr) ++n;
+  return n;
+}
+
+int IndexOf(const char* const* names, const char* want) {
+  for (int i = 0; i < kMaxTensors && names[i] != nullptr; ++i) {
+    const char* a = names[i];
+    const char* b = want;
+    while (*a && *a == *b) ++a, ++b;
+    if (*a == *b) return i;
+  }
+  return -1;
+}
+
+struct OpData {
+  int32_t act_min = 0, act_max = 0;
+  int32_t pad_top = 0, pad_left = 0;
+  int32_t filter_h = 1, filter_w = 1;
+  int32_t stride_h = 1, stride_w = 1;
+  int32_t x_zero_point = 0;
+  int32_t update_channels = 0;
+  uint32_t seed = 0;
+  float inv_count = 0.0f;
+  float w_scale_max = 0.0f;
+  bool use_scratch = false;
+  const char* missing_option = nullptr;  // first required option absent (reported in Prepare)
+  bool options_unreadable = false;
+  // Set in Prepare.
+  float y_scale = 0.0f;  // TMT_MSE_GRAD: the scale of y / target
+  int scratch_index = -1;
+};
+
+// ------------------------------------------------------------------ Init
+
+template <int K>
+void* Init(TfLiteContext* context, const char* buffer, size_t length) {
+  void* mem = context->AllocatePersistentBuffer(context, sizeof(OpData));
+  if (mem == nullptr) return nullptr;
+  OpData* d = new (mem) OpData();
+  const uint32_t opts = kOps[K].options;
+  const uint32_t required = opts & ~kOptUseScratch;
+  if (buffer == nullptr || length == 0) {
+    if (required) d->options_unreadable = true;
+    return d;
+  }
+  const flexbuffers::Reference root =
+      flexbuffers::GetRoot(reinterpret_cast<const uint8_t*>(buffer), length);
+  if (!root.IsMap()) {
+    d->options_unreadable = required != 0;
+    return d;
+  }
+  const flexbuffers::Map m = root.AsMap();
+  auto get_int = [&](const char* key, int32_t* out) {
+    const flexbuffers::Reference v = m[key];
+    if (v.IsNull()) {
+      if (!d->missing_option) d->missing_option = key;
+      return;
+    }
+    *out = static_cast<int32_t>(v.AsInt64());
+  };
+  auto get_float = [&](const char* key, float* out) {
+    const flexbuffers::Reference v = m[key];
+    if (v.IsNull()) {
+      if (!d->missing_option) d->missing_option = key;
+      return;
+    }
+    *out = v.AsFloat();
+  };
+  if (opts & kOptActMin) get_int("act_min", &d->act_min);
+  if (opts & kOptActMax) get_int("act_max", &d->act_max);
+  if (opts & kOptInvCount) get_float("inv_count", &d->inv_count);
+  if (opts & kOptPadTop) get_int("pad_top", &d->pad_top);
+  if (opts & kOptPadLeft) get_int("pad_left", &d->pad_left);
+  if (opts & kOptFilter) {
+    get_int("filter_h", &d->filter_h);
+    get_int("filter_w", &d->filter_w);
+  }
+  if (opts & kOptStride) {
+    get_int("stride_h", &d->stride_h);
+    get_int("stride_w", &d->stride_w);
+  }
+  if (opts & kOptWScaleMax) get_float("w_scale_max", &d->w_scale_max);
+  if (opts & kOptXZeroPoint) get_int("x_zero_point", &d->x_zero_point);
+  if (opts & kOptUpdateChannels) get_int("update_channels", &d->update_channels);
+  if (opts & kOptSeed) {
+    const flexbuffers::Reference v = m["seed"];
+    if (v.IsNull()) {
+      if (!d->missing_option) d->missing_option = "seed";
+    } else {
+      d->seed = static_cast<uint32_t>(v.AsInt64());
+    }
+  }
+  if (opts & kOptUseScratch) {
+    const flexbuffers::Reference v = m["use_scratch"];
+    d->use_scratch = !v.IsNull() && v.AsInt64() != 0;
+  }
+  return d;
+}
+
+// ------------------------------------------------------------------ Prepare
+
+// The node's input and output TfLiteTensors, freed when this goes out of scope.
+class PrepareTensors {
+ public:
+  PrepareTensors(TfLiteContext* context, TfLiteNode* node, int n_in, int n_out)
+      : micro_context_(tflite::GetMicroContext(context)), n_in_(n_in), n_out_(n_out) {
+    for (int i = 0; i < n_in_; ++i) in_[i] = micro_context_->AllocateTempInputTensor(node, i);
+    for (int i = 0; i < n_out_; ++i) out_[i] = micro_context_->AllocateTempOutputTensor(node, i);
+  }
+  ~PrepareTensors() {
+    for (int i = 0; i < n_in_; ++i) {
+      if (in_[i]) micro_context_->DeallocateTempTfLiteTensor(in_[i]);
+    }
+    for (int i = 0; i < n_out_; ++i) {
+      if (out_[i]) micro_context_->DeallocateTempTfLiteTensor(out_[i]);
+    }
+  }
+  TfLiteTensor* in(int i) const { return in_[i]; }
+  TfLiteTensor* out(int i) const { return out_[i]; }
+
+ private:
+  tflite::MicroContext* micro_context_;
+  int n_in_, n_out_;
+  TfLiteTensor* in_[kMaxTensors] = {};
+  TfLiteTensor* out_[kMaxTensors] = {};
+};
+
+int Elements(const TfLiteTensor* t) {
+  int n = 1;
+  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
+  return n;
+}
+
+int Dim(const TfLiteTensor* t, int i) { return t->dims->data[i]; }
+
+// Shape checks with errors naming the op and the tensor ("input 2 'w'").
+class Checker {
+ public:
+  Checker(int kind, const PrepareTensors& t) : info_(kOps[kind]), t_(t) {}
+
+  TfLiteTensor* In(int i) const { return t_.in(i); }
+  TfLiteTensor* Out(int i) const { return t_.out(i); }
+
+  bool Fail(bool is_input, int i, const char* what) const {
+    MicroPrintf("%s: %s %d '%s' %s", info_.name, is_input ? "input" : "output", i,
+                is_input ? info_.inputs[i] : info_.outputs[i], what);
+    return false;
+  }
+  bool Type(bool is_input, int i, TfLiteType want) const {
+    const TfLiteTensor* t = is_input ? In(i) : Out(i);
+    if (t == nullptr) return Fail(is_input, i, "is missing");
+    if (t->type != want) {
+      MicroPrintf("%s: %s %d '%s' must be %s, not %s", info_.name, is_input ? "input" : "output", i,
+                  is_input ? info_.inputs[i] : info_.outputs[i], TfLiteTypeGetName(want),
+                  TfLiteTypeGetName(t->type));
+      return false;
+    }
+    return true;
+  }
+  // A float32 tensor with exactly one element (a scale, the learning rate, a loss).
+  bool Scalar(bool is_input, int i) const {
+    if (!Type(is_input, i, kTfLiteFloat32)) return false;
+    if (Elements(is_input ? In(i) : Out(i)) != 1) return Fail(is_input, i, "must have 1 element");
+    return true;
+  }
+  bool Elems(bool is_input, int i, int want) const {
+    if (Elements(is_input ? In(i) : Out(i)) != want) {
+      MicroPrintf("%s: %s %d '%s' must have %d elements, has %d", info_.name,
+                  is_input ? "input" : "output", i, is_input ? info_.inputs[i] : info_.outputs[i],
+                  want, Elements(is_input ? In(i) : Out(i)));
+      return false;
+    }
+    return true;
+  }
+  // NHWC with batch 1 ([1, H, W, C]), or [1, C] when allow_2d.
+  bool Activation(bool is_input, int i, bool allow_2d) const {
+    const TfLiteTensor* t = is_input ? In(i) : Out(i);
+    const int nd = t->dims->size;
+    if (!((nd == 4) || (allow_2d && nd == 2)) || Dim(t, 0) != 1) {
+      return Fail(is_input, i, allow_2d ? "must be [1, H, W, C] or [1, C]" : "must be [1, H, W, C]");
+    }
+    return true;
+  }
+  bool SameShape(bool is_input, int i, const TfLiteTensor* ref, const char* ref_name) const {
+    const TfLiteTensor* t = is_input ? In(i) : Out(i);
+    bool same = t->dims->size == ref->dims->size;
+    for (int k = 0; same && k < t->dims->size; ++k) same = Dim(t, k) == Dim(ref, k);
+    if (!same) {
+      MicroPrintf("%s: %s %d '%s' must have the shape of '%s'", info_.name,
+                  is_input ? "input" : "output", i, is_input ? info_.inputs[i] : info_.outputs[i],
+                  ref_name);
+      return false;
+    }
+    return true;
+  }
+  // An input TFLM keeps in the persistent arena and the op may write (state, parameters).
+  bool Variable(int i) const {
+    if (!In(i)->is_variable) return Fail(true, i, "must be a variable tensor (is_variable)");
+    return true;
+  }
+  bool Option(bool ok, const char* what) const {
+    if (!ok) MicroPrintf("%s: invalid options: %s", info_.name, what);
+    return ok;
+  }
+
+ private:
+  const OpInfo& info_;
+  const PrepareTensors& t_;
+};
+
+inline int LastDim(const TfLiteTensor* t) { return t->dims->data[t->dims->size - 1]; }
+
+template <int K>
+TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
+  const OpInfo& info = kOps[K];
+  OpData* d = static_cast<OpData*>(node->user_data);
+  if (d == nullptr) {
+    MicroPrintf("%s: could not allocate op data", info.name);
+    return kTfLiteError;
+  }
+  if (d->options_unreadable) {
+    MicroPrintf("%s: custom options missing or not a flexbuffer map", info.name);
+    return kTfLiteError;
+  }
+  if (d->missing_option) {
+    MicroPrintf("%s: custom option '%s' missing", info.name, d->missing_option);
+    return kTfLiteError;
+  }
+  const int n_in = CountNames(info.inputs);
+  const int n_out = CountNames(info.outputs);
+  if (node->inputs->size != n_in || node->outputs->size != n_out) {
+    MicroPrintf("%s: expected %d inputs and %d outputs, got %d and %d", info.name, n_in, n_out,
+                node->inputs->size, node->outputs->size);
+    return kTfLiteError;
+  }
+  PrepareTensors t(context, node, n_in, n_out);
+  Checker c(K, t);
+  constexpr bool kIn = true, kOut = false;
+  const int lr = IndexOf(info.inputs, "lr");
+  if (!c.Scalar(kIn, lr)) return kTfLiteError;
+  const int state = IndexOf(info.inputs, "state");
+  if (state >= 0 &&
+      !(c.Type(kIn, state, kTfLiteInt32) && c.Elems(kIn, state, 2) && c.Variable(state))) {
+    return kTfLiteError;
+  }
+  int scratch_elems = 0;
+  bool ok = true;
+  switch (K) {
+    case kSoftmaxCeGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteInt32) && c.Elems(kIn, 1, 1) &&
+           c.Type(kIn, 3, kTfLiteFloat32) && c.Elems(kIn, 3, 256) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0))) && c.Scalar(kOut, 1) && c.Scalar(kOut, 2);
+      break;
+    }
+    case kMseGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteInt8) &&
+           c.Elems(kIn, 1, Elements(c.In(0))) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0))) && c.Scalar(kOut, 1) && c.Scalar(kOut, 2);
+      if (ok && c.In(0)->quantization.type != kTfLiteAffineQuantization) {
+        ok = c.Fail(kIn, 0, "must be quantized (its scale defines the loss)");
+      }
+      if (ok) d->y_scale = c.In(0)->params.scale;
+      break;
+    }
+    case kActGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteInt8) &&
+           c.Elems(kIn, 1, Elements(c.In(0))) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0)));
+      break;
+    }
+    case kMaskPack: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kOut, 0, kTfLiteUInt8) &&
+           c.Elems(kOut, 0, (Elements(c.In(0)) + 7) / 8);
+      break;
+    }
+    case kMaskGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteUInt8) &&
+           c.Elems(kIn, 1, (Elements(c.In(0)) + 7) / 8) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0)));
+      break;
+    }
+    case kGradAdd: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kIn, 2, kTfLiteInt8) &&
+           c.Elems(kIn, 2, Elements(c.In(0))) && c.Scalar(kIn, 3) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0))) && c.Scalar(kOut, 1);
+      scratch_elems = ok ? Elements(c.In(0)) : 0;
+      break;
+    }
+    case kMeanGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Activation(kOut, 0, false) && c.Elems(kIn, 0, LastDim(c.Out(0))) && c.Scalar(kOut, 1);
+      break;
+    }
+    case kPadGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, false) &&
+           c.Type(kOut, 0, kTfLiteInt8) && c.Activation(kOut, 0, false);
+      if (ok && LastDim(c.In(0)) != LastDim(c.Out(0))) ok = c.Fail(kOut, 0, "must have the channels of 'g'");
+      ok = ok && c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding") &&
+           c.Option(d->pad_top + Dim(c.Out(0), 1) <= Dim(c.In(0), 1) &&
+                        d->pad_left + Dim(c.Out(0), 2) <= Dim(c.In(0), 2),
+                    "padding crops past the end of 'g'");
+      break;
+    }
+    case kReshapeGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kOut, 0, kTfLiteInt8) &&
+           c.Elems(kOut, 0, Elements(c.In(0)));
+      break;
+    }
+    case kAvgPoolGrad:
+    case kMaxPoolGrad: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, false) && c.Scalar(kIn, 1) &&
+           c.Type(kOut, 0, kTfLiteInt8) && c.Activation(kOut, 0, false) && c.Scalar(kOut, 1);
+      if (ok && LastDim(c.In(0)) != LastDim(c.Out(0))) ok = c.Fail(kOut, 0, "must have the channels of 'g'");
+      if (ok && K == kMaxPoolGrad) {
+        ok = c.Type(kIn, 2, kTfLiteInt8) && c.SameShape(kIn, 2, c.Out(0), "g_in") &&
+             c.Type(kIn, 3, kTfLiteInt8) && c.SameShape(kIn, 3, c.In(0), "g");
+      }
+      ok = ok && c.Option(d->filter_h >= 1 && d->filter_w >= 1, "filter size < 1") &&
+           c.Option(d->stride_h >= 1 && d->stride_w >= 1, "stride < 1") &&
+           c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding");
+      scratch_elems = ok ? Elements(c.Out(0)) : 0;
+      break;
+    }
+    case kConvInputGrad:
+    case kDwInputGrad: {
+      const bool dw = K == kDwInputGrad;
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, !dw) && c.Scalar(kIn, 1) &&
+           c.Type(kIn, 2, kTfLiteInt8) && c.Type(kIn, 3, kTfLiteInt32) &&
+           c.Type(kOut, 0, kTfLiteInt8) && c.Activation(kOut, 0, !dw) && c.Scalar(kOut, 1);
+      if (ok) {
+        const TfLiteTensor* w = c.In(2);
+        const int co = LastDim(c.In(0));
+        const int ci = LastDim(c.Out(0));
+        if (dw) {
+          if (w->dims->size != 4 || Dim(w, 0) != 1 || Dim(w, 3) != co || co != ci) {
+            ok = c.Fail(kIn, 2, "must be [1, KH, KW, C] with C the channels of 'g' and 'g_in'");
+          }
+        } else if (!((w->dims->size == 4 || w->dims->size == 2) && Dim(w, 0) == co &&
+                     LastDim(w) == ci)) {
+          ok = c.Fail(kIn, 2, "must be [CO, KH, KW, CI] or [CO, CI] matching 'g' and 'g_in'");
+        }
+        ok = ok && c.Elems(kIn, 3, co);
+      }
+      ok = ok && c.Option(d->stride_h >= 1 && d->stride_w >= 1, "stride < 1") &&
+           c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding");
+      scratch_elems = ok ? Elements(c.Out(0)) : 0;
+      break;
+    }
+    case kConvWeightUpdate:
+    case kDwWeightUpdate: {
+      const bool dw = K == kDwWeightUpdate;
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, !dw) && c.Scalar(kIn, 1) &&
+           c.Type(kIn, 2, kTfLiteInt8) && c.Activation(kIn, 2, !dw) &&
+           c.Type(kIn, 3, kTfLiteInt8) && c.Variable(3) && c.Type(kIn, 4, kTfLiteFloat32);
+      int co = 0;
+      if (ok) {
+        const TfLiteTensor* w = c.In(3);
+        co = LastDim(c.In(0));
+        const int ci = LastDim(c.In(2));
+        if (dw) {
+          if (w->dims->size != 4 || Dim(w, 0) != 1 || Dim(w, 3) != co || co != ci) {
+            ok = c.Fail(kIn, 3, "must be [1, KH, KW, C] with C the channels of 'g' and 'x'");
+          }
+        } else if (!((w->dims->size == 4 || w->dims->size == 2) && Dim(w, 0) >= 1 &&
+                     Dim(w, 0) <= co && LastDim(w) == ci)) {
+          // R == CO, or R < CO: only the leading (trained) output channels are a variable
+          // tensor (rows are contiguous, so the core updates them the same way).
+          ok = c.Fail(kIn, 3, "must be [R, KH, KW, CI] or [R, CI] with R <= the channels of 'g' "
+                              "and CI those of 'x'");
+        }
+        ok = ok && c.Elems(kIn, 4, co);
+      }
+      const int rows = ok ? Dim(c.In(3), 0) : 0;  // output channels present in 'w'
+      ok = ok && c.Option(d->stride_h >= 1 && d->stride_w >= 1, "stride < 1") &&
+           c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding") &&
+           c.Option(d->update_channels >= 0 && d->update_channels <= co,
+                    "update_channels outside [0, output channels]") &&
+           c.Option(dw || d->update_channels <= rows,
+                    "update_channels larger than the output channels of 'w'");
+      break;
+    }
+    case kBiasUpdate: {
+      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kIn, 2, kTfLiteInt32) &&
+           c.Variable(2) && c.Type(kIn, 3, kTfLiteFloat32);
+      if (ok) {
+        const int ch = Elements(c.In(2));
+        ok = c.Elems(kIn, 3, ch);
+        if (ok && (c.In(0)->dims->size < 1 || LastDim(c.In(0)) != ch)) {
+          ok = c.Fail(kIn, 0, "must end in the bias's channel count");
+        }
+        ok = ok && c.Option(d->update_channels >= 0 && d->update_channels <= ch,
+                            "update_channels outside [0, channels]");
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  if (!ok) return kTfLiteError;
+  d->scratch_index = -1;
+  if ((info.options & kOptUseScratch) && d->use_scratch && scratch_elems > 0) {
+    if (context->RequestScratchBufferInArena(
+            context, static_cast<size_t>(scratch_elems) * sizeof(int64_t), &d->scratch_index) !=
+        kTfLiteOk) {
+      MicroPrintf("%s: could not request %d bytes of scratch", info.name,
+                  scratch_elems * static_cast<int>(sizeof(int64_t)));
+      return kTfLiteError;
+    }
+  }
+  return kTfLiteOk;
+}
+
+// ------------------------------------------------------------------ Eval
+
+core::Hwc HwcOf(const TfLiteEvalTensor* t) {
+  core::Hwc r;
+  const TfLiteIntArray* d = t->dims;
+  if (d->size == 4) {
+    r.h = d->data[1];
+    r.w = d->data[2];
+    r.c = d->data[3];
+  } else if (d->size >= 1) {
+    r.c = d->data[d->size - 1];
+  } else {
+    r.c = 1;
+  }
+  return r;
+}
+
+int ElementsOf(const TfLiteEvalTensor* t) {
+  int n = 1;
+  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
+  return n;
+}
+
+core::ConvGeom GeomOf(const OpData* d) {
+  core::ConvGeom g;
+  g.stride_h = d->stride_h;
+  g.stride_w = d->stride_w;
+  g.pad_top = d->pad_top;
+  g.pad_left = d->pad_left;
+  return g;
+}
+
+core::UpdateParams UpdateOf(const OpData* d) {
+  core::UpdateParams p;
+  p.update_channels = d->update_channels;
+  p.seed = d->seed;
+  p.x_zero_point = d->x_zero_point;
+  return p;
+}
+
+// Kernel size of conv weights [CO, KH, KW, CI] / [1, KH, KW, C] or [CO, CI] (1x1).
+void KernelOf(const TfLiteEvalTensor* w, int32_t* kh, int32_t* kw) {
+  *kh = w->dims->size == 4 ? w->dims->data[1] : 1;
+  *kw = w->dims->size == 4 ? w->dims->data[2] : 1;
+}
+
+TfLiteStatus Report(int kind, core::Status s) {
+  if (s == core::Status::kOk) return kTfLiteOk;
+  MicroPrintf("%s: %s", kOps[kind].name, core::StatusString(s));
+  return kTfLiteError;
+}
+
+template <int K>
+TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
+  const OpInfo& info = kOps[K];
+  OpData* d = static_cast<OpData*>(node->user_data);
+  auto in = [&](int i) { return tflite::micro::GetEvalInput(context, node, i); };
+  auto out = [&](int i) { return tflite::micro::GetEvalOutput(context, node, i); };
+  auto i8 = [](const TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<int8_t>(t); };
+  auto f32 = [](const TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<float>(t)[0]; };
+  auto mut_i8 = [](TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<int8_t>(t); };
+
+  const float lr = f32(in(IndexOf(info.inputs, "lr")));
+  const int state_index = IndexOf(info.inputs, "state");
+  // The training-step counter: advanced by the loss op, read by the update ops.
+  uint32_t* step = state_index >= 0 ? reinterpret_cast<uint32_t*>(
+                                          tflite::micro::GetTensorData<int32_t>(
+                                              tflite::micro::GetMutableEvalInput(context, node,
+                                                                                 state_index))) +
+                                          1
+                                    : nullptr;
+  const bool is_loss = K == kSoftmaxCeGrad || K == kMseGrad;
+  if (lr == 0.0f) {  // inference call
+    if (is_loss) {
+      tflite::micro::GetTensorData<float>(out(1))[0] = 0.0f;
+      tflite::micro::GetTensorData<float>(out(2))[0] = 0.0f;
+    }
+    return kTfLiteOk;
+  }
+  if (is_loss && !(lr > 0.0f)) {
+    MicroPrintf("%s: input 'lr' must be >= 0 (got a negative value or NaN)", info.name);
+    return kTfLiteError;
+  }
+  int64_t* scratch = d->scratch_index >= 0
+                         ? static_cast<int64_t*>(context->GetScratchBuffer(context, d->scratch_index))
+                         : nullptr;
+  core::Status s = core::Status::kOk;
+  switch (K) {
+    case kSoftmaxCeGrad: {
+      const int32_t n = ElementsOf(in(0));
+      const int32_t label = tflite::micro::GetTensorData<int32_t>(in(1))[0];
+      if (label < 0 || label >= n) {
+        MicroPrintf("%s: input 1 'label' = %d is outside [0, %d)", info.name, static_cast<int>(label),
+                    static_cast<int>(n));
+        return kTfLiteError;
+      }
+      s = core::SoftmaxCeGrad(i8(in(0)), n, label, tflite::micro::GetTensorData<float>(in(3)),
+                              mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)),
+                              tflite::micro::GetTensorData<float>(out(2)));
+      break;
+    }
+    case kMseGrad:
+      s = core::MseGrad(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->y_scale, mut_i8(out(0)),
+                        tflite::micro::GetTensorData<float>(out(1)),
+                        tflite::micro::GetTensorData<float>(out(2)));
+      break;
+    case kActGrad:
+      s = core::ActGrad(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->act_min, d->act_max,
+                        mut_i8(out(0)));
+      break;
+    case kMaskPack:
+      s = core::MaskPack(i8(in(0)), ElementsOf(in(0)), d->act_min, d->act_max,
+                         tflite::micro::GetTensorData<uint8_t>(out(0)));
+      break;
+    case kMaskGrad:
+      s = core::MaskGrad(i8(in(0)), tflite::micro::GetTensorData<uint8_t>(in(1)), ElementsOf(in(0)),
+                         mut_i8(out(0)));
+      break;
+    case kGradAdd:
+      s = core::GradAdd(i8(in(0)), f32(in(1)), i8(in(2)), f32(in(3)), ElementsOf(in(0)),
+                        mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)), scratch);
+      break;
+    case kMeanGrad:
+      s = core::MeanGrad(i8(in(0)), f32(in(1)), HwcOf(out(0)), d->inv_count, mut_i8(out(0)),
+                         tflite::micro::GetTensorData<float>(out(1)));
+      break;
+    case kPadGrad:
+      s = core::PadGrad(i8(in(0)), HwcOf(in(0)), HwcOf(out(0)), d->pad_top, d->pad_left,
+                        mut_i8(out(0)));
+      break;
+    case kReshapeGrad:
+      s = core::ReshapeGrad(i8(in(0)), ElementsOf(in(0)), mut_i8(out(0)));
+      break;
+    case kAvgPoolGrad:
+    case kMaxPoolGrad: {
+      core::PoolParams p;
+      p.filter_h = d->filter_h;
+      p.filter_w = d->filter_w;
+      p.geom = GeomOf(d);
+      if (K == kAvgPoolGrad) {
+        s = core::AvgPoolGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), HwcOf(out(0)), p,
+                              mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)), scratch);
+      } else {
+        s = core::MaxPoolGrad(i8(in(0)), f32(in(1)), i8(in(2)), i8(in(3)), HwcOf(in(0)),
+                              HwcOf(out(0)), p, mut_i8(out(0)),
+                              tflite::micro::GetTensorData<float>(out(1)), scratch);
+      }
+      break;
+    }
+    case kConvInputGrad:
+    case kDwInputGrad: {
+      int32_t kh, kw;
+      KernelOf(in(2), &kh, &kw);
+      const auto fn = K == kConvInputGrad ? core::ConvInputGrad : core::DepthwiseInputGrad;
+      s = fn(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
+             tflite::micro::GetTensorData<int32_t>(in(3)), d->w_scale_max, HwcOf(out(0)),
+             GeomOf(d), mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)), scratch);
+      break;
+    }
+    case kConvWeightUpdate:
+    case kDwWeightUpdate: {
+      TfLiteEvalTensor* w = tflite::micro::GetMutableEvalInput(context, node, 3);
+      int32_t kh, kw;
+      KernelOf(w, &kh, &kw);
+      const auto fn = K == kConvWeightUpdate ? core::ConvWeightUpdate : core::DepthwiseWeightUpdate;
+      s = fn(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), HwcOf(in(2)), mut_i8(w), kh, kw,
+             tflite::micro::GetTensorData<float>(in(4)), lr, GeomOf(d), UpdateOf(d), *step);
+      break;
+    }
+    case kBiasUpdate: {
+      TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
+      const int32_t ch = ElementsOf(b);
+      const int32_t positions = ch ? ElementsOf(in(0)) / ch : 0;
+      s = core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
+                           tflite::micro::GetTensorData<int32_t>(b),
+                           tflite::micro::GetTensorData<float>(in(3)), lr, UpdateOf(d), *step);
+      break;
+    }
+    default:
+      break;
+  }
+  if (s != core::Status::kOk) return Report(K, s);
+  if (is_loss) ++*step;  // after validation: a failed step leaves the counter as it was
+  return kTfLiteOk;
+}
+
+template <int K>
+TFLMRegistration Registration() {
+  return tflite::micro::RegisterOp(Init<K>, Prepare<K>, Eval<K>);
+}
+
+// ------------------------------------------------------------------ TMT_INIT
+
+// inputs: state int32[2] (variable), then (initial value, variable) pairs; no outputs.
+// Eval: if state[0] != kStateMagic, copy every initial value into its variable and set
+// state = {kStateMagic, 0}. ResetVariableTensors() zeroes the state, so the next Invoke
+// restores the shipped parameters.
+constexpr int32_t kStateMagic = 0x544D5431;  // "TMT1"
+
+TfLiteStatus InitPrepare(TfLiteContext* context, TfLiteNode* node) {
+  if (node->inputs->size < 1 || (node->inputs->size - 1) % 2 != 0 || node->outputs->size != 0) {
+    MicroPrintf("TMT_INIT: expected a state tensor and (initial value, variable) pairs, "
+                "no outputs; got %d inputs and %d outputs",
+                node->inputs->size, node->outputs->size);
+    return kTfLiteError;
+  }
+  tflite::MicroContext* mc = tflite::GetMicroContext(context);
+  TfLiteTensor* st = mc->AllocateTempInputTensor(node, 0);
+  const bool state_ok =
+      st != nullptr && st->type == kTfLiteInt32 && st->bytes == 8 && st->is_variable;
+  if (st) mc->DeallocateTempTfLiteTensor(st);
+  if (!state_ok) {
+    MicroPrintf("TMT_INIT: input 0 'state' must be an int32 variable tensor with 2 elements");
+    return kTfLiteError;
+  }
+  for (int i = 1; i < node->inputs->size; i += 2) {
+    TfLiteTensor* init = mc->AllocateTempInputTensor(node, i);
+    TfLiteTensor* var = mc->AllocateTempInputTensor(node, i + 1);
+    const char* problem = nullptr;
+    if (init == nullptr || var == nullptr) {
+      problem = "is missing";
+    } else if (init->data.data == nullptr) {
+      problem = "has an initial value that is not constant";
+    } else if (!var->is_variable) {
+      problem = "is not a variable tensor (is_variable)";
+    } else if (init->type != var->type) {
+      problem = "has a type other than its initial value's";
+    } else if (init->bytes != var->bytes) {
+      problem = "has a size other than its initial value's";
+    }
+    const int init_bytes = init ? static_cast<int>(init->bytes) : -1;
+    const int var_bytes = var ? static_cast<int>(var->bytes) : -1;
+    if (init) mc->DeallocateTempTfLiteTensor(init);
+    if (var) mc->DeallocateTempTfLiteTensor(var);
+    if (problem != nullptr) {
+      MicroPrintf("TMT_INIT: variable input %d %s (initial value: input %d, %d bytes; "
+                  "variable: %d bytes)",
+                  i + 1, problem, i, init_bytes, var_bytes);
+      return kTfLiteError;
+    }
+  }
+  return kTfLiteOk;
+}
+
+TfLiteStatus InitEval(TfLiteContext* context, TfLiteNode* node) {
+  int32_t* state = tflite::micro::GetTensorData<int32_t>(
+      tflite::micro::GetMutableEvalInput(context, node, 0));
+  if (state[0] == kStateMagic) return kTfLiteOk;
+  for (int i = 1; i < node->inputs->size; i += 2) {
+    const TfLiteEvalTensor* init = tflite::micro::GetEvalInput(context, node, i);
+    TfLiteEvalTensor* var = tflite::micro::GetMutableEvalInput(context, node, i + 1);
+    size_t bytes = 0;
+    TF_LITE_ENSURE_STATUS(tflite::TfLiteEvalTensorByteLength(init, &bytes));
+    std::memcpy(var->data.data, init->data.data, bytes);
+  }
+  state[0] = kStateMagic;
+  state[1] = 0;
+  return kTfLiteOk;
+}
+
+}  // namespace
+
+TFLMRegistration Register_TMT_INIT() {
+  return tflite::micro::RegisterOp(nullptr, InitPrepare, InitEval);
+}
+
+TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD() { return Registration<kSoftmaxCeGrad>(); }
+TFLMRegistration Register_TMT_MSE_GRAD() { return Registration<kMseGrad>(); }
+TFLMRegistration Register_TMT_ACT_GRAD() { return Registration<kActGrad>(); }
+TFLMRegistration Register_TMT_MASK_PACK() { return Registration<kMaskPack>(); }
+TFLMRegistration Register_TMT_MASK_GRAD() { return Registration<kMaskGrad>(); }
+TFLMRegistration Register_TMT_GRAD_ADD() { return Registration<kGradAdd>(); }
+TFLMRegistration Register_TMT_MEAN_GRAD() { return Registration<kMeanGrad>(); }
+TFLMRegistration Register_TMT_PAD_GRAD() { return Registration<kPadGrad>(); }
+TFLMRegistration Register_TMT_RESHAPE_GRAD() { return Registration<kReshapeGrad>(); }
+TFLMRegistration Register_TMT_AVGPOOL_GRAD() { return Registration<kAvgPoolGrad>(); }
+TFLMRegistration Register_TMT_MAXPOOL_GRAD() { return Registration<kMaxPoolGrad>(); }
+TFLMRegistration Register_TMT_CONV_INPUT_GRAD() { return Registration<kConvInputGrad>(); }
+TFLMRegistration Register_TMT_DW_INPUT_GRAD() { return Registration<kDwInputGrad>(); }
+TFLMRegistration Register_TMT_CONV_WEIGHT_UPDATE() { return Registration<kConvWeightUpdate>(); }
+TFLMRegistration Register_TMT_DW_WEIGHT_UPDATE() { return Registration<kDwWeightUpdate>(); }
+TFLMRegistration Register_TMT_BIAS_UPDATE() { return Registration<kBiasUpdate>(); }
+
+TfLiteStatus CheckModel(const tflite::Model* model) {
+  if (model == nullptr || model->subgraphs() == nullptr || model->subgraphs()->size() == 0) {
+    MicroPrintf("tfmicro_train::CheckModel: no model or no subgraph");
+    return kTfLiteError;
+  }
+  const auto* codes = model->operator_codes();
+  TfLiteStatus status = kTfLiteOk;
+  for (unsigned int i = 0; codes != nullptr && i < codes->size(); ++i) {
+    const tflite::OperatorCode* code = codes->Get(i);
+    const flatbuffers::String* name = code->custom_code();
+    if (name == nullptr || std::strncmp(name->c_str(), "TMT_", 4) != 0) continue;
+    bool known = false;
+    for (unsigned int k = 0; k < kNumTrainingOps; ++k) {
+      known = known || std::strcmp(TrainingOps()[k].name, name->c_str()) == 0;
+    }
+    if (!known) {
+      MicroPrintf("tfmicro_train::CheckModel: operator code %d: %s is not a training op this "
+                  "build knows (re-convert with a matching tfmicro_train)",
+                  static_cast<int>(i), name->c_str());
+      status = kTfLiteError;
+    } else if (code->version() != kTrainingOpVersion) {
+      MicroPrintf("tfmicro_train::CheckModel: operator code %d: %s version %d is not supported "
+                  "(this build implements version %d)",
+                  static_cast<int>(i), name->c_str(), static_cast<int>(code->version()),
+                  kTrainingOpVersion);
+      status = kTfLiteError;
+    }
+  }
+  return status;
+}
+
+const TrainingOpEntry* TrainingOps() {
+  static const TrainingOpEntry kEntries[kNumTrainingOps] = {
+      {"TMT_INIT", Register_TMT_INIT},
+      {"TMT_SOFTMAX_CE_GRAD", Register_TMT_SOFTMAX_CE_GRAD},
+      {"TMT_MSE_GRAD", Register_TMT_MSE_GRAD},
+      {"TMT_ACT_GRAD", Register_TMT_ACT_GRAD},
+      {"TMT_MASK_PACK", Register_TMT_MASK_PACK},
+      {"TMT_MASK_GRAD", Register_TMT_MASK_GRAD},
+      {"TMT_GRAD_ADD", Register_TMT_GRAD_ADD},
+      {"TMT_MEAN_GRAD", Register_TMT_MEAN_GRAD},
+      {"TMT_PAD_GRAD", Register_TMT_PAD_GRAD},
+      {"TMT_RESHAPE_GRAD", Register_TMT_RESHAPE_GRAD},
+      {"TMT_AVGPOOL_GRAD", Register_TMT_AVGPOOL_GRAD},
+      {"TMT_MAXPOOL_GRAD", Register_TMT_MAXPOOL_GRAD},
+      {"TMT_CONV_INPUT_GRAD", Register_TMT_CONV_INPUT_GRAD},
+      {"TMT_DW_INPUT_GRAD", Register_TMT_DW_INPUT_GRAD},
+      {"TMT_CONV_WEIGHT_UPDATE", Register_TMT_CONV_WEIGHT_UPDATE},
+      {"TMT_DW_WEIGHT_UPDATE", Register_TMT_DW_WEIGHT_UPDATE},
+      {"TMT_BIAS_UPDATE", Register_TMT_BIAS_UPDATE},
+  };
+  static_assert(sizeof(kEntries) / sizeof(kEntries[0]) == kNumTrainingOps, "");
+  return kEntries;
+}
+
+}  // namespace tfmicro_train

@@ -1,0 +1,310 @@
+"""What a training step costs on a Cortex-M: instruction counts under QEMU.
+
+    python3 benchmarks/cortex_m.py                  # our backward/update kernels on Cortex-M7
+    TFLM_DIR=/path/to/tflite-micro python3 benchmarks/cortex_m.py   # + whole steps in TFLM
+
+Model: the demo's digits CNN (tfmicro_train/demo.py: 8x8x1 input, conv 3x3x16, depthwise 3x3,
+pointwise 24, max-pool, conv 3x3x32, global average pool, dense 10), briefly pretrained, converted
+three times: full update (every weight and bias), a sparse update (SPARSE below: biases of the
+last two layers, a quarter of conv2's output channels and the classifier weights) and bias-only.
+
+Measurement: `qemu-system-arm -M mps2-an500` (Cortex-M7) with `-icount shift=0`, so each guest
+instruction takes 1 ns of virtual time; the program reads CMSDK timer 0 (25 MHz of virtual time)
+around the measured call: instructions = ticks * 40, exact to within 40 (tflm_ops/cortex_m/cm_timer.h).
+These are instructions executed, not cycles (QEMU models no pipeline, caches or wait states).
+
+Printed, in one run:
+1. our backward/update kernels of each artifact (tflm_ops/core, portable C++, -O2), called
+   once per TMT_* conv/depthwise/dense/bias op of the artifact with its shapes (random data);
+   plus the same with the Cortex-M DSP weight-gradient path (tflm_ops/cortex_m/dsp_kernels);
+2. with TFLM (TFLM_DIR, cortex-m7 library built): the whole training step in TFLM on the
+   Cortex-M7 (model in flash via TrainingModel.export_c, TFLM's reference kernels forward, our
+   ops backward), the forward pass alone (an lr = 0 call), arena bytes, and flash / RAM of the
+   linked program from arm-none-eabi-size; also with the DSP path linked in;
+3. instructions per multiply-accumulate of our backward kernels per layer, next to TFLM's
+   reference int8 convolution forward (needs TFLM's headers: TFLM_DIR);
+4. last line: `sparse vs full: <N>x fewer instructions` for the backward + update pass (the part
+   of a step the update scheme controls: the step minus its forward pass in TFLM, else the kernel
+   sum); the line above it gives the whole-step ratio when TFLM is configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tflm_ops" / "cortex_m"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import cmbuild  # noqa: E402
+import numpy as np  # noqa: E402
+
+CPU = "cortex-m7"
+N_STEPS = 4
+CORE_SOURCES = sorted((ROOT / "tflm_ops/core").glob("*.cc"))
+
+
+def sparse_update():
+    """The sparse scheme: biases of the last 2 layers, 1/4 of conv2's channels, the classifier."""
+    import tfmicro_train as tmt
+
+    return tmt.SparseUpdate(bias_last_k=2, weight_ratios={3: 0.25, 4: 1})
+
+
+@dataclass
+class KernelCall:
+    """One backward/update kernel call of an artifact (kernel_bench_main.cc plan line)."""
+
+    label: str
+    kind: str
+    g: tuple[int, int, int]  # OH, OW, CO
+    k: tuple[int, int]
+    x: tuple[int, int, int]  # IH, IW, CI
+    geom: tuple[int, int, int, int]
+    n: int
+    macs: int
+
+    def line(self, kind: str | None = None) -> str:
+        v = (*self.g, *self.k, *self.x, *self.geom, self.n)
+        return f"{self.label} {kind or self.kind} " + " ".join(str(int(a)) for a in v)
+
+
+def _hwc(shape) -> tuple[int, int, int]:
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4:
+        return shape[1], shape[2], shape[3]
+    return 1, 1, int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+
+
+def _valid(out: int, inp: int, k: int, stride: int, pad: int) -> int:
+    """Sum over kernel offsets of the output positions whose input lands inside the image."""
+    return sum(sum(1 for o in range(out) if 0 <= o * stride - pad + kk < inp) for kk in range(k))
+
+
+def kernel_calls(art, prefix: str = "") -> list[KernelCall]:
+    """The conv / depthwise / dense / bias backward and update ops of an artifact, with shapes
+    (labels: `prefix` + the parameter tensor's name)."""
+    from tfmicro_train import HostSimulator
+
+    sg = HostSimulator(art).main
+    calls = []
+    for op in sg.ops:
+        o = op.options if isinstance(op.options, dict) else {}
+        geom = (o.get("stride_h", 1), o.get("stride_w", 1), o.get("pad_top", 0), o.get("pad_left", 0))
+        shape = [sg.infos[t].shape if t >= 0 else () for t in op.inputs]
+        if op.name in ("TMT_CONV_INPUT_GRAD", "TMT_DW_INPUT_GRAD"):
+            g, w, x = _hwc(shape[0]), shape[2], _hwc(sg.infos[op.outputs[0]].shape)
+            kind = "conv_input_grad" if op.name == "TMT_CONV_INPUT_GRAD" else "dw_input_grad"
+            n = g[2]
+        elif op.name in ("TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE"):
+            g, x, w = _hwc(shape[0]), _hwc(shape[2]), shape[3]
+            kind = "conv_weight_update" if op.name == "TMT_CONV_WEIGHT_UPDATE" else "dw_weight_update"
+            n = int(o["update_channels"])
+        elif op.name == "TMT_BIAS_UPDATE":
+            g = _hwc(shape[0])
+            calls.append(KernelCall(prefix + sg.infos[op.inputs[2]].name.replace(" ", "_"), "bias_update",
+                                    g, (1, 1), (1, 1, 1), (1, 1, 0, 0), int(o["update_channels"]),
+                                    g[0] * g[1] * int(o["update_channels"])))
+            continue
+        else:
+            continue
+        kh, kw = (int(w[1]), int(w[2])) if len(w) == 4 else (1, 1)
+        pos = _valid(g[0], x[0], kh, geom[0], geom[2]) * _valid(g[1], x[1], kw, geom[1], geom[3])
+        depthwise = kind.startswith("dw")
+        macs = pos * (n if depthwise else n * x[2])
+        label = prefix + sg.infos[op.inputs[3 if "update" in kind else 2]].name.replace(" ", "_")
+        calls.append(KernelCall(label, kind, g, (kh, kw), x, geom, n, macs))
+    return calls
+
+
+def run_plan(elf: Path, lines: list[str], work: Path) -> dict[str, int]:
+    """Run kernel_bench on plan lines; {"<label> <kind>": instructions}."""
+    plan = work / "plan.txt"
+    plan.write_text("\n".join(lines) + "\n")
+    res = cmbuild.run_qemu(elf, CPU, [str(plan)], icount=True, timeout=600)
+    if res.returncode or "done" not in res.stdout:
+        raise RuntimeError(f"kernel_bench failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
+    out = {}
+    for ln in res.stdout.splitlines():
+        w = ln.split()
+        if len(w) == 4 and w[2] == "insns":
+            out[f"{w[0]} {w[1]}"] = int(w[3])
+    return out
+
+
+def build_kernel_bench(tflm) -> Path:
+    defines, flags, libs = [], [], []
+    if not isinstance(tflm, str):
+        defines, flags, libs = ["TMT_WITH_TFLM_REFERENCE"], list(tflm.flags), [str(tflm.lib)]
+    return cmbuild.build_arm("kernel_bench", CPU, [ROOT / "tflm_ops/cortex_m/kernel_bench_main.cc"],
+                             cmbuild.DRIVER_FLAGS,
+                             [*CORE_SOURCES, ROOT / "tflm_ops/cortex_m/dsp_kernels.cc"],
+                             defines=defines, extra_flags=flags, libs=libs)
+
+
+def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
+    """Whole training steps of `art` in TFLM on the Cortex-M7 (model in flash)."""
+    from tfmicro_train import HostSimulator
+
+    work.mkdir(parents=True, exist_ok=True)
+    art.export_c(work / "model_data.h")
+    sim = HostSimulator(art)
+    steps = work / "steps.bin"
+    steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * len(xs)))
+    sources = [ROOT / "tflm_ops/cortex_m/tflm_train_main.cc", work / "model_data.cpp",
+               ROOT / "tflm_ops/checkpoint/tflm_checkpoint.cc", ROOT / "tflm_ops/checkpoint/checkpoint.cc",
+               *[p for p in sorted((ROOT / "tflm_ops/tflm").glob("*.cc")) if not p.name.endswith("_test.cc")],
+               *CORE_SOURCES]
+    source_flags = None
+    if dsp:  # core::ConvWeightUpdate becomes the DSP path (see dsp_kernels.cc); the glue calls it
+        dsp_src = ROOT / "tflm_ops/cortex_m/dsp_kernels.cc"
+        sources.append(dsp_src)
+        source_flags = {str(ROOT / "tflm_ops/core/training_ops.cc"):
+                        ["-DConvWeightUpdate=ConvWeightUpdatePortable"],
+                        str(dsp_src): ["-DTMT_DSP_AS_CORE"]}
+    region_bytes = 2 * ((32 + sum(int(v.nbytes) for v in sim.variables.values()) + 3) & ~3)
+
+    def build(arena: int) -> Path:
+        return cmbuild.build_arm(
+            "tflm_train", CPU, [], cmbuild.DRIVER_FLAGS, sources,
+            defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={arena}",
+                     f"TMT_STEPS_MAX_BYTES={len(steps.read_bytes())}",
+                     f"TMT_REGION_MAX_BYTES={region_bytes}"],
+            extra_flags=list(tflm.flags), libs=[str(tflm.lib)], source_flags=source_flags)
+
+    def run(elf: Path) -> dict:
+        region = work / "region.bin"
+        if region.exists():
+            region.unlink()
+        res = cmbuild.run_qemu(elf, CPU, ["-", str(steps), str(region)], icount=True, timeout=600)
+        out = cmbuild.parse_train_output(res.stdout)
+        if res.returncode or not out.get("done"):
+            raise RuntimeError(f"tflm_train failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
+        return out
+
+    probe = run(build(512 * 1024))
+    arena = (probe["arena"] + 1024 + 15) & ~15
+    elf = build(arena)
+    out = run(elf)
+    insns = [s["insns"] for s in out["steps"]]
+    return {"forward": out["inference_insns"], "step": int(statistics.median(insns)),
+            "arena": out["arena"], "arena_reserved": arena, "size": cmbuild.elf_size(elf),
+            "model_bytes": len(art.flatbuffer), "save": out.get("save_insns", 0)}
+
+
+def _dsp_kind(kind: str) -> str:
+    return "conv_weight_update_dsp" if kind == "conv_weight_update" else kind
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 1e6:.3f} M" if n >= 1e5 else f"{int(n):,}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--work", help="directory for generated files (default: a temporary one)")
+    args = ap.parse_args(argv)
+    missing = cmbuild.missing_cross_tools()
+    if missing:
+        print(f"cannot run: {missing}")
+        return 1
+    import tfmicro_train as tmt
+    from tfmicro_train.demo import digits_data, pretrain, rotate, small_cnn
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="tmt_cortex_m_"))
+    work.mkdir(parents=True, exist_ok=True)
+    (xp, yp), (xd, yd), _ = digits_data()
+    model = pretrain(small_cnn(), xp, yp, epochs=args.pretrain_epochs)
+    calib = [xp[i:i + 1] for i in range(64)]
+    updates = {"full": "full", "sparse": sparse_update(), "last-layer": "last", "bias-only": "bias"}
+    arts = {k: tmt.convert(model, calib, update=u) for k, u in updates.items()}
+    tflm = cmbuild.find_tflm(CPU)
+    print(f"model: demo digits CNN (8x8x1 -> 10), Cortex-M7 ({cmbuild.CPUS[CPU].board}), "
+          f"QEMU -icount shift=0; sparse = {updates['sparse']}")
+
+    # 1. our backward / update kernels per artifact
+    elf = build_kernel_bench(tflm)
+    calls = {k: kernel_calls(a, f"{k}:") for k, a in arts.items()}
+    lines = [c.line() for cs in calls.values() for c in cs]
+    lines += [c.line("conv_weight_update_dsp") for cs in calls.values() for c in cs
+              if c.kind == "conv_weight_update"]
+    kres = run_plan(elf, sorted(set(lines)), work)
+    kernel_sum, kernel_sum_dsp = {}, {}
+    for k, cs in calls.items():
+        kernel_sum[k] = sum(kres[f"{c.label} {c.kind}"] for c in cs)
+        kernel_sum_dsp[k] = sum(kres[f"{c.label} {_dsp_kind(c.kind)}"] for c in cs)
+    print("\nbackward + update kernels per training step (our cores, called with each artifact's shapes)")
+    print(f"{'update':<10} {'kernel calls':>12} {'MACs':>10} {'insns portable':>16} {'insns DSP':>12}")
+    for k, cs in calls.items():
+        print(f"{k:<10} {len(cs):>12} {sum(c.macs for c in cs):>10,} {_fmt(kernel_sum[k]):>16} "
+              f"{_fmt(kernel_sum_dsp[k]):>12}")
+
+    # 2. whole training steps in TFLM
+    backward = {k: float(v) for k, v in kernel_sum.items()}
+    whole = None
+    if isinstance(tflm, str):
+        print(f"\nwhole training step in TFLM: skipped ({tflm})")
+    else:
+        xs, ys = rotate(xd[:N_STEPS]), yd[:N_STEPS]
+        steps = {k: tflm_step(a, tflm, work / k, False, xs, ys) for k, a in arts.items()}
+        steps_dsp = {k: tflm_step(a, tflm, work / f"{k}_dsp", True, xs, ys) for k, a in arts.items()}
+        print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {N_STEPS} steps; TFLM reference "
+              "kernels forward, our ops backward; flash/RAM of the linked program from arm-none-eabi-size)")
+        print(f"{'update':<10} {'step':>11} {'forward':>11} {'bwd+update':>11} {'step DSP':>11} "
+              f"{'arena B':>8} {'flash B':>9} {'RAM B':>8} {'model B':>8} {'ckpt save':>10}")
+        for k in arts:
+            s, d = steps[k], steps_dsp[k]
+            print(f"{k:<10} {_fmt(s['step']):>11} {_fmt(s['forward']):>11} "
+                  f"{_fmt(s['step'] - s['forward']):>11} {_fmt(d['step']):>11} {s['arena']:>8,} "
+                  f"{s['size']['flash']:>9,} {s['size']['ram']:>8,} {s['model_bytes']:>8,} "
+                  f"{_fmt(s['save']):>10}")
+        print("(RAM = .data + .bss: the arena plus newlib/semihosting buffers and the test driver's "
+              "step and checkpoint buffers; flash includes newlib's stdio)")
+        backward = {k: float(steps[k]["step"] - steps[k]["forward"]) for k in arts}
+        whole = {k: float(steps[k]["step"]) for k in arts}
+
+    # 3. cost per MAC, per layer of the full-update artifact
+    full = calls["full"]
+    rows = [c for c in full if c.kind != "bias_update"]
+    if not isinstance(tflm, str):
+        fwd_lines = []
+        for c in rows:
+            if "weight_update" in c.kind:
+                fwd = "dw_forward" if c.kind.startswith("dw") else "conv_forward"
+                fwd_lines.append(c.line(fwd))
+        kres.update(run_plan(elf, fwd_lines, work))
+    print("\ninstructions per MAC (full-update artifact; MACs = in-image multiply-accumulates)")
+    print(f"{'layer tensor':<34} {'kernel':<22} {'MACs':>8} {'insn/MAC':>9} {'DSP':>7} {'TFLM fwd':>9}")
+    for c in rows:
+        ins = kres[f"{c.label} {c.kind}"]
+        dsp = kres.get(f"{c.label} conv_weight_update_dsp") if c.kind == "conv_weight_update" else None
+        fwd_kind = "dw_forward" if c.kind.startswith("dw") else "conv_forward"
+        fwd = kres.get(f"{c.label} {fwd_kind}") if "weight_update" in c.kind else None
+        fwd_macs = c.macs * (c.g[2] / c.n) if c.n else 0
+        print(f"{c.label.split(':', 1)[1][-34:]:<34} {c.kind:<22} {c.macs:>8,} {ins / max(c.macs, 1):>9.1f} "
+              f"{(f'{dsp / max(c.macs, 1):.1f}' if dsp else '-'):>7} "
+              f"{(f'{fwd / max(fwd_macs, 1):.1f}' if fwd else '-'):>9}")
+    if isinstance(tflm, str):
+        print("(TFLM forward column: needs TFLM_DIR)")
+    print("(weight-update rows include the per-weight requantization and stochastic rounding)")
+
+    if whole:
+        print("\nwhole training step (forward pass included), fewer instructions than full: "
+              + ", ".join(f"{k} {whole['full'] / whole[k]:.1f}x" for k in arts if k != "full"))
+    what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
+    print(f"backward + update pass ({what}), fewer instructions than full: "
+          + ", ".join(f"{k} {backward['full'] / backward[k]:.1f}x" for k in arts if k != "full"))
+    print(f"sparse vs full: {backward['full'] / backward['sparse']:.0f}x fewer instructions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

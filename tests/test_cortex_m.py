@@ -1,0 +1,142 @@
+"""Cortex-M4 / M7 under QEMU: the kernels, the DSP path, checkpoints and (with TFLM) whole training
+steps give the host's results bit for bit.
+
+Cross-compiled with Debian's arm-none-eabi-gcc (newlib, semihosting: `--specs=rdimon.specs
+-nostartfiles` with tflm_ops/cortex_m/startup.c and mps2.ld) and run with
+`qemu-system-arm -M mps2-an500` (Cortex-M7, soft float, as TFLM's cortex-m7 library) and
+`-M mps2-an386` (Cortex-M4 with its FPU, hard float). Skipped, with the reason, when the tools are
+absent (.ci/run installs them: gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm).
+
+* golden: the host's golden driver (tflm_ops/tests/golden_test_main.cc) and tflm_ops/core on the
+  target, on TMT_CM_CASES (default 150) numpy-reference cases per op; its per-op report must equal
+  the host build's, line for line, with 0 mismatches;
+* DSP: tflm_ops/cortex_m/dsp_kernels (SMLAD weight gradient) equals the portable core on every
+  case, on both CPUs, in fewer instructions;
+* checkpoints: the C++ core under QEMU writes the same bytes as tfmicro_train/checkpoint.py;
+* TFLM (TFLM_DIR with the cortex-m7 library built): an artifact trains in TFLM on the Cortex-M7,
+  every loss and checkpoint byte equal to HostSimulator's, and a reboot restores and continues.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tflm_ops" / "cortex_m"))
+sys.path.insert(0, str(ROOT / "tests" / "golden"))
+
+import cmbuild  # noqa: E402
+
+MISSING = cmbuild.missing_cross_tools()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"Cortex-M tests skipped: {MISSING}")
+
+N_CASES = int(os.environ.get("TMT_CM_CASES", "150"))
+N_DSP_CASES = int(os.environ.get("TMT_CM_DSP_CASES", "400"))
+CPUS = ["cortex-m7", "cortex-m4"]
+CORE = sorted((ROOT / "tflm_ops/core").glob("*.cc"))
+
+
+def _build(name: str, cpu: str, sources: list[Path], kernels: list[Path], **kw) -> Path:
+    try:
+        return cmbuild.build_arm(name, cpu, sources, cmbuild.DRIVER_FLAGS, kernels, **kw)
+    except cmbuild.BuildError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def golden_dir(tmp_path_factory):
+    import golden_cases
+
+    d = tmp_path_factory.mktemp("cm_golden")
+    written = golden_cases.write_all(d, N_CASES, seed=11)
+    return d, written
+
+
+@pytest.fixture(scope="module")
+def host_golden_report(golden_dir):
+    d, _ = golden_dir
+    exe = cmbuild.build_host("golden_test", [ROOT / "tflm_ops/tests/golden_test_main.cc", *CORE])
+    res = subprocess.run([str(exe), str(d)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return [ln for ln in res.stdout.splitlines() if ln.startswith("golden ") or "passed" in ln]
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+def test_golden_cases_on_cortex_m(cpu, golden_dir, host_golden_report):
+    d, written = golden_dir
+    elf = _build("golden_test", cpu, [ROOT / "tflm_ops/tests/golden_test_main.cc"], CORE,
+                 includes=[cmbuild.SHIM])
+    files = sorted(str(p) for p in d.glob("*.tmtg"))
+    res = cmbuild.run_qemu(elf, cpu, files, timeout=600)
+    report = [ln for ln in res.stdout.splitlines() if ln.startswith("golden ") or "passed" in ln]
+    print(f"\n{cpu} ({cmbuild.CPUS[cpu].board}):\n" + "\n".join(report))
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    for op, n in written.items():
+        assert f"golden {op}: {n} cases, 0 mismatches" in report, op
+    assert report == host_golden_report, "the Cortex-M report differs from the host's"
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+def test_dsp_weight_gradient_bit_exact(cpu, tmp_path):
+    import golden_cases
+
+    golden_cases.write_all(tmp_path, N_DSP_CASES, seed=12, ops=["TMT_CONV_WEIGHT_UPDATE"])
+    elf = _build("dsp_golden", cpu, [ROOT / "tflm_ops/cortex_m/dsp_golden_main.cc"],
+                 [*CORE, ROOT / "tflm_ops/cortex_m/dsp_kernels.cc"])
+    res = cmbuild.run_qemu(elf, cpu, [str(tmp_path / "TMT_CONV_WEIGHT_UPDATE.tmtg")], icount=True)
+    print(f"\n{cpu}: {res.stdout.strip()}")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    m = re.search(r"(\d+) cases, (\d+) mismatches, portable insns (\d+), dsp insns (\d+), dsp (\d)",
+                  res.stdout)
+    assert m and int(m[1]) == N_DSP_CASES and int(m[2]) == 0
+    assert m[5] == "1", "the DSP path was not compiled in (__ARM_FEATURE_DSP unset?)"
+    assert int(m[4]) < int(m[3]), "the DSP path is not faster"
+
+
+def test_checkpoint_core_on_cortex_m(tmp_path):
+    from test_checkpoint import LAYOUT, _Cpp, check_cpp_matches_python
+
+    from tfmicro_train import checkpoint as ck
+
+    src = ROOT / "tflm_ops/checkpoint"
+    elf = _build("checkpoint_tool", "cortex-m4", [src / "checkpoint_tool.cc"], [src / "checkpoint.cc"])
+    layout = ck.Layout(LAYOUT.names + ("tmt/dw/weights",), LAYOUT.sizes + (13,))
+    n = check_cpp_matches_python(_Cpp(elf, tmp_path, layout, "cortex-m4"), layout, 3, 6)
+    print(f"checkpoint on Cortex-M4 == Python: {n} checks")
+
+
+def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path):
+    """The whole training step in TFLM on the Cortex-M7: losses and checkpoints equal
+    HostSimulator's; a reboot restores and continues (needs TFLM_DIR)."""
+    from test_checkpoint import run_reboot_scenario, tflm_train_sources
+
+    import tfmicro_train as tmt
+
+    tflm = cmbuild.find_tflm("cortex-m7")
+    if isinstance(tflm, str):
+        pytest.skip(tflm)
+    art = tmt.convert(residual_model, calib, update=tmt.SparseUpdate(2, {2: 0.5, 3: 1}))
+    try:
+        elf = cmbuild.build_arm("tflm_train", "cortex-m7", [], cmbuild.DRIVER_FLAGS,
+                                tflm_train_sources(), defines=["TMT_ARENA_BYTES=262144"],
+                                libs=[str(tflm.lib)], extra_flags=list(tflm.flags))
+    except cmbuild.BuildError as e:
+        pytest.fail(str(e))
+
+    def run(model, steps, region, restore):
+        res = cmbuild.run_qemu(elf, "cortex-m7", [str(model), str(steps), str(region),
+                                                  *(["restore"] if restore else [])],
+                               icount=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+        return res.stdout
+
+    out = run_reboot_scenario(run, lambda: tmt.HostSimulator(art, learning_rate=0.05), art, tmp_path)
+    r = out["runs"][0]
+    print(f"\nCortex-M7 TFLM: arena {r['arena']} B, forward {r['inference_insns']} insns, "
+          f"training steps {[s['insns'] for s in r['steps']]} insns")
