@@ -6,7 +6,8 @@
 For MobileNetV2-w0.35 (keras.applications), an MCUNet-like and a ProxylessNAS-like model at
 128x128, batch 1: peak SRAM and flash of full, last (classifier), bias-only and the MIT paper's
 published sparse schemes at about 50, 100 and 150 KB, planned by the converter (the plan TFLM runs,
-through the OfflineMemoryAllocation metadata). The TensorFlow column is the peak resident-memory
+through the OfflineMemoryAllocation metadata; with TFLM_DIR set, each artifact also runs one
+training step in TFLM and the arena TFLM reports is printed beside the plan). The TensorFlow column is the peak resident-memory
 growth of a fresh Python process that builds the float model and runs one eager training step
 (GradientTape + SGD) of the same parameters, measured with /proc (VmHWM). Writes a PNG of memory
 over the paper's 100 KB MobileNetV2 step to benchmarks/out/.
@@ -92,6 +93,38 @@ def tf_step_bytes(name: str, bias_k: int, ratios: dict) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def tflm_runner():
+    """A function running one training step of an artifact in TFLM -> (head, used) bytes, or
+    None when TFLM is not configured (TFLM_DIR)."""
+    if not os.environ.get("TFLM_DIR"):
+        return None
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_golden_cpp import CORE_SOURCES, _tflm_flags, build_cpp
+    from test_tflm_integration import run_driver
+
+    flags, libs = _tflm_flags()
+    root = Path(ROOT)
+    driver = build_cpp("train_driver", [root / "tflm_ops/integration/train_driver.cc",
+                                        root / "tflm_ops/tflm/training_ops.cc", *CORE_SOURCES],
+                       flags, libs, base_flags=["-std=c++17", "-O1", "-ffp-contract=off"])
+    tmp = Path(tempfile.mkdtemp(prefix="tmt_bench_"))
+
+    def run(model: bytes, x: np.ndarray) -> tuple[int, int] | str:
+        from tfmicro_train import HostSimulator
+
+        xq = HostSimulator(model).quantize_input(x)
+        steps = [[xq, np.array([1], np.int32), np.array([0.01], np.float32)]]
+        res = run_driver(driver, model, steps, tmp, arena=4 << 20)
+        if res.returncode != 0:
+            return (res.stderr.strip().splitlines() or ["failed"])[-1][:60]
+        return res.arena["head"], res.arena["used"] - res.arena.get("recording", 0)
+
+    return run
+
+
 def schemes(name: str, n_layers: int):
     from tfmicro_train import SparseUpdate
 
@@ -113,8 +146,10 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     names = ["mobilenetv2_w035"] if args.quick else list(PAPER)
     rep = [np.random.default_rng(i).random((1, 128, 128, 3), np.float32) for i in range(4)]
+    run_tflm = tflm_runner()
     header = (f"{'model':<18} {'update':<13} {'trainable':>10} {'peak SRAM':>10} {'arena':>9} "
-              f"{'flash':>9} {'TF host':>9} {'TF/ours':>8}")
+              f"{'flash':>9} {'TF host':>9} {'TF/ours':>8}"
+              + (f" {'TFLM arena':>11} {'TFLM used':>10}" if run_tflm else ""))
     rows = [header, "-" * len(header)]
     for name in names:
         model = getattr(zoo, name)()
@@ -126,9 +161,16 @@ def main() -> None:
             tf_bytes = None if args.quick else tf_step_bytes(name, k, ratios)
             ratio = f"{tf_bytes / peak:>7.0f}x" if tf_bytes else f"{'-':>8}"
             tf_text = f"{tf_bytes / 2**20:>7.1f}MB" if tf_bytes else f"{'-':>9}"
-            rows.append(f"{LABELS[name]:<18} {label:<13} {g_peak.variable_bytes / 1024:>8.1f}KB "
-                        f"{peak / 1024:>8.1f}KB {g_peak.arena_bytes / 1024:>7.1f}KB "
-                        f"{flash / 1024:>7.1f}KB {tf_text} {ratio}")
+            row = (f"{LABELS[name]:<18} {label:<13} {g_peak.variable_bytes / 1024:>8.1f}KB "
+                   f"{peak / 1024:>8.1f}KB {g_peak.arena_bytes / 1024:>7.1f}KB "
+                   f"{flash / 1024:>7.1f}KB {tf_text} {ratio}")
+            if run_tflm:
+                got = run_tflm(mm.flatbuffer(update), rep[0])
+                row += (f" {got[0] / 1024:>9.1f}KB {got[1] / 1024:>8.1f}KB" if isinstance(got, tuple)
+                        else f" {got}")
+                if isinstance(got, tuple) and got[0] != g_peak.arena_bytes:
+                    row += "  (differs from the plan!)"
+            rows.append(row)
             print(rows[-1], flush=True)
         if name == "mobilenetv2_w035":
             k, ratios = PAPER[name][99]

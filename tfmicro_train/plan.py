@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .graph import Graph
 
 ALIGN = 16
@@ -105,9 +107,23 @@ def lifetimes(g: Graph, in_place: bool = True) -> list[Buffer]:
     return list(buffers.values())
 
 
-def greedy_layout(buffers: list[Buffer]) -> int:
-    """TFLM GreedyMemoryPlanner: largest first, each at the lowest offset free over its lifetime."""
-    placed: list[Buffer] = []
+def kernel_scratch(g: Graph) -> list[Buffer]:
+    """Scratch buffers TFLM's reference kernels request in Prepare (int8 MEAN: an int32
+    accumulator per output element, plus two small index arrays), live during their operator."""
+    out = []
+    for i, node in enumerate(g.nodes):
+        if node.op == "MEAN" and g.tensors[node.inputs[0]].dtype == np.int8:
+            n_out = int(np.prod(g.tensors[node.outputs[0]].shape))
+            rank = len(g.tensors[node.inputs[0]].shape)
+            n_axis = int(np.size(g.tensors[node.inputs[1]].data))
+            out += [Buffer(-1, _align(4 * n), i, i) for n in (n_out, rank, n_axis)]
+    return out
+
+
+def greedy_layout(buffers: list[Buffer], fixed: list[Buffer] | None = None) -> int:
+    """TFLM GreedyMemoryPlanner: largest first, each at the lowest offset free over its lifetime,
+    around the `fixed` (already placed, e.g. offline-planned) buffers."""
+    placed: list[Buffer] = list(fixed or [])
     for b in sorted(buffers, key=lambda b: (-b.size, b.first, b.tensor)):
         overlapping = sorted((p for p in placed if p.first <= b.last and b.first <= p.last),
                              key=lambda p: p.offset)
@@ -118,13 +134,15 @@ def greedy_layout(buffers: list[Buffer]) -> int:
             offset = max(offset, p.offset + p.size)
         b.offset = offset
         placed.append(b)
-    return max((b.offset + b.size for b in buffers), default=0)
+    return max((b.offset + b.size for b in placed), default=0)
 
 
 def plan_memory(g: Graph) -> MemoryPlan:
     """Lay out the arena and compute the memory figures of a scheduled graph."""
     buffers = lifetimes(g)
     arena = greedy_layout(buffers)
+    # TFLM places the kernels' own scratch buffers online, around our (offline) offsets
+    arena = max(arena, greedy_layout(kernel_scratch(g), fixed=buffers))
     offsets = {t: b.offset for b in buffers for t in (b.tensor, *b.aliases)}
     variables = sum(_align(t.nbytes) for t in g.tensors if t.variable)
     used = set(g.inputs) | set(g.outputs) | {t for n in g.nodes for t in (*n.inputs, *n.outputs)}

@@ -189,6 +189,8 @@ class MemoryModel:
         self.head = loss_head
         self.cache: dict[tuple, tuple[int, int]] = {}
         self.plans: dict[tuple, object] = {}  # key -> MemoryPlan
+        self.keep_flatbuffers = False
+        self.flatbuffers: dict[tuple, bytes] = {}
 
     def measure(self, update: SparseUpdate) -> tuple[int, int]:
         """(peak SRAM bytes, flash bytes) of the artifact `convert()` would make."""
@@ -197,6 +199,15 @@ class MemoryModel:
     def plan(self, update: SparseUpdate):
         """The MemoryPlan (arena, variables, overhead) of a scheme."""
         return self.plans[self._measure(update)]
+
+    def flatbuffer(self, update: SparseUpdate) -> bytes:
+        """The artifact of a scheme (without convert()'s descriptive metadata)."""
+        self.keep_flatbuffers = True
+        key = self._measure(update)
+        if key not in self.flatbuffers:
+            del self.cache[key]
+            self._measure(update)
+        return self.flatbuffers[key]
 
     def _measure(self, update: SparseUpdate) -> tuple:
         key = (update.bias_last_k, tuple(sorted(update.weight_ratios.items())))
@@ -207,7 +218,10 @@ class MemoryModel:
             schedule(g)
             mem = plan_memory(g)
             self.plans[key] = mem
-            self.cache[key] = (mem.peak_sram_bytes, len(emit(g, {}, mem.offsets)))
+            data = emit(g, {"head": self.head}, mem.offsets)
+            if self.keep_flatbuffers:
+                self.flatbuffers[key] = data
+            self.cache[key] = (mem.peak_sram_bytes, len(data))
         return key
 
 

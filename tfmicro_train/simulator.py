@@ -64,7 +64,7 @@ class HostSimulator:
         self.meta = read_metadata(self.model)
         self.main = _Subgraph(self.model, 0)
         if learning_rate is None:  # the artifact's optimizer schedule, else its base rate
-            learning_rate = getattr(artifact, "optimizer", None) or self.meta["learning_rate"]
+            learning_rate = getattr(artifact, "optimizer", None) or self.meta.get("learning_rate", 0.01)
         self.learning_rate = learning_rate
         sg = self.main
         self.variables: dict[int, np.ndarray] = {  # as TFLM resets them: zero point / zero
