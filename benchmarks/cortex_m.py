@@ -195,6 +195,8 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
     out = run(elf)
     insns = [s["insns"] for s in out["steps"]]
     return {"forward": out["inference_insns"], "step": int(statistics.median(insns)),
+            "losses": [st["loss_bits"] for st in out["steps"]],
+            "checkpoint": (work / "region.bin").read_bytes(),
             "arena": out["arena"], "arena_reserved": arena, "size": cmbuild.elf_size(elf),
             "model_bytes": len(art.flatbuffer), "save": out.get("save_insns", 0)}
 
@@ -268,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_fmt(s['save']):>10}")
         print("(RAM = .data + .bss: the arena plus newlib/semihosting buffers and the test driver's "
               "step and checkpoint buffers; flash includes newlib's stdio)")
+        same = all(steps[k]["losses"] == steps_dsp[k]["losses"]
+                   and steps[k]["checkpoint"] == steps_dsp[k]["checkpoint"] for k in arts)
+        print(f"DSP build: losses and checkpoint bytes identical to the portable build: "
+              f"{'yes' if same else 'NO'}")
         backward = {k: float(steps[k]["step"] - steps[k]["forward"]) for k in arts}
         whole = {k: float(steps[k]["step"]) for k in arts}
 
