@@ -8,9 +8,9 @@ For MobileNetV2-w0.35 (keras.applications), an MCUNet-like and a ProxylessNAS-li
 published sparse schemes at about 50, 100 and 150 KB, planned by the converter (the plan TFLM runs,
 through the OfflineMemoryAllocation metadata; with TFLM_DIR set, each artifact also runs one
 training step in TFLM and the arena TFLM reports is printed beside the plan). The TensorFlow
-column is the peak resident-memory growth of a fresh Python process that builds the float model and runs one eager training step
-(GradientTape + SGD) of the same parameters, measured with /proc (VmHWM). Writes a PNG of memory
-over the paper's 100 KB MobileNetV2 step to benchmarks/out/.
+column is the peak resident-memory growth of a fresh Python process that builds the float model
+and runs one eager training step (GradientTape + SGD) of the same parameters, measured with /proc
+(VmHWM). Writes a PNG of memory over the paper's 100 KB MobileNetV2 step to benchmarks/out/.
 """
 
 from __future__ import annotations
