@@ -189,7 +189,7 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
             raise RuntimeError(f"tflm_train failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
         return out
 
-    probe = run(build(512 * 1024))
+    probe = run(build(2 * 1024 * 1024))  # QEMU has 4 MB of RAM; the arena used is then exact
     arena = (probe["arena"] + 1024 + 15) & ~15
     elf = build(arena)
     out = run(elf)
@@ -211,7 +211,11 @@ def _fmt(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["digits", "mcunet64"], default="digits",
+                    help="digits: the demo CNN (default); mcunet64: zoo.mcunet_like at 64x64x3 "
+                         "(random weights) with the MIT paper's ~50 KB sparse scheme")
     ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=N_STEPS, help="TFLM training steps measured")
     ap.add_argument("--work", help="directory for generated files (default: a temporary one)")
     args = ap.parse_args(argv)
     missing = cmbuild.missing_cross_tools()
@@ -219,17 +223,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run: {missing}")
         return 1
     import tfmicro_train as tmt
-    from tfmicro_train.demo import digits_data, pretrain, rotate, small_cnn
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tmt_cortex_m_"))
     work.mkdir(parents=True, exist_ok=True)
-    (xp, yp), (xd, yd), _ = digits_data()
-    model = pretrain(small_cnn(), xp, yp, epochs=args.pretrain_epochs)
-    calib = [xp[i:i + 1] for i in range(64)]
-    updates = {"full": "full", "sparse": sparse_update(), "last-layer": "last", "bias-only": "bias"}
+    if args.model == "digits":
+        from tfmicro_train.demo import digits_data, pretrain, rotate, small_cnn
+
+        (xp, yp), (xd, yd), _ = digits_data()
+        model = pretrain(small_cnn(), xp, yp, epochs=args.pretrain_epochs)
+        calib = [xp[i:i + 1] for i in range(64)]
+        xs, ys = rotate(xd[:args.steps]), yd[:args.steps]
+        sparse = sparse_update()
+        title = "demo digits CNN (8x8x1 -> 10)"
+    else:
+        from tfmicro_train import zoo
+
+        model = zoo.mcunet_like(input_size=64)
+        rng = np.random.default_rng(0)
+        calib = [rng.random((1, 64, 64, 3)).astype(np.float32) for _ in range(16)]
+        xs, ys = rng.random((args.steps, 64, 64, 3)).astype(np.float32), rng.integers(0, 10, args.steps)
+        sparse = tmt.SparseUpdate(20, {24: 0.25, 27: 0.5, 30: 0.5})
+        title = "MCUNet-like (zoo.mcunet_like, 64x64x3 -> 10, random weights)"
+    updates = {"full": "full", "sparse": sparse, "last-layer": "last", "bias-only": "bias"}
     arts = {k: tmt.convert(model, calib, update=u) for k, u in updates.items()}
     tflm = cmbuild.find_tflm(CPU)
-    print(f"model: demo digits CNN (8x8x1 -> 10), Cortex-M7 ({cmbuild.CPUS[CPU].board}), "
+    print(f"model: {title}, Cortex-M7 ({cmbuild.CPUS[CPU].board}), "
           f"QEMU -icount shift=0; sparse = {updates['sparse']}")
 
     # 1. our backward / update kernels per artifact
@@ -255,10 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(tflm, str):
         print(f"\nwhole training step in TFLM: skipped ({tflm})")
     else:
-        xs, ys = rotate(xd[:N_STEPS]), yd[:N_STEPS]
         steps = {k: tflm_step(a, tflm, work / k, False, xs, ys) for k, a in arts.items()}
         steps_dsp = {k: tflm_step(a, tflm, work / f"{k}_dsp", True, xs, ys) for k, a in arts.items()}
-        print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {N_STEPS} steps; TFLM reference "
+        print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {len(xs)} steps; TFLM reference "
               "kernels forward, our ops backward; flash/RAM of the linked program from arm-none-eabi-size)")
         print(f"{'update':<10} {'step':>11} {'forward':>11} {'bwd+update':>11} {'step DSP':>11} "
               f"{'arena B':>8} {'flash B':>9} {'RAM B':>8} {'model B':>8} {'ckpt save':>10}")

@@ -20,7 +20,7 @@ def _tmt_layers(art) -> set[str]:
 
 
 def test_classifier_only_artifact_is_pruned(residual_model, calib):
-    art = tmt.convert(residual_model, calib, update="last")
+    art = tmt.convert(residual_model, calib, update="last", fuse=False)
     ops = _ops(art)
     tmt_ops = sorted(o for o in ops if o.startswith("TMT_"))
     print("classifier-only TMT ops:", tmt_ops)
@@ -30,7 +30,7 @@ def test_classifier_only_artifact_is_pruned(residual_model, calib):
     assert tmt_ops == ["TMT_BIAS_UPDATE", "TMT_CONV_WEIGHT_UPDATE", "TMT_INIT", "TMT_SOFTMAX_CE_GRAD"]
     # no extra saved activations: only the classifier input and the probabilities outlive the
     # forward pass besides the classifier's own parameters
-    full = tmt.convert(residual_model, calib, update="full")
+    full = tmt.convert(residual_model, calib, update="full", fuse=False)
     assert art.memory_report().arena_bytes < full.memory_report().arena_bytes
     assert set(_tmt_layers(full)) == {"c1", "dw", "pw", "fc"}
     assert len(ops) < len(_ops(full))

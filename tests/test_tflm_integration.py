@@ -484,3 +484,27 @@ def test_bad_model_or_device_setup(driver, artifact, samples, tmp_path, case):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+def test_fused_blocks_bit_exact_in_tflm(driver, tmp_path):
+    """Frozen inverted-residual blocks as row-streamed TMT_FUSED_IRB ops, trained behind them."""
+    from test_fuse import irb_net
+
+    rng = np.random.default_rng(5)
+    calib16 = [rng.random((1, 16, 16, 3)).astype(np.float32) for _ in range(16)]
+    art = tmt.convert(irb_net(), calib16, update="last", fuse=True, optimizer=tmt.SGD(0.05))
+    n_fused = sum(e.op == "TMT_FUSED_IRB" for e in art.timeline)
+    assert n_fused >= 2
+    sim = tmt.HostSimulator(art)
+    steps = [[sim.quantize_input(calib16[k % 16]), np.array([k % 10], np.int32),
+              np.array([0.05], np.float32)] for k in range(N_STEPS - 3)]
+    run = run_driver(driver, art.flatbuffer, steps, tmp_path)
+    assert run.returncode == 0, str(run)
+    sim_steps, sim_vars = simulate(art.flatbuffer, steps)
+    problems = compare(run, sim_steps, sim_vars)
+    assert not problems, "\n".join(problems[:20]) + "\n" + str(run)
+    mem = art.memory_report()
+    print(f"\nfused: {n_fused} TMT_FUSED_IRB ops, {len(steps)} steps bit for bit; arena TFLM head "
+          f"{run.arena['head']} vs plan {mem.arena_bytes}; TFLM used "
+          f"{run.arena['used'] - run.arena['recording']} vs plan peak {mem.peak_sram_bytes}")
+    assert run.arena["head"] == mem.arena_bytes

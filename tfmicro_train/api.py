@@ -176,7 +176,7 @@ def _keras_out_channels(model) -> tuple[list[LayerRef], list[int]]:
 
 def convert(model, representative_data: Iterable, update: str | SparseUpdate = "last",
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
-            qas: bool = True, seed: int = 0, fuse: bool = False) -> TrainingModel:
+            qas: bool = True, seed: int = 0, fuse: bool = True) -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:

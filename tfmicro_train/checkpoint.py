@@ -58,6 +58,7 @@ class Layout:
 
     @property
     def payload_bytes(self) -> int:
+        """The variables' bytes, concatenated."""
         return sum(self.sizes)
 
     @property

@@ -12,19 +12,24 @@ import numpy as np
 from .schema import fb, op_name
 
 
+LOSS_OPS = ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD")
+
+
 def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
     """The artifact's forward operators with every variable tensor replaced by a constant holding
     `values[name]` (the trainable parameters by tensor name)."""
+    from .fuse import unfuse_model
+
     m = fb.ModelT.InitFromPackedBuf(artifact, 0)
+    unfuse_model(m)  # row-streamed blocks back to the builtin chains they stand for
     sg = m.subgraphs[0]
     forward = []
     for op in sg.operators:
         name = op_name(m, op)
-        if name == "TMT_INIT":
-            continue
-        if name.startswith("TMT_"):
+        if name in LOSS_OPS:  # the forward pass ends where the loss begins
             break
-        forward.append(op)
+        if not name.startswith("TMT_"):  # TMT_INIT, TMT_MASK_PACK: training-only work
+            forward.append(op)
     used: list[int] = []
     for t in [int(sg.inputs[0]), int(sg.outputs[0])] + [int(t) for op in forward
                                                          for t in (*op.inputs, *op.outputs)]:

@@ -13,7 +13,9 @@ residual ADD joins only if its other input is the chain input x. The "expand" ma
 The fused op (tfmicro_train/kernels/fused_ops.py, tflm_ops/core/fused_irb.h) keeps a ring of the
 depthwise window's rows of the expansion and one pixel of depthwise output in its `scratch`
 output, so the expanded tensor never exists; it computes bit for bit what the chain computed.
-Every expansion row is computed once, so fusion costs no extra arithmetic.
+Every expansion row is computed once, so fusion costs no extra arithmetic. The scratch also has
+room for the per-channel requantization multipliers, so the device need not keep them in SRAM
+between invocations (see fused_irb.h).
 """
 
 from __future__ import annotations
@@ -203,9 +205,12 @@ class _Matcher:
         s = fused_ops.shapes(xs, c_exp, w_expand_shape, wd_shape, o)
         if s["d"][:2] != tuple(ys[1:3]) or min(s["e"][:2]) < 1:
             return None
-        nbytes = fused_ops.scratch_bytes(xs, c_exp, w_expand_shape, wd_shape, o)
-        # memory: the fused op holds x, y and scratch at once; fuse only if some op of the chain
-        # held at least as much (x stays live through the chain when the ADD reads it)
+        nbytes = fused_ops.scratch_bytes(xs, c_exp, w_expand_shape, wd_shape,
+                                         g.tensors[jn.inputs[1]].shape, o)
+        # memory: the fused op holds x, y and its streaming buffers at once; fuse only if some op
+        # of the chain held at least as much (x stays live through the chain when the ADD reads
+        # it). The channel words in the scratch are not counted: the chain's builtins keep as
+        # many in TFLM's persistent memory for good.
         chain_peak = 0
         for k, n in enumerate(chain):
             node = g.nodes[n]
@@ -214,7 +219,8 @@ class _Matcher:
             if residual or k == 0:
                 held.add(x)
             chain_peak = max(chain_peak, sum(g.tensors[t].nbytes for t in held))
-        if g.tensors[x].nbytes + g.tensors[y].nbytes + nbytes > chain_peak:
+        stream = fused_ops.stream_bytes(xs, c_exp, w_expand_shape, wd_shape, o)
+        if g.tensors[x].nbytes + g.tensors[y].nbytes + stream > chain_peak:
             return None
         scratch = Tensor(f"tmt/irb{len(self.taken)}/scratch", (nbytes,), I8)
         layer = dn.layer or (g.nodes[expand].layer if expand is not None else None)

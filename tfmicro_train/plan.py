@@ -24,6 +24,7 @@ ALIGN = 16
 BASE_OVERHEAD = 1024  # interpreter, subgraph and allocator structs
 TENSOR_OVERHEAD = 24  # TfLiteEvalTensor per tensor
 NODE_OVERHEAD = 160  # node, registration and op data per operator
+FUSED_OVERHEAD = 320  # more op data of a TMT_FUSED_IRB (its spec and precomputed parameters)
 CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each conv / fully-connected
 PLANNER_OVERHEAD = 48  # per planned buffer, temporarily, while AllocateTensors() plans the arena
 
@@ -148,7 +149,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
     used = set(g.inputs) | set(g.outputs) | {t for n in g.nodes for t in (*n.inputs, *n.outputs)}
     channels = sum(g.tensors[n.outputs[0]].shape[-1] for n in g.nodes
                    if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+    fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
     overhead = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
-                + CHANNEL_OVERHEAD * channels)
+                + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused)
     live = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(g.nodes))]
     return MemoryPlan(buffers, offsets, arena, variables, overhead, live)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .autodiff import differentiate
 from .emit import emit
+from .fuse import fuse_frozen_blocks
 from .graph import Graph, from_tflite
 from .importer import WEIGHT_OPS, import_model
 from .plan import plan_memory
@@ -179,7 +180,8 @@ def contribution_analysis(model, train_data, val_data, bias_ks=None, layers=None
 class MemoryModel:
     """Peak SRAM and flash of any sparse scheme of one model, by the converter's own planner."""
 
-    def __init__(self, model, representative_data, loss_head: str = "softmax"):
+    def __init__(self, model, representative_data, loss_head: str = "softmax", fuse: bool = True):
+        self.fuse = fuse
         self.imported = import_model(model, representative_data, loss_head)
         self.base: Graph = from_tflite(self.imported.model)
         for ref in self.imported.layers:
@@ -215,6 +217,8 @@ class MemoryModel:
             g = copy.deepcopy(self.base)
             plan = resolve(update, self.imported.layers, self.channels)
             differentiate(g, plan, self.head, True, 0)
+            if self.fuse:
+                fuse_frozen_blocks(g)
             schedule(g)
             mem = plan_memory(g)
             self.plans[key] = mem

@@ -106,6 +106,7 @@ def make_example(pretrain_epochs: int = 20) -> dict:
     from tfmicro_train.checkpoint import simulator_layout
 
     region = simulator_layout(sim)[0].region_bytes()
+    arena = (plan.peak_sram_bytes * 5 // 4 + 2048 + 15) & ~15  # the plan's estimate + margin
     comment = (f"Rotated digits (the demo's sideways camera): {N_TRAIN} labelled training samples, "
                f"{N_TEST} test samples.\nHostSimulator: accuracy {before:.1%} before, {after:.1%} "
                f"after {EPOCHS} epochs at lr {LEARNING_RATE}.")
@@ -114,7 +115,7 @@ def make_example(pretrain_epochs: int = 20) -> dict:
                    "kTestImages": test_x.reshape(N_TEST, -1), "kTestLabels": test_y},
                   EXAMPLE / "samples.h",
                   defines={"kNumTrain": N_TRAIN, "kNumTest": N_TEST, "kImageBytes": 64,
-                           "kEpochs": EPOCHS, "kArenaBytes": (plan.peak_sram_bytes * 5 // 4 + 2048 + 15) & ~15,
+                           "kEpochs": EPOCHS, "kArenaBytes": arena,
                            "kCheckpointBytes": region},
                   comment=comment)
     print(comment)

@@ -713,10 +713,10 @@ def gen_fused_irb(rng, i):
     y = FO.fused_irb(ins, infos, y_info, opts)
     case.update({k: (F32(v) if isinstance(v, (float, np.floating)) else int(v))
                  for k, v in opts.items()})
+    we_shape = (c_exp, o["e_kh"], o["e_kw"], cin) if has_expand else None
     case.update(has_expand=int(has_expand), y_scale=y_scale, y_zp=y_zp, out_y=y,
-                scratch_bytes=FO.scratch_bytes(x.shape, c_exp, None if not has_expand
-                                               else (c_exp, o["e_kh"], o["e_kw"], cin),
-                                               wd.shape, opts))
+                stream_bytes=FO.stream_bytes(x.shape, c_exp, we_shape, wd.shape, opts),
+                scratch_bytes=FO.scratch_bytes(x.shape, c_exp, we_shape, wd.shape, wp.shape, opts))
     return case
 
 

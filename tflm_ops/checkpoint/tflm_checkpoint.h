@@ -33,11 +33,16 @@ namespace tflite {
 struct Model;
 }  // namespace tflite
 
+// Variable tensors a CheckpointVariables can hold (16 bytes of RAM each on a 32-bit MCU).
+#ifndef TMT_CHECKPOINT_MAX_VARIABLES
+#define TMT_CHECKPOINT_MAX_VARIABLES 128
+#endif
+
 namespace tfmicro_train {
 
 class CheckpointVariables {
  public:
-  static constexpr int kMaxVariables = 64;
+  static constexpr int kMaxVariables = TMT_CHECKPOINT_MAX_VARIABLES;
 
   // Reads the variable tensors of subgraph 0 (in tensor order): names and byte sizes.
   // kTfLiteError if the model has none, more than kMaxVariables, or an unsupported type.

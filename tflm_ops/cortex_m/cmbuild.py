@@ -30,7 +30,8 @@ ARM_CXX = "arm-none-eabi-g++"
 ARM_CC = "arm-none-eabi-gcc"
 ARM_SIZE = "arm-none-eabi-size"
 QEMU = "qemu-system-arm"
-DEBIAN_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+DEBIAN_PACKAGES = ("gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib "
+                   "qemu-system-arm")
 INSNS_PER_TICK = 40
 
 
@@ -72,9 +73,12 @@ def missing_cross_tools() -> str | None:
     if missing:
         return (f"{', '.join(missing)} not found: install the Debian packages {DEBIAN_PACKAGES} "
                 "(.ci/run does)")
-    res = subprocess.run([ARM_CC, "-print-file-name=rdimon.specs"], capture_output=True, text=True)
-    if not os.path.isabs(res.stdout.strip()):
-        return "newlib's rdimon.specs not found: install libnewlib-arm-none-eabi"
+    for name, package in (("rdimon.specs", "libnewlib-arm-none-eabi"),
+                          ("libstdc++.a", "libstdc++-arm-none-eabi-newlib")):
+        res = subprocess.run([ARM_CXX, *CPUS["cortex-m4"].flags, f"-print-file-name={name}"],
+                             capture_output=True, text=True)
+        if not os.path.isabs(res.stdout.strip()):
+            return f"{name} not found: install the Debian package {package} (.ci/run does)"
     return None
 
 

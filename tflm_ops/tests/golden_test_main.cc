@@ -307,7 +307,8 @@ void CheckBiasUpdate(const Case& c) {
 }
 
 // TMT_FUSED_IRB (forward op): PrepareFusedIrb from the float scales, then the row-streamed
-// kernel with exactly FusedIrbScratchBytes of poisoned scratch (guard bytes must stay intact).
+// kernel on poisoned scratch, with the per-channel words in separate memory (exactly
+// FusedIrbStreamBytes of scratch; guard bytes must stay intact) and in the scratch's tail.
 core::TensorQuant QuantOf(const Case& c, const std::string& scale, const std::string& zp) {
   core::TensorQuant q;
   q.scale = c.f32(scale);
@@ -375,36 +376,59 @@ void CheckFusedIrb(const Case& c) {
   s.p_q = QuantOf(c, "p_scale", "p_zp");
   s.residual = static_cast<int32_t>(c.i64("residual"));
   s.add_act = static_cast<int32_t>(c.i64("add_act"));
+  // mode (a): per-channel words in separate (persistent) memory
   std::vector<int32_t> words(static_cast<size_t>(core::FusedIrbChannelWords(s)), 0x5a5a5a5a);
   core::FusedIrbParams p;
   ExpectOk(core::PrepareFusedIrb(s, words.data(), &p), "PrepareFusedIrb");
+  const int32_t stream = core::FusedIrbStreamBytes(p);
   const int32_t bytes = core::FusedIrbScratchBytes(p);
-  if (bytes != c.i64("scratch_bytes")) {
-    throw Mismatch{"scratch bytes " + std::to_string(bytes) + " != numpy " +
+  if (stream != c.i64("stream_bytes") || bytes != c.i64("scratch_bytes")) {
+    throw Mismatch{"scratch bytes " + std::to_string(stream) + "/" + std::to_string(bytes) +
+                   " != numpy " + std::to_string(c.i64("stream_bytes")) + "/" +
                    std::to_string(c.i64("scratch_bytes"))};
   }
-  if (s.has_expand && bytes >= p.e.h * p.e.w * p.c_exp + p.c_exp && p.ring_rows < p.e.h) {
-    throw Mismatch{"scratch is not smaller than the expansion"};
+  if (s.has_expand && stream >= p.e.h * p.e.w * p.c_exp + p.c_exp && p.ring_rows < p.e.h) {
+    throw Mismatch{"the ring is not smaller than the expansion"};
   }
   constexpr int32_t kGuard = 32;
+  auto poison = [](int32_t i) { return static_cast<int8_t>(i * 37 + 11); };
   std::vector<int8_t> scratch(static_cast<size_t>(bytes + kGuard));
-  for (size_t i = 0; i < scratch.size(); ++i) scratch[i] = static_cast<int8_t>(i * 37 + 11);
+  for (size_t i = 0; i < scratch.size(); ++i) scratch[i] = poison(static_cast<int32_t>(i));
   std::vector<int8_t> y(static_cast<size_t>(want.size()), 99);
   const int32_t* be = OptionalBias(c, "b_e");
   const int32_t* bd = OptionalBias(c, "b_d");
   const int32_t* bp = OptionalBias(c, "b_p");
-  if (core::FusedIrb(p, x.data<int8_t>(), we, be, wd.data<int8_t>(), bd, wp.data<int8_t>(), bp,
-                     y.data(), scratch.data(), bytes - 1) != Status::kBadParams) {
+  auto run = [&](const core::FusedIrbParams& params, int32_t n) {
+    return core::FusedIrb(params, x.data<int8_t>(), we, be, wd.data<int8_t>(), bd,
+                          wp.data<int8_t>(), bp, y.data(), scratch.data(), n);
+  };
+  if (run(p, stream - 1) != Status::kBadParams) {
     throw Mismatch{"a scratch one byte short was accepted"};
   }
-  ExpectOk(core::FusedIrb(p, x.data<int8_t>(), we, be, wd.data<int8_t>(), bd, wp.data<int8_t>(),
-                          bp, y.data(), scratch.data(), bytes),
-           "FusedIrb");
+  ExpectOk(run(p, stream), "FusedIrb");
   Expect(c, "out_y", y);
+  for (int32_t i = stream; i < bytes + kGuard; ++i) {
+    if (scratch[static_cast<size_t>(i)] != poison(i)) throw Mismatch{"FusedIrb wrote past its stream"};
+  }
+  // mode (b): words computed into the scratch tensor's tail (as a glue's Eval would)
+  core::FusedIrbParams q;
+  ExpectOk(core::PrepareFusedIrb(s, nullptr, &q), "PrepareFusedIrb(nullptr)");
+  if (run(q, bytes) != Status::kBadParams) throw Mismatch{"ran without multipliers"};
+  const int32_t off = core::FusedIrbChannelWordsOffset(q);
+  if (off % 4 != 0 || off < stream || off + 4 * core::FusedIrbChannelWords(s) != bytes) {
+    throw Mismatch{"bad channel words offset"};
+  }
+  int32_t* tail = reinterpret_cast<int32_t*>(scratch.data() + off);  // vector data is aligned
+  ExpectOk(core::PrepareFusedIrb(s, tail, &q), "PrepareFusedIrb(scratch)");
+  const std::vector<int8_t> tail_before(scratch.begin() + off, scratch.begin() + bytes);
+  std::fill(y.begin(), y.end(), 99);
+  ExpectOk(run(q, bytes), "FusedIrb(words in scratch)");
+  Expect(c, "out_y", y);
+  if (!std::equal(tail_before.begin(), tail_before.end(), scratch.begin() + off)) {
+    throw Mismatch{"the streaming overwrote the channel words"};
+  }
   for (int32_t i = bytes; i < bytes + kGuard; ++i) {
-    if (scratch[static_cast<size_t>(i)] != static_cast<int8_t>(i * 37 + 11)) {
-      throw Mismatch{"FusedIrb wrote past its scratch"};
-    }
+    if (scratch[static_cast<size_t>(i)] != poison(i)) throw Mismatch{"FusedIrb wrote past scratch"};
   }
 }
 

@@ -40,6 +40,7 @@ struct Model;
 namespace tfmicro_train {
 
 TFLMRegistration Register_TMT_INIT();
+TFLMRegistration Register_TMT_FUSED_IRB();
 TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD();
 TFLMRegistration Register_TMT_MSE_GRAD();
 TFLMRegistration Register_TMT_ACT_GRAD();
@@ -63,7 +64,7 @@ struct TrainingOpEntry {
 };
 
 // Number of TMT_* ops: reserve that many slots in the MicroMutableOpResolver.
-constexpr unsigned int kNumTrainingOps = 17;
+constexpr unsigned int kNumTrainingOps = 18;
 
 // All TMT_* ops (kNumTrainingOps entries).
 const TrainingOpEntry* TrainingOps();

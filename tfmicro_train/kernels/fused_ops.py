@@ -79,15 +79,24 @@ def ring_rows(e_h: int, dw_kh: int, dil_h: int) -> int:
     return max(1, min((dw_kh - 1) * dil_h + 1, e_h))
 
 
-def scratch_bytes(x_shape: tuple[int, ...], c_exp: int, w_expand_shape: tuple[int, ...] | None,
-                  w_dw_shape: tuple[int, ...], o: dict) -> int:
-    """Bytes of the `scratch` tensor (mirrors FusedIrbScratchBytes in fused_irb.cc): a ring of
-    ring_rows() rows of the expansion (none without expansion: x is read directly) plus one pixel
-    of depthwise output."""
+def stream_bytes(x_shape: tuple[int, ...], c_exp: int, w_expand_shape: tuple[int, ...] | None,
+                 w_dw_shape: tuple[int, ...], o: dict) -> int:
+    """Bytes the C++ core streams through (FusedIrbStreamBytes): a ring of ring_rows() rows of
+    the expansion (none without expansion: x is read directly) plus one pixel of depthwise
+    output."""
     s = shapes(x_shape, c_exp, w_expand_shape, w_dw_shape, o)
     eh, ew, _ = s["e"]
     ring = ring_rows(eh, w_dw_shape[1], o["d_dil_h"]) * ew * c_exp if w_expand_shape else 0
     return ring + c_exp
+
+
+def scratch_bytes(x_shape: tuple[int, ...], c_exp: int, w_expand_shape: tuple[int, ...] | None,
+                  w_dw_shape: tuple[int, ...], w_project_shape: tuple[int, ...], o: dict) -> int:
+    """Bytes of the `scratch` tensor (FusedIrbScratchBytes): the streaming buffers, then, 4-aligned,
+    room for the per-channel multipliers and shifts (4 * c_exp + 2 * c_out int32s), so a TFLM glue
+    may compute them in Eval instead of keeping them in persistent memory."""
+    stream = stream_bytes(x_shape, c_exp, w_expand_shape, w_dw_shape, o)
+    return (stream + 3) // 4 * 4 + 4 * (4 * c_exp + 2 * int(w_project_shape[0]))
 
 
 def _info(name: str, shape, scale: float, zp: int) -> TensorInfo:

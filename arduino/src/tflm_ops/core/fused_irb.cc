@@ -143,11 +143,24 @@ bool ChannelMultipliers(float in_scale, const WeightScales& w, float out_scale, 
   return true;
 }
 
+// One requantization stage; words == nullptr checks the weight scales but leaves the
+// multipliers unset.
 bool MakeRequant(float in_scale, const WeightScales& w, const TensorQuant& out, int32_t act,
                  int32_t channels, int32_t* words, Requant* rq) {
-  if (!ChannelMultipliers(in_scale, w, out.scale, channels, words, words + channels)) return false;
-  rq->multiplier = words;
-  rq->shift = words + channels;
+  if (w.scales == nullptr || (w.n != 1 && w.n != channels)) return false;
+  for (int32_t c = 0; c < w.n; ++c) {
+    if (!ValidScale(w.scales[c])) return false;
+  }
+  if (words) {
+    if (!ChannelMultipliers(in_scale, w, out.scale, channels, words, words + channels)) {
+      return false;
+    }
+    rq->multiplier = words;
+    rq->shift = words + channels;
+  } else {
+    rq->multiplier = nullptr;
+    rq->shift = nullptr;
+  }
   rq->output_offset = out.zero_point;
   return ActivationRange(act, out, &rq->act_min, &rq->act_max);
 }
@@ -211,7 +224,7 @@ int32_t FusedIrbChannelWords(const FusedIrbSpec& spec) {
 }
 
 Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* out) {
-  if (words == nullptr || out == nullptr) return Status::kBadParams;
+  if (out == nullptr) return Status::kBadParams;
   FusedIrbParams p;
   if (s.x.h < 1 || s.x.w < 1 || s.x.c < 1 || s.y.h < 1 || s.y.w < 1 || s.y.c < 1 ||
       s.c_exp < 1 || s.c_out < 1 || s.y.c != s.c_out) {
@@ -252,7 +265,7 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
     p.e.h = s.x.h;
     p.e.w = s.x.w;
   }
-  w += 2 * s.c_exp;
+  if (w) w += 2 * s.c_exp;
   p.e.c = s.c_exp;
   p.pd = {p.e.h + s.pad_top + s.pad_bottom, p.e.w + s.pad_left + s.pad_right, s.c_exp};
   p.pad_top = s.pad_top;
@@ -275,7 +288,7 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
   if (!MakeRequant(s.d_in_q.scale, s.w_dw_scales, s.d_q, d.act, s.c_exp, w, &p.d_rq)) {
     return Status::kBadParams;
   }
-  w += 2 * s.c_exp;
+  if (w) w += 2 * s.c_exp;
   p.p_in_offset = -s.d_q.zero_point;
   const TensorQuant& pq = s.residual ? s.p_q : s.y_q;
   if (!MakeRequant(s.d_q.scale, s.w_project_scales, pq, s.project_act, s.c_out, w, &p.p_rq)) {
@@ -312,15 +325,24 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
   return Status::kOk;
 }
 
-int32_t FusedIrbScratchBytes(const FusedIrbParams& p) {
+int32_t FusedIrbStreamBytes(const FusedIrbParams& p) {
   return p.ring_rows * p.e.w * p.c_exp + p.c_exp;
+}
+
+int32_t FusedIrbChannelWordsOffset(const FusedIrbParams& p) {
+  return (FusedIrbStreamBytes(p) + 3) / 4 * 4;
+}
+
+int32_t FusedIrbScratchBytes(const FusedIrbParams& p) {
+  return FusedIrbChannelWordsOffset(p) + 4 * (4 * p.c_exp + 2 * p.c_out);
 }
 
 Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, const int32_t* b_e,
                 const int8_t* w_d, const int32_t* b_d, const int8_t* w_p, const int32_t* b_p,
                 int8_t* y, int8_t* scratch, int32_t scratch_bytes) {
   if (!x || !w_d || !w_p || !y || !scratch || (p.has_expand && !w_e) ||
-      scratch_bytes < FusedIrbScratchBytes(p)) {
+      scratch_bytes < FusedIrbStreamBytes(p) || !p.d_rq.multiplier || !p.p_rq.multiplier ||
+      (p.has_expand && !p.e_rq.multiplier)) {
     return Status::kBadParams;
   }
   const int32_t row_bytes = p.e.w * p.c_exp;

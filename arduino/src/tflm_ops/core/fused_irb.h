@@ -5,7 +5,7 @@
 //   DEPTHWISE_CONV_2D (multiplier 1, fused act) -> CONV_2D 1x1 project (fused act)
 //   [-> ADD with the chain input x (residual, fused act)]
 // while keeping only a ring of the (dilated) depthwise window's rows of the expansion plus one
-// pixel of depthwise output in `scratch` (FusedIrbScratchBytes), never the expanded tensor.
+// pixel of depthwise output in `scratch` (FusedIrbStreamBytes), never the expanded tensor.
 // Without expansion x is read directly and only the pixel buffer is needed.
 // Numpy reference: tfmicro_train/kernels/fused_ops.py (it runs the builtin kernels in sequence).
 //
@@ -14,12 +14,18 @@
 // RoundingDivideByPOT), multipliers from float scales by double-precision QuantizeMultiplier;
 // ADD with left_shift 20 as reference_integer_ops::Add.
 //
-// Usage (what a TFLM glue does):
-//   Init/Prepare: fill a FusedIrbSpec from the tensors (shapes, float scales, zero points) and
-//     the custom options; allocate FusedIrbChannelWords(spec) int32s of persistent memory;
-//     PrepareFusedIrb(spec, words, &params); check the scratch tensor has
-//     FusedIrbScratchBytes(params) bytes.
-//   Eval: FusedIrb(params, x, w_e, b_e, w_d, b_d, w_p, b_p, y, scratch, scratch_bytes).
+// The converter sizes the op's `scratch` tensor as FusedIrbScratchBytes: the streaming buffers
+// (FusedIrbStreamBytes) and, 4-aligned after them at FusedIrbChannelWordsOffset, room for the
+// FusedIrbChannelWords per-channel multipliers and shifts. A TFLM glue may either
+//   (a) as TFLM's conv: Prepare: fill a FusedIrbSpec from the tensors (shapes, float scales, zero
+//       points) and the custom options, allocate FusedIrbChannelWords(spec) int32s of persistent
+//       memory, PrepareFusedIrb(spec, words, &params), check the scratch tensor's size;
+//       Eval: FusedIrb(params, x, w_e, b_e, w_d, b_d, w_p, b_p, y, scratch, scratch_bytes); or
+//   (b) keep no per-channel data in SRAM between invocations (frozen layers; for MobileNetV2
+//       this is 8 bytes per channel, tens of KB): Prepare: PrepareFusedIrb(spec, nullptr, &params)
+//       (checks everything, computes all but the multipliers) and check the scratch size;
+//       Eval: PrepareFusedIrb(spec, scratch + FusedIrbChannelWordsOffset(params), &params), then
+//       FusedIrb(...) as in (a). The streaming never touches the channel words.
 //
 // Portable C++17: no TFLM, no heap, no exceptions, no RTTI.
 #ifndef TFLM_OPS_CORE_FUSED_IRB_H_
@@ -135,14 +141,23 @@ int32_t FusedIrbChannelWords(const FusedIrbSpec& spec);
 
 // Checks the spec and computes every multiplier, shift, offset, clamp, padding and the ring size
 // as TFLM's Prepare of each builtin would. `channel_words` must hold FusedIrbChannelWords(spec)
-// int32s and stay valid while `params` is used.
+// int32s (4-byte aligned) and stay valid while `params` is used; nullptr computes and checks all
+// but the per-channel multipliers (FusedIrb then refuses to run).
 Status PrepareFusedIrb(const FusedIrbSpec& spec, int32_t* channel_words, FusedIrbParams* params);
 
-// Bytes of the scratch tensor: ring_rows * e.w * c_exp + c_exp (mirrors fused_ops.scratch_bytes).
+// Bytes FusedIrb streams through: ring_rows * e.w * c_exp + c_exp (fused_ops.stream_bytes).
+int32_t FusedIrbStreamBytes(const FusedIrbParams& params);
+
+// Offset of the channel words in the scratch tensor: FusedIrbStreamBytes rounded up to 4.
+int32_t FusedIrbChannelWordsOffset(const FusedIrbParams& params);
+
+// Bytes of the scratch tensor: FusedIrbChannelWordsOffset + 4 * FusedIrbChannelWords
+// (fused_ops.scratch_bytes).
 int32_t FusedIrbScratchBytes(const FusedIrbParams& params);
 
 // Runs the block. w_e/b_e null without expansion; any bias may be null (absent in the model).
-// scratch: FusedIrbScratchBytes(params) bytes (kBadParams if smaller). y must not alias x.
+// scratch: at least FusedIrbStreamBytes(params) bytes (kBadParams if smaller; only those are
+// written). y must not alias x.
 Status FusedIrb(const FusedIrbParams& params, const int8_t* x, const int8_t* w_expand,
                 const int32_t* b_expand, const int8_t* w_dw, const int32_t* b_dw,
                 const int8_t* w_project, const int32_t* b_project, int8_t* y, int8_t* scratch,

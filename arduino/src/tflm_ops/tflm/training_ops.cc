@@ -14,6 +14,7 @@
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
 #include "tensorflow/lite/schema/schema_generated.h"
+#include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
 
 namespace tfmicro_train {
@@ -717,6 +718,9 @@ TfLiteStatus InitPrepare(TfLiteContext* context, TfLiteNode* node) {
   TfLiteTensor* st = mc->AllocateTempInputTensor(node, 0);
   const bool state_ok =
       st != nullptr && st->type == kTfLiteInt32 && st->bytes == 8 && st->is_variable;
+  // AllocateTensors() does not clear variable tensors: whatever the arena held could look like
+  // an initialised state. Clear the marker so the first Invoke fills the variables from flash.
+  if (state_ok && st->data.data != nullptr) static_cast<int32_t*>(st->data.data)[0] = 0;
   if (st) mc->DeallocateTempTfLiteTensor(st);
   if (!state_ok) {
     MicroPrintf("TMT_INIT: input 0 'state' must be an int32 variable tensor with 2 elements");
@@ -821,6 +825,225 @@ TfLiteStatus CheckModel(const tflite::Model* model) {
   return status;
 }
 
+// ------------------------------------------------------------------ TMT_FUSED_IRB
+
+namespace {
+
+// A frozen inverted-residual block, row-streamed (tflm_ops/core/fused_irb.h). Keeps no
+// per-channel data between invocations: Prepare checks everything and sizes the scratch output;
+// Eval recomputes the multipliers into the tail of the scratch tensor, then streams the block.
+struct FusedOpData {
+  core::FusedIrbSpec spec;
+  core::FusedIrbParams params;
+  const char* missing_option = nullptr;
+};
+
+constexpr int kFusedInputs = 7;
+
+void* FusedInit(TfLiteContext* context, const char* buffer, size_t length) {
+  void* mem = context->AllocatePersistentBuffer(context, sizeof(FusedOpData));
+  if (mem == nullptr) return nullptr;
+  FusedOpData* d = new (mem) FusedOpData();
+  if (buffer == nullptr || length == 0) {
+    d->missing_option = "(all: no custom options)";
+    return d;
+  }
+  const flexbuffers::Reference root =
+      flexbuffers::GetRoot(reinterpret_cast<const uint8_t*>(buffer), length);
+  if (!root.IsMap()) {
+    d->missing_option = "(all: options are not a flexbuffer map)";
+    return d;
+  }
+  const flexbuffers::Map m = root.AsMap();
+  auto get_int = [&](const char* key, int32_t* out, bool required) {
+    const flexbuffers::Reference v = m[key];
+    if (v.IsNull()) {
+      if (required && !d->missing_option) d->missing_option = key;
+      return;
+    }
+    *out = static_cast<int32_t>(v.AsInt64());
+  };
+  auto get_quant = [&](const char* scale, const char* zp, core::TensorQuant* q, bool required) {
+    const flexbuffers::Reference v = m[scale];
+    if (v.IsNull()) {
+      if (required && !d->missing_option) d->missing_option = scale;
+      return;
+    }
+    q->scale = v.AsFloat();
+    get_int(zp, &q->zero_point, required);
+  };
+  core::FusedIrbSpec& s = d->spec;
+  const bool has_expand = !m["e_scale"].IsNull();
+  if (has_expand) {
+    get_int("e_stride_h", &s.expand.stride_h, true);
+    get_int("e_stride_w", &s.expand.stride_w, true);
+    get_int("e_dil_h", &s.expand.dil_h, true);
+    get_int("e_dil_w", &s.expand.dil_w, true);
+    get_int("e_padding", &s.expand.padding, true);
+    get_int("e_act", &s.expand.act, true);
+    get_quant("e_scale", "e_zp", &s.e_q, true);
+  }
+  get_int("pad_top", &s.pad_top, true);
+  get_int("pad_bottom", &s.pad_bottom, true);
+  get_int("pad_left", &s.pad_left, true);
+  get_int("pad_right", &s.pad_right, true);
+  get_int("pad_value", &s.pad_value, true);
+  get_quant("d_in_scale", "d_in_zp", &s.d_in_q, true);
+  get_int("d_stride_h", &s.dw.stride_h, true);
+  get_int("d_stride_w", &s.dw.stride_w, true);
+  get_int("d_dil_h", &s.dw.dil_h, true);
+  get_int("d_dil_w", &s.dw.dil_w, true);
+  get_int("d_padding", &s.dw.padding, true);
+  get_int("d_act", &s.dw.act, true);
+  get_quant("d_scale", "d_zp", &s.d_q, true);
+  get_int("p_act", &s.project_act, true);
+  get_quant("p_scale", "p_zp", &s.p_q, true);
+  get_int("residual", &s.residual, true);
+  get_int("add_act", &s.add_act, true);
+  return d;
+}
+
+// Scales of a (per-channel or per-tensor) quantized weight tensor, pointing into the model.
+bool WeightScalesOf(const TfLiteTensor* t, core::WeightScales* out) {
+  if (t->quantization.type != kTfLiteAffineQuantization || t->quantization.params == nullptr) {
+    return false;
+  }
+  const auto* q = static_cast<const TfLiteAffineQuantization*>(t->quantization.params);
+  if (q->scale == nullptr || q->scale->size < 1) return false;
+  out->scales = q->scale->data;
+  out->n = q->scale->size;
+  return true;
+}
+
+core::Hwc Hwc4(const TfLiteTensor* t) {
+  core::Hwc r;
+  r.h = t->dims->data[1];
+  r.w = t->dims->data[2];
+  r.c = t->dims->data[3];
+  return r;
+}
+
+TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
+  FusedOpData* d = static_cast<FusedOpData*>(node->user_data);
+  if (d == nullptr) {
+    MicroPrintf("TMT_FUSED_IRB: could not allocate op data");
+    return kTfLiteError;
+  }
+  if (d->missing_option) {
+    MicroPrintf("TMT_FUSED_IRB: custom option '%s' missing", d->missing_option);
+    return kTfLiteError;
+  }
+  if (node->inputs->size != kFusedInputs || node->outputs->size != 2) {
+    MicroPrintf("TMT_FUSED_IRB: expected 7 inputs and 2 outputs, got %d and %d",
+                node->inputs->size, node->outputs->size);
+    return kTfLiteError;
+  }
+  static const char* const kNames[kFusedInputs] = {"x", "w_expand", "b_expand", "w_dw", "b_dw",
+                                                   "w_project", "b_project"};
+  tflite::MicroContext* mc = tflite::GetMicroContext(context);
+  TfLiteTensor* in[kFusedInputs] = {};
+  for (int i = 0; i < kFusedInputs; ++i) {
+    if (node->inputs->data[i] >= 0) in[i] = mc->AllocateTempInputTensor(node, i);
+  }
+  TfLiteTensor* y = mc->AllocateTempOutputTensor(node, 0);
+  TfLiteTensor* scratch = mc->AllocateTempOutputTensor(node, 1);
+  TfLiteStatus status = kTfLiteOk;
+  auto fail = [&](const char* what, int i) {
+    MicroPrintf("TMT_FUSED_IRB: %s %d '%s' %s", i < 0 ? "output" : "input", i < 0 ? -i - 1 : i,
+                i < 0 ? (i == -1 ? "y" : "scratch") : kNames[i], what);
+    status = kTfLiteError;
+  };
+  const int required[] = {0, 3, 5};
+  for (int i : required) {
+    if (in[i] == nullptr) fail("is missing", i);
+  }
+  if (y == nullptr) fail("is missing", -1);
+  if (scratch == nullptr) fail("is missing", -2);
+  for (int i = 0; status == kTfLiteOk && i < kFusedInputs; ++i) {
+    if (in[i] == nullptr) continue;
+    const bool bias = i == 2 || i == 4 || i == 6;
+    if (in[i]->type != (bias ? kTfLiteInt32 : kTfLiteInt8)) fail(bias ? "must be int32" : "must be int8", i);
+    if (!bias && in[i]->dims->size != 4) fail("must be 4-D", i);
+  }
+  if (status == kTfLiteOk && (y->type != kTfLiteInt8 || y->dims->size != 4)) {
+    fail("must be int8 [1, H, W, C]", -1);
+  }
+  core::FusedIrbSpec& s = d->spec;
+  if (status == kTfLiteOk) {
+    s.x = Hwc4(in[0]);
+    s.x_q.scale = in[0]->params.scale;
+    s.x_q.zero_point = in[0]->params.zero_point;
+    s.y = Hwc4(y);
+    s.y_q.scale = y->params.scale;
+    s.y_q.zero_point = y->params.zero_point;
+    s.c_exp = in[3]->dims->data[3];
+    s.c_out = in[5]->dims->data[0];
+    s.has_expand = in[1] != nullptr;
+    if (s.has_expand) {
+      s.expand.kh = in[1]->dims->data[1];
+      s.expand.kw = in[1]->dims->data[2];
+      if (!WeightScalesOf(in[1], &s.w_expand_scales)) fail("must be quantized", 1);
+    }
+    s.dw.kh = in[3]->dims->data[1];
+    s.dw.kw = in[3]->dims->data[2];
+    if (!WeightScalesOf(in[3], &s.w_dw_scales)) fail("must be quantized", 3);
+    if (!WeightScalesOf(in[5], &s.w_project_scales)) fail("must be quantized", 5);
+  }
+  if (status == kTfLiteOk) {
+    const core::Status cs = core::PrepareFusedIrb(s, nullptr, &d->params);
+    if (cs != core::Status::kOk) {
+      MicroPrintf("TMT_FUSED_IRB: %s", core::StatusString(cs));
+      status = kTfLiteError;
+    } else if (static_cast<int32_t>(scratch->bytes) < core::FusedIrbScratchBytes(d->params)) {
+      MicroPrintf("TMT_FUSED_IRB: output 1 'scratch' has %d bytes, needs %d",
+                  static_cast<int>(scratch->bytes),
+                  static_cast<int>(core::FusedIrbScratchBytes(d->params)));
+      status = kTfLiteError;
+    }
+  }
+  for (TfLiteTensor* t : in) {
+    if (t) mc->DeallocateTempTfLiteTensor(t);
+  }
+  if (y) mc->DeallocateTempTfLiteTensor(y);
+  if (scratch) mc->DeallocateTempTfLiteTensor(scratch);
+  return status;
+}
+
+TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
+  FusedOpData* d = static_cast<FusedOpData*>(node->user_data);
+  auto in = [&](int i) -> const TfLiteEvalTensor* {
+    return node->inputs->data[i] >= 0 ? tflite::micro::GetEvalInput(context, node, i) : nullptr;
+  };
+  auto i8 = [&](int i) { return in(i) ? tflite::micro::GetTensorData<int8_t>(in(i)) : nullptr; };
+  auto i32 = [&](int i) {
+    return in(i) ? tflite::micro::GetTensorData<int32_t>(in(i)) : nullptr;
+  };
+  TfLiteEvalTensor* scratch = tflite::micro::GetEvalOutput(context, node, 1);
+  int8_t* scratch_data = tflite::micro::GetTensorData<int8_t>(scratch);
+  size_t scratch_bytes = 0;
+  TF_LITE_ENSURE_STATUS(tflite::TfLiteEvalTensorByteLength(scratch, &scratch_bytes));
+  int32_t* words = reinterpret_cast<int32_t*>(
+      scratch_data + core::FusedIrbChannelWordsOffset(d->params));
+  core::Status s = core::PrepareFusedIrb(d->spec, words, &d->params);
+  if (s == core::Status::kOk) {
+    s = core::FusedIrb(d->params, i8(0), i8(1), i32(2), i8(3), i32(4), i8(5), i32(6),
+                       tflite::micro::GetTensorData<int8_t>(
+                           tflite::micro::GetEvalOutput(context, node, 0)),
+                       scratch_data, static_cast<int32_t>(scratch_bytes));
+  }
+  if (s != core::Status::kOk) {
+    MicroPrintf("TMT_FUSED_IRB: %s", core::StatusString(s));
+    return kTfLiteError;
+  }
+  return kTfLiteOk;
+}
+
+}  // namespace
+
+TFLMRegistration Register_TMT_FUSED_IRB() {
+  return tflite::micro::RegisterOp(FusedInit, FusedPrepare, FusedEval);
+}
+
 const TrainingOpEntry* TrainingOps() {
   static const TrainingOpEntry kEntries[kNumTrainingOps] = {
       {"TMT_INIT", Register_TMT_INIT},
@@ -840,6 +1063,7 @@ const TrainingOpEntry* TrainingOps() {
       {"TMT_CONV_WEIGHT_UPDATE", Register_TMT_CONV_WEIGHT_UPDATE},
       {"TMT_DW_WEIGHT_UPDATE", Register_TMT_DW_WEIGHT_UPDATE},
       {"TMT_BIAS_UPDATE", Register_TMT_BIAS_UPDATE},
+      {"TMT_FUSED_IRB", Register_TMT_FUSED_IRB},
   };
   static_assert(sizeof(kEntries) / sizeof(kEntries[0]) == kNumTrainingOps, "");
   return kEntries;
