@@ -40,8 +40,9 @@ SKIP = ("TFLM integration test skipped: set TFLM_DIR=/path/to/tflite-micro (a ch
 if not (os.environ.get("TFLM_DIR") or os.environ.get("TMT_TRAIN_DRIVER")):
     pytest.skip(SKIP, allow_module_level=True)
 
-import tfmicro_train as tmt  # noqa: E402
 from conftest import residual_cnn  # noqa: E402
+
+import tfmicro_train as tmt  # noqa: E402
 from tfmicro_train.schema import fb  # noqa: E402
 
 N_STEPS = 25
@@ -347,7 +348,7 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
     rng = np.random.default_rng(11)
     base = float(sim.meta["learning_rate"])
     steps = []
-    for k in range(N_STEPS - 3):
+    for _ in range(N_STEPS - 3):
         x = sim.quantize_input(rng.random((1, 12, 12, 1)).astype(np.float32))
         if sim.meta["head"] == "softmax":
             y = np.array([rng.integers(0, sim.output_info.shape[-1])], np.int32)

@@ -11,7 +11,6 @@ import numpy as np
 
 from .schema import fb, op_name
 
-
 LOSS_OPS = ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD")
 
 
