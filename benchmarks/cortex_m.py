@@ -23,9 +23,10 @@ Printed, in one run:
    linked program from arm-none-eabi-size; also with the DSP path linked in;
 3. instructions per multiply-accumulate of our backward kernels per layer, next to TFLM's
    reference int8 convolution forward (needs TFLM's headers: TFLM_DIR);
-4. last line: `sparse vs full: <N>x fewer instructions` for the backward + update pass (the part
-   of a step the update scheme controls: the step minus its forward pass in TFLM, else the kernel
-   sum); the line above it gives the whole-step ratio when TFLM is configured.
+4. last line: `sparse vs full: <N>x fewer instructions` for the whole training step when TFLM is
+   configured, else for the backward + update pass (the part of a step the update scheme
+   controls: the step minus its forward pass in TFLM, else the sum of our kernels); the lines
+   above give both ratios.
 """
 
 from __future__ import annotations
@@ -325,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
     print(f"backward + update pass ({what}), fewer instructions than full: "
           + ", ".join(f"{k} {backward['full'] / backward[k]:.1f}x" for k in arts if k != "full"))
-    print(f"sparse vs full: {backward['full'] / backward['sparse']:.0f}x fewer instructions")
+    # the last line: per whole training step when TFLM ran it, else per backward + update pass
+    ratio = whole["full"] / whole["sparse"] if whole else backward["full"] / backward["sparse"]
+    print(f"sparse vs full: {ratio:.1f}x fewer instructions")
     return 0
 
 
