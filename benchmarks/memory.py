@@ -76,7 +76,7 @@ for i, l in enumerate(layers):
 x = tf.constant(np.random.default_rng(0).random((1, 128, 128, 3), np.float32))
 loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 with tf.GradientTape() as tape:
-    loss = loss_fn([3], model(x, training=False))
+    loss = loss_fn(tf.constant([3]), model(x, training=False))
 grads = tape.gradient(loss, train)
 for v, g in zip(train, grads):
     if g is not None:
