@@ -15,12 +15,14 @@ These are instructions executed, not cycles (QEMU models no pipeline, caches or 
 
 Printed, in one run:
 1. our backward/update kernels of each artifact (tflm_ops/core, portable C++, -O2), called
-   once per TMT_* conv/depthwise/dense/bias op of the artifact with its shapes (random data);
-   plus the same with the Cortex-M DSP weight-gradient path (tflm_ops/cortex_m/dsp_kernels);
+   once per TMT_* conv/depthwise/dense/bias op of the artifact with its shapes (random data),
+   the conv weight gradient as core::ConvWeightUpdatePortable; plus the same with the Cortex-M
+   DSP weight-gradient path (core::ConvWeightUpdateDsp, what core::ConvWeightUpdate is on DSP
+   targets unless built with -DTMT_PORTABLE_ONLY);
 2. with TFLM (TFLM_DIR, cortex-m7 library built): the whole training step in TFLM on the
    Cortex-M7 (model in flash via TrainingModel.export_c, TFLM's reference kernels forward, our
    ops backward), the forward pass alone (an lr = 0 call), arena bytes, and flash / RAM of the
-   linked program from arm-none-eabi-size; also with the DSP path linked in;
+   linked program from arm-none-eabi-size; portable (-DTMT_PORTABLE_ONLY) and default (DSP) builds;
 3. instructions per multiply-accumulate of our backward kernels per layer, next to TFLM's
    reference int8 convolution forward (needs TFLM's headers: TFLM_DIR);
 4. last line: `sparse vs full: <N>x fewer instructions` for the whole training step when TFLM is
@@ -163,13 +165,10 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
                ROOT / "tflm_ops/checkpoint/tflm_checkpoint.cc", ROOT / "tflm_ops/checkpoint/checkpoint.cc",
                *[p for p in sorted((ROOT / "tflm_ops/tflm").glob("*.cc")) if not p.name.endswith("_test.cc")],
                *CORE_SOURCES]
-    source_flags = None
-    if dsp:  # core::ConvWeightUpdate becomes the DSP path (see dsp_kernels.cc); the glue calls it
-        dsp_src = ROOT / "tflm_ops/cortex_m/dsp_kernels.cc"
-        sources.append(dsp_src)
-        source_flags = {str(ROOT / "tflm_ops/core/training_ops.cc"):
-                        ["-DConvWeightUpdate=ConvWeightUpdatePortable"],
-                        str(dsp_src): ["-DTMT_DSP_AS_CORE"]}
+    # core::ConvWeightUpdate (what the glue calls) is the DSP path on DSP targets by default;
+    # the portable build compiles tflm_ops/core/training_ops.cc with -DTMT_PORTABLE_ONLY.
+    source_flags = None if dsp else {str(ROOT / "tflm_ops/core/training_ops.cc"):
+                                     ["-DTMT_PORTABLE_ONLY"]}
     region_bytes = 2 * ((32 + sum(int(v.nbytes) for v in sim.variables.values()) + 3) & ~3)
 
     def build(arena: int) -> Path:

@@ -3,6 +3,22 @@
 
 #include "tflm_ops/core/arith.h"
 
+#include <cstring>
+
+// Cortex-M4/M7 DSP extension (SMLAD / SXTB16 via arm_acle.h): ConvWeightUpdateDsp is compiled
+// when the target has it; ConvWeightUpdate uses it unless built with -DTMT_PORTABLE_ONLY.
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define TMT_CORE_HAVE_DSP 1
+#else
+#define TMT_CORE_HAVE_DSP 0
+#endif
+#if TMT_CORE_HAVE_DSP && !defined(TMT_PORTABLE_ONLY)
+#define TMT_CORE_USE_DSP 1
+#else
+#define TMT_CORE_USE_DSP 0
+#endif
+
 namespace tfmicro_train {
 namespace core {
 
@@ -319,7 +335,149 @@ Status MaxPoolGrad(const int8_t* g, float s, const int8_t* x, const int8_t* y, H
   return Status::kOk;
 }
 
+
 // ---------------------------------------------------------------- input gradients
+
+namespace {
+
+// Kernel extent per axis up to which the scratch-free input gradients enumerate the window taps
+// of an input position in small stack arrays (larger kernels take the generic path).
+constexpr int32_t kMaxTapsPerAxis = 16;
+
+// The window taps of input row (or column) i: k and output o with o * stride - pad + k == i.
+// Returns the count; g_off[t] = o * g_step, w_off[t] = k * w_step.
+inline int32_t TapsFor(int32_t i, int32_t k_size, int32_t stride, int32_t pad, int32_t out_size,
+                       int32_t g_step, int32_t w_step, int32_t* g_off, int32_t* w_off) {
+  int32_t n = 0;
+  for (int32_t k = 0; k < k_size; ++k) {
+    const int32_t o = OutputFor(i, k, stride, pad, out_size);
+    if (o < 0) continue;
+    g_off[n] = o * g_step;
+    w_off[n] = k * w_step;
+    ++n;
+  }
+  return n;
+}
+
+// Calls visit(i, acc) for every input-gradient accumulator of TMT_CONV_INPUT_GRAD in memory order:
+// acc[ih, iw, ci] = sum_co wmul[co] * (sum_{kh, kw} g[oh, ow, co] * w[co, kh, kw, ci]), the inner
+// sum in int32 (at most 16 * 16 terms of |.| <= 2^14), the outer in int64: the same integer as
+// sum (g * wmul) * w of the contract. Input channels in blocks of 4.
+template <typename Visit>
+void ConvInputGradAccs(const int8_t* g, Hwc g_dims, const int8_t* w, int32_t kh_size,
+                       int32_t kw_size, const int32_t* wmul, Hwc in, const ConvGeom& geom,
+                       Visit visit) {
+  const int32_t CO = g_dims.c;
+  const int32_t CI = in.c;
+  const int32_t w_co = kh_size * kw_size * CI;  // w stride between output channels
+  int32_t gr[kMaxTapsPerAxis], wr[kMaxTapsPerAxis], gc[kMaxTapsPerAxis], wc[kMaxTapsPerAxis];
+  int32_t i = 0;
+  for (int32_t ih = 0; ih < in.h; ++ih) {
+    const int32_t nr = TapsFor(ih, kh_size, geom.stride_h, geom.pad_top, g_dims.h, g_dims.w * CO,
+                               kw_size * CI, gr, wr);
+    for (int32_t iw = 0; iw < in.w; ++iw, i += CI) {
+      const int32_t nc = TapsFor(iw, kw_size, geom.stride_w, geom.pad_left, g_dims.w, CO, CI, gc,
+                                 wc);
+      if (nr == 0 || nc == 0) {
+        for (int32_t ci = 0; ci < CI; ++ci) visit(i + ci, 0);
+        continue;
+      }
+      int32_t ci = 0;
+      for (; ci + 4 <= CI; ci += 4) {
+        int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (int32_t co = 0; co < CO; ++co) {
+          int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+          const int8_t* wco = w + co * w_co + ci;
+          for (int32_t r = 0; r < nr; ++r) {
+            const int8_t* grow = g + gr[r] + co;
+            const int8_t* wrow = wco + wr[r];
+            for (int32_t c = 0; c < nc; ++c) {
+              const int32_t gv = grow[gc[c]];
+              if (gv == 0) continue;
+              const int8_t* wp = wrow + wc[c];
+              t0 += gv * wp[0];
+              t1 += gv * wp[1];
+              t2 += gv * wp[2];
+              t3 += gv * wp[3];
+            }
+          }
+          const int32_t m = wmul[co];
+          a0 += static_cast<int64_t>(t0) * m;
+          a1 += static_cast<int64_t>(t1) * m;
+          a2 += static_cast<int64_t>(t2) * m;
+          a3 += static_cast<int64_t>(t3) * m;
+        }
+        visit(i + ci, a0);
+        visit(i + ci + 1, a1);
+        visit(i + ci + 2, a2);
+        visit(i + ci + 3, a3);
+      }
+      for (; ci < CI; ++ci) {
+        int64_t a = 0;
+        for (int32_t co = 0; co < CO; ++co) {
+          int32_t t = 0;
+          const int8_t* wco = w + co * w_co + ci;
+          for (int32_t r = 0; r < nr; ++r) {
+            const int8_t* grow = g + gr[r] + co;
+            const int8_t* wrow = wco + wr[r];
+            for (int32_t c = 0; c < nc; ++c) t += static_cast<int32_t>(grow[gc[c]]) * wrow[wc[c]];
+          }
+          a += static_cast<int64_t>(t) * wmul[co];
+        }
+        visit(i + ci, a);
+      }
+    }
+  }
+}
+
+// As ConvInputGradAccs for TMT_DW_INPUT_GRAD: acc[ih, iw, c] = wmul[c] * sum_{kh, kw}
+// g[oh, ow, c] * w[kh, kw, c] (inner sum int32, one int64 product).
+template <typename Visit>
+void DepthwiseInputGradAccs(const int8_t* g, Hwc g_dims, const int8_t* w, int32_t kh_size,
+                            int32_t kw_size, const int32_t* wmul, Hwc in, const ConvGeom& geom,
+                            Visit visit) {
+  const int32_t C = in.c;
+  int32_t gr[kMaxTapsPerAxis], wr[kMaxTapsPerAxis], gc[kMaxTapsPerAxis], wc[kMaxTapsPerAxis];
+  int32_t i = 0;
+  for (int32_t ih = 0; ih < in.h; ++ih) {
+    const int32_t nr = TapsFor(ih, kh_size, geom.stride_h, geom.pad_top, g_dims.h, g_dims.w * C,
+                               kw_size * C, gr, wr);
+    for (int32_t iw = 0; iw < in.w; ++iw, i += C) {
+      const int32_t nc = TapsFor(iw, kw_size, geom.stride_w, geom.pad_left, g_dims.w, C, C, gc, wc);
+      int32_t c = 0;
+      for (; c + 4 <= C; c += 4) {
+        int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (int32_t r = 0; r < nr; ++r) {
+          const int8_t* grow = g + gr[r] + c;
+          const int8_t* wrow = w + wr[r] + c;
+          for (int32_t k = 0; k < nc; ++k) {
+            const int8_t* gp = grow + gc[k];
+            const int8_t* wp = wrow + wc[k];
+            t0 += static_cast<int32_t>(gp[0]) * wp[0];
+            t1 += static_cast<int32_t>(gp[1]) * wp[1];
+            t2 += static_cast<int32_t>(gp[2]) * wp[2];
+            t3 += static_cast<int32_t>(gp[3]) * wp[3];
+          }
+        }
+        visit(i + c, static_cast<int64_t>(t0) * wmul[c]);
+        visit(i + c + 1, static_cast<int64_t>(t1) * wmul[c + 1]);
+        visit(i + c + 2, static_cast<int64_t>(t2) * wmul[c + 2]);
+        visit(i + c + 3, static_cast<int64_t>(t3) * wmul[c + 3]);
+      }
+      for (; c < C; ++c) {
+        int32_t t = 0;
+        for (int32_t r = 0; r < nr; ++r) {
+          for (int32_t k = 0; k < nc; ++k) {
+            t += static_cast<int32_t>(g[gr[r] + gc[k] + c]) * w[wr[r] + wc[k] + c];
+          }
+        }
+        visit(i + c, static_cast<int64_t>(t) * wmul[c]);
+      }
+    }
+  }
+}
+
+}  // namespace
 
 Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh_size,
                      int32_t kw_size, const int32_t* wmul, float w_scale_max, Hwc in,
@@ -347,16 +505,33 @@ Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int3
             const int8_t* go = g + (oh * g_dims.w + ow) * CO;
             int64_t* acc = scratch + (ih * in.w + iw) * CI;
             for (int32_t co = 0; co < CO; ++co) {
+              if (go[co] == 0) continue;
+              // |g * wmul| < 2^39 in general, so int64; the products with w accumulate in int64.
               const int64_t gw = static_cast<int64_t>(go[co]) * wmul[co];
-              if (gw == 0) continue;
               const int8_t* wr = w_at(co, kh, kw);
-              for (int32_t ci = 0; ci < CI; ++ci) acc[ci] += gw * wr[ci];
+              if (gw == static_cast<int32_t>(gw)) {
+                const int32_t gw32 = static_cast<int32_t>(gw);
+                for (int32_t ci = 0; ci < CI; ++ci) acc[ci] += static_cast<int64_t>(gw32) * wr[ci];
+              } else {
+                for (int32_t ci = 0; ci < CI; ++ci) acc[ci] += gw * wr[ci];
+              }
             }
           }
         }
       }
     }
     shift = DynQuantizeArray(scratch, n, g_in);
+  } else if (kh_size <= kMaxTapsPerAxis && kw_size <= kMaxTapsPerAxis) {
+    // Two passes over ConvInputGradAccs (max |acc|, then quantize), no memory.
+    uint64_t max_abs = 0;
+    ConvInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
+                      [&](int32_t, int64_t a) {
+                        const uint64_t m = AbsU64(a);
+                        if (m > max_abs) max_abs = m;
+                      });
+    shift = DynQuantizeShift(max_abs);
+    ConvInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
+                      [&](int32_t i, int64_t a) { g_in[i] = DynQuantizeValue(a, shift); });
   } else {
     auto acc_at = [&](int32_t i) -> int64_t {
       const int32_t ci = i % CI;
@@ -411,13 +586,23 @@ Status DepthwiseInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w,
             const int8_t* go = g + (oh * g_dims.w + ow) * C;
             int64_t* acc = scratch + (ih * in.w + iw) * C;
             for (int32_t c = 0; c < C; ++c) {
-              acc[c] += static_cast<int64_t>(go[c]) * wmul[c] * wr[c];
+              acc[c] += static_cast<int64_t>(static_cast<int32_t>(go[c]) * wr[c]) * wmul[c];
             }
           }
         }
       }
     }
     shift = DynQuantizeArray(scratch, n, g_in);
+  } else if (kh_size <= kMaxTapsPerAxis && kw_size <= kMaxTapsPerAxis) {
+    uint64_t max_abs = 0;
+    DepthwiseInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
+                           [&](int32_t, int64_t a) {
+                             const uint64_t m = AbsU64(a);
+                             if (m > max_abs) max_abs = m;
+                           });
+    shift = DynQuantizeShift(max_abs);
+    DepthwiseInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
+                           [&](int32_t i, int64_t a) { g_in[i] = DynQuantizeValue(a, shift); });
   } else {
     auto acc_at = [&](int32_t i) -> int64_t {
       const int32_t c = i % C;
@@ -447,7 +632,7 @@ Status DepthwiseInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w,
 
 namespace {
 
-// w - floor((requant64(acc, M, shift + 16) + r) / 2^16), clamped to [lo, hi].
+// w - floor((requant64(acc, M, shift + 16) + r) / 2^16), clamped to [lo, hi] (generic form).
 inline int64_t UpdatedValue(int64_t value, int64_t acc32, const Multiplier& m, uint32_t base,
                             uint32_t index, int64_t lo, int64_t hi) {
   const int64_t delta = Requant64(acc32, m.multiplier, m.shift + kQ16);
@@ -455,19 +640,61 @@ inline int64_t UpdatedValue(int64_t value, int64_t acc32, const Multiplier& m, u
   return Clamp64(value - step, lo, hi);
 }
 
-}  // namespace
-
-Status ConvWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
-                        int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
-                        float lr, const ConvGeom& geom, const UpdateParams& p, uint32_t counter) {
-  if (!ValidHwc(g_dims) || !ValidHwc(x_dims) || kh_size < 1 || kw_size < 1) {
-    return Status::kBadShape;
+// The update of one output channel: UpdatedValue for int8 weights with the channel's multiplier
+// decoded once. For the usual right shift (31 - (shift + 16) in [1, 62]) requant64 is one
+// 32 x 32 -> 64-bit multiply and a rounding shift; other shifts take the generic form.
+class ChannelUpdater {
+ public:
+  ChannelUpdater(float lr, float s, float factor, uint32_t base)
+      : m_(UpdateMultiplier(lr, s, factor)), base_(base) {
+    const int rs = 31 - (m_.shift + kQ16);
+    fast_ = rs >= 1 && rs <= 62;
+    rs_ = fast_ ? rs : 1;
+    half_ = int64_t{1} << (rs_ - 1);
   }
+
+  inline int8_t Apply(int8_t w, int64_t acc, uint32_t index) const {
+    const int32_t a = Sat32(acc);
+    if (!fast_) return static_cast<int8_t>(UpdatedValue(w, a, m_, base_, index, -127, 127));
+    // |a * M| < 2^62 and half <= 2^61: no overflow (round_shift_right's wrapping add is exact).
+    const int64_t prod = static_cast<int64_t>(a) * m_.multiplier;
+    const int64_t delta = (prod + half_) >> rs_;
+    const int64_t step = StochasticStep(delta, Noise(base_, index));
+    return static_cast<int8_t>(Clamp64(static_cast<int64_t>(w) - step, -127, 127));
+  }
+
+ private:
+  Multiplier m_;
+  uint32_t base_;
+  bool fast_;
+  int rs_;
+  int64_t half_;
+};
+
+// Output positions up to which the int32 sums of g * x (|.| <= 128 * 128) cannot overflow.
+constexpr int32_t kMaxInt32Positions = 131071;
+
+bool ConvWeightUpdateChecks(Hwc g_dims, Hwc x_dims, int32_t kh_size, int32_t kw_size,
+                            const ConvGeom& geom, const UpdateParams& p, Status* st) {
+  if (!ValidHwc(g_dims) || !ValidHwc(x_dims) || kh_size < 1 || kw_size < 1) {
+    *st = Status::kBadShape;
+    return false;
+  }
+  if (!ValidGeom(geom) || p.update_channels < 0 || p.update_channels > g_dims.c) {
+    *st = Status::kBadParams;
+    return false;
+  }
+  return true;
+}
+
+// The weight gradient sums with int64 products: for layers with more than kMaxInt32Positions
+// output positions.
+Status ConvWeightUpdateWide(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
+                            int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
+                            float lr, const ConvGeom& geom, const UpdateParams& p,
+                            uint32_t counter) {
   const int32_t CO = g_dims.c;
   const int32_t CI = x_dims.c;
-  if (!ValidGeom(geom) || p.update_channels < 0 || p.update_channels > CO) {
-    return Status::kBadParams;
-  }
   const uint32_t base = NoiseBase(p.seed, counter);
   const int64_t zp = p.x_zero_point;
   for (int32_t co = 0; co < p.update_channels; ++co) {
@@ -499,6 +726,172 @@ Status ConvWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t* x, H
   return Status::kOk;
 }
 
+#if TMT_CORE_HAVE_DSP
+inline uint32_t Load32(const int8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);  // LDR: unaligned access is allowed on ARMv7-M
+  return v;
+}
+// (GCC's arm_acle.h has no __pkhbt / __pkhtb, and does not fuse the rotation into SXTB16.)
+// PKHBT: low half of a, low half of b in the high half.
+inline uint32_t PackLow(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+// PKHTB: high half of a, high half of b in the low half.
+inline uint32_t PackHigh(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+// SXTB16 of bytes 1 and 3.
+inline uint32_t Sxtb16Odd(uint32_t v) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+#endif
+
+// ConvWeightUpdate for layers with at most kMaxInt32Positions output positions:
+// acc = sum g * (x - zp) = (sum g * x) - zp * (sum g), the first sum in int32 (exact), the rest
+// in int64; four input channels at a time; positions with g == 0 skipped. kDsp: the sum runs as
+// SMLAD over pairs of output positions (Cortex-M with the DSP extension).
+template <bool kDsp>
+Status ConvWeightUpdateNarrow(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
+                              int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
+                              float lr, const ConvGeom& geom, const UpdateParams& p,
+                              uint32_t counter) {
+  const int32_t CO = g_dims.c;
+  const int32_t CI = x_dims.c;
+  const int32_t sw = geom.stride_w;
+  const int32_t xstep = sw * CI;  // x offset between neighbouring output columns
+  const uint32_t base = NoiseBase(p.seed, counter);
+  const int64_t zp = p.x_zero_point;
+  for (int32_t co = 0; co < p.update_channels; ++co) {
+    const ChannelUpdater up(lr, s, wfactor[co], base);
+    for (int32_t kh = 0; kh < kh_size; ++kh) {
+      int32_t oh0, oh1;
+      WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
+      for (int32_t kw = 0; kw < kw_size; ++kw) {
+        int32_t ow0, ow1;
+        WindowRange(x_dims.w, kw, sw, geom.pad_left, g_dims.w, &ow0, &ow1);
+        const int32_t widx = ((co * kh_size + kh) * kw_size + kw) * CI;
+        int8_t* wr = w + widx;
+        const uint32_t idx0 = static_cast<uint32_t>(widx);
+        int32_t gsum = 0;  // for the zero point
+        for (int32_t oh = oh0; oh < oh1; ++oh) {
+          const int8_t* gp = g + (oh * g_dims.w + ow0) * CO + co;
+          for (int32_t ow = ow0; ow < ow1; ++ow, gp += CO) gsum += *gp;
+        }
+        const int64_t zp_term = zp * gsum;
+        const int32_t x0 = (ow0 * sw - geom.pad_left + kw) * CI;
+        int32_t ci = 0;
+        for (; ci + 4 <= CI; ci += 4) {
+          int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          for (int32_t oh = oh0; oh < oh1; ++oh) {
+            const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
+            const int8_t* gp = g + (oh * g_dims.w + ow0) * CO + co;
+            const int8_t* xp = x + ih * x_dims.w * CI + x0 + ci;
+            int32_t n = ow1 - ow0;
+#if TMT_CORE_HAVE_DSP
+            if (kDsp) {
+              for (; n >= 2; n -= 2, gp += 2 * CO, xp += 2 * xstep) {
+                const uint32_t G =
+                    PackLow(static_cast<uint32_t>(gp[0]), static_cast<uint32_t>(gp[CO]));
+                if (G == 0) continue;
+                const uint32_t P = Load32(xp);
+                const uint32_t Q = Load32(xp + xstep);
+                const uint32_t P02 = __sxtb16(P), P13 = Sxtb16Odd(P);
+                const uint32_t Q02 = __sxtb16(Q), Q13 = Sxtb16Odd(Q);
+                a0 = __smlad(G, PackLow(P02, Q02), a0);
+                a1 = __smlad(G, PackLow(P13, Q13), a1);
+                a2 = __smlad(G, PackHigh(Q02, P02), a2);
+                a3 = __smlad(G, PackHigh(Q13, P13), a3);
+              }
+            }
+#endif
+            for (; n > 0; --n, gp += CO, xp += xstep) {
+              const int32_t gv = *gp;
+              if (gv == 0) continue;
+              a0 += gv * xp[0];
+              a1 += gv * xp[1];
+              a2 += gv * xp[2];
+              a3 += gv * xp[3];
+            }
+          }
+          wr[ci] = up.Apply(wr[ci], a0 - zp_term, idx0 + static_cast<uint32_t>(ci));
+          wr[ci + 1] = up.Apply(wr[ci + 1], a1 - zp_term, idx0 + static_cast<uint32_t>(ci + 1));
+          wr[ci + 2] = up.Apply(wr[ci + 2], a2 - zp_term, idx0 + static_cast<uint32_t>(ci + 2));
+          wr[ci + 3] = up.Apply(wr[ci + 3], a3 - zp_term, idx0 + static_cast<uint32_t>(ci + 3));
+        }
+        for (; ci < CI; ++ci) {
+          int32_t a = 0;
+          for (int32_t oh = oh0; oh < oh1; ++oh) {
+            const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
+            const int8_t* gp = g + (oh * g_dims.w + ow0) * CO + co;
+            const int8_t* xp = x + ih * x_dims.w * CI + x0 + ci;
+            for (int32_t n = ow1 - ow0; n > 0; --n, gp += CO, xp += xstep) {
+              a += static_cast<int32_t>(*gp) * *xp;
+            }
+          }
+          wr[ci] = up.Apply(wr[ci], a - zp_term, idx0 + static_cast<uint32_t>(ci));
+        }
+      }
+    }
+  }
+  return Status::kOk;
+}
+
+}  // namespace
+
+Status ConvWeightUpdatePortable(const int8_t* g, float s, Hwc g_dims, const int8_t* x,
+                                Hwc x_dims, int8_t* w, int32_t kh_size, int32_t kw_size,
+                                const float* wfactor, float lr, const ConvGeom& geom,
+                                const UpdateParams& p, uint32_t counter) {
+  Status st = Status::kOk;
+  if (!ConvWeightUpdateChecks(g_dims, x_dims, kh_size, kw_size, geom, p, &st)) return st;
+  if (g_dims.h * g_dims.w > kMaxInt32Positions) {
+    return ConvWeightUpdateWide(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
+                                p, counter);
+  }
+  return ConvWeightUpdateNarrow<false>(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr,
+                                       geom, p, counter);
+}
+
+Status ConvWeightUpdateDsp(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
+                           int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
+                           float lr, const ConvGeom& geom, const UpdateParams& p,
+                           uint32_t counter) {
+#if TMT_CORE_HAVE_DSP
+  Status st = Status::kOk;
+  if (!ConvWeightUpdateChecks(g_dims, x_dims, kh_size, kw_size, geom, p, &st)) return st;
+  if (g_dims.h * g_dims.w > kMaxInt32Positions) {
+    return ConvWeightUpdateWide(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
+                                p, counter);
+  }
+  return ConvWeightUpdateNarrow<true>(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr,
+                                      geom, p, counter);
+#else
+  return ConvWeightUpdatePortable(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
+                                  p, counter);
+#endif
+}
+
+bool ConvWeightUpdateHasDsp() { return TMT_CORE_HAVE_DSP != 0; }
+
+Status ConvWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
+                        int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
+                        float lr, const ConvGeom& geom, const UpdateParams& p, uint32_t counter) {
+#if TMT_CORE_USE_DSP
+  return ConvWeightUpdateDsp(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom, p,
+                             counter);
+#else
+  return ConvWeightUpdatePortable(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
+                                  p, counter);
+#endif
+}
+
 Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
                              int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
                              float lr, const ConvGeom& geom, const UpdateParams& p,
@@ -513,26 +906,45 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
   }
   const uint32_t base = NoiseBase(p.seed, counter);
   const int64_t zp = p.x_zero_point;
+  const bool narrow = g_dims.h * g_dims.w <= kMaxInt32Positions;
+  const int32_t sw = geom.stride_w;
+  const int32_t xstep = sw * C;
   for (int32_t c = 0; c < p.update_channels; ++c) {
-    const Multiplier m = UpdateMultiplier(lr, s, wfactor[c]);
+    const ChannelUpdater up(lr, s, wfactor[c], base);
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
       WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
       for (int32_t kw = 0; kw < kw_size; ++kw) {
         int32_t ow0, ow1;
-        WindowRange(x_dims.w, kw, geom.stride_w, geom.pad_left, g_dims.w, &ow0, &ow1);
+        WindowRange(x_dims.w, kw, sw, geom.pad_left, g_dims.w, &ow0, &ow1);
         int64_t acc = 0;
-        for (int32_t oh = oh0; oh < oh1; ++oh) {
-          const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
-          for (int32_t ow = ow0; ow < ow1; ++ow) {
-            const int32_t iw = ow * geom.stride_w - geom.pad_left + kw;
-            acc += static_cast<int64_t>(g[(oh * g_dims.w + ow) * C + c]) *
-                   (static_cast<int64_t>(x[(ih * x_dims.w + iw) * C + c]) - zp);
+        if (narrow) {  // sum g * x in int32 (exact), minus zp * sum g
+          int32_t gx = 0, gsum = 0;
+          const int32_t x0 = (ow0 * sw - geom.pad_left + kw) * C + c;
+          for (int32_t oh = oh0; oh < oh1; ++oh) {
+            const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
+            const int8_t* gp = g + (oh * g_dims.w + ow0) * C + c;
+            const int8_t* xp = x + ih * x_dims.w * C + x0;
+            for (int32_t n = ow1 - ow0; n > 0; --n, gp += C, xp += xstep) {
+              const int32_t gv = *gp;
+              gsum += gv;
+              gx += gv * *xp;
+            }
+          }
+          acc = static_cast<int64_t>(gx) - zp * gsum;
+        } else {
+          for (int32_t oh = oh0; oh < oh1; ++oh) {
+            const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
+            for (int32_t ow = ow0; ow < ow1; ++ow) {
+              const int32_t iw = ow * sw - geom.pad_left + kw;
+              acc += static_cast<int64_t>(g[(oh * g_dims.w + ow) * C + c]) *
+                     (static_cast<int64_t>(x[(ih * x_dims.w + iw) * C + c]) - zp);
+            }
           }
         }
         int8_t& wv = w[(kh * kw_size + kw) * C + c];
         const uint32_t idx = static_cast<uint32_t>((c * kh_size + kh) * kw_size + kw);
-        wv = static_cast<int8_t>(UpdatedValue(wv, Sat32(acc), m, base, idx, -127, 127));
+        wv = up.Apply(wv, acc, idx);
       }
     }
   }
@@ -544,9 +956,17 @@ Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels,
   if (positions < 0 || channels < 0) return Status::kBadShape;
   if (p.update_channels < 0 || p.update_channels > channels) return Status::kBadParams;
   const uint32_t base = NoiseBase(p.seed, counter);
+  const bool narrow = positions < (1 << 24);  // int32 sums of |g| <= 128 cannot overflow
   for (int32_t c = 0; c < p.update_channels; ++c) {
     int64_t acc = 0;
-    for (int32_t i = 0; i < positions; ++i) acc += g[i * channels + c];
+    if (narrow) {
+      int32_t a = 0;
+      const int8_t* gp = g + c;
+      for (int32_t i = 0; i < positions; ++i, gp += channels) a += *gp;
+      acc = a;
+    } else {
+      for (int32_t i = 0; i < positions; ++i) acc += g[i * channels + c];
+    }
     const Multiplier m = UpdateMultiplier(lr, s, bfactor[c]);
     b[c] = static_cast<int32_t>(UpdatedValue(b[c], Sat32(acc), m, base, static_cast<uint32_t>(c),
                                              INT32_MIN, INT32_MAX));

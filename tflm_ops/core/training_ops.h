@@ -129,6 +129,20 @@ Status ConvWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t* x, H
                         int8_t* w, int32_t kh, int32_t kw, const float* wfactor, float lr,
                         const ConvGeom& geom, const UpdateParams& p, uint32_t counter);
 
+// The two implementations behind ConvWeightUpdate (same results, bit for bit): portable C++,
+// and SMLAD / SXTB16 on Cortex-M with the DSP extension (__ARM_FEATURE_DSP; elsewhere
+// ConvWeightUpdateDsp is the portable one). ConvWeightUpdate is the DSP one where available,
+// unless tflm_ops/core/training_ops.cc is compiled with -DTMT_PORTABLE_ONLY.
+Status ConvWeightUpdatePortable(const int8_t* g, float s, Hwc g_dims, const int8_t* x,
+                                Hwc x_dims, int8_t* w, int32_t kh, int32_t kw,
+                                const float* wfactor, float lr, const ConvGeom& geom,
+                                const UpdateParams& p, uint32_t counter);
+Status ConvWeightUpdateDsp(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
+                           int8_t* w, int32_t kh, int32_t kw, const float* wfactor, float lr,
+                           const ConvGeom& geom, const UpdateParams& p, uint32_t counter);
+// True when ConvWeightUpdateDsp uses the DSP instructions in this build.
+bool ConvWeightUpdateHasDsp();
+
 // TMT_DW_WEIGHT_UPDATE: w [1, kh, kw, C], C = g_dims.c = x_dims.c, wfactor [C].
 Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
                              int8_t* w, int32_t kh, int32_t kw, const float* wfactor, float lr,

@@ -75,7 +75,8 @@ bool CheckConvWeightUpdate(const Case& c, Totals* t) {
   bool ok = true;
   for (int dsp = 0; dsp < 2; ++dsp) {
     std::vector<int8_t> w = w0.vec<int8_t>();
-    const auto fn = dsp ? tfmicro_train::cortex_m::ConvWeightUpdate : core::ConvWeightUpdate;
+    const auto fn =
+        dsp ? tfmicro_train::cortex_m::ConvWeightUpdate : core::ConvWeightUpdatePortable;
     Measure(true);
     const core::Status st =
         fn(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), x.data<int8_t>(), HwcOf(x.dims), w.data(),

@@ -109,7 +109,7 @@ unsigned long long Run(const Line& l) {
     });
   }
   if (kind == "conv_weight_update" || kind == "conv_weight_update_dsp") {
-    const auto fn = kind == "conv_weight_update" ? core::ConvWeightUpdate
+    const auto fn = kind == "conv_weight_update" ? core::ConvWeightUpdatePortable
                                                  : tfmicro_train::cortex_m::ConvWeightUpdate;
     return Measure([&] {
       fn(g.data(), 0.01f, g_dims, x.data(), x_dims, w.data(), l.kh, l.kw, factor.data(), 0.05f, geom,
