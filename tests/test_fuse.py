@@ -5,6 +5,8 @@
   edge cases: stride 1/2/3, SAME/VALID, dilation, with/without expansion (1x1 or any conv), with
   explicit PAD, with/without residual ADD, extreme zero points, saturating scales, absent biases;
   exactly FusedIrbScratchBytes of scratch (a byte less is refused, guard bytes stay intact);
+  and streaming in place: y overlapping x, starting FusedIrbInPlaceLag bytes (the numpy twin
+  fused_ops.inplace_lag must agree) and that rounded up to 16 (as the planner places it) before x;
 * the graph pass: which chains fuse (frozen, intermediates read by nothing else), artifacts with
   and without fusion give identical predictions, losses and trained weights, the plan stays valid
   and the arena shrinks; MobileNetV2-w0.35 at 128x128 with the paper's sparse scheme and "last";
@@ -68,6 +70,14 @@ def test_golden_cases_cover_the_variants():
            and c["d_dil_h"] == 1 and c["w_e"].shape[1] == 1 and c["e_stride_h"] == 1]
     assert big and all(c["stream_bytes"] < c["x"].shape[1] * c["x"].shape[2]
                        * c["w_d"].shape[3] for c in big)
+    # streaming in place (the harness runs every case with y overlapping x at the lag): y right
+    # over x, and y a little before x, both occur, with and without expansion and residual
+    lags = [(c["inplace_lag"], c["out_y"].size, c["has_expand"], c["residual"] != 0) for c in cases]
+    assert all(0 <= lag < y for lag, y, _, _ in lags)
+    for e in (0, 1):
+        assert any(lag == 0 and ex == e for lag, _, ex, _ in lags)
+        assert any(lag > 0 and ex == e for lag, _, ex, _ in lags)
+    assert any(lag == 0 and res for lag, _, _, res in lags)
 
 
 # --------------------------------------------------------------------------- graph pass
@@ -235,6 +245,8 @@ def test_mobilenet_v2_fused_identical_and_smaller(mobilenet, scheme):
           f"  arena {pa.arena_bytes / 1024:.1f} KB -> {fa.arena_bytes / 1024:.1f} KB")
     assert fa.arena_bytes < pa.arena_bytes
     assert fa.arena_bytes < 100 * 1024  # the 64x64x48 expansion no longer exists
+    # the stem chain writes its 32 KB y over its dying 48 KB input (streaming in place)
+    assert fa.arena_bytes < 64 * 1024
     losses, _ = _same_run(plain, fused, calib, steps=3)
     print(f"  losses (identical): {[round(v, 4) for v in losses]}")
 
@@ -273,6 +285,9 @@ def _fused_op_cases(art, x) -> list[dict]:
         case["stream_bytes"] = fused_ops.stream_bytes(
             info[ins[0]].shape, info[ins[3]].shape[3], info[w_e].shape if w_e >= 0 else None,
             info[ins[3]].shape, o)
+        case["inplace_lag"] = fused_ops.inplace_lag(
+            info[ins[0]].shape, info[ins[3]].shape[3], info[w_e].shape if w_e >= 0 else None,
+            info[ins[3]].shape, info[ins[5]].shape[0], o)
         cases.append(case)
     return cases
 
@@ -292,6 +307,9 @@ def test_core_on_mobilenet_blocks(mobilenet, tmp_path):
     res = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=600)
     print(res.stdout[-1500:])
     assert "golden TMT_FUSED_IRB: 34 cases, 0 mismatches" in res.stdout and res.returncode == 0
+    # ... including each with y over x at its in-place lag: the stem chain writes y right over x
+    print("in-place lags:", [c["inplace_lag"] for c in cases[:17]])
+    assert cases[0]["inplace_lag"] == 0
     first = cases[0]
     print(f"stem chain: x {first['x'].shape}, y {first['out_y'].shape}, scratch "
           f"{first['scratch_bytes']} B (streaming {first['stream_bytes']} B)")

@@ -19,9 +19,37 @@ def _offline_plan(m: fb.ModelT) -> np.ndarray:
     raise AssertionError("no OfflineMemoryAllocation metadata")
 
 
+def _fused_lags(art) -> dict[tuple[int, int], int]:
+    """(x, y) of every TMT_FUSED_IRB op -> the lag y must start before x to be written over it,
+    recomputed by the numpy twin from the op's options and tensor shapes in the flatbuffer."""
+    from flatbuffers import flexbuffers
+
+    from tfmicro_train.kernels import fused_ops
+
+    m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+    tensors = m.subgraphs[0].tensors
+    lags = {}
+    for op in m.subgraphs[0].operators:
+        if op_name(m, op) != fused_ops.OP_NAME:
+            continue
+        o = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
+        ins = [int(t) for t in op.inputs]
+
+        def shape(k: int, ins=ins):
+            return tuple(int(d) for d in tensors[ins[k]].shape) if ins[k] >= 0 else None
+
+        wd = shape(fused_ops.W_DW)
+        lags[(ins[0], int(op.outputs[0]))] = fused_ops.inplace_lag(
+            shape(fused_ops.X), wd[3], shape(fused_ops.W_EXPAND), wd, shape(fused_ops.W_PROJECT)[0],
+            o)
+    return lags
+
+
 def _check_plan(art) -> tuple[int, int]:
     """Recompute lifetimes from the flatbuffer; no two live tensors may share bytes, except an
-    element-wise gradient op's output over the input that dies there. Returns (tensors, aliases)."""
+    element-wise gradient op's output over the input that dies there, and a TMT_FUSED_IRB's output
+    y over its input x that dies there when y starts at least the proven lag (fused_ops.
+    inplace_lag) before x (streaming in place). Returns (tensors, aliases)."""
     m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
     sg = m.subgraphs[0]
     offsets = _offline_plan(m)
@@ -49,6 +77,7 @@ def _check_plan(art) -> tuple[int, int]:
     in_place = {(int(op.inputs[0]), int(op.outputs[0])) for op in sg.operators
                 if op_name(m, op) in ("TMT_ACT_GRAD", "TMT_MASK_GRAD", "TMT_RESHAPE_GRAD",
                                       "TMT_PAD_GRAD", "TMT_GRAD_ADD")}
+    fused = _fused_lags(art)
     items = sorted(planned.items())
     aliases = 0
     for a, (oa, sa, fa, la) in items:
@@ -57,6 +86,9 @@ def _check_plan(art) -> tuple[int, int]:
                 continue
             # shared bytes while both live: only an in-place op's input (dying there) and output
             in_place_pair = ((a, b) in in_place and la == fb_) or ((b, a) in in_place and lb == fa)
+            for (x, y), lag in fused.items():  # x dies where y is written, y >= lag before x
+                if {a, b} == {x, y} and planned[x][3] == planned[y][2]:
+                    in_place_pair |= planned[x][0] - planned[y][0] >= lag
             assert in_place_pair, (sg.tensors[a].name, sg.tensors[b].name)
             aliases += 1
     top = max(o + s for o, s, _, _ in planned.values())
@@ -94,3 +126,32 @@ def test_memory_report_timeline_and_plot(tmp_path, calib):
     assert rep.peak_sram_bytes == rep.arena_bytes + rep.variable_bytes + rep.overhead_bytes
     path = rep.plot(str(tmp_path / "m.png"))
     assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_fused_blocks_stream_in_place(monkeypatch):
+    """A TMT_FUSED_IRB writes y over its dying input x (streaming in place), only as far as the
+    proven lag allows: the checker recomputes the lag and rejects the plan if it were larger."""
+    from test_fuse import irb_net
+
+    from tfmicro_train.kernels import fused_ops
+
+    rng = np.random.default_rng(1)
+    calib16 = [rng.uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32) for _ in range(8)]
+    art = tmt.convert(irb_net(), calib16, update="last", fuse=True)
+    plain = tmt.convert(irb_net(), calib16, update="last", fuse=False)
+    _check_plan(art)
+    m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+    offsets, tensors = _offline_plan(m), m.subgraphs[0].tensors
+    overlapping = 0
+    for (x, y), lag in _fused_lags(art).items():
+        nx, ny = int(np.prod(tensors[x].shape)), int(np.prod(tensors[y].shape))
+        if offsets[x] < offsets[y] + ny and offsets[y] < offsets[x] + nx:
+            overlapping += 1
+            assert offsets[x] - offsets[y] >= lag
+    print(f"irb_net last: {overlapping} fused ops in place, arena "
+          f"{plain.memory_report().arena_bytes} B unfused -> {art.memory_report().arena_bytes} B")
+    assert overlapping >= 1
+    assert art.memory_report().arena_bytes < plain.memory_report().arena_bytes
+    monkeypatch.setattr(fused_ops, "inplace_lag", lambda *a, **k: 1 << 30)
+    with pytest.raises(AssertionError):
+        _check_plan(art)

@@ -2,7 +2,9 @@
 
 Lifetimes follow TFLite Micro's rules (a tensor lives from the operator that writes it, or the
 start for graph inputs, to the last operator that reads it, or the end for graph outputs). Gradient
-ops that work element by element write their output over an input that dies there (in place). The
+ops that work element by element write their output over an input that dies there (in place);
+a TMT_FUSED_IRB (row-streamed) writes its output y over its input x when x dies there, y starting
+the proven lag (kernels/fused_ops.inplace_lag, FusedIrbInPlaceLag) before x (streaming in place). The
 arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned) and the offsets are written
 into the artifact as "OfflineMemoryAllocation" metadata, so TFLM uses exactly this plan.
 Peak SRAM = arena + variable tensors (persistent: trainable parameters and the training state)
@@ -48,6 +50,13 @@ class Buffer:
     last: int
     offset: int = 0
     aliases: list[int] = field(default_factory=list)  # further tensors sharing this buffer
+    rel: dict[int, int] = field(default_factory=dict)  # tensor -> offset in the buffer (else 0)
+    # [offset in the buffer, size, first, last] of the regions it occupies: one, unless a
+    # TMT_FUSED_IRB streams in place (x's region until the op, then y's, from the op)
+    parts: list[list[int]] = field(default_factory=list)
+
+    def regions(self) -> list[list[int]]:
+        return self.parts or [[0, self.size, self.first, self.last]]
 
 
 @dataclass
@@ -69,9 +78,25 @@ class MemoryPlan:
         return self.arena_bytes + self.variable_bytes + self.overhead_bytes + planner
 
 
-def lifetimes(g: Graph, in_place: bool = True) -> list[Buffer]:
+def fused_inplace_lag(g: Graph, node) -> int:
+    """Bytes y of a TMT_FUSED_IRB node must start before x to be written over it (16-aligned)."""
+    from .kernels import fused_ops
+
+    x, w_e, w_d, w_p = (node.inputs[k] for k in (fused_ops.X, fused_ops.W_EXPAND, fused_ops.W_DW,
+                                                 fused_ops.W_PROJECT))
+    wd_shape = g.tensors[w_d].shape
+    lag = fused_ops.inplace_lag(g.tensors[x].shape, int(wd_shape[3]),
+                                g.tensors[w_e].shape if w_e >= 0 else None, wd_shape,
+                                int(g.tensors[w_p].shape[0]), node.options)
+    return _align(lag)
+
+
+def lifetimes(g: Graph, in_place: bool = True, lags: dict[int, int] | None = None) -> list[Buffer]:
     """Planned (non-constant, non-variable) tensors with their first and last operator; with
-    `in_place`, the output of an IN_PLACE op joins its input's buffer when that input dies there."""
+    `in_place`, the output of an IN_PLACE op joins its input's buffer when that input dies there,
+    at the input's place, and the output y of a TMT_FUSED_IRB joins its input x's buffer when x
+    dies there, starting fused_inplace_lag bytes before x (if that overlaps them at all).
+    `lags`: node index -> that lag, for the TMT_FUSED_IRB nodes to write in place (default all)."""
     first: dict[int, int] = {t: 0 for t in g.inputs}
     last: dict[int, int] = {}
     for i, node in enumerate(g.nodes):
@@ -94,15 +119,37 @@ def lifetimes(g: Graph, in_place: bool = True) -> list[Buffer]:
     if in_place:
         owner: dict[int, Buffer] = dict(buffers)
         for i, node in enumerate(g.nodes):
-            slot = IN_PLACE.get(node.op)
+            fused = node.op == "TMT_FUSED_IRB"
+            slot = 0 if fused else IN_PLACE.get(node.op)
             if slot is None or not node.outputs:
                 continue
             src, dst = node.inputs[slot], node.outputs[0]
             if src not in owner or dst not in buffers or owner[src].last != i:
                 continue
             b = owner[src]
+            parts = b.parts or [[0, b.size, b.first, b.last]]
+            at = b.rel.get(src, 0)
+            if fused:
+                if lags is not None and i not in lags:
+                    continue
+                lag = lags[i] if lags is not None else fused_inplace_lag(g, node)
+                if lag >= buffers[dst].size:
+                    continue  # would not overlap: nothing to gain
+                at -= lag
+                if at < 0:  # y starts before the buffer: move its tensors up
+                    for t in (b.tensor, *b.aliases):
+                        b.rel[t] = b.rel.get(t, 0) - at
+                    for part in parts:
+                        part[0] -= at
+                    at = 0
             moved = buffers.pop(dst)
-            b.size, b.last = max(b.size, moved.size), moved.last
+            if fused:  # y: a region of its own from this op on
+                parts.append([at, moved.size, i, moved.last])
+            else:  # element-wise: the output extends the input's region
+                parts[-1][1], parts[-1][3] = max(parts[-1][1], moved.size), moved.last
+            b.parts = parts
+            b.size, b.last = max(p[0] + p[1] for p in parts), moved.last
+            b.rel[dst] = at
             b.aliases.append(dst)
             owner[dst] = b
     return list(buffers.values())
@@ -126,25 +173,64 @@ def greedy_layout(buffers: list[Buffer], fixed: list[Buffer] | None = None) -> i
     around the `fixed` (already placed, e.g. offline-planned) buffers."""
     placed: list[Buffer] = list(fixed or [])
     for b in sorted(buffers, key=lambda b: (-b.size, b.first, b.tensor)):
-        overlapping = sorted((p for p in placed if p.first <= b.last and b.first <= p.last),
-                             key=lambda p: p.offset)
-        offset = 0
-        for p in overlapping:
-            if offset + b.size <= p.offset:
-                break
-            offset = max(offset, p.offset + p.size)
+        if not b.parts:  # one region: TFLM's scan over the overlapping regions by offset
+            overlapping = sorted((p.offset + r[0], r[1]) for p in placed for r in p.regions()
+                                 if r[2] <= b.last and b.first <= r[3])
+            offset = 0
+            for o, n in overlapping:
+                if offset + b.size <= o:
+                    break
+                offset = max(offset, o + n)
+        else:  # regions at fixed distances: the lowest offset where all of them fit
+            others = [(p.offset + r[0], r[1], r[2], r[3]) for p in placed for r in p.regions()
+                      if p.first <= b.last and b.first <= p.last]
+            offset = 0
+            while True:
+                # every region in the way must end below the offset (the lowest that can fit)
+                bump = max((o + n - rel for rel, size, f, la in b.parts for o, n, pf, pl in others
+                            if pf <= la and f <= pl and o < offset + rel + size
+                            and offset + rel < o + n), default=None)
+                if bump is None:
+                    break
+                offset = bump
         b.offset = offset
         placed.append(b)
     return max((b.offset + b.size for b in placed), default=0)
 
 
+def _live_bytes(b: Buffer, i: int) -> int:
+    """Bytes of `b` in use at operator i: the union of its regions live there."""
+    total, end = 0, None
+    for o, n in sorted((r[0], r[1]) for r in b.regions() if r[2] <= i <= r[3]):
+        lo = o if end is None else max(o, end)
+        total += max(0, o + n - lo)
+        end = o + n if end is None else max(end, o + n)
+    return total
+
+
 def plan_memory(g: Graph) -> MemoryPlan:
     """Lay out the arena and compute the memory figures of a scheduled graph."""
-    buffers = lifetimes(g)
-    arena = greedy_layout(buffers)
-    # TFLM places the kernels' own scratch buffers online, around our (offline) offsets
-    arena = max(arena, greedy_layout(kernel_scratch(g), fixed=buffers))
-    offsets = {t: b.offset for b in buffers for t in (b.tensor, *b.aliases)}
+    def layout(lags: dict[int, int]) -> tuple[int, list[Buffer]]:
+        buffers = lifetimes(g, lags=lags)
+        arena = greedy_layout(buffers)
+        # TFLM places the kernels' own scratch buffers online, around our (offline) offsets
+        return max(arena, greedy_layout(kernel_scratch(g), fixed=buffers)), buffers
+
+    # Streaming in place ties y's region to x's; the greedy layout is a heuristic and need not
+    # gain from every tie. Start with every fused op in place, drop those whose removal shrinks
+    # the arena, and never do worse than none in place.
+    lags = {i: fused_inplace_lag(g, n) for i, n in enumerate(g.nodes) if n.op == "TMT_FUSED_IRB"}
+    arena, buffers = layout(lags)
+    if lags:
+        for i in list(lags):
+            trial = {k: v for k, v in lags.items() if k != i}
+            t_arena, t_buffers = layout(trial)
+            if t_arena < arena:
+                lags, arena, buffers = trial, t_arena, t_buffers
+        none_arena, none_buffers = layout({})
+        if none_arena < arena:
+            arena, buffers = none_arena, none_buffers
+    offsets = {t: b.offset + b.rel.get(t, 0) for b in buffers for t in (b.tensor, *b.aliases)}
     variables = sum(_align(t.nbytes) for t in g.tensors if t.variable)
     used = set(g.inputs) | set(g.outputs) | {t for n in g.nodes for t in (*n.inputs, *n.outputs)}
     channels = sum(g.tensors[n.outputs[0]].shape[-1] for n in g.nodes
@@ -152,5 +238,5 @@ def plan_memory(g: Graph) -> MemoryPlan:
     fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
     overhead = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
                 + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused)
-    live = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(g.nodes))]
+    live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
     return MemoryPlan(buffers, offsets, arena, variables, overhead, live)

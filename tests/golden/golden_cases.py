@@ -716,7 +716,8 @@ def gen_fused_irb(rng, i):
     we_shape = (c_exp, o["e_kh"], o["e_kw"], cin) if has_expand else None
     case.update(has_expand=int(has_expand), y_scale=y_scale, y_zp=y_zp, out_y=y,
                 stream_bytes=FO.stream_bytes(x.shape, c_exp, we_shape, wd.shape, opts),
-                scratch_bytes=FO.scratch_bytes(x.shape, c_exp, we_shape, wd.shape, wp.shape, opts))
+                scratch_bytes=FO.scratch_bytes(x.shape, c_exp, we_shape, wd.shape, wp.shape, opts),
+                inplace_lag=FO.inplace_lag(x.shape, c_exp, we_shape, wd.shape, c_out, opts))
     return case
 
 

@@ -337,6 +337,73 @@ int32_t FusedIrbScratchBytes(const FusedIrbParams& p) {
   return FusedIrbChannelWordsOffset(p) + 4 * (4 * p.c_exp + 2 * p.c_out);
 }
 
+int32_t FusedIrbInPlaceLag(const FusedIrbParams& p) {
+  const int64_t x_row = static_cast<int64_t>(p.x.w) * p.x.c;
+  int64_t lag = 0;
+  auto read = [&lag](int64_t written, int64_t a) {  // a read of x at >= a after `written` bytes
+    if (written - a > lag) lag = written - a;
+  };
+  // lowest column of x any expansion row reads (a lower bound for every row)
+  int32_t e_col = p.x.w;
+  if (p.has_expand) {
+    for (int32_t kx = 0; kx < p.e_kw; ++kx) {
+      for (int32_t ex = 0; ex < p.e.w; ++ex) {
+        const int32_t ix = ex * p.e_stride_w - p.e_pad_left + kx * p.e_dil_w;
+        if (ix >= 0 && ix < p.x.w && ix < e_col) e_col = ix;
+      }
+    }
+  }
+  int32_t next_row = 0;  // as FusedIrb
+  for (int32_t oy = 0; oy < p.y.h; ++oy) {
+    const int64_t row_written = static_cast<int64_t>(oy) * p.y.w * p.c_out;
+    const int32_t base = oy * p.d_stride_h - p.d_pad_top;
+    if (p.has_expand) {
+      const int32_t first = base - p.pad_top;
+      int32_t last = first + (p.d_kh - 1) * p.d_dil_h;
+      if (last > p.e.h - 1) last = p.e.h - 1;
+      int32_t r = first > next_row ? first : next_row;
+      if (r < 0) r = 0;
+      for (; r <= last; ++r) {  // ExpandRow(r): x rows y0 + ky * dil in range
+        const int32_t y0 = r * p.e_stride_h - p.e_pad_top;
+        for (int32_t ky = 0; ky < p.e_kh; ++ky) {
+          const int32_t iy = y0 + ky * p.e_dil_h;
+          if (iy < 0 || iy >= p.x.h || e_col >= p.x.w) continue;
+          read(row_written, iy * x_row + static_cast<int64_t>(e_col) * p.x.c);
+          break;  // the lowest row of this expansion row
+        }
+      }
+      if (last + 1 > next_row) next_row = last + 1;
+    }
+    // without expansion, the lowest row of x the window of output row oy reads
+    int32_t win_row = -1;
+    if (!p.has_expand) {
+      for (int32_t ky = 0; ky < p.d_kh && win_row < 0; ++ky) {
+        const int32_t pr = base + ky * p.d_dil_h;
+        if (pr < 0 || pr >= p.pd.h) continue;
+        const int32_t er = pr - p.pad_top;
+        if (er >= 0 && er < p.e.h) win_row = er;
+      }
+    }
+    for (int32_t ox = 0; ox < p.y.w; ++ox) {
+      const int64_t pix = static_cast<int64_t>(oy) * p.y.w + ox;
+      const int64_t written = pix * p.c_out;  // bytes of y written before this pixel
+      if (win_row >= 0) {
+        const int32_t col0 = ox * p.d_stride_w - p.d_pad_left;
+        for (int32_t kx = 0; kx < p.d_kw; ++kx) {
+          const int32_t pc = col0 + kx * p.d_dil_w;
+          if (pc < 0 || pc >= p.pd.w) continue;
+          const int32_t ec = pc - p.pad_left;
+          if (ec < 0 || ec >= p.e.w) continue;
+          read(written, win_row * x_row + static_cast<int64_t>(ec) * p.x.c);
+          break;  // the lowest column
+        }
+      }
+      if (p.residual) read(written, pix * p.x.c);
+    }
+  }
+  return static_cast<int32_t>(lag);
+}
+
 Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, const int32_t* b_e,
                 const int8_t* w_d, const int32_t* b_d, const int8_t* w_p, const int32_t* b_p,
                 int8_t* y, int8_t* scratch, int32_t scratch_bytes) {

@@ -430,6 +430,28 @@ void CheckFusedIrb(const Case& c) {
   for (int32_t i = bytes; i < bytes + kGuard; ++i) {
     if (scratch[static_cast<size_t>(i)] != poison(i)) throw Mismatch{"FusedIrb wrote past scratch"};
   }
+  // streaming in place: y starting `lag` bytes before x, overlapping it, as the planner places
+  // them (lag rounded up to 16) and at the exact minimal lag
+  const int32_t lag = core::FusedIrbInPlaceLag(p);
+  if (lag != c.i64("inplace_lag")) {
+    throw Mismatch{"in-place lag " + std::to_string(lag) + " != numpy " +
+                   std::to_string(c.i64("inplace_lag"))};
+  }
+  const int32_t x_bytes = static_cast<int32_t>(x.size());
+  const int32_t y_bytes = static_cast<int32_t>(want.size());
+  for (const int32_t l : {lag, (lag + 15) / 16 * 16}) {
+    const int32_t total = std::max(l + x_bytes, y_bytes);
+    std::vector<int8_t> arena(static_cast<size_t>(total + kGuard));
+    for (size_t i = 0; i < arena.size(); ++i) arena[i] = poison(static_cast<int32_t>(i) + 5);
+    std::copy(x.data<int8_t>(), x.data<int8_t>() + x_bytes, arena.begin() + l);
+    ExpectOk(core::FusedIrb(p, arena.data() + l, we, be, wd.data<int8_t>(), bd, wp.data<int8_t>(),
+                            bp, arena.data(), scratch.data(), stream),
+             "FusedIrb(in place)");
+    Expect(c, "out_y", std::vector<int8_t>(arena.begin(), arena.begin() + y_bytes));
+    for (int32_t i = total; i < total + kGuard; ++i) {
+      if (arena[static_cast<size_t>(i)] != poison(i + 5)) throw Mismatch{"in place: wrote past"};
+    }
+  }
 }
 
 const std::map<std::string, std::function<void(const Case&)>>& Checkers() {

@@ -99,6 +99,76 @@ def scratch_bytes(x_shape: tuple[int, ...], c_exp: int, w_expand_shape: tuple[in
     return (stream + 3) // 4 * 4 + 4 * (4 * c_exp + 2 * int(w_project_shape[0]))
 
 
+def leading_pad(stride: int, dilation: int, in_size: int, filt: int, out: int) -> int:
+    """TFLite ComputePaddingWithOffset (leading padding only)."""
+    eff = (filt - 1) * dilation + 1
+    return max((out - 1) * stride + eff - in_size, 0) // 2
+
+
+def inplace_lag(x_shape: tuple[int, ...], c_exp: int, w_expand_shape: tuple[int, ...] | None,
+                w_dw_shape: tuple[int, ...], c_out: int, o: dict) -> int:
+    """Streaming in place (FusedIrbInPlaceLag): the smallest lag >= 0 in bytes such that the C++
+    core computes the same y when y starts `lag` (or more) bytes before x, overlapping it.
+
+    Replays the core's loop order: output rows in order; at the start of row oy the expansion
+    rows not yet in the ring are computed (each reads x rows from its lowest tap row); then the
+    pixels in order, each reading (without expansion) its depthwise window of x and (with the
+    residual) its own x pixel before writing its c_out bytes of y. A read of x at addresses >= a
+    after W bytes of y were written is intact iff W - lag <= a, so
+    lag = max(0, max over reads of (W - a)), with `a` a lower bound of the read's addresses."""
+    s = shapes(x_shape, c_exp, w_expand_shape, w_dw_shape, o)
+    xh, xw, xc = s["x"]
+    eh, ew, _ = s["e"]
+    ph, pw, _ = s["pd"]
+    yh, yw, _ = s["d"]
+    x_row = xw * xc
+    kh, kw = int(w_dw_shape[1]), int(w_dw_shape[2])
+    d_pad_top = leading_pad(o["d_stride_h"], o["d_dil_h"], ph, kh, yh)
+    d_pad_left = leading_pad(o["d_stride_w"], o["d_dil_w"], pw, kw, yw)
+    lag = 0
+    has_expand = w_expand_shape is not None
+    if has_expand:
+        e_kh, e_kw = int(w_expand_shape[1]), int(w_expand_shape[2])
+        e_pad_top = leading_pad(o["e_stride_h"], o["e_dil_h"], xh, e_kh, eh)
+        e_pad_left = leading_pad(o["e_stride_w"], o["e_dil_w"], xw, e_kw, ew)
+        ix = (np.arange(ew)[:, None] * o["e_stride_w"] - e_pad_left
+              + np.arange(e_kw)[None, :] * o["e_dil_w"]).ravel()
+        ix = ix[(ix >= 0) & (ix < xw)]
+        e_col = int(ix.min()) if ix.size else None
+    # lowest valid depthwise column of x per output column (None: the window reads no x)
+    col_lo: list[int | None] = []
+    for ox in range(yw):
+        pcs = [ox * o["d_stride_w"] - d_pad_left + kx * o["d_dil_w"] for kx in range(kw)]
+        ecs = [pc - o["pad_left"] for pc in pcs if 0 <= pc < pw and 0 <= pc - o["pad_left"] < ew]
+        col_lo.append(min(ecs) if ecs else None)
+    next_row = 0
+    for oy in range(yh):
+        row_written = oy * yw * c_out
+        base = oy * o["d_stride_h"] - d_pad_top
+        if has_expand:
+            first = base - o["pad_top"]
+            last = min(first + (kh - 1) * o["d_dil_h"], eh - 1)
+            for r in range(max(first, next_row, 0), last + 1):
+                y0 = r * o["e_stride_h"] - e_pad_top
+                rows = [y0 + ky * o["e_dil_h"] for ky in range(e_kh)]
+                rows = [iy for iy in rows if 0 <= iy < xh]
+                if rows and e_col is not None:
+                    lag = max(lag, row_written - (rows[0] * x_row + e_col * xc))
+            next_row = max(next_row, last + 1)
+        else:
+            ers = [base + ky * o["d_dil_h"] - o["pad_top"] for ky in range(kh)
+                   if 0 <= base + ky * o["d_dil_h"] < ph]
+            ers = [er for er in ers if 0 <= er < eh]
+            if ers:
+                for ox, ec in enumerate(col_lo):
+                    if ec is not None:
+                        lag = max(lag, (oy * yw + ox) * c_out - (ers[0] * x_row + ec * xc))
+        if o["residual"]:
+            pix = oy * yw + np.arange(yw)
+            lag = max(lag, int((pix * c_out - pix * xc).max()))
+    return int(lag)
+
+
 def _info(name: str, shape, scale: float, zp: int) -> TensorInfo:
     return TensorInfo(name, tuple(int(d) for d in shape), np.dtype(np.int8),
                       np.array([scale], np.float32), np.array([zp], np.int64))

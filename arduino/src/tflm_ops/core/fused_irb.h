@@ -155,9 +155,25 @@ int32_t FusedIrbChannelWordsOffset(const FusedIrbParams& params);
 // (fused_ops.scratch_bytes).
 int32_t FusedIrbScratchBytes(const FusedIrbParams& params);
 
+// Streaming in place: the smallest lag >= 0 (bytes) such that FusedIrb computes the same y when
+// y starts `lag` (or any larger number of) bytes before x, overlapping it (fused_ops.inplace_lag).
+// FusedIrb writes y pixel by pixel in order, so once pixel (oy, ox) is written, y's bytes
+// [0, W) with W = (oy * y.w + ox + 1) * c_out are written, i.e. x's addresses [-lag, W - lag).
+// The function replays FusedIrb's loops: every read of x (a whole expansion row's input rows at
+// the start of an output row; without expansion, a depthwise window of x per pixel; with the
+// residual, the pixel's own x) happens after the writes before it and reads no address below
+// its bound `a` (a lower bound: row of the first tap in range * row bytes + the lowest column in
+// range), so it is intact iff W_before - lag <= a: lag = max(0, max over reads (W_before - a)).
+// The residual ADD interleaves the reads of a pixel's x and the writes of its y per channel:
+// y[co] (address pix * c + co - lag) was read as x[co - lag] of this pixel or an earlier one
+// already, as the later x[co'] (co' > co) lie above it; so treating the pixel's reads as before
+// its writes is exact. Any larger lag is safe too (every write moves down).
+int32_t FusedIrbInPlaceLag(const FusedIrbParams& params);
+
 // Runs the block. w_e/b_e null without expansion; any bias may be null (absent in the model).
 // scratch: at least FusedIrbStreamBytes(params) bytes (kBadParams if smaller; only those are
-// written). y must not alias x.
+// written). y must not alias x, except streaming in place: y may start FusedIrbInPlaceLag(params)
+// or more bytes before x (y == x - lag, lag >= FusedIrbInPlaceLag), overlapping it.
 Status FusedIrb(const FusedIrbParams& params, const int8_t* x, const int8_t* w_expand,
                 const int32_t* b_expand, const int8_t* w_dw, const int32_t* b_dw,
                 const int8_t* w_project, const int32_t* b_project, int8_t* y, int8_t* scratch,
