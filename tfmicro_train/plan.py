@@ -23,7 +23,7 @@ from .graph import Graph
 
 ALIGN = 16
 # TFLM bookkeeping, fitted to TFLM's RecordingMicroInterpreter on x86-64 (tests/test_tflm_integration.py)
-BASE_OVERHEAD = 1024  # interpreter, subgraph and allocator structs
+BASE_OVERHEAD = 1536  # interpreter, subgraph and allocator structs (with some margin)
 TENSOR_OVERHEAD = 24  # TfLiteEvalTensor per tensor
 NODE_OVERHEAD = 160  # node, registration and op data per operator
 FUSED_OVERHEAD = 320  # more op data of a TMT_FUSED_IRB (its spec and precomputed parameters)
@@ -74,7 +74,7 @@ class MemoryPlan:
     def peak_sram_bytes(self) -> int:
         """The arena a MicroInterpreter needs: planned head + variables + TFLM's persistent
         bookkeeping + what the planner holds temporarily during AllocateTensors()."""
-        planner = PLANNER_OVERHEAD * len(self.buffers)
+        planner = PLANNER_OVERHEAD * len(self.offsets)  # TFLM plans every tensor, aliased or not
         return self.arena_bytes + self.variable_bytes + self.overhead_bytes + planner
 
 
