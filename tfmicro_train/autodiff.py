@@ -218,16 +218,17 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
     for t, parts in b.grads.items():
         if parts and t not in g.inputs:
             raise ValueError(f"internal: gradient of tensor '{g.tensors[t].name}' was not consumed")
-    _pack_masks(g, b.backward, lr, joins)
+    _insert_forward(g, joins, _pack_masks(g, b.backward, lr))
     g.nodes.extend(b.backward)
     return g
 
 
-def _pack_masks(g: Graph, backward: list[Node], lr: int, before: dict[int, Node]) -> None:
+def _pack_masks(g: Graph, backward: list[Node], lr: int) -> dict[int, list[Node]]:
     """Keep 1-bit masks instead of int8 activations where a mask is all the backward pass needs.
 
     Each TMT_ACT_GRAD whose `y` no other backward node reads becomes TMT_MASK_GRAD, fed by a
     TMT_MASK_PACK placed right after y's producer in the forward pass, so y dies as in inference.
+    Returns the packs by the index of the forward node they follow.
     """
     producer = g.producers()
     packs: dict[int, list[Node]] = {}
@@ -242,12 +243,18 @@ def _pack_masks(g: Graph, backward: list[Node], lr: int, before: dict[int, Node]
         packs.setdefault(producer[y], []).append(
             Node("TMT_MASK_PACK", [y, lr], [bits], dict(node.options), layer=node.layer))
         node.op, node.inputs, node.options = "TMT_MASK_GRAD", [node.inputs[0], bits, lr], {}
+    return packs
+
+
+def _insert_forward(g: Graph, before: dict[int, Node], after: dict[int, list[Node]]) -> None:
+    """Place forward-phase nodes: `before[id(node)]` right before a node (sliced weights joined
+    for their use), `after[index]` right after the node at that index (mask packs)."""
     nodes = []
     for i, node in enumerate(g.nodes):
-        if id(node) in before:  # sliced weights joined right before their forward use
+        if id(node) in before:
             nodes.append(before[id(node)])
         nodes.append(node)
-        nodes.extend(packs.get(i, []))
+        nodes.extend(after.get(i, []))
     g.nodes = nodes
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schema import TENSOR_DTYPES, TensorInfo, fb, op_name
+from .schema import TensorInfo, fb, op_name, tensor_data
+from .schema import tensor_info as schema_tensor_info
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -138,24 +139,12 @@ def tflite_convert(model, samples: list[np.ndarray]) -> bytes:
 
 def tensor_info(sg: fb.SubGraphT, idx: int) -> TensorInfo:
     """TensorInfo of tensor `idx` of a subgraph."""
-    t = sg.tensors[idx]
-    q = t.quantization
-    name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-    info = TensorInfo(name, tuple(int(d) for d in t.shape), TENSOR_DTYPES[t.type])
-    if q is not None and q.scale is not None and len(q.scale):
-        info.scale = np.asarray(q.scale, np.float32)
-        info.zero_point = np.asarray(q.zeroPoint, np.int64)
-        info.quantized_dimension = int(q.quantizedDimension)
-    return info
+    return schema_tensor_info(sg.tensors[idx])
 
 
 def buffer_array(model: fb.ModelT, sg: fb.SubGraphT, idx: int) -> np.ndarray | None:
-    """The constant data of a tensor, or None."""
-    t = sg.tensors[idx]
-    buf = model.buffers[t.buffer]
-    if buf.data is None or len(buf.data) == 0:
-        return None
-    return np.frombuffer(bytes(bytearray(buf.data)), TENSOR_DTYPES[t.type]).reshape(t.shape).copy()
+    """The constant data of tensor `idx` of a subgraph, or None."""
+    return tensor_data(model, sg.tensors[idx])
 
 
 def _kernel_as_tflite(layer) -> np.ndarray:

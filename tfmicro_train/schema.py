@@ -73,6 +73,31 @@ class TensorInfo:
         return self.scale.size > 0
 
 
+def tensor_info(tensor: fb.TensorT) -> TensorInfo:
+    """The `TensorInfo` of a flatbuffer tensor."""
+    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+    shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
+    info = TensorInfo(name, shape, TENSOR_DTYPES[tensor.type])
+    q = tensor.quantization
+    if q is not None and q.scale is not None and len(q.scale) > 0:
+        info.scale = np.asarray(q.scale, np.float32)
+        zp = q.zeroPoint if q.zeroPoint is not None else np.zeros(len(q.scale))
+        info.zero_point = np.asarray(zp, np.int64)
+        info.quantized_dimension = int(q.quantizedDimension)
+    return info
+
+
+def tensor_data(model: fb.ModelT, tensor: fb.TensorT) -> np.ndarray | None:
+    """The constant data of a flatbuffer tensor (a copy), or None."""
+    if tensor.buffer >= len(model.buffers):
+        return None
+    data = model.buffers[tensor.buffer].data
+    if data is None or len(data) == 0:
+        return None
+    info = tensor_info(tensor)
+    return np.frombuffer(np.asarray(data, np.uint8).tobytes(), info.dtype).reshape(info.shape).copy()
+
+
 def op_name(model: fb.ModelT, op: fb.OperatorT) -> str:
     """The builtin name (e.g. 'CONV_2D') or the custom code of an operator."""
     code = model.operatorCodes[op.opcodeIndex]

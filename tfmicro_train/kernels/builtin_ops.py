@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tfmicro_train.schema import TENSOR_DTYPES, TensorInfo, fb, op_name
+from tfmicro_train.schema import TensorInfo, fb, op_name, tensor_data, tensor_info
 
 Kernel = Callable[
     [list[np.ndarray | None], list[TensorInfo], list[TensorInfo], Any], list[np.ndarray]
@@ -621,24 +621,6 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
 # --------------------------------------------------------------------------------------
 
 
-def tensor_info(tensor: fb.TensorT) -> TensorInfo:
-    """The `TensorInfo` of a flatbuffer tensor."""
-    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-    q = tensor.quantization
-    info = TensorInfo(
-        name=name,
-        shape=tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ())),
-        dtype=TENSOR_DTYPES[tensor.type],
-    )
-    if q is not None and q.scale is not None and len(q.scale) > 0:
-        info.scale = np.asarray(q.scale, np.float32)
-        info.zero_point = np.asarray(
-            q.zeroPoint if q.zeroPoint is not None else np.zeros(len(q.scale)), np.int64
-        )
-        info.quantized_dimension = int(q.quantizedDimension)
-    return info
-
-
 def run_graph(
     model: fb.ModelT, inputs: list[np.ndarray], subgraph: int = 0
 ) -> dict[int, np.ndarray]:
@@ -647,10 +629,9 @@ def run_graph(
     infos = [tensor_info(t) for t in graph.tensors]
     values: dict[int, np.ndarray] = {}
     for index, tensor in enumerate(graph.tensors):
-        data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
-        if data is not None and len(data) > 0:
-            raw = np.asarray(data, np.uint8).tobytes()
-            values[index] = np.frombuffer(raw, infos[index].dtype).reshape(infos[index].shape)
+        data = tensor_data(model, tensor)
+        if data is not None:
+            values[index] = data
     for index, x in zip(graph.inputs, inputs, strict=True):
         values[int(index)] = np.asarray(x, infos[index].dtype).reshape(infos[index].shape)
     for op in graph.operators:
