@@ -1,4 +1,5 @@
-"""int8 device gradients against TensorFlow's float autodiff of the same quantized model."""
+"""Device gradients (int8 and fp32 backward) against TensorFlow's float autodiff of the same
+quantized model."""
 
 from __future__ import annotations
 
@@ -81,3 +82,44 @@ def test_sliced_weights_gradients_match_tensorflow(calib):
         c = _cos(ours[k], ref[k])
         print(f"  sliced {k:<20} cos {c:.4f}")
         assert c >= 0.98, k
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "gap"])
+def test_fp32_backward_gradients_match_tensorflow(calib, pool):
+    """backward="fp32": float32 gradients, no gradient quantization; against TF with the int8
+    forward values the only differences left are the straight-through corners of the forward."""
+    art = tmt.convert(residual_cnn(pool=pool), calib, update="full", backward="fp32")
+    sim = tmt.HostSimulator(art)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 16)
+    ours: dict[str, np.ndarray] = {}
+    ref: dict[str, np.ndarray] = {}
+    for x, y in zip(calib[:16], labels):
+        g = sim.gradients(x, np.int32(y))
+        f, _ = float_gradients(sim, x, int(y), fake_quant=True)
+        for k in f:
+            ours[k] = ours.get(k, 0) + g[k]
+            ref[k] = ref.get(k, 0) + f[k]
+    print(f"\n{pool} net, fp32 backward vs TF (int8-rounded activations), 16-sample sums")
+    assert set(ours) == set(ref) and len(ref) == 8
+    for k in ref:
+        c = _cos(ours[k], ref[k])
+        print(f"  {k:<20} cos {c:.5f}")
+        assert c >= 0.99, k
+
+
+def test_fp32_backward_artifact_layout(calib):
+    """fp32 mode: float32 gradient tensors, no scale tensors, float weight scales for dL/dx."""
+    from tfmicro_train.schema import fb
+
+    art = tmt.convert(residual_cnn(pool="avg"), calib, update="full", backward="fp32")
+    assert art.metadata["backward"] == "fp32"
+    m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+    sg = m.subgraphs[0]
+    names = {t.name.decode() if isinstance(t.name, bytes) else t.name: t for t in sg.tensors}
+    grads = [t for n, t in names.items() if n.startswith("tmt/grad/")]
+    assert grads and all(t.type == fb.TensorType.FLOAT32 for t in grads)
+    assert not any(n.startswith("tmt/grad_scale/") for n in names)
+    assert any(n.startswith("tmt/wscale/") for n in names)
+    with pytest.raises(ValueError, match="backward"):
+        tmt.convert(residual_cnn(pool="avg"), calib, update="full", backward="fp16")

@@ -17,6 +17,7 @@ from .plan import MemoryPlan, plan_memory
 from .schedule import schedule
 from .sparse import LayerTraining, SparseUpdate, resolve
 
+BACKWARDS = ("int8", "fp32")
 LOSSES = {"sparse_categorical_crossentropy": "softmax", "mse": "linear",
           "mean_squared_error": "linear"}
 
@@ -176,15 +177,20 @@ def _keras_out_channels(model) -> tuple[list[LayerRef], list[int]]:
 
 def convert(model, representative_data: Iterable, update: str | SparseUpdate = "last",
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
-            qas: bool = True, seed: int = 0, fuse: bool = True) -> TrainingModel:
+            qas: bool = True, seed: int = 0, fuse: bool = True,
+            backward: str = "int8") -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
     "sparse_categorical_crossentropy" (int32 label input) or "mse". qas: quantization-aware
     scaling of the updates. fuse: run frozen inverted-residual blocks as row-streamed
-    TMT_FUSED_IRB ops (bit-identical results, far smaller arena). Nothing is written to disk;
-    call `.save()` on the result.
+    TMT_FUSED_IRB ops (bit-identical results, far smaller arena). backward: "int8" (int8
+    gradients with run-time scales, any MCU) or "fp32" (float32 gradients, for MCUs with an FPU;
+    4-byte gradient buffers, same int8 forward, parameters and stochastic rounding). Nothing is
+    written to disk; call `.save()` on the result.
     """
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward {backward!r} is not supported; use one of {list(BACKWARDS)}")
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} is not supported; use one of {sorted(LOSSES)}")
     optimizer = optimizer or SGD()
@@ -201,13 +207,13 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     out_channels = [graph.tensors[graph.nodes[r.op_index].outputs[0]].shape[-1]
                     for r in imported.layers]
     trainable = resolve(update, imported.layers, out_channels)
-    differentiate(graph, trainable, head, qas, seed)
+    differentiate(graph, trainable, head, qas, seed, fp32=backward == "fp32")
     if fuse:  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
         fuse_frozen_blocks(graph)
     schedule(graph)
     mem = plan_memory(graph)
     metadata = {
-        "format": 1, "head": head, "qas": qas, "learning_rate": optimizer.learning_rate,
+        "format": 1, "head": head, "qas": qas, "backward": backward, "learning_rate": optimizer.learning_rate,
         "inputs": [graph.tensors[t].name for t in graph.inputs],
         "outputs": [graph.tensors[t].name for t in graph.outputs],
         "variables": [{"name": v.name, "layer": v.layer, "kind": v.kind, "channels": v.channels,

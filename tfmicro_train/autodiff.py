@@ -53,8 +53,8 @@ def same_padding(in_size: int, out_size: int, filt: int, stride: int, padding: i
 
 
 class _Builder:
-    def __init__(self, g: Graph, qas: bool, seed: int):
-        self.g, self.qas, self.seed = g, qas, seed
+    def __init__(self, g: Graph, qas: bool, seed: int, fp32: bool = False):
+        self.g, self.qas, self.seed, self.fp32 = g, qas, seed, fp32
         self.grads: dict[int, list[tuple[int, int]]] = {}
         self.backward: list[Node] = []
         self.updates = 0
@@ -64,7 +64,10 @@ class _Builder:
         self.backward.append(Node(op, inputs, outputs, options, 1, layer, role))
 
     def grad_tensor(self, like: int, tag: str) -> tuple[int, int]:
+        """(data, scale) of a new gradient: int8 + float32 scale, or float32 and no scale (-1)."""
         t = self.g.tensors[like]
+        if self.fp32:
+            return self.g.add(Tensor(f"tmt/grad/{tag}/{t.name}", t.shape, F32)), -1
         data = self.g.add(Tensor(f"tmt/grad/{tag}/{t.name}", t.shape, I8))
         scale = self.g.add(Tensor(f"tmt/grad_scale/{tag}/{t.name}", (1,), F32))
         return data, scale
@@ -80,13 +83,18 @@ class _Builder:
         acc = parts[0]
         for k, part in enumerate(parts[1:]):
             out = self.grad_tensor(tensor, f"sum{k}")
-            self.emit("TMT_GRAD_ADD", [acc[0], acc[1], part[0], part[1], lr], list(out), {}, layer)
+            self.emit("TMT_GRAD_ADD", [acc[0], acc[1], part[0], part[1], lr], _outs(out), {}, layer)
             acc = out
         return acc
 
     def seed_for_update(self) -> int:
         self.updates += 1
         return (self.seed * 1000003 + self.updates * 7919) & 0x7FFFFFFF
+
+
+def _outs(grad: tuple[int, int]) -> list[int]:
+    """Output list of a gradient: data and scale, or data alone (fp32)."""
+    return [t for t in grad if t >= 0]
 
 
 def _make_variable(g: Graph, op_index: int, slot: int, kind: str, layer: str, channels: int,
@@ -152,9 +160,12 @@ def _per_channel(t: Tensor, n: int) -> np.ndarray:
     return np.broadcast_to(s, (n,)).copy() if s.size == 1 else s
 
 
-def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, seed: int) -> Graph:
-    """Add loss, variables and pruned backward nodes to the forward graph (in place)."""
-    b = _Builder(g, qas, seed)
+def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, seed: int,
+                  fp32: bool = False) -> Graph:
+    """Add loss, variables and pruned backward nodes to the forward graph (in place).
+
+    `fp32`: gradients are float32 tensors (docs/contract.md, "fp32 backward"), else int8 + scale."""
+    b = _Builder(g, qas, seed, fp32)
     out_idx = g.outputs[0]
     lr = g.add(Tensor("learning_rate", (1,), F32))
     # --- variables
@@ -193,7 +204,7 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
         lut_t = g.add(Tensor("tmt/loss_lut", (256,), F32, data=lut))
         grad = b.grad_tensor(last.inputs[0], "loss")
         loss = g.add(Tensor("loss", (1,), F32))
-        b.emit("TMT_SOFTMAX_CE_GRAD", [out_idx, label, lr, lut_t, g.state], [*grad, loss], {},
+        b.emit("TMT_SOFTMAX_CE_GRAD", [out_idx, label, lr, lut_t, g.state], [*_outs(grad), loss], {},
                None, "loss")
         b.contribute(last.inputs[0], grad)
         stop = producer[out_idx]
@@ -201,7 +212,7 @@ def differentiate(g: Graph, plan: list[LayerTraining], head: str, qas: bool, see
         label = g.like(out_idx, "target")
         grad = b.grad_tensor(out_idx, "loss")
         loss = g.add(Tensor("loss", (1,), F32))
-        b.emit("TMT_MSE_GRAD", [out_idx, label, lr, g.state], [*grad, loss], {}, None, "loss")
+        b.emit("TMT_MSE_GRAD", [out_idx, label, lr, g.state], [*_outs(grad), loss], {}, None, "loss")
         b.contribute(out_idx, grad)
         stop = len(g.nodes)
     g.inputs += [label, lr]
@@ -292,7 +303,7 @@ def _backward_node(b: _Builder, node: Node, index: int, grad: tuple[int, int],
         if len(xs) != 4 or sorted(int(a) % 4 for a in np.ravel(axes)) != [1, 2]:
             raise ValueError(f"{where}: only a spatial mean (GlobalAveragePooling2D) can be trained through")
         dst = b.grad_tensor(x, "mean")
-        b.emit("TMT_MEAN_GRAD", [gd, gs, lr], list(dst),
+        b.emit("TMT_MEAN_GRAD", [gd, gs, lr], _outs(dst),
                {"inv_count": float(np.float32(1.0) / np.float32(xs[1] * xs[2]))}, node.layer)
         b.contribute(x, dst)
     elif node.op in ("PAD", "PADV2") and x in tainted:
@@ -316,9 +327,9 @@ def _backward_node(b: _Builder, node: Node, index: int, grad: tuple[int, int],
                 "pad_left": same_padding(xs[2], ys[2], opts.filterWidth, opts.strideW, opts.padding)}
         dst = b.grad_tensor(x, "pool")
         if node.op == "AVERAGE_POOL_2D":
-            b.emit("TMT_AVGPOOL_GRAD", [gd, gs, lr], list(dst), geom, node.layer)
+            b.emit("TMT_AVGPOOL_GRAD", [gd, gs, lr], _outs(dst), geom, node.layer)
         else:
-            b.emit("TMT_MAXPOOL_GRAD", [gd, gs, x, out, lr], list(dst), geom, node.layer)
+            b.emit("TMT_MAXPOOL_GRAD", [gd, gs, x, out, lr], _outs(dst), geom, node.layer)
         b.contribute(x, dst)
     elif any(t in tainted for t in node.inputs if t >= 0):
         raise ValueError(f"{where}: training through this operator is not supported; freeze the "
@@ -354,12 +365,16 @@ def _conv_backward(b: _Builder, node: Node, index: int, grad: tuple[int, int], t
         join.role = "backward"
         b.backward.append(join)
     if x in tainted:
-        wmul = np.clip(np.round(s_w / s_w.max() * 32768.0), 1, 32768).astype(np.int32)
-        wmul_t = g.add(Tensor(f"tmt/wmul/{wt.name}", (co,), I32, data=wmul))
         dst = b.grad_tensor(x, "input")
+        if b.fp32:  # the real per-channel weight scales
+            wmul_t = g.add(Tensor(f"tmt/wscale/{wt.name}", (co,), F32, data=s_w.astype(np.float32)))
+            opts_in = dict(geom)
+        else:
+            wmul = np.clip(np.round(s_w / s_w.max() * 32768.0), 1, 32768).astype(np.int32)
+            wmul_t = g.add(Tensor(f"tmt/wmul/{wt.name}", (co,), I32, data=wmul))
+            opts_in = dict(geom, w_scale_max=float(np.float32(s_w.max())))
         b.emit("TMT_DW_INPUT_GRAD" if dw else "TMT_CONV_INPUT_GRAD",
-               [gd, gs, w_idx, wmul_t, lr], list(dst),
-               dict(geom, w_scale_max=float(np.float32(s_w.max()))), node.layer)
+               [gd, gs, w_idx, wmul_t, lr], _outs(dst), opts_in, node.layer)
         b.contribute(x, dst)
     if lt is None:
         return

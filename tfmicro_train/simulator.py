@@ -292,10 +292,16 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
             raise ValueError(f"{name}: learning rate {lr} must be >= 0")
     if not lr > 0:
         if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
-            values[op.outputs[2]] = np.zeros(1, F32)
+            values[op.outputs[-1]] = np.zeros(1, F32)
         return
     outs: list = []
-    if name == "TMT_SOFTMAX_CE_GRAD":
+    if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD", "TMT_MASK_PACK"):
+        fp32 = sg.infos[op.outputs[0]].dtype == np.float32
+    else:
+        fp32 = ins[0].dtype == np.float32
+    if fp32:
+        outs = _run_f32(sim, sg, op, ins, values, lr)
+    elif name == "TMT_SOFTMAX_CE_GRAD":
         g, s, loss = T.softmax_ce_grad(ins[0], int(ins[1].reshape(-1)[0]), ins[3])
         outs = [g, np.array([s], F32), np.array([loss], F32)]
         _advance_step(values, op.inputs[4])
@@ -344,6 +350,45 @@ _LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT
             "TMT_CONV_WEIGHT_UPDATE": 5, "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
 
 
+def _run_f32(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: dict,
+             lr: np.float32) -> list:
+    """One TMT_* op of the fp32 backward mode (float32 gradients, no scale tensors)."""
+    name, o = op.name, op.options
+    out_shape = sg.infos[op.outputs[0]].shape if op.outputs else None
+    if name == "TMT_SOFTMAX_CE_GRAD":
+        g, loss = T.softmax_ce_grad_f32(ins[0], int(ins[1].reshape(-1)[0]), ins[3])
+        _advance_step(values, op.inputs[4])
+        return [g, np.array([loss], F32)]
+    if name == "TMT_MSE_GRAD":
+        g, loss = T.mse_grad_f32(ins[0], ins[1], float(sg.infos[op.inputs[0]].scale[0]))
+        _advance_step(values, op.inputs[3])
+        return [g, np.array([loss], F32)]
+    if name == "TMT_ACT_GRAD":
+        return [T.act_grad(ins[0], ins[1], o["act_min"], o["act_max"])]
+    if name == "TMT_MASK_GRAD":
+        return [T.mask_grad(ins[0], ins[1])]
+    if name == "TMT_GRAD_ADD":
+        return [T.grad_add_f32(ins[0], ins[2])]
+    if name == "TMT_MEAN_GRAD":
+        return [T.mean_grad_f32(ins[0], out_shape, o["inv_count"])]
+    if name == "TMT_RESHAPE_GRAD":
+        return [T.reshape_grad(ins[0], out_shape)]
+    if name == "TMT_PAD_GRAD":
+        return [T.pad_grad(ins[0], out_shape, o["pad_top"], o["pad_left"])]
+    if name == "TMT_AVGPOOL_GRAD":
+        return [T.avgpool_grad_f32(ins[0], out_shape, (o["filter_h"], o["filter_w"]), _geom(o))]
+    if name == "TMT_MAXPOOL_GRAD":
+        return [T.maxpool_grad_f32(ins[0], ins[2], ins[3], (o["filter_h"], o["filter_w"]), _geom(o))]
+    if name == "TMT_CONV_INPUT_GRAD":
+        return [T.conv_input_grad_f32(ins[0], ins[2], ins[3], out_shape, _geom(o))]
+    if name == "TMT_DW_INPUT_GRAD":
+        return [T.depthwise_input_grad_f32(ins[0], ins[2], ins[3], out_shape, _geom(o))]
+    if name in ("TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE", "TMT_BIAS_UPDATE"):
+        _run_update(sim, sg, op, ins, values, lr)
+        return []
+    raise ValueError(f"{name}: no fp32 variant")
+
+
 def _advance_step(values: dict, state: int) -> None:
     """The loss op counts training steps (uint32, wrapping) after validating its inputs."""
     s = values[state].copy()
@@ -357,13 +402,22 @@ def _run_update(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: d
     counter = int(np.uint32(ins[-1][1]))
     name = op.name
     p = T.UpdateParams(o["update_channels"], o["seed"], o.get("x_zero_point", 0))
-    g, s = ins[0], F32(ins[1][0])
+    g = ins[0]
+    fp32 = g.dtype == np.float32
+    s = F32(1.0) if fp32 else F32(ins[1][0])
     slot = 2 if name == "TMT_BIAS_UPDATE" else 3
     target = op.inputs[slot]
     if sim._record is not None:
         sim._record[sg.infos[target].name] = _real_gradient(sg, op, ins, p, s)
         return
-    if name == "TMT_BIAS_UPDATE":
+    if fp32:
+        if name == "TMT_BIAS_UPDATE":
+            new = T.bias_update_f32(ins[2], g, ins[3], lr, p, counter)
+        elif name == "TMT_CONV_WEIGHT_UPDATE":
+            new = T.conv_weight_update_f32(ins[3], g, ins[2], ins[4], lr, _geom(o), p, counter)
+        else:
+            new = T.depthwise_weight_update_f32(ins[3], g, ins[2], ins[4], lr, _geom(o), p, counter)
+    elif name == "TMT_BIAS_UPDATE":
         new = T.bias_update(ins[2], g, s, ins[3], lr, p, counter)
     elif name == "TMT_CONV_WEIGHT_UPDATE":
         new = T.conv_weight_update(ins[3], g, s, ins[2], ins[4], lr, _geom(o), p, counter)
@@ -375,8 +429,9 @@ def _run_update(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: d
 def _real_gradient(sg: _Subgraph, op: _Op, ins: list, p: T.UpdateParams, s: np.float32):
     """dL/dparam in real units from the same integer accumulators the update op uses."""
     o = op.options
+    fp32 = ins[0].dtype == np.float32
     if op.name == "TMT_BIAS_UPDATE":
-        acc = T.bias_grad_acc(ins[0], p.update_channels)
+        acc = (T.bias_grad_f32 if fp32 else T.bias_grad_acc)(ins[0], p.update_channels)
         out = np.zeros(ins[2].shape, np.float64)
         out[:p.update_channels] = acc * float(s)
         return out
@@ -384,13 +439,13 @@ def _real_gradient(sg: _Subgraph, op: _Op, ins: list, p: T.UpdateParams, s: np.f
     s_x = float(sg.infos[op.inputs[2]].scale[0])
     if op.name == "TMT_CONV_WEIGHT_UPDATE":
         w4 = w.reshape(w.shape[0], 1, 1, -1) if w.ndim == 2 else w
-        acc = T.conv_weight_grad_acc(ins[0], x, p.x_zero_point, w4.shape[1:3], _geom(o),
-                                     p.update_channels)
+        fn = T.conv_weight_grad_f32 if fp32 else T.conv_weight_grad_acc
+        acc = fn(ins[0], x, p.x_zero_point, w4.shape[1:3], _geom(o), p.update_channels)
         out = np.zeros(w4.shape, np.float64)
         out[:p.update_channels] = acc * float(s) * s_x
         return out.reshape(w.shape)
-    acc = T.depthwise_weight_grad_acc(ins[0], x, p.x_zero_point, w.shape[1:3], _geom(o),
-                                      p.update_channels)
+    fn = T.depthwise_weight_grad_f32 if fp32 else T.depthwise_weight_grad_acc
+    acc = fn(ins[0], x, p.x_zero_point, w.shape[1:3], _geom(o), p.update_channels)
     out = np.zeros(w.shape, np.float64)
     out[0, :, :, :p.update_channels] = np.moveaxis(acc, 0, 2) * float(s) * s_x
     return out

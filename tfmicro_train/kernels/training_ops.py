@@ -8,6 +8,8 @@ Every function here is mirrored bit for bit by a C++ core in tflm_ops/core/. Con
   fully-connected weights [CO, CI] are handled as a 1x1 conv on a 1x1 image.
 * float32 appears only in per-tensor or per-channel scalars, always as explicit single-precision
   operations in a fixed order, so a C++ build with -ffp-contract=off reproduces it exactly.
+* `backward="fp32"` variants (`*_f32`) carry float32 real gradients instead; every float sum
+  starts at +0.0 and adds its terms one at a time in the order the contract states.
 * Updates are in place, with seeded counter-based stochastic rounding so that updates smaller than
   one int8 step still move the weights in expectation.
 """
@@ -231,7 +233,7 @@ def mse_grad(y: np.ndarray, target: np.ndarray, scale: float):
 def act_grad(g: np.ndarray, y: np.ndarray, act_min: int, act_max: int) -> np.ndarray:
     """TMT_ACT_GRAD: pass the gradient where act_min < y < act_max (fused ReLU/ReLU6), else 0."""
     keep = (y.astype(np.int32) > act_min) & (y.astype(np.int32) < act_max)
-    return np.where(keep, g, 0).astype(np.int8)
+    return np.where(keep, g, 0).astype(g.dtype)
 
 
 def mask_pack(y: np.ndarray, act_min: int, act_max: int) -> np.ndarray:
@@ -245,7 +247,7 @@ def mask_pack(y: np.ndarray, act_min: int, act_max: int) -> np.ndarray:
 def mask_grad(g: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """TMT_MASK_GRAD: g where the packed mask bit is set, else 0 (scale unchanged)."""
     keep = np.unpackbits(bits, count=g.size, bitorder="little").astype(bool)
-    return np.where(keep.reshape(g.shape), g, 0).astype(np.int8)
+    return np.where(keep.reshape(g.shape), g, 0).astype(g.dtype)
 
 
 def reshape_grad(g: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -450,4 +452,231 @@ def bias_update(b: np.ndarray, g: np.ndarray, g_scale: np.float32, bfactor: np.n
     noise = rounding_noise(p.seed, counter, n)
     out = b.copy()
     out[:n] = apply_update(b[:n, None], acc[:, None], mults, noise, -(2**31), 2**31 - 1)[:, 0]
+    return out
+
+
+# --------------------------------------------------------------------------- fp32 backward
+#
+# Gradients are float32 real values. Every sum starts at +0.0 and adds one term at a time in the
+# contract's order (numpy's own reductions sum pairwise, so the loops below are explicit).
+
+
+def q16_from_f32(t: np.ndarray) -> np.ndarray:
+    """q16(t): NaN -> 0; floor(t) saturated to +-(2^62 - 1); as int64."""
+    t = np.asarray(t, F32)
+    d = np.floor(t)
+    out = np.zeros(t.shape, np.int64)
+    big, small = d >= F32(2.0**62), d <= F32(-(2.0**62))
+    mid = ~(big | small | np.isnan(d))
+    out[mid] = d[mid].astype(np.int64)
+    out[big], out[small] = SAT62, -SAT62
+    return out
+
+
+def _f32_steps(acc: np.ndarray, lr: np.float32, factor: np.ndarray) -> np.ndarray:
+    """q16(((lr * acc) * factor[c]) * 65536) for acc[c, ...]."""
+    f = np.asarray(factor, F32).reshape((-1,) + (1,) * (acc.ndim - 1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = ((F32(lr) * acc.astype(F32)) * f) * F32(1 << Q16)
+    return q16_from_f32(t)
+
+
+def _apply_f32(values: np.ndarray, acc: np.ndarray, lr: np.float32, factor: np.ndarray,
+               noise: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    delta = _f32_steps(acc, lr, factor).reshape(-1)
+    new = values.astype(np.int64).reshape(-1) - stochastic_step(delta, noise)
+    return np.clip(new, lo, hi).astype(values.dtype).reshape(values.shape)
+
+
+def softmax_ce_grad_f32(probs: np.ndarray, label: int, loss_lut: np.ndarray):
+    """fp32 TMT_SOFTMAX_CE_GRAD: grad_i = (float)d_i * (1/256) = p_i - [i == label]."""
+    n = probs.size
+    if not 0 <= int(label) < n:
+        raise TrainingOpError(f"TMT_SOFTMAX_CE_GRAD: label {int(label)} out of range [0, {n})")
+    k = probs.reshape(-1).astype(np.int64) + 128
+    d = k.copy()
+    d[int(label)] -= 256
+    g = (d.astype(F32) * F32(1.0 / 256.0)).reshape(probs.shape)
+    return g, F32(loss_lut[k[int(label)]])
+
+
+def mse_grad_f32(y: np.ndarray, target: np.ndarray, scale: float):
+    """fp32 TMT_MSE_GRAD: grad_i = (float)d_i * ((s * 2) / N); loss as the int8 op."""
+    d = y.astype(np.int64) - target.astype(np.int64)
+    n = F32(d.size)
+    s = F32(scale)
+    c = F32(F32(s * F32(2.0)) / n)
+    loss = F32(F32(F32(s * s) * F32(int((d * d).sum()))) / n)
+    return (d.astype(F32) * c).astype(F32), loss
+
+
+def grad_add_f32(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+    """fp32 TMT_GRAD_ADD: g1 + g2."""
+    return (g1.astype(F32) + g2.astype(F32)).astype(F32)
+
+
+def mean_grad_f32(g: np.ndarray, in_shape: tuple[int, ...], inv_count: float) -> np.ndarray:
+    """fp32 TMT_MEAN_GRAD: g_in[h, w, c] = g[c] * inv_count."""
+    v = g.reshape(-1).astype(F32) * F32(inv_count)
+    return np.ascontiguousarray(np.broadcast_to(v.reshape(1, 1, 1, -1), in_shape)).astype(F32)
+
+
+def _descending(pairs):
+    """Window pairs in descending (kh, kw): for one input element, ascending output position."""
+    return sorted(pairs, key=lambda p: (-p[0], -p[1]))
+
+
+def avgpool_grad_f32(g: np.ndarray, in_shape: tuple[int, ...], filt: tuple[int, int],
+                     geom: ConvGeom) -> np.ndarray:
+    """fp32 TMT_AVGPOOL_GRAD: g_in[i] = sum of g[o] / count_o over the windows o holding i."""
+    _, ih, iw, c = in_shape
+    gg = g[0].astype(F32)
+    oh, ow, _ = gg.shape
+    count = np.zeros((oh, ow), np.int64)
+    pairs = list(_patch_pairs((ih, iw), (oh, ow), filt, geom))
+    for _kh, _kw, out_sl, _in_sl in pairs:
+        count[out_sl] += 1
+    v = gg / np.maximum(count, 1).astype(F32)[:, :, None]
+    acc = np.zeros((ih, iw, c), F32)
+    for _kh, _kw, out_sl, in_sl in _descending(pairs):
+        acc[in_sl] += v[out_sl]
+    return acc[None]
+
+
+def maxpool_grad_f32(g: np.ndarray, x: np.ndarray, y: np.ndarray, filt: tuple[int, int],
+                     geom: ConvGeom) -> np.ndarray:
+    """fp32 TMT_MAXPOOL_GRAD: each g[o] to o's routed input (as the int8 op), summed in ascending
+    output order."""
+    _, ih, iw, c = x.shape
+    gg, yy, xx = g[0].astype(F32), y[0], x[0]
+    oh, ow, _ = gg.shape
+    taken = np.zeros((oh, ow, c), bool)
+    hits = []
+    for kh, kw, out_sl, in_sl in _patch_pairs((ih, iw), (oh, ow), filt, geom):
+        hit = (xx[in_sl] == yy[out_sl]) & ~taken[out_sl]
+        taken[out_sl] |= hit
+        hits.append((kh, kw, out_sl, in_sl, hit))
+    acc = np.zeros((ih, iw, c), F32)
+    for _kh, _kw, out_sl, in_sl, hit in sorted(hits, key=lambda h: (-h[0], -h[1])):
+        acc[in_sl] += np.where(hit, gg[out_sl], F32(0.0))
+    return acc[None]
+
+
+def conv_input_grad_f32(g: np.ndarray, w: np.ndarray, wscale: np.ndarray,
+                        in_shape: tuple[int, ...], geom: ConvGeom) -> np.ndarray:
+    """fp32 TMT_CONV_INPUT_GRAD: g_in = sum over ascending (oh, ow, co) of g * (w * wscale[co])."""
+    g4 = _as_nhwc(g).astype(F32)
+    w4 = w.reshape(w.shape[0], 1, 1, -1) if w.ndim == 2 else w
+    wr = w4.astype(F32) * np.asarray(wscale, F32)[:, None, None, None]
+    in4 = (1, 1, 1, in_shape[-1]) if len(in_shape) == 2 else tuple(in_shape)
+    _, ih, iw, ci = in4
+    _, oh, ow, co = g4.shape
+    acc = np.zeros((ih, iw, ci), F32)
+    pairs = _descending(_patch_pairs((ih, iw), (oh, ow), w4.shape[1:3], geom))
+    for kh, kw, out_sl, in_sl in pairs:
+        part = g4[0][out_sl]
+        for c in range(co):
+            acc[in_sl] += part[:, :, c, None] * wr[c, kh, kw][None, None, :]
+    return acc.reshape(in_shape)
+
+
+def depthwise_input_grad_f32(g: np.ndarray, w: np.ndarray, wscale: np.ndarray,
+                             in_shape: tuple[int, ...], geom: ConvGeom) -> np.ndarray:
+    """fp32 TMT_DW_INPUT_GRAD: g_in[ih, iw, c] = sum over ascending (oh, ow) of g * (w * wscale[c])."""
+    _, ih, iw, c = in_shape
+    gg = g[0].astype(F32)
+    oh, ow, _ = gg.shape
+    wr = w[0].astype(F32) * np.asarray(wscale, F32)[None, None, :]
+    acc = np.zeros((ih, iw, c), F32)
+    for kh, kw, out_sl, in_sl in _descending(_patch_pairs((ih, iw), (oh, ow), w.shape[1:3], geom)):
+        acc[in_sl] += gg[out_sl] * wr[kh, kw][None, None, :]
+    return acc[None]
+
+
+def _padded_input(x4: np.ndarray, x_zp: int, k_hw: tuple[int, int], out_hw: tuple[int, int],
+                  geom: ConvGeom) -> np.ndarray:
+    """float32 (x - x_zp) zero-padded so that every window lies inside."""
+    _, ih, iw, ci = x4.shape
+    need_h = (out_hw[0] - 1) * geom.stride_h + k_hw[0]
+    need_w = (out_hw[1] - 1) * geom.stride_w + k_hw[1]
+    xp = np.zeros((max(need_h, geom.pad_top + ih), max(need_w, geom.pad_left + iw), ci), F32)
+    xp[geom.pad_top:geom.pad_top + ih, geom.pad_left:geom.pad_left + iw] = (
+        x4[0].astype(np.int32) - x_zp).astype(F32)
+    return xp
+
+
+def conv_weight_grad_f32(g: np.ndarray, x: np.ndarray, x_zp: int, k_hw: tuple[int, int],
+                         geom: ConvGeom, channels: int) -> np.ndarray:
+    """float32 acc[co, kh, kw, ci] = sum over ascending (oh, ow) of g[oh, ow, co] * (x - x_zp)."""
+    g4, x4 = _as_nhwc(g).astype(F32), _as_nhwc(x)
+    _, oh, ow, _ = g4.shape
+    xp = _padded_input(x4, x_zp, k_hw, (oh, ow), geom)
+    acc = np.zeros((channels, k_hw[0], k_hw[1], x4.shape[3]), F32)
+    for r in range(oh):
+        for c in range(ow):
+            h0, w0 = r * geom.stride_h, c * geom.stride_w
+            patch = xp[h0:h0 + k_hw[0], w0:w0 + k_hw[1]]
+            acc += g4[0, r, c, :channels, None, None, None] * patch[None]
+    return acc
+
+
+def depthwise_weight_grad_f32(g: np.ndarray, x: np.ndarray, x_zp: int, k_hw: tuple[int, int],
+                              geom: ConvGeom, channels: int) -> np.ndarray:
+    """float32 acc[c, kh, kw] = sum over ascending (oh, ow) of g[oh, ow, c] * (x[.., c] - x_zp)."""
+    gg = g[0, :, :, :channels].astype(F32)
+    oh, ow, _ = gg.shape
+    xp = _padded_input(x[..., :channels], x_zp, k_hw, (oh, ow), geom)
+    acc = np.zeros((k_hw[0], k_hw[1], channels), F32)
+    for r in range(oh):
+        for c in range(ow):
+            h0, w0 = r * geom.stride_h, c * geom.stride_w
+            acc += gg[r, c][None, None, :] * xp[h0:h0 + k_hw[0], w0:w0 + k_hw[1]]
+    return np.moveaxis(acc, 2, 0)
+
+
+def bias_grad_f32(g: np.ndarray, channels: int) -> np.ndarray:
+    """float32 acc[c] = sum over ascending positions of g[.., c]."""
+    flat = g.reshape(-1, g.shape[-1])[:, :channels].astype(F32)
+    acc = np.zeros(channels, F32)
+    for row in flat:
+        acc += row
+    return acc
+
+
+def conv_weight_update_f32(w: np.ndarray, g: np.ndarray, x: np.ndarray, wfactor: np.ndarray,
+                           lr: np.float32, geom: ConvGeom, p: UpdateParams,
+                           counter: int) -> np.ndarray:
+    """fp32 TMT_CONV_WEIGHT_UPDATE: delta = q16(((lr * acc) * wfactor[co]) * 2^16), then the int8
+    op's stochastic step (same noise, element order (co, kh, kw, ci))."""
+    w4 = w.reshape(w.shape[0], 1, 1, -1) if w.ndim == 2 else w
+    n = p.update_channels
+    acc = conv_weight_grad_f32(g, x, p.x_zero_point, w4.shape[1:3], geom, n)
+    noise = rounding_noise(p.seed, counter, acc.size)
+    out = w4.copy()
+    out[:n] = _apply_f32(w4[:n], acc, lr, wfactor[:n], noise, -127, 127)
+    return out.reshape(w.shape)
+
+
+def depthwise_weight_update_f32(w: np.ndarray, g: np.ndarray, x: np.ndarray, wfactor: np.ndarray,
+                                lr: np.float32, geom: ConvGeom, p: UpdateParams,
+                                counter: int) -> np.ndarray:
+    """fp32 TMT_DW_WEIGHT_UPDATE: as conv_weight_update_f32; element order (c, kh, kw)."""
+    n = p.update_channels
+    acc = depthwise_weight_grad_f32(g, x, p.x_zero_point, w.shape[1:3], geom, n)
+    noise = rounding_noise(p.seed, counter, acc.size)
+    cur = np.moveaxis(w[0, :, :, :n], 2, 0)
+    new = _apply_f32(cur, acc, lr, wfactor[:n], noise, -127, 127)
+    out = w.copy()
+    out[0, :, :, :n] = np.moveaxis(new, 0, 2)
+    return out
+
+
+def bias_update_f32(b: np.ndarray, g: np.ndarray, bfactor: np.ndarray, lr: np.float32,
+                    p: UpdateParams, counter: int) -> np.ndarray:
+    """fp32 TMT_BIAS_UPDATE: b[c] -= floor((q16(((lr * acc[c]) * bfactor[c]) * 2^16) + r) / 2^16)."""
+    n = p.update_channels
+    acc = bias_grad_f32(g, n)
+    noise = rounding_noise(p.seed, counter, n)
+    out = b.copy()
+    out[:n] = _apply_f32(b[:n], acc, lr, bfactor[:n], noise, -(2**31), 2**31 - 1)
     return out
