@@ -10,6 +10,8 @@ What is checked:
     numpy reference (tests/golden/golden_cases.py), replayed by the C++ driver
     tflm_ops/tests/golden_test_main.cc against tflm_ops/core/ and compared bit for bit
     (ops with a dyn-quantized output are run with and without scratch memory);
+  * likewise every op's fp32-backward variant (float32 gradients, docs/contract.md "fp32
+    backward"), as the golden op `<op>_F32`, with its float weight-gradient sums and q16;
   * tflm_ops/core compiles with -fno-exceptions -fno-rtti and references no heap / EH symbols.
 
 Environment:
@@ -236,6 +238,7 @@ N_CASES = int(os.environ.get("TMT_GOLDEN_CASES", "1000"))
 SEED = int(os.environ.get("TMT_GOLDEN_SEED", "0"))
 OPS = list(golden_cases.GENERATORS)
 CORE_SOURCES = [ROOT / "tflm_ops" / "core" / "training_ops.cc",
+                ROOT / "tflm_ops" / "core" / "training_ops_f32.cc",
                 ROOT / "tflm_ops" / "core" / "fused_irb.cc"]
 # Same as KERNEL_COPTS in tools/bazel/copts.bzl.
 KERNEL_FLAGS = ["-std=c++17", "-O2", "-fno-exceptions", "-fno-rtti", "-ffp-contract=off",
@@ -301,6 +304,32 @@ def test_every_contract_op_is_covered():
     named.discard("TMT_INIT")
     covered = set(OPS) | set(golden_cases.FORWARD_GENERATORS)
     assert named <= covered, f"ops without golden tests: {sorted(named - covered)}"
+
+
+def test_every_fp32_op_is_covered():
+    """Each TMT_* op of the contract's "fp32 backward" table has an `<op>_F32` golden generator
+    (and no generator names an op the table lacks)."""
+    import re
+
+    contract = ROOT / "docs" / "contract.md"
+    if not contract.exists():
+        pytest.skip("docs/contract.md not present")
+    text = contract.read_text()
+    start = text.find("## fp32 backward")
+    if start < 0:
+        pytest.skip("docs/contract.md has no fp32 backward section")
+    section = text[start:text.find("\n## ", start + 1)]
+    named = set()
+    for line in section.splitlines():
+        if line.startswith("| `TMT_"):
+            named.update(re.findall(r"TMT_[A-Z0-9_]+[A-Z0-9]", line.split("|")[1]))
+    assert named, "no TMT_* rows in the fp32 backward table"
+    suffix = golden_cases.F32_SUFFIX
+    f32_ops = {op[:-len(suffix)] for op in golden_cases.F32_GENERATORS}
+    # TMT_MASK_PACK reads the int8 forward output: it has no fp32 variant.
+    assert named == f32_ops, (f"fp32 ops without golden tests: {sorted(named - f32_ops)}; "
+                              f"generators for ops not in the table: {sorted(f32_ops - named)}")
+    assert set(golden_cases.F32_GENERATORS) <= set(OPS)
 
 
 def test_core_is_freestanding(tmp_path):

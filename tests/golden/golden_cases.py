@@ -466,6 +466,276 @@ def gen_bias_update(rng, i):
             "seed": p.seed, "counter": counter, "out_b": out}
 
 
+# --------------------------------------------------------------------------- fp32 backward
+# The float32-gradient variants (docs/contract.md, "fp32 backward"): the same ops, dispatched on
+# the gradient's type. Their golden cases are named `<op>_F32` (one file each); the keys are the
+# int8 cases' without the scale entries, plus `wscale` (float32 s_W[co]) for the input gradients.
+
+
+def grad_f32(rng, shape) -> np.ndarray:
+    """A float32 real gradient in one of several regimes (finite: the C++ must match on every
+    platform, and NaN bit patterns differ between x86 and Arm)."""
+    mode = rng.choice(["normal", "normal", "wide", "sparse", "zeros", "const", "dequant", "cancel",
+                       "tiny"])
+    mag = 2.0 ** rng.uniform(-20, 3)
+    if mode == "normal":
+        a = rng.standard_normal(shape) * mag
+    elif mode == "wide":  # magnitudes spread over 2^-40 .. 2^12 within one tensor
+        a = rng.standard_normal(shape) * 2.0 ** rng.uniform(-40, 12, shape)
+    elif mode == "sparse":
+        a = rng.standard_normal(shape) * mag * (rng.random(shape) < 0.15)
+    elif mode == "zeros":  # +0.0 and -0.0 with a few values: zero signs must survive
+        a = rng.choice(np.array([0.0, -0.0, 0.0, -0.0, 1.5, -0.25]), shape) * mag
+    elif mode == "const":
+        a = np.full(shape, rng.choice([-1.0, 1.0, 0.5, -0.0]) * mag)
+    elif mode == "dequant":  # what an int8 gradient times its scale would be
+        a = grad_i8(rng, shape).astype(np.float64) * 2.0 ** int(rng.integers(-24, 0))
+    elif mode == "cancel":  # small integers times a power of two: sums cancel to exact zeros
+        a = rng.integers(-2, 3, shape) * 2.0 ** int(rng.integers(-10, 3))
+    else:  # tiny: subnormal and near-subnormal values
+        a = rng.standard_normal(shape) * 2.0 ** rng.uniform(-149, -110, shape)
+    return np.asarray(a, F32)
+
+
+def wscale_f32(rng, co: int) -> np.ndarray:
+    """Per-channel weight scales s_W (sometimes per-tensor)."""
+    s = (2.0 ** rng.uniform(-12, -1, co)).astype(F32)
+    if rng.random() < 0.2:
+        s[:] = s[0]
+    return s
+
+
+def lr_value_f32(rng) -> np.float32:
+    u = rng.random()
+    if u < 0.04:
+        return F32(1e30)  # (lr * acc) * factor * 2^16 overflows: q16 saturates (or inf)
+    if u < 0.08:
+        return F32(1e-30)  # steps far below one unit: only the noise decides
+    if u < 0.10:
+        return F32(0.0)  # the glue skips lr == 0; the core still works
+    return F32(2.0 ** rng.uniform(-16, 2))
+
+
+def tuned_factors_f32(rng, f: np.ndarray, lr, acc) -> np.ndarray:
+    """Often: factors giving steps of ~0.25 .. 64 parameter units (acc is the float gradient)."""
+    a = float(np.abs(acc.astype(np.float64)).mean()) if acc.size else 0.0
+    if rng.random() < 0.5 or a == 0 or not np.isfinite(a) or float(lr) == 0:
+        return f
+    step = 2.0 ** rng.uniform(-2, 6, f.size)
+    with np.errstate(all="ignore"):
+        out = (step / (float(lr) * a)).astype(F32)
+    return np.where(np.isfinite(out), out, f).astype(F32)
+
+
+def gen_softmax_ce_grad_f32(rng, i):
+    case = gen_softmax_ce_grad(rng, i)
+    case = {k: v for k, v in case.items() if not k.startswith("out_")}
+    if "error" in case:
+        return case
+    g, loss = T.softmax_ce_grad_f32(case["probs"], int(case["label"][0]), case["loss_lut"])
+    return {**case, "out_grad": g, "out_loss": F32(loss)}
+
+
+def gen_mse_grad_f32(rng, i):
+    case = gen_mse_grad(rng, i)
+    g, loss = T.mse_grad_f32(case["y"], case["target"], case["scale"])
+    return {"y": case["y"], "target": case["target"], "scale": case["scale"], "out_grad": g,
+            "out_loss": F32(loss)}
+
+
+def gen_act_grad_f32(rng, i):
+    case = gen_act_grad(rng, i)
+    g = grad_f32(rng, case["g"].shape)
+    return {"g": g, "y": case["y"], "act_min": case["act_min"], "act_max": case["act_max"],
+            "out_g": T.act_grad(g, case["y"], case["act_min"], case["act_max"])}
+
+
+def gen_mask_grad_f32(rng, i):
+    case = gen_act_grad_f32(rng, i)
+    bits = T.mask_pack(case["y"], case["act_min"], case["act_max"])
+    out = T.mask_grad(case["g"], bits)
+    assert out.dtype == F32 and out.tobytes() == case["out_g"].tobytes()
+    return {"g": case["g"], "bits": bits, "out_g": out}
+
+
+def gen_grad_add_f32(rng, i):
+    shape = (1, int(rng.integers(1, 6)), int(rng.integers(1, 6)), channels(rng))
+    if rng.random() < 0.2:
+        shape = (1, int(rng.integers(1, 50)))
+    g1, g2 = grad_f32(rng, shape), grad_f32(rng, shape)
+    u = rng.random()
+    if u < 0.1:
+        g2 = -g1  # x + (-x) = +0.0
+    elif u < 0.15:  # -0.0 + -0.0 = -0.0, -0.0 + x = x
+        g1 = np.full(shape, F32(-0.0))
+        g2 = np.where(rng.random(shape) < 0.5, F32(-0.0), g2).astype(F32)
+    elif u < 0.2:
+        g2 = np.full(shape, F32(3.0e38))
+        g1 = np.abs(g1) + F32(1e38)  # overflow to +inf
+    return {"g1": g1, "g2": g2, "out_g": T.grad_add_f32(g1, g2)}
+
+
+def gen_mean_grad_f32(rng, i):
+    h, w, c = int(rng.integers(1, 9)), int(rng.integers(1, 9)), channels(rng, 16)
+    g = grad_f32(rng, (1, c) if rng.random() < 0.5 else (1, 1, 1, c))
+    inv = F32(1.0 / (h * w))
+    out = T.mean_grad_f32(g, (1, h, w, c), inv)
+    return {"g": g, "inv_count": inv, "in_shape": np.array([1, h, w, c], np.int32),
+            "out_g_in": np.ascontiguousarray(out, F32)}
+
+
+def gen_pad_grad_f32(rng, i):
+    ih, iw, c = int(rng.integers(1, 8)), int(rng.integers(1, 8)), channels(rng)
+    pt, pb, pl, pr = (int(v) for v in rng.integers(0, 4, 4))
+    g = grad_f32(rng, (1, ih + pt + pb, iw + pl + pr, c))
+    out = T.pad_grad(g, (1, ih, iw, c), pt, pl)
+    return {"g": g, "pad_top": pt, "pad_left": pl, "in_shape": np.array([1, ih, iw, c], np.int32),
+            "out_g_in": np.ascontiguousarray(out)}
+
+
+def gen_reshape_grad_f32(rng, i):
+    dims = [int(rng.integers(1, 6)) for _ in range(3)]
+    in_shape = (1, *dims) if rng.random() < 0.7 else (1, int(np.prod(dims)))
+    g_shape = (1, int(np.prod(dims))) if len(in_shape) == 4 else (1, *dims)
+    g = grad_f32(rng, g_shape)
+    return {"g": g, "in_shape": np.array(in_shape, np.int32), "out_g_in": T.reshape_grad(g, in_shape)}
+
+
+def gen_avgpool_grad_f32(rng, i):
+    ih, iw, fh, fw, geom, oh, ow = _pool_geometry(rng)
+    c = channels(rng)
+    g = grad_f32(rng, (1, oh, ow, c))
+    out = T.avgpool_grad_f32(g, (1, ih, iw, c), (fh, fw), geom)
+    return {"g": g, **_pool_dict(fh, fw, geom), "in_shape": np.array([1, ih, iw, c], np.int32),
+            "out_g_in": out}
+
+
+def gen_maxpool_grad_f32(rng, i):
+    case = gen_maxpool_grad(rng, i)
+    g = grad_f32(rng, case["g"].shape)
+    geom = T.ConvGeom(case["stride_h"], case["stride_w"], case["pad_top"], case["pad_left"])
+    out = T.maxpool_grad_f32(g, case["x"], case["y"], (case["filter_h"], case["filter_w"]), geom)
+    return {"g": g, "x": case["x"], "y": case["y"], **_pool_dict(case["filter_h"], case["filter_w"], geom),
+            "out_g_in": out}
+
+
+def gen_conv_input_grad_f32(rng, i):
+    if rng.random() < 0.15:  # fully connected
+        ci, co = channels(rng, 32), channels(rng, 16)
+        g, w = grad_f32(rng, (1, co)), _weights(rng, (co, ci))
+        ws = wscale_f32(rng, co)
+        out = T.conv_input_grad_f32(g, w, ws, (1, ci), T.ConvGeom())
+        return {"g": g, "w": w, "wscale": ws, **geom_dict(T.ConvGeom()),
+                "in_shape": np.array([1, ci], np.int32), "out_g_in": out}
+    ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+    ci, co = channels(rng), channels(rng)
+    g, w = grad_f32(rng, (1, oh, ow, co)), _weights(rng, (co, kh, kw, ci))
+    ws = wscale_f32(rng, co)
+    out = T.conv_input_grad_f32(g, w, ws, (1, ih, iw, ci), geom)
+    return {"g": g, "w": w, "wscale": ws, **geom_dict(geom),
+            "in_shape": np.array([1, ih, iw, ci], np.int32), "out_g_in": out}
+
+
+def gen_dw_input_grad_f32(rng, i):
+    ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+    c = channels(rng, 16)
+    g, w = grad_f32(rng, (1, oh, ow, c)), _weights(rng, (1, kh, kw, c))
+    ws = wscale_f32(rng, c)
+    out = T.depthwise_input_grad_f32(g, w, ws, (1, ih, iw, c), geom)
+    return {"g": g, "w": w, "wscale": ws, **geom_dict(geom),
+            "in_shape": np.array([1, ih, iw, c], np.int32), "out_g_in": out}
+
+
+def gen_conv_weight_update_f32(rng, i):
+    lr = lr_value_f32(rng)
+    if rng.random() < 0.15:  # fully connected
+        ci, co = channels(rng, 32), channels(rng, 16)
+        g, x, w = grad_f32(rng, (1, co)), i8(rng, (1, ci)), _weights(rng, (co, ci))
+        geom = T.ConvGeom()
+        p, counter = _update_common(rng, co)
+    else:
+        ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+        ci, co = channels(rng), channels(rng)
+        g, x = grad_f32(rng, (1, oh, ow, co)), i8(rng, (1, ih, iw, ci))
+        w = _weights(rng, (co, kh, kw, ci))
+        p, counter = _update_common(rng, co)
+    w4 = w.reshape(w.shape[0], 1, 1, -1) if w.ndim == 2 else w
+    wf = tuned_factors_f32(rng, factors(rng, co), lr, T.conv_weight_grad_f32(
+        g, x, p.x_zero_point, w4.shape[1:3], geom, p.update_channels))
+    if rng.random() < 0.2:  # sliced weights: only the first R >= update_channels rows present
+        rows = int(rng.integers(p.update_channels, co + 1))
+        w = np.ascontiguousarray(w[:rows])
+    out = T.conv_weight_update_f32(w, g, x, wf, lr, geom, p, counter)
+    acc = T.conv_weight_grad_f32(g, x, p.x_zero_point, w4.shape[1:3], geom, p.update_channels)
+    return {"g": g, "x": x, "w": w, "wfactor": wf, "lr": lr, **geom_dict(geom),
+            **_update_dict(p, counter), "out_w": out, "out_acc": acc.astype(F32)}
+
+
+def gen_dw_weight_update_f32(rng, i):
+    lr = lr_value_f32(rng)
+    ih, iw, kh, kw, geom, oh, ow = geometry(rng)
+    c = channels(rng, 16)
+    g, x = grad_f32(rng, (1, oh, ow, c)), i8(rng, (1, ih, iw, c))
+    w = _weights(rng, (1, kh, kw, c))
+    p, counter = _update_common(rng, c)
+    wf = tuned_factors_f32(rng, factors(rng, c), lr, T.depthwise_weight_grad_f32(
+        g, x, p.x_zero_point, w.shape[1:3], geom, p.update_channels))
+    out = T.depthwise_weight_update_f32(w, g, x, wf, lr, geom, p, counter)
+    acc = T.depthwise_weight_grad_f32(g, x, p.x_zero_point, w.shape[1:3], geom, p.update_channels)
+    return {"g": g, "x": x, "w": w, "wfactor": wf, "lr": lr, **geom_dict(geom),
+            **_update_dict(p, counter), "out_w": out, "out_acc": acc.astype(F32)}
+
+
+def gen_bias_update_f32(rng, i):
+    lr = lr_value_f32(rng)
+    c = channels(rng, 16)
+    shape = (1, c) if rng.random() < 0.3 else (1, int(rng.integers(1, 9)), int(rng.integers(1, 9)), c)
+    g = grad_f32(rng, shape)
+    if rng.random() < 0.15:
+        b = rng.choice(np.array([-(2**31), 2**31 - 1, -(2**31) + 1, 2**31 - 2]), c).astype(np.int32)
+    else:
+        b = rng.integers(-(2**20), 2**20, c).astype(np.int32)
+    seed, counter = seed_counter(rng)
+    p = T.UpdateParams(update_channels(rng, c), seed)
+    bf = tuned_factors_f32(rng, factors(rng, c), lr, T.bias_grad_f32(g, p.update_channels))
+    out = T.bias_update_f32(b, g, bf, lr, p, counter)
+    t = q16_inputs(rng)
+    return {"g": g, "b": b, "bfactor": bf, "lr": lr, "update_channels": p.update_channels,
+            "seed": p.seed, "counter": counter, "out_b": out,
+            "out_acc": T.bias_grad_f32(g, p.update_channels).astype(F32),
+            "q16_in": t, "out_q16": T.q16_from_f32(t).astype(np.int64)}
+
+
+def q16_inputs(rng) -> np.ndarray:
+    """Values for q16(t): the saturation and rounding edges, and random magnitudes."""
+    two62 = F32(2.0**62)
+    edges = np.array([np.nan, np.inf, -np.inf, two62, -two62, np.nextafter(two62, F32(0)),
+                      -np.nextafter(two62, F32(0)), F32(3e38), F32(-3e38), 0.0, -0.0, 0.5, -0.5,
+                      -1.0, -1.5, 65535.996, -65536.004, 1e-45, -1e-45, F32(2.0**24 + 2)], F32)
+    rand = (rng.standard_normal(12) * 2.0 ** rng.uniform(-4, 64, 12)).astype(F32)
+    return np.concatenate([edges[rng.permutation(edges.size)[:8]], rand]).astype(F32)
+
+
+F32_GENERATORS = {
+    "TMT_SOFTMAX_CE_GRAD_F32": gen_softmax_ce_grad_f32,
+    "TMT_MSE_GRAD_F32": gen_mse_grad_f32,
+    "TMT_ACT_GRAD_F32": gen_act_grad_f32,
+    "TMT_MASK_GRAD_F32": gen_mask_grad_f32,
+    "TMT_GRAD_ADD_F32": gen_grad_add_f32,
+    "TMT_MEAN_GRAD_F32": gen_mean_grad_f32,
+    "TMT_PAD_GRAD_F32": gen_pad_grad_f32,
+    "TMT_RESHAPE_GRAD_F32": gen_reshape_grad_f32,
+    "TMT_AVGPOOL_GRAD_F32": gen_avgpool_grad_f32,
+    "TMT_MAXPOOL_GRAD_F32": gen_maxpool_grad_f32,
+    "TMT_CONV_INPUT_GRAD_F32": gen_conv_input_grad_f32,
+    "TMT_DW_INPUT_GRAD_F32": gen_dw_input_grad_f32,
+    "TMT_CONV_WEIGHT_UPDATE_F32": gen_conv_weight_update_f32,
+    "TMT_DW_WEIGHT_UPDATE_F32": gen_dw_weight_update_f32,
+    "TMT_BIAS_UPDATE_F32": gen_bias_update_f32,
+}
+F32_SUFFIX = "_F32"
+
+
 GENERATORS = {
     "TMT_SOFTMAX_CE_GRAD": gen_softmax_ce_grad,
     "TMT_MSE_GRAD": gen_mse_grad,
@@ -483,6 +753,7 @@ GENERATORS = {
     "TMT_CONV_WEIGHT_UPDATE": gen_conv_weight_update,
     "TMT_DW_WEIGHT_UPDATE": gen_dw_weight_update,
     "TMT_BIAS_UPDATE": gen_bias_update,
+    **F32_GENERATORS,
 }
 
 

@@ -9,7 +9,9 @@
 // ).
 //
 // Ops with a dyn-quantized output run twice: with an int64 scratch buffer and
-// without (recompute mode); both must match. Prints one line per op:
+// without (recompute mode); both must match. The fp32-backward variants are the ops
+// named `<op>_F32` (tflm_ops/core/training_ops_f32.h); their outputs start poisoned with
+// NaN bit patterns, so every element must be written. Prints one line per op:
 //   golden TMT_X: <n> cases, <m> mismatches
 // and a final "<passed> passed, <failed> failed" line; exits 1 on any failure.
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <string>
@@ -25,6 +28,7 @@
 
 #include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
+#include "tflm_ops/core/training_ops_f32.h"
 #include "tflm_ops/tests/golden_reader.h"
 
 namespace {
@@ -306,6 +310,195 @@ void CheckBiasUpdate(const Case& c) {
   Expect(c, "out_b", b);
 }
 
+// ------------------------------------------------------------------ fp32 backward checkers
+
+// An output buffer poisoned with a NaN pattern: an element the core does not write mismatches.
+std::vector<float> Poisoned(int64_t n) {
+  const uint32_t bits = 0x7FA5A5A5u;
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return std::vector<float>(static_cast<size_t>(n), v);
+}
+
+void CheckSoftmaxCeGradF32(const Case& c) {
+  const Array& probs = c.array_of<int8_t>("probs");
+  const int32_t n = static_cast<int32_t>(probs.size());
+  std::vector<float> grad = Poisoned(n);
+  float loss = -1;
+  const Status st = core::SoftmaxCeGradF32(probs.data<int8_t>(), n,
+                                           static_cast<int32_t>(c.i64("label")),
+                                           c.array_of<float>("loss_lut").data<float>(),
+                                           grad.data(), &loss);
+  if (c.has("error")) {
+    if (st != Status::kLabelOutOfRange) throw Mismatch{"expected label error, got ok"};
+    return;
+  }
+  ExpectOk(st, "SoftmaxCeGradF32");
+  Expect(c, "out_grad", grad);
+  ExpectF32(c, "out_loss", loss);
+}
+
+void CheckMseGradF32(const Case& c) {
+  const Array& y = c.array_of<int8_t>("y");
+  const int32_t n = static_cast<int32_t>(y.size());
+  std::vector<float> grad = Poisoned(n);
+  float loss = -1;
+  ExpectOk(core::MseGradF32(y.data<int8_t>(), c.array_of<int8_t>("target").data<int8_t>(), n,
+                            c.f32("scale"), grad.data(), &loss),
+           "MseGradF32");
+  Expect(c, "out_grad", grad);
+  ExpectF32(c, "out_loss", loss);
+}
+
+void CheckActGradF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  const int32_t n = static_cast<int32_t>(g.size());
+  // out of place, then in place (the output over 'g')
+  std::vector<float> out = Poisoned(n);
+  ExpectOk(core::ActGradF32(g.data<float>(), c.array_of<int8_t>("y").data<int8_t>(), n,
+                            static_cast<int32_t>(c.i64("act_min")),
+                            static_cast<int32_t>(c.i64("act_max")), out.data()),
+           "ActGradF32");
+  Expect(c, "out_g", out);
+  std::vector<float> io = g.vec<float>();
+  ExpectOk(core::ActGradF32(io.data(), c.array_of<int8_t>("y").data<int8_t>(), n,
+                            static_cast<int32_t>(c.i64("act_min")),
+                            static_cast<int32_t>(c.i64("act_max")), io.data()),
+           "ActGradF32(in place)");
+  Expect(c, "out_g", io);
+}
+
+void CheckMaskGradF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  const int32_t n = static_cast<int32_t>(g.size());
+  const uint8_t* bits = c.array_of<uint8_t>("bits").data<uint8_t>();
+  std::vector<float> out = Poisoned(n);
+  ExpectOk(core::MaskGradF32(g.data<float>(), bits, n, out.data()), "MaskGradF32");
+  Expect(c, "out_g", out);
+  std::vector<float> io = g.vec<float>();  // in place, as planned
+  ExpectOk(core::MaskGradF32(io.data(), bits, n, io.data()), "MaskGradF32(in place)");
+  Expect(c, "out_g", io);
+}
+
+void CheckGradAddF32(const Case& c) {
+  const Array& g1 = c.array_of<float>("g1");
+  const int32_t n = static_cast<int32_t>(g1.size());
+  std::vector<float> out = Poisoned(n);
+  ExpectOk(core::GradAddF32(g1.data<float>(), c.array_of<float>("g2").data<float>(), n,
+                            out.data()),
+           "GradAddF32");
+  Expect(c, "out_g", out);
+}
+
+void CheckMeanGradF32(const Case& c) {
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  std::vector<float> out = Poisoned(in.size());
+  ExpectOk(core::MeanGradF32(c.array_of<float>("g").data<float>(), in, c.f32("inv_count"),
+                             out.data()),
+           "MeanGradF32");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckPadGradF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  std::vector<float> out = Poisoned(in.size());
+  ExpectOk(core::PadGradF32(g.data<float>(), HwcOf(g.dims), in,
+                            static_cast<int32_t>(c.i64("pad_top")),
+                            static_cast<int32_t>(c.i64("pad_left")), out.data()),
+           "PadGradF32");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckReshapeGradF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  std::vector<int64_t> shape = ShapeEntry(c, "in_shape");
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (n != g.size()) throw Mismatch{"in_shape has another element count than g"};
+  std::vector<float> out = Poisoned(n);
+  ExpectOk(core::ReshapeGradF32(g.data<float>(), static_cast<int32_t>(n), out.data()),
+           "ReshapeGradF32");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckAvgPoolGradF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  std::vector<float> out = Poisoned(in.size());
+  ExpectOk(core::AvgPoolGradF32(g.data<float>(), HwcOf(g.dims), in, PoolOf(c), out.data()),
+           "AvgPoolGradF32");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckMaxPoolGradF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  const Array& x = c.array_of<int8_t>("x");
+  const Hwc in = HwcOf(x.dims);
+  std::vector<float> out = Poisoned(in.size());
+  ExpectOk(core::MaxPoolGradF32(g.data<float>(), x.data<int8_t>(),
+                                c.array_of<int8_t>("y").data<int8_t>(), HwcOf(g.dims), in,
+                                PoolOf(c), out.data()),
+           "MaxPoolGradF32");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckInputGradF32(const Case& c, bool depthwise) {
+  const Array& g = c.array_of<float>("g");
+  const Array& w = c.array_of<int8_t>("w");
+  const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
+  int32_t kh, kw;
+  KernelOf(w, &kh, &kw);
+  std::vector<float> out = Poisoned(in.size());
+  const auto fn = depthwise ? core::DepthwiseInputGradF32 : core::ConvInputGradF32;
+  ExpectOk(fn(g.data<float>(), HwcOf(g.dims), w.data<int8_t>(), kh, kw,
+              c.array_of<float>("wscale").data<float>(), in, GeomOf(c), out.data()),
+           depthwise ? "DepthwiseInputGradF32" : "ConvInputGradF32");
+  Expect(c, "out_g_in", out);
+}
+
+void CheckWeightUpdateF32(const Case& c, bool depthwise) {
+  const Array& g = c.array_of<float>("g");
+  const Array& x = c.array_of<int8_t>("x");
+  std::vector<int8_t> w = c.array_of<int8_t>("w").vec<int8_t>();
+  int32_t kh, kw;
+  KernelOf(c.array("w"), &kh, &kw);
+  const auto fn = depthwise ? core::DepthwiseWeightUpdateF32 : core::ConvWeightUpdateF32;
+  ExpectOk(fn(g.data<float>(), HwcOf(g.dims), x.data<int8_t>(), HwcOf(x.dims), w.data(), kh, kw,
+              c.array_of<float>("wfactor").data<float>(), c.f32("lr"), GeomOf(c), UpdateOf(c),
+              static_cast<uint32_t>(c.i64("counter"))),
+           depthwise ? "DepthwiseWeightUpdateF32" : "ConvWeightUpdateF32");
+  Expect(c, "out_w", w);
+  // The float gradient sums behind the update (the step hides their last bits).
+  const UpdateParams p = UpdateOf(c);
+  std::vector<float> acc = Poisoned(c.array("out_acc").size());
+  const auto grad = depthwise ? core::DepthwiseWeightGradF32 : core::ConvWeightGradF32;
+  ExpectOk(grad(g.data<float>(), HwcOf(g.dims), x.data<int8_t>(), HwcOf(x.dims), kh, kw,
+                GeomOf(c), p.update_channels, p.x_zero_point, acc.data()),
+           depthwise ? "DepthwiseWeightGradF32" : "ConvWeightGradF32");
+  Expect(c, "out_acc", acc);
+}
+
+void CheckBiasUpdateF32(const Case& c) {
+  const Array& g = c.array_of<float>("g");
+  std::vector<int32_t> b = c.array_of<int32_t>("b").vec<int32_t>();
+  const int32_t ch = static_cast<int32_t>(b.size());
+  const int32_t positions = ch ? static_cast<int32_t>(g.size() / ch) : 0;
+  ExpectOk(core::BiasUpdateF32(g.data<float>(), positions, ch, b.data(),
+                               c.array_of<float>("bfactor").data<float>(), c.f32("lr"),
+                               UpdateOf(c), static_cast<uint32_t>(c.i64("counter"))),
+           "BiasUpdateF32");
+  Expect(c, "out_b", b);
+  const int32_t n = static_cast<int32_t>(c.i64("update_channels"));
+  std::vector<float> acc = Poisoned(n);
+  ExpectOk(core::BiasGradF32(g.data<float>(), positions, ch, n, acc.data()), "BiasGradF32");
+  Expect(c, "out_acc", acc);
+  const Array& t = c.array_of<float>("q16_in");
+  std::vector<int64_t> q(static_cast<size_t>(t.size()));
+  for (int64_t i = 0; i < t.size(); ++i) q[static_cast<size_t>(i)] = core::Q16FromF32(t.data<float>()[i]);
+  Expect(c, "out_q16", q);
+}
+
 // TMT_FUSED_IRB (forward op): PrepareFusedIrb from the float scales, then the row-streamed
 // kernel on poisoned scratch, with the per-channel words in separate memory (exactly
 // FusedIrbStreamBytes of scratch; guard bytes must stay intact) and in the scratch's tail.
@@ -473,6 +666,21 @@ const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
       {"TMT_DW_WEIGHT_UPDATE", [](const Case& c) { CheckWeightUpdate(c, true); }},
       {"TMT_BIAS_UPDATE", CheckBiasUpdate},
       {"TMT_FUSED_IRB", CheckFusedIrb},
+      {"TMT_SOFTMAX_CE_GRAD_F32", CheckSoftmaxCeGradF32},
+      {"TMT_MSE_GRAD_F32", CheckMseGradF32},
+      {"TMT_ACT_GRAD_F32", CheckActGradF32},
+      {"TMT_MASK_GRAD_F32", CheckMaskGradF32},
+      {"TMT_GRAD_ADD_F32", CheckGradAddF32},
+      {"TMT_MEAN_GRAD_F32", CheckMeanGradF32},
+      {"TMT_PAD_GRAD_F32", CheckPadGradF32},
+      {"TMT_RESHAPE_GRAD_F32", CheckReshapeGradF32},
+      {"TMT_AVGPOOL_GRAD_F32", CheckAvgPoolGradF32},
+      {"TMT_MAXPOOL_GRAD_F32", CheckMaxPoolGradF32},
+      {"TMT_CONV_INPUT_GRAD_F32", [](const Case& c) { CheckInputGradF32(c, false); }},
+      {"TMT_DW_INPUT_GRAD_F32", [](const Case& c) { CheckInputGradF32(c, true); }},
+      {"TMT_CONV_WEIGHT_UPDATE_F32", [](const Case& c) { CheckWeightUpdateF32(c, false); }},
+      {"TMT_DW_WEIGHT_UPDATE_F32", [](const Case& c) { CheckWeightUpdateF32(c, true); }},
+      {"TMT_BIAS_UPDATE_F32", CheckBiasUpdateF32},
   };
   return m;
 }
