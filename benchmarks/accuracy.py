@@ -135,6 +135,7 @@ def _plot(rows, cols, path: str) -> None:
         ax.bar(np.arange(len(rows)) + k * width, [100 * r[1][k] for r in rows], width, label=col)
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r[0] for r in rows])
     ax.set_ylabel("held-out accuracy %")
+    ax.set_ylim(0, 118)
     ax.set_title("batch-1 fine-tuning on shifted digits: float Keras vs int8 on device")
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
