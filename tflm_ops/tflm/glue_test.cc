@@ -30,6 +30,7 @@
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/micro/test_helpers.h"
 #include "tflm_ops/core/training_ops.h"
+#include "tflm_ops/core/training_ops_f32.h"
 #include "tflm_ops/tests/golden_reader.h"
 #include "tflm_ops/tflm/training_ops.h"
 
@@ -207,6 +208,174 @@ void AddGeom(const Case& c, Options* o) {
 
 // ------------------------------------------------------------------ golden replay
 
+constexpr int kAbsent = -1;  // an optional input left out (kTfLiteOptionalTensor)
+
+// The registration of the op named `op`, if any.
+bool FindRegistration(const std::string& op, TFLMRegistration* reg) {
+  const tfmicro_train::TrainingOpEntry* ops = tfmicro_train::TrainingOps();
+  for (unsigned i = 0; i < tfmicro_train::kNumTrainingOps; ++i) {
+    if (op == ops[i].name) {
+      *reg = ops[i].registration();
+      return true;
+    }
+  }
+  return false;
+}
+
+// Starting values of state[1] for the loss ops, which advance it by one (wrapping) after
+// validating: varied, including the wrap-around.
+uint32_t LossCounter(const Case& c) {
+  return c.index % 5 == 0 ? 0xFFFFFFFFu : static_cast<uint32_t>(c.index) * 7919u;
+}
+
+std::string ExpectState(Tensors& t, int idx, uint32_t want) {
+  const int32_t* st = t.ptr<int32_t>(idx);
+  if (st[0] == kStateMagic && static_cast<uint32_t>(st[1]) == want) return "";
+  return "state = {" + std::to_string(st[0]) + ", " + std::to_string(static_cast<uint32_t>(st[1])) +
+         "}, want {" + std::to_string(kStateMagic) + ", " + std::to_string(want) + "}";
+}
+
+// Runs one fp32-backward golden case (op `<base>_F32`) through the glue of `base`: float32
+// gradient tensors, the scale inputs absent (-1), no scale outputs, no `w_scale_max` option.
+// Returns "" or what went wrong.
+std::string ReplayCaseF32(const Case& c, const std::string& op, bool use_scratch) {
+  TFLMRegistration reg = {};
+  if (!FindRegistration(op, &reg)) return "no registration for " + op;
+  Tensors t;
+  Options o;
+  std::vector<int> in, out;
+  std::string msg, e;
+  // use_scratch is accepted and ignored: fp32 mode needs no scratch.
+  if (use_scratch) o.ints.push_back({"use_scratch", 1});
+  const float kLr = 1.0f;
+  auto expect_f32 = [&](int idx, const char* key) -> std::string {
+    return Same(c.array(key), t.ptr<float>(idx), t.elements(idx), &msg) ? "" : std::string(key) + ": " + msg;
+  };
+  auto run = [&]() -> std::string {
+    const Run r = RunOp(reg, t, in, out, o);
+    if (r.prepare != kTfLiteOk) return "Prepare failed";
+    if (r.invoke != kTfLiteOk) return "Invoke failed";
+    return "";
+  };
+  const uint32_t counter0 = LossCounter(c);
+  if (op == "TMT_SOFTMAX_CE_GRAD") {
+    const Array& probs = c.array("probs");
+    in = {t.AddArray(probs), t.AddI32(static_cast<int32_t>(c.i64("label"))), t.AddF32(kLr),
+          t.AddArray(c.array("loss_lut")), t.AddState(counter0)};
+    out = {t.AddOutput(DimsOf(probs), kTfLiteFloat32), t.AddOutput({1}, kTfLiteFloat32)};
+    const Run r = RunOp(reg, t, in, out, o);
+    if (c.has("error")) {
+      if (r.prepare != kTfLiteOk || r.invoke != kTfLiteError) return "expected a label error";
+      return ExpectState(t, in[4], counter0);
+    }
+    if (r.prepare != kTfLiteOk || r.invoke != kTfLiteOk) return "failed";
+    if (!(e = expect_f32(out[0], "out_grad")).empty()) return e;
+    if (!(e = expect_f32(out[1], "out_loss")).empty()) return e;
+    return ExpectState(t, in[4], counter0 + 1u);
+  }
+  if (op == "TMT_MSE_GRAD") {
+    const Array& y = c.array("y");
+    in = {t.AddArray(y), t.AddArray(c.array("target")), t.AddF32(kLr), t.AddState(counter0)};
+    t.Quantize(in[0], c.f32("scale"), -7);
+    t.Quantize(in[1], c.f32("scale"), -7);
+    out = {t.AddOutput(DimsOf(y), kTfLiteFloat32), t.AddOutput({1}, kTfLiteFloat32)};
+    if (!(e = run()).empty()) return e;
+    if (!(e = expect_f32(out[0], "out_grad")).empty()) return e;
+    if (!(e = expect_f32(out[1], "out_loss")).empty()) return e;
+    return ExpectState(t, in[3], counter0 + 1u);
+  }
+  if (op == "TMT_ACT_GRAD" || op == "TMT_MASK_GRAD") {
+    const bool act = op == "TMT_ACT_GRAD";
+    const Array& g = c.array("g");
+    in = {t.AddArray(g), t.AddArray(c.array(act ? "y" : "bits")), t.AddF32(kLr)};
+    // TMT_MASK_GRAD in place (the output over 'g', as planned) every other case
+    out = {!act && c.index % 2 == 0 ? in[0] : t.AddOutput(DimsOf(g), kTfLiteFloat32)};
+    if (act) {
+      o.ints.push_back({"act_min", c.i64("act_min")});
+      o.ints.push_back({"act_max", c.i64("act_max")});
+    }
+    if (!(e = run()).empty()) return e;
+    return expect_f32(out[0], "out_g");
+  }
+  if (op == "TMT_GRAD_ADD") {
+    const Array& g1 = c.array("g1");
+    in = {t.AddArray(g1), kAbsent, t.AddArray(c.array("g2")), kAbsent, t.AddF32(kLr)};
+    out = {t.AddOutput(DimsOf(g1), kTfLiteFloat32)};
+    if (!(e = run()).empty()) return e;
+    return expect_f32(out[0], "out_g");
+  }
+  if (op == "TMT_MEAN_GRAD") {
+    in = {t.AddArray(c.array("g")), kAbsent, t.AddF32(kLr)};
+    out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteFloat32)};
+    o.floats.push_back({"inv_count", c.f32("inv_count")});
+    if (!(e = run()).empty()) return e;
+    return expect_f32(out[0], "out_g_in");
+  }
+  if (op == "TMT_PAD_GRAD" || op == "TMT_RESHAPE_GRAD") {
+    in = {t.AddArray(c.array("g")), t.AddF32(kLr)};
+    out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteFloat32)};
+    if (op == "TMT_PAD_GRAD") {
+      o.ints.push_back({"pad_top", c.i64("pad_top")});
+      o.ints.push_back({"pad_left", c.i64("pad_left")});
+    }
+    if (!(e = run()).empty()) return e;
+    return expect_f32(out[0], "out_g_in");
+  }
+  if (op == "TMT_AVGPOOL_GRAD" || op == "TMT_MAXPOOL_GRAD") {
+    const bool mx = op == "TMT_MAXPOOL_GRAD";
+    in = {t.AddArray(c.array("g")), kAbsent};
+    std::vector<int> in_shape;
+    if (mx) {
+      in.push_back(t.AddArray(c.array("x")));
+      in.push_back(t.AddArray(c.array("y")));
+      in_shape = DimsOf(c.array("x"));
+    } else {
+      in_shape = ShapeOf(c, "in_shape");
+    }
+    in.push_back(t.AddF32(kLr));
+    out = {t.AddOutput(in_shape, kTfLiteFloat32)};
+    o.ints.push_back({"filter_h", c.i64("filter_h")});
+    o.ints.push_back({"filter_w", c.i64("filter_w")});
+    AddGeom(c, &o);
+    if (!(e = run()).empty()) return e;
+    return expect_f32(out[0], "out_g_in");
+  }
+  if (op == "TMT_CONV_INPUT_GRAD" || op == "TMT_DW_INPUT_GRAD") {
+    in = {t.AddArray(c.array("g")), kAbsent, t.AddArray(c.array("w")),
+          t.AddArray(c.array("wscale")), t.AddF32(kLr)};
+    out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteFloat32)};
+    AddGeom(c, &o);
+    if (!(e = run()).empty()) return e;
+    return expect_f32(out[0], "out_g_in");
+  }
+  if (op == "TMT_CONV_WEIGHT_UPDATE" || op == "TMT_DW_WEIGHT_UPDATE" || op == "TMT_BIAS_UPDATE") {
+    const bool bias = op == "TMT_BIAS_UPDATE";
+    const float lr = c.f32("lr");
+    const uint32_t counter = static_cast<uint32_t>(c.i64("counter"));
+    int p, st;
+    if (bias) {
+      in = {t.AddArray(c.array("g")), kAbsent, p = t.AddArray(c.array("b")),
+            t.AddArray(c.array("bfactor")), t.AddF32(lr), st = t.AddState(counter)};
+    } else {
+      in = {t.AddArray(c.array("g")), kAbsent, t.AddArray(c.array("x")),
+            p = t.AddArray(c.array("w")), t.AddArray(c.array("wfactor")), t.AddF32(lr),
+            st = t.AddState(counter)};
+      AddGeom(c, &o);
+      o.ints.push_back({"x_zero_point", c.i64("x_zero_point")});
+    }
+    t.SetVariable(p);
+    o.ints.push_back({"update_channels", c.i64("update_channels")});
+    o.ints.push_back({"seed", c.i64("seed")});
+    if (!(e = run()).empty()) return e;
+    if (!(e = ExpectState(t, st, counter)).empty()) return "the update op changed the state: " + e;
+    const char* key = lr == 0.0f ? (bias ? "b" : "w") : (bias ? "out_b" : "out_w");
+    const bool same = bias ? Same(c.array(key), t.ptr<int32_t>(p), t.elements(p), &msg)
+                           : Same(c.array(key), t.ptr<int8_t>(p), t.elements(p), &msg);
+    return same ? "" : std::string(key) + ": " + msg;
+  }
+  return "unknown op";
+}
+
 // Runs one golden case through the glue; returns "" or what went wrong.
 std::string ReplayCase(const Case& c, bool use_scratch) {
   Tensors t;
@@ -214,16 +383,12 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
   std::vector<int> in, out;
   std::string msg;
   const std::string& op = c.op;
-  TFLMRegistration reg = {};
-  bool found = false;
-  const tfmicro_train::TrainingOpEntry* ops = tfmicro_train::TrainingOps();
-  for (unsigned i = 0; i < tfmicro_train::kNumTrainingOps; ++i) {
-    if (op == ops[i].name) {
-      reg = ops[i].registration();
-      found = true;
-    }
+  const std::string kF32 = "_F32";
+  if (op.size() > kF32.size() && op.compare(op.size() - kF32.size(), kF32.size(), kF32) == 0) {
+    return ReplayCaseF32(c, op.substr(0, op.size() - kF32.size()), use_scratch);
   }
-  if (!found) return "no registration";
+  TFLMRegistration reg = {};
+  if (!FindRegistration(op, &reg)) return "no registration";
   if (use_scratch) o.ints.push_back({"use_scratch", 1});
   const float kLr = 1.0f;
 
@@ -239,15 +404,8 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (r.invoke != kTfLiteOk) return "Invoke failed";
     return "";
   };
-  // The loss ops advance state[1] by one (wrapping) after validating; a varied start,
-  // including the wrap-around.
-  const uint32_t counter0 = c.index % 5 == 0 ? 0xFFFFFFFFu : static_cast<uint32_t>(c.index) * 7919u;
-  auto expect_state = [&](int idx, uint32_t want) -> std::string {
-    const int32_t* st = t.ptr<int32_t>(idx);
-    if (st[0] == kStateMagic && static_cast<uint32_t>(st[1]) == want) return "";
-    return "state = {" + std::to_string(st[0]) + ", " + std::to_string(static_cast<uint32_t>(st[1])) +
-           "}, want {" + std::to_string(kStateMagic) + ", " + std::to_string(want) + "}";
-  };
+  const uint32_t counter0 = LossCounter(c);
+  auto expect_state = [&](int idx, uint32_t want) { return ExpectState(t, idx, want); };
   std::string e;
   if (op == "TMT_SOFTMAX_CE_GRAD") {
     const Array& probs = c.array("probs");
@@ -773,6 +931,96 @@ void TestPrepareErrors() {
   }
 }
 
+// fp32 backward: a float32 gradient selects the variant; its scale inputs must be absent (-1), it
+// has no scale outputs and needs no `w_scale_max`; mixed int8 / float32 gradients are rejected;
+// the loss ops' learning-rate gate writes only the loss.
+void TestF32Mode() {
+  namespace core = tfmicro_train::core;
+  const float g[2] = {0.5f, -0.25f};          // [1, 2]
+  const int8_t w[6] = {1, 2, 3, -4, -5, -127};  // [2, 3]
+  const float ws[2] = {0.01f, 0.02f};
+  const int32_t wmul[2] = {16384, 32768};
+  Options geom;
+  geom.ints = {{"stride_h", 1}, {"stride_w", 1}, {"pad_top", 0}, {"pad_left", 0}};
+  Options geom_int8 = geom;
+  geom_int8.floats = {{"w_scale_max", 0.02f}};
+  Tensors t;
+  const int gi = t.Add({1, 2}, kTfLiteFloat32, g, sizeof(g));
+  const int wi = t.Add({2, 3}, kTfLiteInt8, w, sizeof(w));
+  const int wsi = t.Add({2}, kTfLiteFloat32, ws, sizeof(ws));
+  const int wmi = t.Add({2}, kTfLiteInt32, wmul, sizeof(wmul));
+  const int lr = t.AddF32(1.0f);
+  const int one = t.AddF32(1.0f);
+  const int out = t.AddOutput({1, 3}, kTfLiteFloat32);
+  const int out_i8 = t.AddOutput({1, 3}, kTfLiteInt8);
+  const int out_s = t.AddOutput({1}, kTfLiteFloat32);
+  const int g_i8 = t.AddOutput({1, 2}, kTfLiteInt8);
+  const TFLMRegistration reg = tfmicro_train::Register_TMT_CONV_INPUT_GRAD();
+  Run r = RunOp(reg, t, {gi, kAbsent, wi, wsi, lr}, {out}, geom);
+  float want[3];
+  core::ConvInputGradF32(g, {1, 1, 2}, w, 1, 1, ws, {1, 1, 3}, core::ConvGeom(), want);
+  Result(r.prepare == kTfLiteOk && r.invoke == kTfLiteOk &&
+             std::memcmp(t.ptr<float>(out), want, sizeof(want)) == 0,
+         "f32: conv input grad without scale tensors or w_scale_max");
+  Result(RunOp(reg, t, {gi, one, wi, wsi, lr}, {out}, geom).prepare == kTfLiteError,
+         "f32: a scale input given with a float32 gradient");
+  Result(RunOp(reg, t, {gi, kAbsent, wi, wsi, lr}, {out, out_s}, geom).prepare == kTfLiteError,
+         "f32: a scale output with a float32 gradient");
+  Result(RunOp(reg, t, {gi, kAbsent, wi, wmi, lr}, {out}, geom).prepare == kTfLiteError,
+         "f32: int32 wmul instead of float32 wscale");
+  Result(RunOp(reg, t, {gi, kAbsent, wi, wsi, lr}, {out_i8}, geom).prepare == kTfLiteError,
+         "f32: an int8 output gradient");
+  Result(RunOp(reg, t, {g_i8, kAbsent, wi, wmi, lr}, {out_i8, out_s}, geom_int8).prepare ==
+             kTfLiteError,
+         "int8: the scale input absent");
+  Result(RunOp(reg, t, {g_i8, one, wi, wmi, lr}, {out_i8, out_s}, geom).prepare == kTfLiteError,
+         "int8: w_scale_max missing");
+  Result(RunOp(reg, t, {g_i8, one, wi, wmi, lr}, {out_i8, out_s}, geom_int8).prepare == kTfLiteOk,
+         "int8: conv input grad with scale tensors and w_scale_max");
+  {
+    const TFLMRegistration add = tfmicro_train::Register_TMT_GRAD_ADD();
+    const int sum = t.AddOutput({1, 2}, kTfLiteFloat32);
+    r = RunOp(add, t, {gi, kAbsent, gi, kAbsent, lr}, {sum}, Options());
+    Result(r.prepare == kTfLiteOk && r.invoke == kTfLiteOk && t.ptr<float>(sum)[0] == 1.0f &&
+               t.ptr<float>(sum)[1] == -0.5f,
+           "f32: grad add");
+    Result(RunOp(add, t, {gi, kAbsent, g_i8, kAbsent, lr}, {sum}, Options()).prepare == kTfLiteError,
+           "f32: grad add of a float32 and an int8 gradient");
+  }
+  // Loss: lr == 0 writes loss 0 (output 1) and leaves the gradient and the counter; lr > 0
+  // computes and advances state[1]; lr < 0 fails. Three outputs with a float32 gradient fail.
+  const int8_t probs[4] = {-128, 100, -100, 0};
+  std::vector<float> lut(256, 2.5f);
+  for (float lrv : {0.0f, -1.0f, 1.0f}) {
+    Tensors u;
+    const std::vector<int> in = {u.Add({1, 4}, kTfLiteInt8, probs, 4), u.AddI32(1), u.AddF32(lrv),
+                                 u.Add({256}, kTfLiteFloat32, lut.data(), 256 * 4), u.AddState(10)};
+    const std::vector<int> outs = {u.AddOutput({1, 4}, kTfLiteFloat32),
+                                   u.AddOutput({1}, kTfLiteFloat32)};
+    const std::string tag = "f32 softmax lr=" + std::to_string(lrv);
+    r = RunOp(tfmicro_train::Register_TMT_SOFTMAX_CE_GRAD(), u, in, outs, Options());
+    const uint32_t step = static_cast<uint32_t>(u.ptr<int32_t>(in[4])[1]);
+    const float* grad = u.ptr<float>(outs[0]);
+    if (lrv == 0.0f) {
+      uint32_t g0;
+      std::memcpy(&g0, grad, 4);
+      Result(r.invoke == kTfLiteOk && u.ptr<float>(outs[1])[0] == 0.0f && g0 == 0x5a5a5a5au &&
+                 step == 10,
+             tag + ": inference call writes loss 0 only");
+    } else if (lrv < 0.0f) {
+      Result(r.invoke == kTfLiteError && step == 10, tag + ": fails, leaves state[1]");
+    } else {
+      Result(r.invoke == kTfLiteOk && u.ptr<float>(outs[1])[0] == 2.5f && grad[0] == 0.0f &&
+                 grad[1] == 228.0f / 256.0f - 1.0f && grad[3] == 0.5f && step == 11,
+             tag + ": gradient, loss, state[1] advanced");
+    }
+    const int extra = u.AddOutput({1}, kTfLiteFloat32);
+    Result(RunOp(tfmicro_train::Register_TMT_SOFTMAX_CE_GRAD(), u, in, {outs[0], extra, outs[1]},
+                 Options()).prepare == kTfLiteError,
+           tag + ": a gradient-scale output with a float32 gradient");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -782,6 +1030,7 @@ int main(int argc, char** argv) {
   TestInit();
   TestSlicedWeights();
   TestPrepareErrors();
+  TestF32Mode();
   std::string golden;
   if (argc > 1) {
     golden = argv[1];

@@ -16,6 +16,7 @@
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
+#include "tflm_ops/core/training_ops_f32.h"
 
 namespace tfmicro_train {
 namespace {
@@ -61,37 +62,61 @@ constexpr uint32_t kOptGeom = kOptStride | kOptPadTop | kOptPadLeft;
 
 constexpr int kMaxTensors = 8;
 
+// Which tensor's type selects the fp32-backward variant (docs/contract.md, "fp32 backward"):
+// a float32 gradient (input 0, or the loss ops' output 0) runs it.
+enum ModeTensor : int { kModeInput0, kModeOutput0, kNoF32 };
+
 struct OpInfo {
   const char* name;
   const char* inputs[kMaxTensors];   // contract names, flatbuffer order (nullptr-terminated)
   const char* outputs[kMaxTensors];  // likewise
   uint32_t options;
+  // fp32 backward: the mode tensor, the inputs (same positions; those in `absent_f32`, the scales,
+  // must be absent (-1)) and the outputs (scale outputs dropped).
+  ModeTensor mode;
+  const char* inputs_f32[kMaxTensors];
+  uint32_t absent_f32;  // bit i: input i is absent
+  const char* outputs_f32[kMaxTensors];
 };
 
 const OpInfo kOps[kNumKinds] = {
     {"TMT_SOFTMAX_CE_GRAD", {"probs", "label", "lr", "loss_lut", "state"},
-     {"grad", "grad_scale", "loss"}, 0},
-    {"TMT_MSE_GRAD", {"y", "target", "lr", "state"}, {"grad", "grad_scale", "loss"}, 0},
-    {"TMT_ACT_GRAD", {"g", "y", "lr"}, {"g_out"}, kOptActMin | kOptActMax},
-    {"TMT_GRAD_ADD", {"g1", "s1", "g2", "s2", "lr"}, {"g", "s"}, kOptUseScratch},
-    {"TMT_MEAN_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptInvCount},
-    {"TMT_PAD_GRAD", {"g", "lr"}, {"g_in"}, kOptPadTop | kOptPadLeft},
-    {"TMT_RESHAPE_GRAD", {"g", "lr"}, {"g_in"}, 0},
-    {"TMT_AVGPOOL_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptFilter | kOptGeom | kOptUseScratch},
+     {"grad", "grad_scale", "loss"}, 0,
+     kModeOutput0, {"probs", "label", "lr", "loss_lut", "state"}, 0, {"grad", "loss"}},
+    {"TMT_MSE_GRAD", {"y", "target", "lr", "state"}, {"grad", "grad_scale", "loss"}, 0,
+     kModeOutput0, {"y", "target", "lr", "state"}, 0, {"grad", "loss"}},
+    {"TMT_ACT_GRAD", {"g", "y", "lr"}, {"g_out"}, kOptActMin | kOptActMax,
+     kModeInput0, {"g", "y", "lr"}, 0, {"g_out"}},
+    {"TMT_GRAD_ADD", {"g1", "s1", "g2", "s2", "lr"}, {"g", "s"}, kOptUseScratch,
+     kModeInput0, {"g1", "s1", "g2", "s2", "lr"}, 0b1010, {"g"}},
+    {"TMT_MEAN_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptInvCount,
+     kModeInput0, {"g", "s", "lr"}, 0b10, {"g_in"}},
+    {"TMT_PAD_GRAD", {"g", "lr"}, {"g_in"}, kOptPadTop | kOptPadLeft,
+     kModeInput0, {"g", "lr"}, 0, {"g_in"}},
+    {"TMT_RESHAPE_GRAD", {"g", "lr"}, {"g_in"}, 0, kModeInput0, {"g", "lr"}, 0, {"g_in"}},
+    {"TMT_AVGPOOL_GRAD", {"g", "s", "lr"}, {"g_in", "s_in"}, kOptFilter | kOptGeom | kOptUseScratch,
+     kModeInput0, {"g", "s", "lr"}, 0b10, {"g_in"}},
     {"TMT_MAXPOOL_GRAD", {"g", "s", "x", "y", "lr"}, {"g_in", "s_in"},
-     kOptFilter | kOptGeom | kOptUseScratch},
+     kOptFilter | kOptGeom | kOptUseScratch,
+     kModeInput0, {"g", "s", "x", "y", "lr"}, 0b10, {"g_in"}},
     {"TMT_CONV_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
-     kOptGeom | kOptWScaleMax | kOptUseScratch},
+     kOptGeom | kOptWScaleMax | kOptUseScratch,
+     kModeInput0, {"g", "s", "w", "wscale", "lr"}, 0b10, {"g_in"}},
     {"TMT_DW_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
-     kOptGeom | kOptWScaleMax | kOptUseScratch},
+     kOptGeom | kOptWScaleMax | kOptUseScratch,
+     kModeInput0, {"g", "s", "w", "wscale", "lr"}, 0b10, {"g_in"}},
     {"TMT_CONV_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
-     kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
+     kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed,
+     kModeInput0, {"g", "s", "x", "w", "wfactor", "lr", "state"}, 0b10, {}},
     {"TMT_DW_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
-     kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed},
+     kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed,
+     kModeInput0, {"g", "s", "x", "w", "wfactor", "lr", "state"}, 0b10, {}},
     {"TMT_BIAS_UPDATE", {"g", "s", "b", "bfactor", "lr", "state"}, {},
-     kOptUpdateChannels | kOptSeed},
-    {"TMT_MASK_PACK", {"y", "lr"}, {"bits"}, kOptActMin | kOptActMax},
-    {"TMT_MASK_GRAD", {"g", "bits", "lr"}, {"g_out"}, 0},
+     kOptUpdateChannels | kOptSeed,
+     kModeInput0, {"g", "s", "b", "bfactor", "lr", "state"}, 0b10, {}},
+    {"TMT_MASK_PACK", {"y", "lr"}, {"bits"}, kOptActMin | kOptActMax, kNoF32, {}, 0, {}},
+    {"TMT_MASK_GRAD", {"g", "bits", "lr"}, {"g_out"}, 0,
+     kModeInput0, {"g", "bits", "lr"}, 0, {"g_out"}},
 };
 
 int CountNames(const char* const* names) {
@@ -122,8 +147,10 @@ struct OpData {
   float w_scale_max = 0.0f;
   bool use_scratch = false;
   const char* missing_option = nullptr;  // first required option absent (reported in Prepare)
+  bool missing_w_scale_max = false;      // required in int8 mode only
   bool options_unreadable = false;
   // Set in Prepare.
+  bool f32 = false;      // fp32 backward: float32 gradients, no scale tensors
   float y_scale = 0.0f;  // TMT_MSE_GRAD: the scale of y / target
   int scratch_index = -1;
 };
@@ -177,7 +204,14 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
     get_int("stride_h", &d->stride_h);
     get_int("stride_w", &d->stride_w);
   }
-  if (opts & kOptWScaleMax) get_float("w_scale_max", &d->w_scale_max);
+  if (opts & kOptWScaleMax) {  // int8 mode only (Prepare checks it once the mode is known)
+    const flexbuffers::Reference v = m["w_scale_max"];
+    if (v.IsNull()) {
+      d->missing_w_scale_max = true;
+    } else {
+      d->w_scale_max = v.AsFloat();
+    }
+  }
   if (opts & kOptXZeroPoint) get_int("x_zero_point", &d->x_zero_point);
   if (opts & kOptUpdateChannels) get_int("update_channels", &d->update_channels);
   if (opts & kOptSeed) {
@@ -234,14 +268,19 @@ int Dim(const TfLiteTensor* t, int i) { return t->dims->data[i]; }
 // Shape checks with errors naming the op and the tensor ("input 2 'w'").
 class Checker {
  public:
-  Checker(int kind, const PrepareTensors& t) : info_(kOps[kind]), t_(t) {}
+  Checker(int kind, const PrepareTensors& t, bool f32)
+      : info_(kOps[kind]),
+        t_(t),
+        f32_(f32),
+        in_names_(f32 ? kOps[kind].inputs_f32 : kOps[kind].inputs),
+        out_names_(f32 ? kOps[kind].outputs_f32 : kOps[kind].outputs) {}
 
   TfLiteTensor* In(int i) const { return t_.in(i); }
   TfLiteTensor* Out(int i) const { return t_.out(i); }
 
   bool Fail(bool is_input, int i, const char* what) const {
     MicroPrintf("%s: %s %d '%s' %s", info_.name, is_input ? "input" : "output", i,
-                is_input ? info_.inputs[i] : info_.outputs[i], what);
+                is_input ? in_names_[i] : out_names_[i], what);
     return false;
   }
   bool Type(bool is_input, int i, TfLiteType want) const {
@@ -249,7 +288,7 @@ class Checker {
     if (t == nullptr) return Fail(is_input, i, "is missing");
     if (t->type != want) {
       MicroPrintf("%s: %s %d '%s' must be %s, not %s", info_.name, is_input ? "input" : "output", i,
-                  is_input ? info_.inputs[i] : info_.outputs[i], TfLiteTypeGetName(want),
+                  is_input ? in_names_[i] : out_names_[i], TfLiteTypeGetName(want),
                   TfLiteTypeGetName(t->type));
       return false;
     }
@@ -264,7 +303,7 @@ class Checker {
   bool Elems(bool is_input, int i, int want) const {
     if (Elements(is_input ? In(i) : Out(i)) != want) {
       MicroPrintf("%s: %s %d '%s' must have %d elements, has %d", info_.name,
-                  is_input ? "input" : "output", i, is_input ? info_.inputs[i] : info_.outputs[i],
+                  is_input ? "input" : "output", i, is_input ? in_names_[i] : out_names_[i],
                   want, Elements(is_input ? In(i) : Out(i)));
       return false;
     }
@@ -285,7 +324,7 @@ class Checker {
     for (int k = 0; same && k < t->dims->size; ++k) same = Dim(t, k) == Dim(ref, k);
     if (!same) {
       MicroPrintf("%s: %s %d '%s' must have the shape of '%s'", info_.name,
-                  is_input ? "input" : "output", i, is_input ? info_.inputs[i] : info_.outputs[i],
+                  is_input ? "input" : "output", i, is_input ? in_names_[i] : out_names_[i],
                   ref_name);
       return false;
     }
@@ -300,10 +339,23 @@ class Checker {
     if (!ok) MicroPrintf("%s: invalid options: %s", info_.name, what);
     return ok;
   }
+  // The type of gradient tensors: int8 (with scale tensors), or float32 in fp32 mode.
+  TfLiteType Grad() const { return f32_ ? kTfLiteFloat32 : kTfLiteInt8; }
+  // A gradient-scale input: a float32 scalar in int8 mode, absent (-1) in fp32 mode.
+  bool ScaleIn(int i) const {
+    if (!f32_) return Scalar(true, i);
+    if (In(i) != nullptr) return Fail(true, i, "must be absent (-1) with a float32 gradient");
+    return true;
+  }
+  // A gradient-scale output: a float32 scalar in int8 mode; fp32 mode has none.
+  bool ScaleOut(int i) const { return f32_ || Scalar(false, i); }
 
  private:
   const OpInfo& info_;
   const PrepareTensors& t_;
+  bool f32_;
+  const char* const* in_names_;
+  const char* const* out_names_;
 };
 
 inline int LastDim(const TfLiteTensor* t) { return t->dims->data[t->dims->size - 1]; }
@@ -324,15 +376,37 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     MicroPrintf("%s: custom option '%s' missing", info.name, d->missing_option);
     return kTfLiteError;
   }
+  // The mode: a float32 gradient tensor (input 0, or the loss ops' output 0) selects the fp32
+  // backward variant, anything else the int8 one (whose checks then name the type).
+  bool f32 = false;
+  if (info.mode != kNoF32) {
+    tflite::MicroContext* mc = tflite::GetMicroContext(context);
+    const bool from_input = info.mode == kModeInput0;
+    if ((from_input ? node->inputs->size : node->outputs->size) >= 1) {
+      TfLiteTensor* gt = from_input ? mc->AllocateTempInputTensor(node, 0)
+                                    : mc->AllocateTempOutputTensor(node, 0);
+      if (gt != nullptr) {
+        f32 = gt->type == kTfLiteFloat32;
+        mc->DeallocateTempTfLiteTensor(gt);
+      }
+    }
+  }
+  d->f32 = f32;
+  if (!f32 && d->missing_w_scale_max) {
+    MicroPrintf("%s: custom option 'w_scale_max' missing (required with an int8 gradient)",
+                info.name);
+    return kTfLiteError;
+  }
   const int n_in = CountNames(info.inputs);
-  const int n_out = CountNames(info.outputs);
+  const int n_out = CountNames(f32 ? info.outputs_f32 : info.outputs);
   if (node->inputs->size != n_in || node->outputs->size != n_out) {
-    MicroPrintf("%s: expected %d inputs and %d outputs, got %d and %d", info.name, n_in, n_out,
-                node->inputs->size, node->outputs->size);
+    MicroPrintf("%s: expected %d inputs and %d outputs (%s gradients), got %d and %d", info.name,
+                n_in, n_out, f32 ? "float32" : "int8", node->inputs->size, node->outputs->size);
     return kTfLiteError;
   }
   PrepareTensors t(context, node, n_in, n_out);
-  Checker c(K, t);
+  Checker c(K, t, f32);
+  const TfLiteType gt = c.Grad();
   constexpr bool kIn = true, kOut = false;
   const int lr = IndexOf(info.inputs, "lr");
   if (!c.Scalar(kIn, lr)) return kTfLiteError;
@@ -346,14 +420,14 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   switch (K) {
     case kSoftmaxCeGrad: {
       ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteInt32) && c.Elems(kIn, 1, 1) &&
-           c.Type(kIn, 3, kTfLiteFloat32) && c.Elems(kIn, 3, 256) && c.Type(kOut, 0, kTfLiteInt8) &&
-           c.Elems(kOut, 0, Elements(c.In(0))) && c.Scalar(kOut, 1) && c.Scalar(kOut, 2);
+           c.Type(kIn, 3, kTfLiteFloat32) && c.Elems(kIn, 3, 256) && c.Type(kOut, 0, gt) &&
+           c.Elems(kOut, 0, Elements(c.In(0))) && c.ScaleOut(1) && c.Scalar(kOut, f32 ? 1 : 2);
       break;
     }
     case kMseGrad: {
       ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteInt8) &&
-           c.Elems(kIn, 1, Elements(c.In(0))) && c.Type(kOut, 0, kTfLiteInt8) &&
-           c.Elems(kOut, 0, Elements(c.In(0))) && c.Scalar(kOut, 1) && c.Scalar(kOut, 2);
+           c.Elems(kIn, 1, Elements(c.In(0))) && c.Type(kOut, 0, gt) &&
+           c.Elems(kOut, 0, Elements(c.In(0))) && c.ScaleOut(1) && c.Scalar(kOut, f32 ? 1 : 2);
       if (ok && c.In(0)->quantization.type != kTfLiteAffineQuantization) {
         ok = c.Fail(kIn, 0, "must be quantized (its scale defines the loss)");
       }
@@ -361,8 +435,8 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kActGrad: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteInt8) &&
-           c.Elems(kIn, 1, Elements(c.In(0))) && c.Type(kOut, 0, kTfLiteInt8) &&
+      ok = c.Type(kIn, 0, gt) && c.Type(kIn, 1, kTfLiteInt8) &&
+           c.Elems(kIn, 1, Elements(c.In(0))) && c.Type(kOut, 0, gt) &&
            c.Elems(kOut, 0, Elements(c.In(0)));
       break;
     }
@@ -372,26 +446,26 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kMaskGrad: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kIn, 1, kTfLiteUInt8) &&
-           c.Elems(kIn, 1, (Elements(c.In(0)) + 7) / 8) && c.Type(kOut, 0, kTfLiteInt8) &&
+      ok = c.Type(kIn, 0, gt) && c.Type(kIn, 1, kTfLiteUInt8) &&
+           c.Elems(kIn, 1, (Elements(c.In(0)) + 7) / 8) && c.Type(kOut, 0, gt) &&
            c.Elems(kOut, 0, Elements(c.In(0)));
       break;
     }
     case kGradAdd: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kIn, 2, kTfLiteInt8) &&
-           c.Elems(kIn, 2, Elements(c.In(0))) && c.Scalar(kIn, 3) && c.Type(kOut, 0, kTfLiteInt8) &&
-           c.Elems(kOut, 0, Elements(c.In(0))) && c.Scalar(kOut, 1);
+      ok = c.Type(kIn, 0, gt) && c.ScaleIn(1) && c.Type(kIn, 2, gt) &&
+           c.Elems(kIn, 2, Elements(c.In(0))) && c.ScaleIn(3) && c.Type(kOut, 0, gt) &&
+           c.Elems(kOut, 0, Elements(c.In(0))) && c.ScaleOut(1);
       scratch_elems = ok ? Elements(c.In(0)) : 0;
       break;
     }
     case kMeanGrad: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kOut, 0, kTfLiteInt8) &&
-           c.Activation(kOut, 0, false) && c.Elems(kIn, 0, LastDim(c.Out(0))) && c.Scalar(kOut, 1);
+      ok = c.Type(kIn, 0, gt) && c.ScaleIn(1) && c.Type(kOut, 0, gt) &&
+           c.Activation(kOut, 0, false) && c.Elems(kIn, 0, LastDim(c.Out(0))) && c.ScaleOut(1);
       break;
     }
     case kPadGrad: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, false) &&
-           c.Type(kOut, 0, kTfLiteInt8) && c.Activation(kOut, 0, false);
+      ok = c.Type(kIn, 0, gt) && c.Activation(kIn, 0, false) && c.Type(kOut, 0, gt) &&
+           c.Activation(kOut, 0, false);
       if (ok && LastDim(c.In(0)) != LastDim(c.Out(0))) ok = c.Fail(kOut, 0, "must have the channels of 'g'");
       ok = ok && c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding") &&
            c.Option(d->pad_top + Dim(c.Out(0), 1) <= Dim(c.In(0), 1) &&
@@ -400,14 +474,13 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kReshapeGrad: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Type(kOut, 0, kTfLiteInt8) &&
-           c.Elems(kOut, 0, Elements(c.In(0)));
+      ok = c.Type(kIn, 0, gt) && c.Type(kOut, 0, gt) && c.Elems(kOut, 0, Elements(c.In(0)));
       break;
     }
     case kAvgPoolGrad:
     case kMaxPoolGrad: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, false) && c.Scalar(kIn, 1) &&
-           c.Type(kOut, 0, kTfLiteInt8) && c.Activation(kOut, 0, false) && c.Scalar(kOut, 1);
+      ok = c.Type(kIn, 0, gt) && c.Activation(kIn, 0, false) && c.ScaleIn(1) &&
+           c.Type(kOut, 0, gt) && c.Activation(kOut, 0, false) && c.ScaleOut(1);
       if (ok && LastDim(c.In(0)) != LastDim(c.Out(0))) ok = c.Fail(kOut, 0, "must have the channels of 'g'");
       if (ok && K == kMaxPoolGrad) {
         ok = c.Type(kIn, 2, kTfLiteInt8) && c.SameShape(kIn, 2, c.Out(0), "g_in") &&
@@ -422,9 +495,10 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     case kConvInputGrad:
     case kDwInputGrad: {
       const bool dw = K == kDwInputGrad;
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, !dw) && c.Scalar(kIn, 1) &&
-           c.Type(kIn, 2, kTfLiteInt8) && c.Type(kIn, 3, kTfLiteInt32) &&
-           c.Type(kOut, 0, kTfLiteInt8) && c.Activation(kOut, 0, !dw) && c.Scalar(kOut, 1);
+      // input 3: wmul int32 [CO] (Q15 ratios) in int8 mode, wscale float32 [CO] (s_W) in fp32 mode
+      ok = c.Type(kIn, 0, gt) && c.Activation(kIn, 0, !dw) && c.ScaleIn(1) &&
+           c.Type(kIn, 2, kTfLiteInt8) && c.Type(kIn, 3, f32 ? kTfLiteFloat32 : kTfLiteInt32) &&
+           c.Type(kOut, 0, gt) && c.Activation(kOut, 0, !dw) && c.ScaleOut(1);
       if (ok) {
         const TfLiteTensor* w = c.In(2);
         const int co = LastDim(c.In(0));
@@ -447,7 +521,7 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     case kConvWeightUpdate:
     case kDwWeightUpdate: {
       const bool dw = K == kDwWeightUpdate;
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Activation(kIn, 0, !dw) && c.Scalar(kIn, 1) &&
+      ok = c.Type(kIn, 0, gt) && c.Activation(kIn, 0, !dw) && c.ScaleIn(1) &&
            c.Type(kIn, 2, kTfLiteInt8) && c.Activation(kIn, 2, !dw) &&
            c.Type(kIn, 3, kTfLiteInt8) && c.Variable(3) && c.Type(kIn, 4, kTfLiteFloat32);
       int co = 0;
@@ -478,8 +552,8 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kBiasUpdate: {
-      ok = c.Type(kIn, 0, kTfLiteInt8) && c.Scalar(kIn, 1) && c.Type(kIn, 2, kTfLiteInt32) &&
-           c.Variable(2) && c.Type(kIn, 3, kTfLiteFloat32);
+      ok = c.Type(kIn, 0, gt) && c.ScaleIn(1) && c.Type(kIn, 2, kTfLiteInt32) && c.Variable(2) &&
+           c.Type(kIn, 3, kTfLiteFloat32);
       if (ok) {
         const int ch = Elements(c.In(2));
         ok = c.Elems(kIn, 3, ch);
@@ -496,7 +570,8 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   }
   if (!ok) return kTfLiteError;
   d->scratch_index = -1;
-  if ((info.options & kOptUseScratch) && d->use_scratch && scratch_elems > 0) {
+  // (fp32 mode sums straight into its float32 output: no scratch)
+  if ((info.options & kOptUseScratch) && d->use_scratch && !f32 && scratch_elems > 0) {
     if (context->RequestScratchBufferInArena(
             context, static_cast<size_t>(scratch_elems) * sizeof(int64_t), &d->scratch_index) !=
         kTfLiteOk) {
@@ -560,6 +635,81 @@ TfLiteStatus Report(int kind, core::Status s) {
   return kTfLiteError;
 }
 
+// The fp32-backward variant of op K (float32 gradients; the scale inputs are absent).
+template <int K>
+core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, float lr,
+                     uint32_t counter) {
+  auto in = [&](int i) { return tflite::micro::GetEvalInput(context, node, i); };
+  auto out = [&](int i) { return tflite::micro::GetEvalOutput(context, node, i); };
+  auto i8 = [](const TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<int8_t>(t); };
+  auto cf = [](const TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<float>(t); };
+  auto mf = [](TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<float>(t); };
+  switch (K) {
+    case kSoftmaxCeGrad:
+      return core::SoftmaxCeGradF32(i8(in(0)), ElementsOf(in(0)),
+                                    tflite::micro::GetTensorData<int32_t>(in(1))[0], cf(in(3)),
+                                    mf(out(0)), mf(out(1)));
+    case kMseGrad:
+      return core::MseGradF32(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->y_scale, mf(out(0)),
+                              mf(out(1)));
+    case kActGrad:
+      return core::ActGradF32(cf(in(0)), i8(in(1)), ElementsOf(in(0)), d->act_min, d->act_max,
+                              mf(out(0)));
+    case kMaskGrad:
+      return core::MaskGradF32(cf(in(0)), tflite::micro::GetTensorData<uint8_t>(in(1)),
+                               ElementsOf(in(0)), mf(out(0)));
+    case kGradAdd:
+      return core::GradAddF32(cf(in(0)), cf(in(2)), ElementsOf(in(0)), mf(out(0)));
+    case kMeanGrad:
+      return core::MeanGradF32(cf(in(0)), HwcOf(out(0)), d->inv_count, mf(out(0)));
+    case kPadGrad:
+      return core::PadGradF32(cf(in(0)), HwcOf(in(0)), HwcOf(out(0)), d->pad_top, d->pad_left,
+                              mf(out(0)));
+    case kReshapeGrad:
+      return core::ReshapeGradF32(cf(in(0)), ElementsOf(in(0)), mf(out(0)));
+    case kAvgPoolGrad:
+    case kMaxPoolGrad: {
+      core::PoolParams p;
+      p.filter_h = d->filter_h;
+      p.filter_w = d->filter_w;
+      p.geom = GeomOf(d);
+      if (K == kAvgPoolGrad) {
+        return core::AvgPoolGradF32(cf(in(0)), HwcOf(in(0)), HwcOf(out(0)), p, mf(out(0)));
+      }
+      return core::MaxPoolGradF32(cf(in(0)), i8(in(2)), i8(in(3)), HwcOf(in(0)), HwcOf(out(0)),
+                                  p, mf(out(0)));
+    }
+    case kConvInputGrad:
+    case kDwInputGrad: {
+      int32_t kh, kw;
+      KernelOf(in(2), &kh, &kw);
+      const auto fn = K == kConvInputGrad ? core::ConvInputGradF32 : core::DepthwiseInputGradF32;
+      return fn(cf(in(0)), HwcOf(in(0)), i8(in(2)), kh, kw, cf(in(3)), HwcOf(out(0)), GeomOf(d),
+                mf(out(0)));
+    }
+    case kConvWeightUpdate:
+    case kDwWeightUpdate: {
+      TfLiteEvalTensor* w = tflite::micro::GetMutableEvalInput(context, node, 3);
+      int32_t kh, kw;
+      KernelOf(w, &kh, &kw);
+      const auto fn =
+          K == kConvWeightUpdate ? core::ConvWeightUpdateF32 : core::DepthwiseWeightUpdateF32;
+      return fn(cf(in(0)), HwcOf(in(0)), i8(in(2)), HwcOf(in(2)),
+                tflite::micro::GetTensorData<int8_t>(w), kh, kw, cf(in(4)), lr, GeomOf(d),
+                UpdateOf(d), counter);
+    }
+    case kBiasUpdate: {
+      TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
+      const int32_t ch = ElementsOf(b);
+      const int32_t positions = ch ? ElementsOf(in(0)) / ch : 0;
+      return core::BiasUpdateF32(cf(in(0)), positions, ch, tflite::micro::GetTensorData<int32_t>(b),
+                                 cf(in(3)), lr, UpdateOf(d), counter);
+    }
+    default:
+      return core::Status::kBadParams;  // TMT_MASK_PACK has no fp32 variant (never selected)
+  }
+}
+
 template <int K>
 TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const OpInfo& info = kOps[K];
@@ -580,16 +730,31 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
                                           1
                                     : nullptr;
   const bool is_loss = K == kSoftmaxCeGrad || K == kMseGrad;
-  if (lr == 0.0f) {  // inference call
+  if (lr == 0.0f) {  // inference call: loss 0 (and gradient scale 0 in int8 mode)
     if (is_loss) {
       tflite::micro::GetTensorData<float>(out(1))[0] = 0.0f;
-      tflite::micro::GetTensorData<float>(out(2))[0] = 0.0f;
+      if (!d->f32) tflite::micro::GetTensorData<float>(out(2))[0] = 0.0f;
     }
     return kTfLiteOk;
   }
   if (is_loss && !(lr > 0.0f)) {
     MicroPrintf("%s: input 'lr' must be >= 0 (got a negative value or NaN)", info.name);
     return kTfLiteError;
+  }
+  if (K == kSoftmaxCeGrad) {
+    const int32_t n = ElementsOf(in(0));
+    const int32_t label = tflite::micro::GetTensorData<int32_t>(in(1))[0];
+    if (label < 0 || label >= n) {
+      MicroPrintf("%s: input 1 'label' = %d is outside [0, %d)", info.name, static_cast<int>(label),
+                  static_cast<int>(n));
+      return kTfLiteError;
+    }
+  }
+  if (d->f32) {
+    const core::Status s = EvalF32<K>(context, node, d, lr, step ? *step : 0u);
+    if (s != core::Status::kOk) return Report(K, s);
+    if (is_loss) ++*step;
+    return kTfLiteOk;
   }
   int64_t* scratch = d->scratch_index >= 0
                          ? static_cast<int64_t*>(context->GetScratchBuffer(context, d->scratch_index))
@@ -599,11 +764,6 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     case kSoftmaxCeGrad: {
       const int32_t n = ElementsOf(in(0));
       const int32_t label = tflite::micro::GetTensorData<int32_t>(in(1))[0];
-      if (label < 0 || label >= n) {
-        MicroPrintf("%s: input 1 'label' = %d is outside [0, %d)", info.name, static_cast<int>(label),
-                    static_cast<int>(n));
-        return kTfLiteError;
-      }
       s = core::SoftmaxCeGrad(i8(in(0)), n, label, tflite::micro::GetTensorData<float>(in(3)),
                               mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)),
                               tflite::micro::GetTensorData<float>(out(2)));

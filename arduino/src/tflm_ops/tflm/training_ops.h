@@ -23,6 +23,13 @@
 // validating its inputs, the update ops read it. TMT_INIT fills the trainable variable
 // tensors from their constant initial values on the first Invoke.
 //
+// fp32 backward (docs/contract.md, "fp32 backward"; convert(..., backward="fp32")): each
+// gradient/update op dispatches on the type of its gradient tensor (input 0; output 0 for the
+// loss ops), as TFLM's builtins dispatch on tensor type. A float32 gradient selects the variant
+// of tflm_ops/core/training_ops_f32.h: the scale inputs keep their positions but must be absent
+// (-1), the scale outputs are dropped (the loss ops output [grad, loss]), TMT_CONV/DW_INPUT_GRAD
+// take `wscale` float32 [CO] instead of `wmul` and no `w_scale_max`, and nothing needs scratch.
+//
 // Optional custom option on the ops with a dyn-quantized output (GRAD_ADD, AVGPOOL_GRAD,
 // MAXPOOL_GRAD, CONV/DW_INPUT_GRAD): `use_scratch` (int, default 0). 0 computes every
 // accumulator twice and needs no memory; 1 requests an int64 arena scratch buffer of the
