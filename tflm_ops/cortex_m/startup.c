@@ -23,8 +23,16 @@ __attribute__((weak)) int getentropy(void* buf, size_t n) {
   return -1;
 }
 
-static char cmdline[1024];
-static char* argv_buf[64];
+#define TMT_MAX_ARGS 256
+static char cmdline[8192];
+static char* argv_buf[TMT_MAX_ARGS];
+
+/* SYS_WRITE0 (0x04): a NUL-terminated string to the host's stderr/stdout. */
+static void semihost_write0(const char* s) {
+  register uint32_t r0 __asm__("r0") = 0x04;
+  register uint32_t r1 __asm__("r1") = (uint32_t)(uintptr_t)s;
+  __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
+}
 
 /* SYS_GET_CMDLINE (0x15): QEMU returns `-semihosting-config arg=...` joined by spaces. */
 static int semihost_cmdline(void) {
@@ -32,11 +40,14 @@ static int semihost_cmdline(void) {
   register uint32_t r0 __asm__("r0") = 0x15;
   register uint32_t r1 __asm__("r1") = (uint32_t)(uintptr_t)block;
   __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
-  if (r0 != 0) return 0;
+  if (r0 != 0) {
+    semihost_write0("startup: the semihosting command line does not fit in 8 KB\n");
+    return -1;
+  }
   cmdline[block[1]] = 0;
   int argc = 0;
   char* p = cmdline;
-  while (*p && argc < 63) {
+  while (*p && argc < TMT_MAX_ARGS - 1) {
     while (*p == ' ') *p++ = 0;
     if (!*p) break;
     argv_buf[argc++] = p;
@@ -56,7 +67,7 @@ void Reset_Handler(void) {
   initialise_monitor_handles();
   __libc_init_array();
   const int argc = semihost_cmdline();
-  exit(main(argc, argv_buf));
+  exit(argc < 0 ? 98 : main(argc, argv_buf));
 }
 
 static void Default_Handler(void) {
