@@ -10,7 +10,8 @@ parameters and tmt/state) must equal `tfmicro_train.HostSimulator` on the same a
 inputs, bit for bit. Bad input on the device (wrong types and shapes, label out of range,
 lr < 0 / NaN, arena too small, unknown TMT_* op version, a parameter that is not a
 variable tensor) must fail with a message naming the culprit and leave every trainable
-parameter unchanged.
+parameter unchanged. More artifacts (other poolings and heads, fused blocks, and the same kinds
+converted with backward="fp32": float32 gradient tensors) are compared the same way.
 
 Needs TFLM: TFLM_DIR=/path/to/tflite-micro (built with TFLM's `make ... microlite`; the
 driver is compiled here with g++ and cached like tests/test_golden_cpp.py), or
@@ -329,6 +330,19 @@ VARIANTS = {
                        ops={"TMT_MEAN_GRAD", "TMT_MASK_GRAD", "MEAN"}),
     "gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
                     ops={"TMT_MSE_GRAD", "TMT_MEAN_GRAD"}),
+    # backward="fp32" (float32 gradient tensors, docs/contract.md "fp32 backward"): the main
+    # artifact's update (conv, depthwise, half a pointwise conv, dense, biases; max pool, the
+    # residual's gradient sum) and the other heads / poolings.
+    "fp32_main": dict(pool="max", update=UPDATE, backward="fp32",
+                      ops={"TMT_SOFTMAX_CE_GRAD", "TMT_MAXPOOL_GRAD", "TMT_CONV_INPUT_GRAD",
+                           "TMT_DW_INPUT_GRAD", "TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE",
+                           "TMT_BIAS_UPDATE", "TMT_GRAD_ADD"}),
+    "fp32_avgpool_masks": dict(pool="avg", update=dict(bias_last_k=3, weight_ratios={0: 1, 3: 1}),
+                               backward="fp32",
+                               ops={"TMT_MASK_PACK", "TMT_MASK_GRAD", "TMT_AVGPOOL_GRAD",
+                                    "TMT_PAD_GRAD"}),
+    "fp32_gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
+                         backward="fp32", ops={"TMT_MSE_GRAD", "TMT_MEAN_GRAD"}),
 }
 
 
@@ -339,11 +353,15 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
     from tfmicro_train.schema import op_name
 
     v = VARIANTS[variant]
+    backward = v.get("backward", "int8")
     art = tmt.convert(residual_cnn(pool=v["pool"]), calib, update=tmt.SparseUpdate(**v["update"]),
-                      loss=v.get("loss", "sparse_categorical_crossentropy"))
+                      loss=v.get("loss", "sparse_categorical_crossentropy"), backward=backward)
     m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
     ops = Counter(op_name(m, op) for op in m.subgraphs[0].operators)
     assert v["ops"] <= set(ops), f"{variant}: missing {v['ops'] - set(ops)} in {dict(ops)}"
+    grad_types = _gradient_types(m)
+    assert grad_types == {fb.TensorType.FLOAT32 if backward == "fp32" else fb.TensorType.INT8}, (
+        f"{variant}: gradient tensor types {grad_types}")
     sim = tmt.HostSimulator(art)
     rng = np.random.default_rng(11)
     base = float(sim.meta["learning_rate"])
@@ -355,20 +373,45 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
         else:
             y = sim._label_array(rng.random(sim.output_info.shape))
         steps.append([x, y, np.array([base * 5], np.float32)])
+    failing = []
+    if backward == "fp32":  # an inference call and a failing step inside the fp32 runs too
+        steps[INFERENCE_STEP][2] = np.array([0.0], np.float32)
+        steps[12][2] = np.array([-base], np.float32)
+        failing = [12]
     run = run_driver(driver, art.flatbuffer, steps, tmp_path)
     assert run.returncode == 0, str(run)
     sim_steps, sim_vars = simulate(art.flatbuffer, steps)
+    assert [k for k, s in sim_steps.items() if s[0] == "failed"] == failing
     problems = compare(run, sim_steps, sim_vars)
     assert not problems, "\n".join(problems[:20]) + "\n" + str(run)
+    if failing:
+        n_trained = sum(1 for s in steps if s[2][0] > 0)
+        assert run.variables["tmt/state"].view(np.uint32)[1] == n_trained
     init = initial_values(art.flatbuffer)
     moved = sum(int(np.sum(run.variables[k] != x)) for k, x in init.items())
     assert moved > 0 and "reset: ok" in run.stdout
     mem = art.memory_report()
-    print(f"\n{variant}: {len(steps)} training steps compared bit for bit, {len(run.variables)} "
+    print(f"\n{variant}: {len(steps)} steps compared bit for bit, {len(run.variables)} "
           f"variable tensors identical ({moved} parameter elements moved); ops {dict(ops)}; "
           f"arena TFLM head {run.arena['head']} vs plan arena_bytes {mem.arena_bytes}, TFLM used "
           f"{run.arena['used'] - run.arena['recording']} vs plan peak_sram_bytes {mem.peak_sram_bytes}")
     assert run.arena["head"] == mem.arena_bytes
+
+
+def _gradient_types(m) -> set[int]:
+    """The types of the gradient tensors of a training artifact: input 0 of every TMT_* backward
+    op, output 0 of the loss op."""
+    from tfmicro_train.schema import op_name
+
+    sg = m.subgraphs[0]
+    types = set()
+    for op in sg.operators:
+        name = op_name(m, op)
+        if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
+            types.add(sg.tensors[op.outputs[0]].type)
+        elif name.startswith("TMT_") and name not in ("TMT_INIT", "TMT_MASK_PACK", "TMT_FUSED_IRB"):
+            types.add(sg.tensors[op.inputs[0]].type)
+    return types
 
 
 def _patched(model: bytes, edit) -> bytes:
