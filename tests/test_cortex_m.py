@@ -8,13 +8,15 @@ Cross-compiled with Debian's arm-none-eabi-gcc (newlib, semihosting: `--specs=rd
 absent (.ci/run installs them: gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm).
 
 * golden: the host's golden driver (tflm_ops/tests/golden_test_main.cc) and tflm_ops/core on the
-  target, on TMT_CM_CASES (default 150) numpy-reference cases per op; its per-op report must equal
+  target, on TMT_CM_CASES (default 150) numpy-reference cases per op (and per fp32 variant,
+  `<op>_F32`: soft float on the M7, the FPU on the M4); its per-op report must equal
   the host build's, line for line, with 0 mismatches;
 * DSP: tflm_ops/cortex_m/dsp_kernels (SMLAD weight gradient) equals the portable core on every
   case, on both CPUs, in fewer instructions;
 * checkpoints: the C++ core under QEMU writes the same bytes as tfmicro_train/checkpoint.py;
 * TFLM (TFLM_DIR with the cortex-m7 library built): an artifact trains in TFLM on the Cortex-M7,
-  every loss and checkpoint byte equal to HostSimulator's, and a reboot restores and continues.
+  every loss and checkpoint byte equal to HostSimulator's, and a reboot restores and continues;
+  once with int8 and once with fp32 (float32-gradient) backward ops.
 """
 
 from __future__ import annotations
@@ -111,9 +113,11 @@ def test_checkpoint_core_on_cortex_m(tmp_path):
     print(f"checkpoint on Cortex-M4 == Python: {n} checks")
 
 
-def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path):
+@pytest.mark.parametrize("backward", ["int8", "fp32"])
+def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path, backward):
     """The whole training step in TFLM on the Cortex-M7: losses and checkpoints equal
-    HostSimulator's; a reboot restores and continues (needs TFLM_DIR)."""
+    HostSimulator's; a reboot restores and continues (needs TFLM_DIR). Both backward modes (fp32:
+    float32 gradients, here in the M7 library's soft float)."""
     from test_checkpoint import run_reboot_scenario, tflm_train_sources
 
     import tfmicro_train as tmt
@@ -121,7 +125,8 @@ def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path):
     tflm = cmbuild.find_tflm("cortex-m7")
     if isinstance(tflm, str):
         pytest.skip(tflm)
-    art = tmt.convert(residual_model, calib, update=tmt.SparseUpdate(2, {2: 0.5, 3: 1}))
+    art = tmt.convert(residual_model, calib, update=tmt.SparseUpdate(2, {2: 0.5, 3: 1}),
+                      backward=backward)
     try:
         elf = cmbuild.build_arm("tflm_train", "cortex-m7", [], cmbuild.DRIVER_FLAGS,
                                 tflm_train_sources(), defines=["TMT_ARENA_BYTES=262144"],
@@ -138,5 +143,5 @@ def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path):
 
     out = run_reboot_scenario(run, lambda: tmt.HostSimulator(art, learning_rate=0.05), art, tmp_path)
     r = out["runs"][0]
-    print(f"\nCortex-M7 TFLM: arena {r['arena']} B, forward {r['inference_insns']} insns, "
-          f"training steps {[s['insns'] for s in r['steps']]} insns")
+    print(f"\nCortex-M7 TFLM ({backward} backward): arena {r['arena']} B, "
+          f"forward {r['inference_insns']} insns, training steps {[s['insns'] for s in r['steps']]} insns")
