@@ -6,7 +6,8 @@
 
 Case keys: the op's inputs under their contract names, its options under their option names,
 `in_shape` where the output shape is not implied by the inputs, expected outputs as `out_<name>`,
-and `error` = 1 for cases the reference rejects (no outputs then).
+and `error` = 1 for cases the reference rejects (no outputs then). The fp32-backward variant of
+an op (float32 gradients, no scales) is the golden op `<op>_F32`.
 """
 
 from __future__ import annotations

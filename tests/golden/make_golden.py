@@ -3,7 +3,8 @@
 Then: TMT_GOLDEN_DIR=OUT_DIR bazel test //tflm_ops/tests:golden_test
 With --counter0 the same files also drive the TFLM glue replay:
       TFLM_DIR=... TMT_GOLDEN_DIR=OUT_DIR bazel test //tflm_ops/tflm:glue_test
-(or run the compiled golden_test with OUT_DIR as its argument). Do not commit the files.
+(or run the compiled golden_test with OUT_DIR as its argument). One file per op, and per fp32-backward
+variant (`<op>_F32.tmtg`). Do not commit the files.
 """
 
 from __future__ import annotations
