@@ -65,12 +65,12 @@ def driver() -> Path:
         path = Path(prebuilt).resolve()
         assert path.is_file(), f"TMT_TRAIN_DRIVER={prebuilt} does not exist"
         return path
-    from test_golden_cpp import CORE_SOURCES, _tflm_flags, build_cpp
+    from test_golden_cpp import CORE_SOURCES, GLUE_SOURCES, _tflm_flags, build_cpp
 
     flags, libs = _tflm_flags()
     base = ["-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Werror"]
     return build_cpp("train_driver", [ROOT / "tflm_ops/integration/train_driver.cc",
-                                      ROOT / "tflm_ops/tflm/training_ops.cc", *CORE_SOURCES],
+                                      *GLUE_SOURCES, *CORE_SOURCES],
                      flags, libs, base_flags=base)
 
 
