@@ -724,7 +724,8 @@ def gen_fused_irb(rng, i):
 # TMT_CONV (tfmicro_train/kernels/conv_ops.py, tflm_ops/core/conv_op.h): the builtin int8
 # CONV_2D / DEPTHWISE_CONV_2D / per-channel FULLY_CONNECTED with the multipliers of a constant
 # `requant` tensor (computed here as the converter does). `requant` is both an input of the C++
-# run and a result to check C++'s ConvOpMultipliers (TFLM's Prepare) against.
+# run and a result to check C++'s ConvOpMultipliers (TFLM's Prepare) against. A forward op with
+# a TFLM glue: in GENERATORS (replayed by the core and the glue tests).
 
 
 def gen_conv_op(rng, i):
@@ -788,4 +789,5 @@ def gen_conv_op(rng, i):
     return case
 
 
-FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb, "TMT_CONV": gen_conv_op}
+FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}
+GENERATORS["TMT_CONV"] = gen_conv_op  # its TFLM glue replays it (tflm_ops/tflm/glue_test.cc)
