@@ -304,29 +304,19 @@ def unfuse_model(m: fb.ModelT) -> int:
     from .schema import BUILTIN_NAMES, op_name
 
     sg = m.subgraphs[0]
-    codes: dict[str, int] = {}
-    for i, c in enumerate(m.operatorCodes):
-        b = max(c.builtinCode, c.deprecatedBuiltinCode)
-        if b != fb.BuiltinOperator.CUSTOM:
-            codes.setdefault(BUILTIN_NAMES[b], i)
-
-    versions = {i: int(c.version) for i, c in enumerate(m.operatorCodes)}
 
     def code(op: str, version: int | None = None) -> int:
-        if op in codes and version is not None and versions[codes[op]] != version:
-            hit = [i for i, c in enumerate(m.operatorCodes) if versions.get(i) == version
-                   and max(c.builtinCode, c.deprecatedBuiltinCode) == getattr(fb.BuiltinOperator, op)]
-            if hit:
-                return hit[0]
-        elif op in codes:
-            return codes[op]
+        """The operator code of builtin `op` (of `version`, if given), added when missing."""
+        for i, c in enumerate(m.operatorCodes):
+            b = max(c.builtinCode, c.deprecatedBuiltinCode)
+            if (b != fb.BuiltinOperator.CUSTOM and BUILTIN_NAMES[b] == op
+                    and (version is None or c.version == version)):
+                return i
         c = fb.OperatorCodeT()
         c.builtinCode = getattr(fb.BuiltinOperator, op)
         c.deprecatedBuiltinCode = min(c.builtinCode, 127)
         c.version = _BUILTIN_VERSIONS[op] if version is None else version
         m.operatorCodes.append(c)
-        versions[len(m.operatorCodes) - 1] = c.version
-        codes.setdefault(op, len(m.operatorCodes) - 1)
         return len(m.operatorCodes) - 1
 
     def tensor(name: str, shape, dtype: int, scale=None, zp=None, data=None) -> int:
