@@ -102,13 +102,13 @@ def tflm_runner():
     from pathlib import Path
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_golden_cpp import CORE_SOURCES, _tflm_flags, build_cpp
+    from test_golden_cpp import CORE_SOURCES, GLUE_SOURCES, _tflm_flags, build_cpp
     from test_tflm_integration import run_driver
 
     flags, libs = _tflm_flags()
     root = Path(ROOT)
     driver = build_cpp("train_driver", [root / "tflm_ops/integration/train_driver.cc",
-                                        root / "tflm_ops/tflm/training_ops.cc", *CORE_SOURCES],
+                                        *GLUE_SOURCES, *CORE_SOURCES],
                        flags, libs, base_flags=["-std=c++17", "-O1", "-ffp-contract=off"])
     tmp = Path(tempfile.mkdtemp(prefix="tmt_bench_"))
 

@@ -239,7 +239,11 @@ SEED = int(os.environ.get("TMT_GOLDEN_SEED", "0"))
 OPS = list(golden_cases.GENERATORS)
 CORE_SOURCES = [ROOT / "tflm_ops" / "core" / "training_ops.cc",
                 ROOT / "tflm_ops" / "core" / "training_ops_f32.cc",
-                ROOT / "tflm_ops" / "core" / "fused_irb.cc"]
+                ROOT / "tflm_ops" / "core" / "fused_irb.cc",
+                ROOT / "tflm_ops" / "core" / "conv_op.cc"]
+# The TFLM glue (tflm_ops/tflm/BUILD :training_ops).
+GLUE_SOURCES = [ROOT / "tflm_ops" / "tflm" / "training_ops.cc",
+                ROOT / "tflm_ops" / "tflm" / "conv_op.cc"]
 # Same as KERNEL_COPTS in tools/bazel/copts.bzl.
 KERNEL_FLAGS = ["-std=c++17", "-O2", "-fno-exceptions", "-fno-rtti", "-ffp-contract=off",
                 "-Wall", "-Wextra", "-Werror"]
@@ -389,8 +393,8 @@ def test_tflm_glue(tmp_path):
     """Glue checks + every op's golden cases through TFLM's KernelRunner (needs TFLM_DIR)."""
     flags, libs = _tflm_flags()
     base = ["-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Werror"]
-    exe = build_cpp("glue_test", [ROOT / "tflm_ops/tflm/glue_test.cc",
-                                  ROOT / "tflm_ops/tflm/training_ops.cc", *CORE_SOURCES],
+    exe = build_cpp("glue_test", [ROOT / "tflm_ops/tflm/glue_test.cc", *GLUE_SOURCES,
+                                  *CORE_SOURCES],
                     flags, libs, base_flags=base)
     written = golden_cases.write_all(tmp_path, GLUE_CASES, SEED)  # any counter: it goes in state[1]
     res = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True)
@@ -404,19 +408,19 @@ def test_tflm_glue(tmp_path):
 def test_tflm_glue_compiles_freestanding(tmp_path):
     """The glue builds with the kernel flags (-fno-exceptions -fno-rtti) against TFLM."""
     flags, _ = _tflm_flags()
-    obj = tmp_path / "training_ops.o"
-    cmd = [CXX, *KERNEL_FLAGS, *flags, "-I", str(ROOT), "-c",
-           str(ROOT / "tflm_ops/tflm/training_ops.cc"), "-o", str(obj)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"$ {' '.join(cmd)}\n{res.stderr[-4000:]}"
-    nm = shutil.which("nm")
-    if nm:
-        undefined = subprocess.run([nm, "-u", "-C", str(obj)], capture_output=True, text=True,
-                                   check=True).stdout
-        banned = [ln.strip() for ln in undefined.splitlines()
-                  if any(b in ln for b in ("malloc", "operator new", "operator delete",
-                                           "__cxa_throw", "__cxa_guard", "typeinfo"))]
-        assert not banned, f"training_ops.cc references {banned}"
+    for src in GLUE_SOURCES:
+        obj = tmp_path / (src.stem + ".o")
+        cmd = [CXX, *KERNEL_FLAGS, *flags, "-I", str(ROOT), "-c", str(src), "-o", str(obj)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, f"$ {' '.join(cmd)}\n{res.stderr[-4000:]}"
+        nm = shutil.which("nm")
+        if nm:
+            undefined = subprocess.run([nm, "-u", "-C", str(obj)], capture_output=True, text=True,
+                                       check=True).stdout
+            banned = [ln.strip() for ln in undefined.splitlines()
+                      if any(b in ln for b in ("malloc", "operator new", "operator delete",
+                                               "__cxa_throw", "__cxa_guard", "typeinfo"))]
+            assert not banned, f"{src.name} references {banned}"
 
 
 if __name__ == "__main__":

@@ -66,12 +66,12 @@ def driver() -> Path:
         path = Path(prebuilt).resolve()
         assert path.is_file(), f"TMT_TRAIN_DRIVER={prebuilt} does not exist"
         return path
-    from test_golden_cpp import CORE_SOURCES, _tflm_flags, build_cpp
+    from test_golden_cpp import CORE_SOURCES, GLUE_SOURCES, _tflm_flags, build_cpp
 
     flags, libs = _tflm_flags()
     base = ["-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Werror"]
     return build_cpp("train_driver", [ROOT / "tflm_ops/integration/train_driver.cc",
-                                      ROOT / "tflm_ops/tflm/training_ops.cc", *CORE_SOURCES],
+                                      *GLUE_SOURCES, *CORE_SOURCES],
                      flags, libs, base_flags=base)
 
 
@@ -552,3 +552,24 @@ def test_fused_blocks_bit_exact_in_tflm(driver, tmp_path):
           f"{run.arena['head']} vs plan {mem.arena_bytes}; TFLM used "
           f"{run.arena['used'] - run.arena['recording']} vs plan peak {mem.peak_sram_bytes}")
     assert run.arena["head"] == mem.arena_bytes
+
+
+def test_conv_ops_save_what_the_plan_says(driver, calib, artifact, samples, main_run, tmp_path):
+    """TMT_CONV (multipliers in flash) against the builtin convolutions in TFLM: the same
+    results bit for bit, and TFLM's memory drops by exactly what the plan says (8 bytes per
+    output channel, less TMT_CONV's slightly larger op data and its constant's tensor)."""
+    plain = tmt.convert(residual_cnn(), calib, update=tmt.SparseUpdate(**UPDATE),
+                        flash_requant=False)
+    assert "TMT_CONV" in {e.op for e in artifact.timeline}
+    assert "TMT_CONV" not in {e.op for e in plain.timeline}
+    run = run_driver(driver, plain.flatbuffer, samples, tmp_path)
+    assert run.returncode == 0, str(run)
+    assert run.steps == main_run.steps and run.variables.keys() == main_run.variables.keys()
+    assert all(np.array_equal(run.variables[k], main_run.variables[k]) for k in run.variables)
+    used = {k: r.arena["used"] - r.arena["recording"] for k, r in (("flash", main_run), ("plain", run))}
+    saved_tflm = used["plain"] - used["flash"]
+    saved_plan = plain.plan.peak_sram_bytes - artifact.plan.peak_sram_bytes
+    print(f"\nTMT_CONV: TFLM used {used['flash']} vs {used['plain']} with the builtins (saved "
+          f"{saved_tflm}); plan saved {saved_plan}")
+    assert saved_tflm == saved_plan > 0
+    assert artifact.plan.peak_sram_bytes >= used["flash"]

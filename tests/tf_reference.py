@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmicro_train.kernels import conv_ops
 from tfmicro_train.schema import fb
 from tfmicro_train.simulator import HostSimulator
 
@@ -62,7 +63,9 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
                 return tf.constant(_deq(sg.infos[t], sg.consts[t]) if sg.infos[t].quantized
                                    else sg.consts[t])
 
-            if name.startswith("TMT_"):
+            if name == "TMT_CONV":  # a builtin convolution with its multipliers in flash
+                name, _, o = conv_ops.builtin_of(o)
+            elif name.startswith("TMT_"):
                 continue
             if name == "CONV_2D":
                 w = tf.transpose(get(1), (1, 2, 3, 0))

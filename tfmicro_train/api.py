@@ -14,6 +14,7 @@ from .fuse import fuse_frozen_blocks
 from .graph import from_tflite
 from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
 from .plan import MemoryPlan, plan_memory
+from .requant import flash_requant as _flash_requant
 from .schedule import schedule
 from .sparse import LayerTraining, SparseUpdate, resolve
 
@@ -178,7 +179,7 @@ def _keras_out_channels(model) -> tuple[list[LayerRef], list[int]]:
 def convert(model, representative_data: Iterable, update: str | SparseUpdate = "last",
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
             qas: bool = True, seed: int = 0, fuse: bool = True,
-            backward: str = "int8") -> TrainingModel:
+            backward: str = "int8", flash_requant: bool = True) -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
@@ -186,8 +187,11 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     scaling of the updates. fuse: run frozen inverted-residual blocks as row-streamed
     TMT_FUSED_IRB ops (bit-identical results, far smaller arena). backward: "int8" (int8
     gradients with run-time scales, any MCU) or "fp32" (float32 gradients, for MCUs with an FPU;
-    4-byte gradient buffers, same int8 forward, parameters and stochastic rounding). Nothing is
-    written to disk; call `.save()` on the result.
+    4-byte gradient buffers, same int8 forward, parameters and stochastic rounding).
+    flash_requant: run the remaining int8 convolutions and per-channel fully-connected layers as
+    TMT_CONV ops reading their per-channel output multipliers from flash (bit-identical results;
+    TFLM's builtins keep 8 bytes per output channel in SRAM). Nothing is written to disk; call
+    `.save()` on the result.
     """
     if backward not in BACKWARDS:
         raise ValueError(f"backward {backward!r} is not supported; use one of {list(BACKWARDS)}")
@@ -210,6 +214,8 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     differentiate(graph, trainable, head, qas, seed, fp32=backward == "fp32")
     if fuse:  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
         fuse_frozen_blocks(graph)
+    if flash_requant:  # per-channel multipliers of the builtin convolutions -> flash (TMT_CONV)
+        _flash_requant(graph)
     schedule(graph)
     mem = plan_memory(graph)
     metadata = {

@@ -295,28 +295,29 @@ _BUILTIN_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "PADV2": 2, "ADD": 2}
 def unfuse_model(m: fb.ModelT) -> int:
     """Rewrite every TMT_FUSED_IRB operator of subgraph 0 of `m` (in place) as the builtin chain it
     stands for: CONV_2D, PADV2, DEPTHWISE_CONV_2D, CONV_2D, ADD, with the intermediate tensors
-    recreated from the op's options. For exporting a plain model (export.inference_model) or
-    checking an artifact with any TFLite interpreter. Returns the number of operators rewritten."""
+    recreated from the op's options, and every TMT_CONV as its builtin (requant.py). For
+    exporting a plain model (export.inference_model) or checking an artifact with any TFLite
+    interpreter. Returns the number of operators rewritten."""
     from flatbuffers import flexbuffers
 
+    from .requant import restore_builtin_convs
     from .schema import BUILTIN_NAMES, op_name
 
     sg = m.subgraphs[0]
-    codes: dict[str, int] = {}
-    for i, c in enumerate(m.operatorCodes):
-        b = max(c.builtinCode, c.deprecatedBuiltinCode)
-        if b != fb.BuiltinOperator.CUSTOM:
-            codes.setdefault(BUILTIN_NAMES[b], i)
 
-    def code(op: str) -> int:
-        if op not in codes:
-            c = fb.OperatorCodeT()
-            c.builtinCode = getattr(fb.BuiltinOperator, op)
-            c.deprecatedBuiltinCode = min(c.builtinCode, 127)
-            c.version = _BUILTIN_VERSIONS[op]
-            m.operatorCodes.append(c)
-            codes[op] = len(m.operatorCodes) - 1
-        return codes[op]
+    def code(op: str, version: int | None = None) -> int:
+        """The operator code of builtin `op` (of `version`, if given), added when missing."""
+        for i, c in enumerate(m.operatorCodes):
+            b = max(c.builtinCode, c.deprecatedBuiltinCode)
+            if (b != fb.BuiltinOperator.CUSTOM and BUILTIN_NAMES[b] == op
+                    and (version is None or c.version == version)):
+                return i
+        c = fb.OperatorCodeT()
+        c.builtinCode = getattr(fb.BuiltinOperator, op)
+        c.deprecatedBuiltinCode = min(c.builtinCode, 127)
+        c.version = _BUILTIN_VERSIONS[op] if version is None else version
+        m.operatorCodes.append(c)
+        return len(m.operatorCodes) - 1
 
     def tensor(name: str, shape, dtype: int, scale=None, zp=None, data=None) -> int:
         t = fb.TensorT()
@@ -353,7 +354,7 @@ def unfuse_model(m: fb.ModelT) -> int:
         return c
 
     I8T, I32T = fb.TensorType.INT8, fb.TensorType.INT32
-    out_ops, rewritten = [], 0
+    out_ops, rewritten = [], restore_builtin_convs(m, code)
     for op in sg.operators:
         if op_name(m, op) != fused_ops.OP_NAME:
             out_ops.append(op)

@@ -9,8 +9,9 @@ arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned) and the
 into the artifact as "OfflineMemoryAllocation" metadata, so TFLM uses exactly this plan.
 Peak SRAM = arena + variable tensors (persistent: trainable parameters and the training state)
 + TFLM's own bookkeeping (tensor structs, nodes, op data such as the per-channel multipliers of
-every convolution), estimated from measurements of TFLM on x86-64: 64-bit pointers, so an upper
-bound for a 32-bit microcontroller. The integration tests check the arena layout byte for byte.
+every builtin convolution; TMT_CONV reads them from flash instead), estimated from measurements
+of TFLM on x86-64: 64-bit pointers, so an upper bound for a 32-bit microcontroller. The
+integration tests check the arena layout byte for byte.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ BASE_OVERHEAD = 1536  # interpreter, subgraph and allocator structs (with some m
 TENSOR_OVERHEAD = 24  # TfLiteEvalTensor per tensor
 NODE_OVERHEAD = 160  # node, registration and op data per operator
 FUSED_OVERHEAD = 320  # more op data of a TMT_FUSED_IRB (its spec and precomputed parameters)
-CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each conv / fully-connected
+CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each builtin conv / fully-connected
+# A TMT_CONV keeps no per-channel data (its multipliers are a constant tensor, counted by
+# TENSOR_OVERHEAD) but a little more op data than the builtin: measured 32 bytes per node more
+# than a builtin's NODE_OVERHEAD without its channels, of which 24 are the constant's tensor.
+CONV_OP_OVERHEAD = 8
 PLANNER_OVERHEAD = 48  # per planned buffer, temporarily, while AllocateTensors() plans the arena
 
 
@@ -236,7 +241,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
     channels = sum(g.tensors[n.outputs[0]].shape[-1] for n in g.nodes
                    if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
+    conv_ops = sum(n.op == "TMT_CONV" for n in g.nodes)
     overhead = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
-                + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused)
+                + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
     live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
     return MemoryPlan(buffers, offsets, arena, variables, overhead, live)

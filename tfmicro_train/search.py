@@ -24,6 +24,7 @@ from .fuse import fuse_frozen_blocks
 from .graph import Graph, from_tflite
 from .importer import WEIGHT_OPS, import_model
 from .plan import plan_memory
+from .requant import flash_requant
 from .schedule import schedule
 from .sparse import SparseUpdate, resolve
 
@@ -180,8 +181,9 @@ def contribution_analysis(model, train_data, val_data, bias_ks=None, layers=None
 class MemoryModel:
     """Peak SRAM and flash of any sparse scheme of one model, by the converter's own planner."""
 
-    def __init__(self, model, representative_data, loss_head: str = "softmax", fuse: bool = True):
-        self.fuse = fuse
+    def __init__(self, model, representative_data, loss_head: str = "softmax", fuse: bool = True,
+                 requant: bool = True):
+        self.fuse, self.requant = fuse, requant  # as convert(fuse=, flash_requant=)
         self.imported = import_model(model, representative_data, loss_head)
         self.base: Graph = from_tflite(self.imported.model)
         for ref in self.imported.layers:
@@ -219,6 +221,8 @@ class MemoryModel:
             differentiate(g, plan, self.head, True, 0)
             if self.fuse:
                 fuse_frozen_blocks(g)
+            if self.requant:
+                flash_requant(g)
             schedule(g)
             mem = plan_memory(g)
             self.plans[key] = mem

@@ -993,4 +993,73 @@ def gen_fused_irb(rng, i):
     return case
 
 
+# TMT_CONV (tfmicro_train/kernels/conv_ops.py, tflm_ops/core/conv_op.h): the builtin int8
+# CONV_2D / DEPTHWISE_CONV_2D / per-channel FULLY_CONNECTED with the multipliers of a constant
+# `requant` tensor (computed here as the converter does). `requant` is both an input of the C++
+# run and a result to check C++'s ConvOpMultipliers (TFLM's Prepare) against. A forward op with
+# a TFLM glue: in GENERATORS (replayed by the core and the glue tests).
+
+
+def gen_conv_op(rng, i):
+    from tfmicro_train.kernels import conv_ops as CO
+    from tfmicro_train.kernels import fused_ops as FO
+    from tfmicro_train.schema import TensorInfo
+
+    def qinfo(shape, s, zp, qdim=0):
+        return TensorInfo("t", tuple(shape), np.dtype(np.int8), np.atleast_1d(np.asarray(s, F32)),
+                          np.zeros(np.size(s), np.int64) + zp, qdim)
+
+    kind = int(rng.choice([0, 0, 1, 1, 2])) if i >= 3 else i  # the first cases: one of each
+    act = _fused_act(rng, 0.4)
+    o: dict = {"kind": kind, "act": act, "version": 1}
+    x_scale, x_zp = F32(2.0 ** rng.uniform(-8, 0)), zero_point(rng)
+    mode = rng.choice(["full", "small", "sparse", "extreme", "const"], p=[0.7, 0.1, 0.05, 0.1, 0.05])
+    if kind == 2:
+        rows = 1 if rng.random() < 0.8 else int(rng.integers(2, 4))
+        ci = int(rng.integers(1, 65)) if rng.random() < 0.7 else int(rng.integers(1, 9))
+        co = int(rng.integers(2, 17))
+        x = i8(rng, (rows, ci), mode)
+        w_shape, taps, channels, qdim = (co, ci), ci, co, 0
+        y_shape = (rows, co)
+        o["keep_num_dims"] = 0
+    else:
+        h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
+        if rng.random() < 0.6:
+            w = h
+        cin = int(rng.choice([1, 2, 3, 4, 8, 16])) if rng.random() < 0.7 else int(rng.integers(1, 17))
+        kh, kw, sh, sw, dh, dw, padding = _fused_conv_geom(rng, h, w, ks=(1, 1, 2, 3, 3, 5))
+        if kind == 0 and rng.random() < 0.3:  # pointwise, as most of MobileNetV2's
+            kh = kw = sh = sw = dh = dw = 1
+        o.update(stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw, padding=padding)
+        oh = FO.out_size(padding, h, kh, sh, dh)
+        ow = FO.out_size(padding, w, kw, sw, dw)
+        x = i8(rng, (1, h, w, cin), mode)
+        if kind == 0:
+            channels = int(rng.choice([1, 2, 4, 8, 16])) if rng.random() < 0.7 else int(rng.integers(1, 17))
+            w_shape, taps, qdim = (channels, kh, kw, cin), kh * kw * cin, 0
+        else:
+            channels = cin
+            w_shape, taps, qdim = (1, kh, kw, cin), kh * kw, 3
+        y_shape = (1, oh, ow, channels)
+    ws, y_scale = _fused_stage_scales(rng, x_scale, channels, taps, act)
+    y_zp = _fused_zp(rng, act)
+    wt = _fused_weights(rng, w_shape)
+    b = _fused_bias(rng, channels, 60 * 60 * math.sqrt(taps))
+    x_info, w_info = qinfo(x.shape, x_scale, x_zp), qinfo(w_shape, ws, 0, qdim)
+    if kind == 2 and ws.size == 1:  # per-channel FULLY_CONNECTED only
+        ws = np.repeat(ws, channels).astype(F32)
+        w_info = qinfo(w_shape, ws, 0, qdim)
+    y_info = qinfo(y_shape, y_scale, y_zp)
+    requant = CO.requant_params(x_info, w_info, y_info, channels)
+    y = CO.conv_op([x, wt, b, requant], [x_info, w_info, None, None], y_info, o)
+    case = {"kind": kind, "act": act, "x": x, "x_scale": x_scale, "x_zp": x_zp, "w": wt,
+            "w_scales": ws, "y_scale": F32(y_scale), "y_zp": y_zp, "requant": requant, "out_y": y}
+    for k in ("stride_h", "stride_w", "dil_h", "dil_w", "padding"):
+        case[k] = int(o.get(k, 1))
+    if b is not None:
+        case["b"] = b
+    return case
+
+
 FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}
+GENERATORS["TMT_CONV"] = gen_conv_op  # its TFLM glue replays it (tflm_ops/tflm/glue_test.cc)

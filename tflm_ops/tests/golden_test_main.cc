@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "tflm_ops/core/conv_op.h"
 #include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
 #include "tflm_ops/core/training_ops_f32.h"
@@ -647,6 +648,57 @@ void CheckFusedIrb(const Case& c) {
   }
 }
 
+// TMT_CONV (forward op): ConvOpMultipliers from the float scales must give the case's `requant`
+// (what the converter writes); ConvOp with it must give out_y and write nothing past y.
+void CheckConvOp(const Case& c) {
+  const Array& x = c.array_of<int8_t>("x");
+  const Array& w = c.array_of<int8_t>("w");
+  const Array& rq = c.array_of<int32_t>("requant");
+  const Array& want = c.array_of<int8_t>("out_y");
+  core::ConvOpSpec s;
+  s.kind = static_cast<int32_t>(c.i64("kind"));
+  s.x_q = QuantOf(c, "x_scale", "x_zp");
+  s.y_q = QuantOf(c, "y_scale", "y_zp");
+  s.conv.act = static_cast<int32_t>(c.i64("act"));
+  if (s.kind == core::kConvOpFullyConnected) {
+    const int32_t rows = static_cast<int32_t>(x.dim(0));
+    s.w_in_c = static_cast<int32_t>(w.dim(1));
+    s.channels = static_cast<int32_t>(w.dim(0));
+    s.x = {1, rows, static_cast<int32_t>(x.dim(1))};
+    s.y = {1, rows, static_cast<int32_t>(want.dim(1))};
+  } else {
+    s.x = HwcOf(x.dims);
+    s.y = HwcOf(want.dims);
+    s.conv.kh = static_cast<int32_t>(w.dim(1));
+    s.conv.kw = static_cast<int32_t>(w.dim(2));
+    s.conv.stride_h = static_cast<int32_t>(c.i64("stride_h"));
+    s.conv.stride_w = static_cast<int32_t>(c.i64("stride_w"));
+    s.conv.dil_h = static_cast<int32_t>(c.i64("dil_h"));
+    s.conv.dil_w = static_cast<int32_t>(c.i64("dil_w"));
+    s.conv.padding = static_cast<int32_t>(c.i64("padding"));
+    s.w_in_c = static_cast<int32_t>(w.dim(3));
+    s.channels = static_cast<int32_t>(s.kind == core::kConvOpConv2D ? w.dim(0) : w.dim(3));
+  }
+  std::vector<int32_t> words(static_cast<size_t>(2 * s.channels), 0x5a5a5a5a);
+  ExpectOk(core::ConvOpMultipliers(s.x_q.scale, ScalesOf(c, "w_scales"), s.y_q.scale, s.channels,
+                                   words.data(), words.data() + s.channels),
+           "ConvOpMultipliers");
+  Expect(c, "requant", words);
+  core::ConvOpParams p;
+  ExpectOk(core::PrepareConvOp(s, &p), "PrepareConvOp");
+  constexpr int32_t kGuard = 32;
+  const size_t n = static_cast<size_t>(want.size());
+  std::vector<int8_t> y(n + kGuard, 99);
+  const int32_t* mult = rq.data<int32_t>();
+  ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(),
+                        OptionalBias(c, "b"), y.data()),
+           "ConvOp");
+  Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
+  for (size_t i = n; i < y.size(); ++i) {
+    if (y[i] != 99) throw Mismatch{"ConvOp wrote past y"};
+  }
+}
+
 const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
   static const std::map<std::string, std::function<void(const Case&)>> m = {
       {"TMT_SOFTMAX_CE_GRAD", CheckSoftmaxCeGrad},
@@ -681,6 +733,7 @@ const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
       {"TMT_CONV_WEIGHT_UPDATE_F32", [](const Case& c) { CheckWeightUpdateF32(c, false); }},
       {"TMT_DW_WEIGHT_UPDATE_F32", [](const Case& c) { CheckWeightUpdateF32(c, true); }},
       {"TMT_BIAS_UPDATE_F32", CheckBiasUpdateF32},
+      {"TMT_CONV", CheckConvOp},
   };
   return m;
 }

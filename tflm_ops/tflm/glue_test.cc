@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -102,6 +103,23 @@ class Tensors {
     tensors_[i].params = {scale, zero_point};
     tensors_[i].quantization = {kTfLiteAffineQuantization, nullptr};
   }
+  // Per-channel (n > 1) or per-tensor affine quantization with zero points 0 (weights).
+  void QuantizeScales(int i, const float* scales, int n, int qdim) {
+    scales_.emplace_back(static_cast<size_t>(n) + 1);
+    std::vector<float>& s = scales_.back();
+    s[0] = static_cast<float>(n);
+    std::copy(scales, scales + n, s.begin() + 1);
+    zero_points_.emplace_back(static_cast<size_t>(n) + 1, 0);
+    zero_points_.back()[0] = n;
+    affine_.emplace_back();
+    TfLiteAffineQuantization& q = affine_.back();
+    q.scale = tflite::testing::FloatArrayFromFloats(s.data());
+    q.zero_point = tflite::testing::IntArrayFromInts(zero_points_.back().data());
+    q.quantized_dimension = qdim;
+    tensors_[i].params = {scales[0], 0};
+    tensors_[i].quantization = {kTfLiteAffineQuantization, &q};
+  }
+  void SetConstant(int i) { tensors_[i].allocation_type = kTfLiteMmapRo; }
   TfLiteTensor* data() { return tensors_.data(); }
   int size() const { return static_cast<int>(tensors_.size()); }
   template <typename T>
@@ -139,6 +157,9 @@ class Tensors {
   std::vector<std::vector<int>> dims_;
   std::vector<std::vector<uint64_t>> data_;
   std::vector<TfLiteTensor> tensors_;
+  std::vector<std::vector<float>> scales_;  // element buffers stay put when these grow
+  std::vector<std::vector<int>> zero_points_;
+  std::deque<TfLiteAffineQuantization> affine_;
 };
 
 // Flexbuffer map of int / float options.
@@ -559,6 +580,36 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     const bool same = bias ? Same(c.array(after), t.ptr<int32_t>(p), t.elements(p), &msg)
                            : Same(c.array(after), t.ptr<int8_t>(p), t.elements(p), &msg);
     return same ? "" : std::string(after) + ": " + msg;
+  }
+  if (op == "TMT_CONV") {
+    const Array& ws = c.array_of<float>("w_scales");
+    const int kind = static_cast<int>(c.i64("kind"));
+    const int x = t.AddArray(c.array("x"));
+    t.Quantize(x, c.f32("x_scale"), static_cast<int>(c.i64("x_zp")));
+    const int w = t.AddArray(c.array("w"));
+    t.QuantizeScales(w, ws.data<float>(), static_cast<int>(ws.size()), kind == 1 ? 3 : 0);
+    const int b = c.has("b") ? t.AddArray(c.array("b")) : -1;
+    const int rq = t.AddArray(c.array("requant"));
+    t.SetConstant(rq);
+    const int y = t.AddOutput(DimsOf(c.array("out_y")), kTfLiteInt8);
+    t.Quantize(y, c.f32("y_scale"), static_cast<int>(c.i64("y_zp")));
+    in = {x, w, b, rq};
+    out = {y};
+    o.ints.push_back({"kind", kind});
+    o.ints.push_back({"act", c.i64("act")});
+    o.ints.push_back({"version", 1});
+    if (kind != 2) {
+      for (const char* k : {"stride_h", "stride_w", "dil_h", "dil_w", "padding"}) {
+        o.ints.push_back({k, c.i64(k)});
+      }
+    }
+    if (!(e = run()).empty()) return e;
+    if (!(e = expect_i8(y, "out_y")).empty()) return e;
+    if (c.index < 3 && !use_scratch) {  // a requant that disagrees with the scales is refused
+      t.ptr<int32_t>(rq)[0] += 1;
+      if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a wrong requant was accepted";
+    }
+    return "";
   }
   return "unknown op";
 }

@@ -258,7 +258,8 @@ def _windows(
 
 
 def _conv_2d(
-    inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any
+    inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any,
+    multipliers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """CONV_2D: reference_integer_ops::ConvPerChannel (grouped conv supported)."""
     x, w = inputs[0], inputs[1]
@@ -290,14 +291,15 @@ def _conv_2d(
     ).astype(np.int64)
     if bias is not None:
         acc += bias.astype(np.int64)
-    mult, shift = _conv_multipliers(in_info, w_info, out_info, o)
+    mult, shift = multipliers if multipliers is not None else _conv_multipliers(in_info, w_info, out_info, o)
     lo, hi = _activation_range(options.fusedActivationFunction, out_info)
     out = _requantize_output(acc, mult, shift, out_info, lo, hi)
     return [out.reshape(out_info.shape)]
 
 
 def _depthwise_conv_2d(
-    inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any
+    inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any,
+    multipliers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """DEPTHWISE_CONV_2D: reference_integer_ops::DepthwiseConvPerChannel."""
     x, w = inputs[0], inputs[1]
@@ -322,13 +324,14 @@ def _depthwise_conv_2d(
         acc += window * tap
     if bias is not None:
         acc += bias.astype(np.int32)
-    mult, shift = _conv_multipliers(in_info, w_info, out_info, oc)
+    mult, shift = multipliers if multipliers is not None else _conv_multipliers(in_info, w_info, out_info, oc)
     lo, hi = _activation_range(options.fusedActivationFunction, out_info)
     return [_requantize_output(acc, mult, shift, out_info, lo, hi)]
 
 
 def _fully_connected(
-    inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any
+    inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any,
+    multipliers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """FULLY_CONNECTED: reference_integer_ops::FullyConnected[PerChannel]."""
     x, w = inputs[0], inputs[1]
@@ -336,7 +339,9 @@ def _fully_connected(
     in_info, w_info, out_info = input_infos[0], input_infos[1], output_infos[0]
     units, depth = w.shape
     wf = w.astype(np.float64)
-    if w_info.scale.size > 1:
+    if multipliers is not None:  # TMT_CONV: per-channel, from the op's constant tensors
+        mult, shift = multipliers
+    elif w_info.scale.size > 1:
         # Per-channel: weights are symmetric, their zero point is ignored.
         mult, shift = _conv_multipliers(in_info, w_info, out_info, units)
     else:

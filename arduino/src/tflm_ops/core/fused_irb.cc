@@ -8,140 +8,20 @@ namespace tfmicro_train {
 namespace core {
 namespace {
 
-constexpr int32_t kQMin = -128;
-constexpr int32_t kQMax = 127;
+using tflm_ref::ActivationRange;
+using tflm_ref::ChannelMultipliers;
+using tflm_ref::kQMax;
+using tflm_ref::kQMin;
+using tflm_ref::LeadingPad;
+using tflm_ref::MultiplyByQuantizedMultiplier;
+using tflm_ref::OutSize;
+using tflm_ref::QuantizeMultiplier;
+using tflm_ref::ValidConv;
+using tflm_ref::ValidQuant;
+using tflm_ref::ValidScale;
+using tflm_ref::Wrap32;
+
 constexpr int32_t kAddLeftShift = 20;  // reference add.cc, int8
-
-// ------------------------------------------------------------ TFLM fixed-point arithmetic
-
-// Two's-complement wrap to int32 (TFLM's int32 accumulators wrap in practice).
-inline int32_t Wrap32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v)); }
-
-// gemmlowp SaturatingRoundingDoublingHighMul.
-inline int32_t Srdhm(int32_t a, int32_t b) {
-  const bool overflow = a == b && a == INT32_MIN;
-  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
-  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
-  const int32_t high = static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
-  return overflow ? INT32_MAX : high;
-}
-
-// gemmlowp RoundingDivideByPOT, exponent in [0, 31].
-inline int32_t RoundingDivideByPot(int32_t x, int exponent) {
-  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
-  const int32_t remainder = x & mask;
-  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-  return (x >> exponent) + (remainder > threshold ? 1 : 0);
-}
-
-// TFLM MultiplyByQuantizedMultiplier (double-rounding variant).
-inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
-  const int left = shift > 0 ? shift : 0;
-  const int right = shift > 0 ? 0 : -shift;
-  const int32_t shifted =
-      left >= 32 ? 0 : static_cast<int32_t>(static_cast<uint32_t>(x) << left);
-  return RoundingDivideByPot(Srdhm(shifted, multiplier), right);
-}
-
-// TFLM QuantizeMultiplier (double). False for a non-finite or negative multiplier.
-bool QuantizeMultiplier(double real, int32_t* multiplier, int32_t* shift) {
-  if (!std::isfinite(real) || real < 0) return false;
-  if (real == 0.0) {
-    *multiplier = 0;
-    *shift = 0;
-    return true;
-  }
-  int exp = 0;
-  const double q = std::frexp(real, &exp);
-  int64_t q_fixed = static_cast<int64_t>(std::round(q * static_cast<double>(int64_t{1} << 31)));
-  if (q_fixed == (int64_t{1} << 31)) {
-    q_fixed /= 2;
-    ++exp;
-  }
-  if (exp < -31) {
-    exp = 0;
-    q_fixed = 0;
-  }
-  *multiplier = static_cast<int32_t>(q_fixed);
-  *shift = exp;
-  return true;
-}
-
-inline bool ValidScale(float s) { return std::isfinite(s) && s > 0.0f; }
-inline bool ValidZp(int32_t zp) { return zp >= kQMin && zp <= kQMax; }
-inline bool ValidQuant(const TensorQuant& q) { return ValidScale(q.scale) && ValidZp(q.zero_point); }
-
-// kernel_util CalculateActivationRangeQuantized for an int8 output. False for an unsupported
-// activation or a bound that does not fit (absurd scales).
-bool ActivationRange(int32_t act, const TensorQuant& q, int32_t* lo, int32_t* hi) {
-  auto quantize = [&q](float f, int64_t* out) {
-    const float r = std::round(f / q.scale);  // float32 division and rounding, as TFLM
-    if (!(std::fabs(r) < 4.0e18f)) return false;
-    *out = q.zero_point + static_cast<int64_t>(r);
-    return true;
-  };
-  int64_t a = kQMin, b = kQMax, v = 0;
-  switch (act) {
-    case kActNone:
-      break;
-    case kActRelu:
-      if (!quantize(0.0f, &v)) return false;
-      a = v > kQMin ? v : kQMin;
-      break;
-    case kActRelu6:
-      if (!quantize(0.0f, &v)) return false;
-      a = v > kQMin ? v : kQMin;
-      if (!quantize(6.0f, &v)) return false;
-      b = v < kQMax ? v : kQMax;
-      break;
-    case kActReluN1To1:
-      if (!quantize(-1.0f, &v)) return false;
-      a = v > kQMin ? v : kQMin;
-      if (!quantize(1.0f, &v)) return false;
-      b = v < kQMax ? v : kQMax;
-      break;
-    default:
-      return false;
-  }
-  *lo = static_cast<int32_t>(a);
-  *hi = static_cast<int32_t>(b);
-  return true;
-}
-
-// TFLite ComputeOutSize.
-inline int32_t OutSize(int32_t padding, int32_t in, int32_t filt, int32_t stride, int32_t dil) {
-  const int32_t eff = (filt - 1) * dil + 1;
-  if (padding == kPaddingSame) return (in + stride - 1) / stride;
-  const int32_t n = in + stride - eff;
-  return n < 0 ? -1 : n / stride;  // negative: no valid output (Prepare rejects it)
-}
-
-// TFLite ComputePaddingWithOffset (leading padding only).
-inline int32_t LeadingPad(int32_t stride, int32_t dil, int32_t in, int32_t filt, int32_t out) {
-  const int32_t eff = (filt - 1) * dil + 1;
-  int32_t total = (out - 1) * stride + eff - in;
-  total = total > 0 ? total : 0;
-  return total / 2;
-}
-
-inline bool ValidConv(const ConvSpec& s) {
-  return s.kh >= 1 && s.kw >= 1 && s.stride_h >= 1 && s.stride_w >= 1 && s.dil_h >= 1 &&
-         s.dil_w >= 1 && (s.padding == kPaddingSame || s.padding == kPaddingValid);
-}
-
-// PopulateConvolutionQuantizationParams: per-channel multipliers in double precision.
-bool ChannelMultipliers(float in_scale, const WeightScales& w, float out_scale, int32_t channels,
-                        int32_t* mult, int32_t* shift) {
-  if (w.scales == nullptr || (w.n != 1 && w.n != channels)) return false;
-  for (int32_t c = 0; c < channels; ++c) {
-    const float ws = w.n == 1 ? w.scales[0] : w.scales[c];
-    if (!ValidScale(ws)) return false;
-    const double real =
-        static_cast<double>(in_scale) * static_cast<double>(ws) / static_cast<double>(out_scale);
-    if (!QuantizeMultiplier(real, &mult[c], &shift[c])) return false;
-  }
-  return true;
-}
 
 // One requantization stage; words == nullptr checks the weight scales but leaves the
 // multipliers unset.
@@ -165,41 +45,50 @@ bool MakeRequant(float in_scale, const WeightScales& w, const TensorQuant& out, 
   return ActivationRange(act, out, &rq->act_min, &rq->act_max);
 }
 
-inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
-  int32_t v = MultiplyByQuantizedMultiplier(Wrap32(acc), rq.multiplier[c], rq.shift[c]);
-  v += rq.output_offset;
-  v = v < rq.act_min ? rq.act_min : v;
-  v = v > rq.act_max ? rq.act_max : v;
-  return static_cast<int8_t>(v);
+// The expansion (CONV_2D reference_integer_ops::ConvPerChannel) as a ConvLoop: row r of it is
+// tflm_ref::ConvRow(loop, x, w, b, r, out) into out [e.w, c_exp].
+tflm_ref::ConvLoop ExpandLoop(const FusedIrbParams& p) {
+  tflm_ref::ConvLoop l;
+  l.in_h = p.x.h;
+  l.in_w = p.x.w;
+  l.in_c = p.x.c;
+  l.out_w = p.e.w;
+  l.out_c = p.c_exp;
+  l.kh = p.e_kh;
+  l.kw = p.e_kw;
+  l.stride_h = p.e_stride_h;
+  l.stride_w = p.e_stride_w;
+  l.dil_h = p.e_dil_h;
+  l.dil_w = p.e_dil_w;
+  l.pad_top = p.e_pad_top;
+  l.pad_left = p.e_pad_left;
+  l.in_offset = p.x_offset;
+  l.rq = p.e_rq;
+  return l;
 }
 
-// One row `r` of the expansion (CONV_2D reference_integer_ops::ConvPerChannel) into `out`
-// [e.w, c_exp].
-void ExpandRow(const FusedIrbParams& p, const int8_t* x, const int8_t* w, const int32_t* b,
-               int32_t r, int8_t* out) {
-  const int32_t in_c = p.x.c;
-  const int32_t y0 = r * p.e_stride_h - p.e_pad_top;
-  for (int32_t ex = 0; ex < p.e.w; ++ex) {
-    const int32_t x0 = ex * p.e_stride_w - p.e_pad_left;
-    for (int32_t co = 0; co < p.c_exp; ++co) {
-      int64_t acc = 0;
-      for (int32_t ky = 0; ky < p.e_kh; ++ky) {
-        const int32_t iy = y0 + ky * p.e_dil_h;
-        if (iy < 0 || iy >= p.x.h) continue;
-        for (int32_t kx = 0; kx < p.e_kw; ++kx) {
-          const int32_t ix = x0 + kx * p.e_dil_w;
-          if (ix < 0 || ix >= p.x.w) continue;
-          const int8_t* xp = x + (static_cast<int64_t>(iy) * p.x.w + ix) * in_c;
-          const int8_t* wp = w + ((static_cast<int64_t>(co) * p.e_kh + ky) * p.e_kw + kx) * in_c;
-          for (int32_t ci = 0; ci < in_c; ++ci) {
-            acc += static_cast<int64_t>(xp[ci] + p.x_offset) * wp[ci];
-          }
-        }
-      }
-      if (b) acc += b[co];
-      out[ex * p.c_exp + co] = Requantize(acc, p.e_rq, co);
-    }
-  }
+// The depthwise (reference_integer_ops::DepthwiseConvPerChannel) on the PAD of the expansion.
+tflm_ref::DepthwiseLoop DepthwiseOf(const FusedIrbParams& p) {
+  tflm_ref::DepthwiseLoop l;
+  l.src_h = p.e.h;
+  l.src_w = p.e.w;
+  l.c = p.c_exp;
+  l.pd_h = p.pd.h;
+  l.pd_w = p.pd.w;
+  l.pad_top = p.pad_top;
+  l.pad_left = p.pad_left;
+  l.pad_value = p.pad_value;
+  l.kh = p.d_kh;
+  l.kw = p.d_kw;
+  l.stride_h = p.d_stride_h;
+  l.stride_w = p.d_stride_w;
+  l.dil_h = p.d_dil_h;
+  l.dil_w = p.d_dil_w;
+  l.d_pad_top = p.d_pad_top;
+  l.d_pad_left = p.d_pad_left;
+  l.in_offset = p.d_in_offset;
+  l.rq = p.d_rq;
+  return l;
 }
 
 // reference_integer_ops::Add for one element pair (x, project); orientation does not change the
@@ -415,65 +304,40 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
   const int32_t row_bytes = p.e.w * p.c_exp;
   int8_t* ring = scratch;
   int8_t* dpix = scratch + p.ring_rows * row_bytes;  // one pixel of depthwise output
+  const tflm_ref::ConvLoop expand = p.has_expand ? ExpandLoop(p) : tflm_ref::ConvLoop();
+  const tflm_ref::DepthwiseLoop dw = DepthwiseOf(p);
+  auto row_of = [&](int32_t er) -> const int8_t* {
+    return p.has_expand ? ring + (er % p.ring_rows) * row_bytes
+                        : x + static_cast<int64_t>(er) * row_bytes;
+  };
   int32_t next_row = 0;  // the next expansion row to compute (rows are computed in order)
   for (int32_t oy = 0; oy < p.y.h; ++oy) {
-    const int32_t base = oy * p.d_stride_h - p.d_pad_top;  // padded-row of tap ky = 0
     if (p.has_expand) {
       // The window needs expansion rows within [first, last] (first is the unclipped row of tap
       // 0, nondecreasing in oy, so rows below it are never needed again); compute the ones not
       // yet in the ring, in order. last - first < ring_rows, so none of them is overwritten.
+      const int32_t base = oy * p.d_stride_h - p.d_pad_top;  // padded-row of tap ky = 0
       const int32_t first = base - p.pad_top;
       int32_t last = first + (p.d_kh - 1) * p.d_dil_h;
       if (last > p.e.h - 1) last = p.e.h - 1;
       int32_t r = first > next_row ? first : next_row;
       if (r < 0) r = 0;
       for (; r <= last; ++r) {
-        ExpandRow(p, x, w_e, b_e, r, ring + (r % p.ring_rows) * row_bytes);
+        tflm_ref::ConvRow(expand, x, w_e, b_e, r, ring + (r % p.ring_rows) * row_bytes);
       }
       if (last + 1 > next_row) next_row = last + 1;
     }
     for (int32_t ox = 0; ox < p.y.w; ++ox) {
-      const int32_t col0 = ox * p.d_stride_w - p.d_pad_left;
-      // depthwise (reference_integer_ops::DepthwiseConvPerChannel) for one pixel
-      for (int32_t c = 0; c < p.c_exp; ++c) {
-        int64_t acc = 0;
-        for (int32_t ky = 0; ky < p.d_kh; ++ky) {
-          const int32_t pr = base + ky * p.d_dil_h;
-          if (pr < 0 || pr >= p.pd.h) continue;  // implicit (SAME) padding: tap skipped
-          const int32_t er = pr - p.pad_top;
-          const bool row_in = er >= 0 && er < p.e.h;
-          const int8_t* row = nullptr;
-          if (row_in) {
-            row = p.has_expand ? ring + (er % p.ring_rows) * row_bytes
-                               : x + static_cast<int64_t>(er) * row_bytes;
-          }
-          for (int32_t kx = 0; kx < p.d_kw; ++kx) {
-            const int32_t pc = col0 + kx * p.d_dil_w;
-            if (pc < 0 || pc >= p.pd.w) continue;
-            const int32_t ec = pc - p.pad_left;
-            const int32_t v = (row_in && ec >= 0 && ec < p.e.w) ? row[ec * p.c_exp + c]
-                                                                : p.pad_value;  // PAD op
-            acc += static_cast<int64_t>(v + p.d_in_offset) *
-                   w_d[(ky * p.d_kw + kx) * p.c_exp + c];
-          }
-        }
-        if (b_d) acc += b_d[c];
-        dpix[c] = Requantize(acc, p.d_rq, c);
-      }
-      // project (1x1 CONV_2D) [+ residual ADD]
+      // depthwise for one pixel
+      tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
+      // project (1x1 CONV_2D) [+ residual ADD, interleaved per channel: see FusedIrbInPlaceLag]
       const int64_t pix = static_cast<int64_t>(oy) * p.y.w + ox;
       int8_t* yp = y + pix * p.c_out;
       const int8_t* xp = p.residual ? x + pix * p.x.c : nullptr;  // same dims as y then
-      for (int32_t co = 0; co < p.c_out; ++co) {
-        const int8_t* wp = w_p + static_cast<int64_t>(co) * p.c_exp;
-        int64_t acc = 0;
-        for (int32_t c = 0; c < p.c_exp; ++c) {
-          acc += static_cast<int64_t>(dpix[c] + p.p_in_offset) * wp[c];
-        }
-        if (b_p) acc += b_p[co];
-        const int8_t pv = Requantize(acc, p.p_rq, co);
-        yp[co] = p.residual ? AddResidual(p, xp[co], pv) : pv;
-      }
+      tflm_ref::PointwisePixel(dpix, p.c_exp, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out,
+                               [&](int32_t co, int8_t pv) {
+                                 yp[co] = p.residual ? AddResidual(p, xp[co], pv) : pv;
+                               });
     }
   }
   return Status::kOk;

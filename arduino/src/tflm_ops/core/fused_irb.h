@@ -33,38 +33,11 @@
 
 #include <cstdint>
 
+#include "tflm_ops/core/tflm_reference.h"
 #include "tflm_ops/core/training_ops.h"
 
 namespace tfmicro_train {
 namespace core {
-
-// TFLite's ActivationFunctionType and Padding values (as in the builtin options).
-enum FusedActivation : int32_t { kActNone = 0, kActRelu = 1, kActReluN1To1 = 2, kActRelu6 = 3 };
-enum FusedPadding : int32_t { kPaddingSame = 0, kPaddingValid = 1 };
-
-// Quantization of one int8 tensor (float32 scale, as in the flatbuffer).
-struct TensorQuant {
-  float scale = 1.0f;
-  int32_t zero_point = 0;
-};
-
-// Geometry of a convolution as in its builtin options.
-struct ConvSpec {
-  int32_t kh = 1;
-  int32_t kw = 1;
-  int32_t stride_h = 1;
-  int32_t stride_w = 1;
-  int32_t dil_h = 1;
-  int32_t dil_w = 1;
-  int32_t padding = kPaddingValid;
-  int32_t act = kActNone;
-};
-
-// Per-channel (n == channels) or per-tensor (n == 1) weight scales.
-struct WeightScales {
-  const float* scales = nullptr;
-  int32_t n = 0;
-};
 
 // Everything the flatbuffer says about one TMT_FUSED_IRB op (tensors + custom options).
 struct FusedIrbSpec {
@@ -94,15 +67,6 @@ struct FusedIrbSpec {
 
   int32_t residual = 0;  // 0 none, 1 y = ADD(x, project), 2 y = ADD(project, x)
   int32_t add_act = kActNone;
-};
-
-// One requantization stage: per-channel multipliers, output offset, activation clamp.
-struct Requant {
-  const int32_t* multiplier = nullptr;  // [channels]
-  const int32_t* shift = nullptr;       // [channels]
-  int32_t output_offset = 0;
-  int32_t act_min = -128;
-  int32_t act_max = 127;
 };
 
 // Precomputed parameters (PrepareFusedIrb), as TFLM's OpData.

@@ -1224,6 +1224,7 @@ const TrainingOpEntry* TrainingOps() {
       {"TMT_DW_WEIGHT_UPDATE", Register_TMT_DW_WEIGHT_UPDATE},
       {"TMT_BIAS_UPDATE", Register_TMT_BIAS_UPDATE},
       {"TMT_FUSED_IRB", Register_TMT_FUSED_IRB},
+      {"TMT_CONV", Register_TMT_CONV},
   };
   static_assert(sizeof(kEntries) / sizeof(kEntries[0]) == kNumTrainingOps, "");
   return kEntries;

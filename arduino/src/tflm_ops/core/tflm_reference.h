@@ -1,0 +1,304 @@
+// TFLite Micro's reference int8 arithmetic and convolution loops, shared by the forward ops
+// TMT_FUSED_IRB (fused_irb.cc) and TMT_CONV (conv_op.cc).
+//
+// Every function computes bit for bit what TFLM's reference kernels compute
+// (reference_integer_ops::ConvPerChannel, DepthwiseConvPerChannel, FullyConnectedPerChannel,
+// kernel_util's QuantizeMultiplier / CalculateActivationRangeQuantized, padding.h): int32
+// accumulators (wrapping), per-channel MultiplyByQuantizedMultiplier (double-rounding variant:
+// SaturatingRoundingDoublingHighMul then RoundingDivideByPOT), multipliers from float scales by
+// double-precision QuantizeMultiplier. The numpy twin is tfmicro_train/kernels/builtin_ops.py.
+//
+// Portable C++17, header only: no TFLM, no heap, no exceptions, no RTTI.
+#ifndef TFLM_OPS_CORE_TFLM_REFERENCE_H_
+#define TFLM_OPS_CORE_TFLM_REFERENCE_H_
+
+#include <cmath>
+#include <cstdint>
+
+namespace tfmicro_train {
+namespace core {
+
+// TFLite's ActivationFunctionType and Padding values (as in the builtin options).
+enum FusedActivation : int32_t { kActNone = 0, kActRelu = 1, kActReluN1To1 = 2, kActRelu6 = 3 };
+enum FusedPadding : int32_t { kPaddingSame = 0, kPaddingValid = 1 };
+
+// Quantization of one int8 tensor (float32 scale, as in the flatbuffer).
+struct TensorQuant {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+};
+
+// Geometry of a convolution as in its builtin options.
+struct ConvSpec {
+  int32_t kh = 1;
+  int32_t kw = 1;
+  int32_t stride_h = 1;
+  int32_t stride_w = 1;
+  int32_t dil_h = 1;
+  int32_t dil_w = 1;
+  int32_t padding = kPaddingValid;
+  int32_t act = kActNone;
+};
+
+// Per-channel (n == channels) or per-tensor (n == 1) weight scales.
+struct WeightScales {
+  const float* scales = nullptr;
+  int32_t n = 0;
+};
+
+// One requantization stage: per-channel multipliers, output offset, activation clamp.
+struct Requant {
+  const int32_t* multiplier = nullptr;  // [channels]
+  const int32_t* shift = nullptr;       // [channels]
+  int32_t output_offset = 0;
+  int32_t act_min = -128;
+  int32_t act_max = 127;
+};
+
+namespace tflm_ref {
+
+constexpr int32_t kQMin = -128;
+constexpr int32_t kQMax = 127;
+
+// Two's-complement wrap to int32 (TFLM's int32 accumulators wrap in practice).
+inline int32_t Wrap32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v)); }
+
+// gemmlowp SaturatingRoundingDoublingHighMul.
+inline int32_t Srdhm(int32_t a, int32_t b) {
+  const bool overflow = a == b && a == INT32_MIN;
+  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
+  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
+  const int32_t high = static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
+  return overflow ? INT32_MAX : high;
+}
+
+// gemmlowp RoundingDivideByPOT, exponent in [0, 31].
+inline int32_t RoundingDivideByPot(int32_t x, int exponent) {
+  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
+  const int32_t remainder = x & mask;
+  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+// TFLM MultiplyByQuantizedMultiplier (double-rounding variant).
+inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
+  const int left = shift > 0 ? shift : 0;
+  const int right = shift > 0 ? 0 : -shift;
+  const int32_t shifted =
+      left >= 32 ? 0 : static_cast<int32_t>(static_cast<uint32_t>(x) << left);
+  return RoundingDivideByPot(Srdhm(shifted, multiplier), right);
+}
+
+// TFLM QuantizeMultiplier (double). False for a non-finite or negative multiplier.
+inline bool QuantizeMultiplier(double real, int32_t* multiplier, int32_t* shift) {
+  if (!std::isfinite(real) || real < 0) return false;
+  if (real == 0.0) {
+    *multiplier = 0;
+    *shift = 0;
+    return true;
+  }
+  int exp = 0;
+  const double q = std::frexp(real, &exp);
+  int64_t q_fixed = static_cast<int64_t>(std::round(q * static_cast<double>(int64_t{1} << 31)));
+  if (q_fixed == (int64_t{1} << 31)) {
+    q_fixed /= 2;
+    ++exp;
+  }
+  if (exp < -31) {
+    exp = 0;
+    q_fixed = 0;
+  }
+  *multiplier = static_cast<int32_t>(q_fixed);
+  *shift = exp;
+  return true;
+}
+
+inline bool ValidScale(float s) { return std::isfinite(s) && s > 0.0f; }
+inline bool ValidZp(int32_t zp) { return zp >= kQMin && zp <= kQMax; }
+inline bool ValidQuant(const TensorQuant& q) { return ValidScale(q.scale) && ValidZp(q.zero_point); }
+
+// kernel_util CalculateActivationRangeQuantized for an int8 output. False for an unsupported
+// activation or a bound that does not fit (absurd scales).
+inline bool ActivationRange(int32_t act, const TensorQuant& q, int32_t* lo, int32_t* hi) {
+  auto quantize = [&q](float f, int64_t* out) {
+    const float r = std::round(f / q.scale);  // float32 division and rounding, as TFLM
+    if (!(std::fabs(r) < 4.0e18f)) return false;
+    *out = q.zero_point + static_cast<int64_t>(r);
+    return true;
+  };
+  int64_t a = kQMin, b = kQMax, v = 0;
+  switch (act) {
+    case kActNone:
+      break;
+    case kActRelu:
+      if (!quantize(0.0f, &v)) return false;
+      a = v > kQMin ? v : kQMin;
+      break;
+    case kActRelu6:
+      if (!quantize(0.0f, &v)) return false;
+      a = v > kQMin ? v : kQMin;
+      if (!quantize(6.0f, &v)) return false;
+      b = v < kQMax ? v : kQMax;
+      break;
+    case kActReluN1To1:
+      if (!quantize(-1.0f, &v)) return false;
+      a = v > kQMin ? v : kQMin;
+      if (!quantize(1.0f, &v)) return false;
+      b = v < kQMax ? v : kQMax;
+      break;
+    default:
+      return false;
+  }
+  *lo = static_cast<int32_t>(a);
+  *hi = static_cast<int32_t>(b);
+  return true;
+}
+
+// TFLite ComputeOutSize.
+inline int32_t OutSize(int32_t padding, int32_t in, int32_t filt, int32_t stride, int32_t dil) {
+  const int32_t eff = (filt - 1) * dil + 1;
+  if (padding == kPaddingSame) return (in + stride - 1) / stride;
+  const int32_t n = in + stride - eff;
+  return n < 0 ? -1 : n / stride;  // negative: no valid output (Prepare rejects it)
+}
+
+// TFLite ComputePaddingWithOffset (leading padding only).
+inline int32_t LeadingPad(int32_t stride, int32_t dil, int32_t in, int32_t filt, int32_t out) {
+  const int32_t eff = (filt - 1) * dil + 1;
+  int32_t total = (out - 1) * stride + eff - in;
+  total = total > 0 ? total : 0;
+  return total / 2;
+}
+
+inline bool ValidConv(const ConvSpec& s) {
+  return s.kh >= 1 && s.kw >= 1 && s.stride_h >= 1 && s.stride_w >= 1 && s.dil_h >= 1 &&
+         s.dil_w >= 1 && (s.padding == kPaddingSame || s.padding == kPaddingValid);
+}
+
+// PopulateConvolutionQuantizationParams: per-channel multipliers in double precision.
+inline bool ChannelMultipliers(float in_scale, const WeightScales& w, float out_scale,
+                               int32_t channels, int32_t* mult, int32_t* shift) {
+  if (w.scales == nullptr || (w.n != 1 && w.n != channels)) return false;
+  for (int32_t c = 0; c < channels; ++c) {
+    const float ws = w.n == 1 ? w.scales[0] : w.scales[c];
+    if (!ValidScale(ws)) return false;
+    const double real =
+        static_cast<double>(in_scale) * static_cast<double>(ws) / static_cast<double>(out_scale);
+    if (!QuantizeMultiplier(real, &mult[c], &shift[c])) return false;
+  }
+  return true;
+}
+
+inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
+  int32_t v = MultiplyByQuantizedMultiplier(Wrap32(acc), rq.multiplier[c], rq.shift[c]);
+  v += rq.output_offset;
+  v = v < rq.act_min ? rq.act_min : v;
+  v = v > rq.act_max ? rq.act_max : v;
+  return static_cast<int8_t>(v);
+}
+
+// ------------------------------------------------------------------ convolution loops
+
+// A (non-grouped) convolution with precomputed padding, as reference_integer_ops::ConvPerChannel.
+struct ConvLoop {
+  int32_t in_h = 1, in_w = 1, in_c = 1;  // input dims (batch 1)
+  int32_t out_w = 1, out_c = 1;          // output row width and channels
+  int32_t kh = 1, kw = 1, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  int32_t pad_top = 0, pad_left = 0;
+  int32_t in_offset = 0;  // -input zero point
+  Requant rq;
+};
+
+// Output row `r` of the convolution into `out` [out_w, out_c]; w [out_c, kh, kw, in_c].
+inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const int32_t* b,
+                    int32_t r, int8_t* out) {
+  const int32_t in_c = p.in_c;
+  const int32_t y0 = r * p.stride_h - p.pad_top;
+  for (int32_t ox = 0; ox < p.out_w; ++ox) {
+    const int32_t x0 = ox * p.stride_w - p.pad_left;
+    for (int32_t co = 0; co < p.out_c; ++co) {
+      int64_t acc = 0;
+      for (int32_t ky = 0; ky < p.kh; ++ky) {
+        const int32_t iy = y0 + ky * p.dil_h;
+        if (iy < 0 || iy >= p.in_h) continue;
+        for (int32_t kx = 0; kx < p.kw; ++kx) {
+          const int32_t ix = x0 + kx * p.dil_w;
+          if (ix < 0 || ix >= p.in_w) continue;
+          const int8_t* xp = x + (static_cast<int64_t>(iy) * p.in_w + ix) * in_c;
+          const int8_t* wp = w + ((static_cast<int64_t>(co) * p.kh + ky) * p.kw + kx) * in_c;
+          for (int32_t ci = 0; ci < in_c; ++ci) {
+            acc += static_cast<int64_t>(xp[ci] + p.in_offset) * wp[ci];
+          }
+        }
+      }
+      if (b) acc += b[co];
+      out[ox * p.out_c + co] = Requantize(acc, p.rq, co);
+    }
+  }
+}
+
+// One pixel of a 1x1 convolution (or a fully-connected layer): in [in_c] -> output channel
+// values store(co, v), co ascending, with w [out_c, in_c]
+// (reference_integer_ops::FullyConnectedPerChannel for one batch row).
+template <typename Store>
+inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
+                           const int32_t* b, const Requant& rq, int32_t out_c, Store store) {
+  for (int32_t co = 0; co < out_c; ++co) {
+    const int8_t* wp = w + static_cast<int64_t>(co) * in_c;
+    int64_t acc = 0;
+    for (int32_t c = 0; c < in_c; ++c) {
+      acc += static_cast<int64_t>(in[c] + in_offset) * wp[c];
+    }
+    if (b) acc += b[co];
+    store(co, Requantize(acc, rq, co));
+  }
+}
+
+// A depthwise convolution (multiplier 1) whose input may be embedded in an explicit PAD:
+// the unpadded source [src_h, src_w, c] sits at (pad_top, pad_left) of a [pd_h, pd_w, c]
+// canvas filled with pad_value; the depthwise's own (SAME) padding d_pad_* skips taps.
+// Without PAD: pad_* = 0 and pd = src.
+struct DepthwiseLoop {
+  int32_t src_h = 1, src_w = 1, c = 1;
+  int32_t pd_h = 1, pd_w = 1;
+  int32_t pad_top = 0, pad_left = 0, pad_value = 0;
+  int32_t kh = 1, kw = 1, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  int32_t d_pad_top = 0, d_pad_left = 0;
+  int32_t in_offset = 0;  // -input zero point
+  Requant rq;
+};
+
+// One output pixel (oy, ox) of the depthwise (reference_integer_ops::DepthwiseConvPerChannel)
+// into out [c]; w [1, kh, kw, c]. row_of(er) returns the source row er ([src_w, c]).
+template <typename RowOf>
+inline void DepthwisePixel(const DepthwiseLoop& p, RowOf row_of, int32_t oy, int32_t ox,
+                           const int8_t* w, const int32_t* b, int8_t* out) {
+  const int32_t base = oy * p.stride_h - p.d_pad_top;  // padded row of tap ky = 0
+  const int32_t col0 = ox * p.stride_w - p.d_pad_left;
+  for (int32_t c = 0; c < p.c; ++c) {
+    int64_t acc = 0;
+    for (int32_t ky = 0; ky < p.kh; ++ky) {
+      const int32_t pr = base + ky * p.dil_h;
+      if (pr < 0 || pr >= p.pd_h) continue;  // implicit (SAME) padding: tap skipped
+      const int32_t er = pr - p.pad_top;
+      const bool row_in = er >= 0 && er < p.src_h;
+      const int8_t* row = row_in ? row_of(er) : nullptr;
+      for (int32_t kx = 0; kx < p.kw; ++kx) {
+        const int32_t pc = col0 + kx * p.dil_w;
+        if (pc < 0 || pc >= p.pd_w) continue;
+        const int32_t ec = pc - p.pad_left;
+        const int32_t v = (row_in && ec >= 0 && ec < p.src_w) ? row[ec * p.c + c]
+                                                              : p.pad_value;  // PAD op
+        acc += static_cast<int64_t>(v + p.in_offset) * w[(ky * p.kw + kx) * p.c + c];
+      }
+    }
+    if (b) acc += b[c];
+    out[c] = Requantize(acc, p.rq, c);
+  }
+}
+
+}  // namespace tflm_ref
+}  // namespace core
+}  // namespace tfmicro_train
+
+#endif  // TFLM_OPS_CORE_TFLM_REFERENCE_H_

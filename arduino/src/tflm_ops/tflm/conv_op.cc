@@ -1,0 +1,256 @@
+// TFLite Micro glue of TMT_CONV (tflm_ops/core/conv_op.h, docs/contract.md): TFLM's int8
+// CONV_2D / DEPTHWISE_CONV_2D / per-channel FULLY_CONNECTED, bit for bit, with the per-channel
+// output multipliers and shifts read from the constant `requant` input (flash). Unlike the
+// builtins, Prepare allocates no per-channel memory: it checks the tensors, checks that
+// `requant` holds exactly what TFLM's Prepare would compute from the scales, and keeps only the
+// geometry, offsets and activation clamp (ConvOpParams) in its op data.
+#include <cstdint>
+#include <new>
+
+#include "flatbuffers/flexbuffers.h"
+#include "tensorflow/lite/c/common.h"
+#include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/micro_context.h"
+#include "tensorflow/lite/micro/micro_log.h"
+#include "tflm_ops/core/conv_op.h"
+#include "tflm_ops/tflm/training_ops.h"
+
+namespace tfmicro_train {
+namespace {
+
+namespace core = ::tfmicro_train::core;
+
+constexpr int kInputs = 4;  // x, w, b, requant
+const char* const kInputNames[kInputs] = {"x", "w", "b", "requant"};
+const char* const kKindNames[3] = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"};
+
+struct ConvOpData {
+  core::ConvOpParams params;
+  int32_t kind = -1;
+  int32_t act = 0;
+  int32_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, padding = core::kPaddingValid;
+  const char* missing_option = nullptr;
+};
+
+void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
+  void* mem = context->AllocatePersistentBuffer(context, sizeof(ConvOpData));
+  if (mem == nullptr) return nullptr;
+  ConvOpData* d = new (mem) ConvOpData();
+  if (buffer == nullptr || length == 0) {
+    d->missing_option = "(all: no custom options)";
+    return d;
+  }
+  const flexbuffers::Reference root =
+      flexbuffers::GetRoot(reinterpret_cast<const uint8_t*>(buffer), length);
+  if (!root.IsMap()) {
+    d->missing_option = "(all: options are not a flexbuffer map)";
+    return d;
+  }
+  const flexbuffers::Map m = root.AsMap();
+  auto get = [&](const char* key, int32_t* out) {
+    const flexbuffers::Reference v = m[key];
+    if (v.IsNull()) {
+      if (!d->missing_option) d->missing_option = key;
+      return;
+    }
+    *out = static_cast<int32_t>(v.AsInt64());
+  };
+  get("kind", &d->kind);
+  get("act", &d->act);
+  if (d->kind != core::kConvOpFullyConnected) {
+    get("stride_h", &d->stride_h);
+    get("stride_w", &d->stride_w);
+    get("dil_h", &d->dil_h);
+    get("dil_w", &d->dil_w);
+    get("padding", &d->padding);
+  }
+  return d;
+}
+
+int Elements(const TfLiteTensor* t) {
+  int n = 1;
+  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
+  return n;
+}
+
+TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
+  ConvOpData* d = static_cast<ConvOpData*>(node->user_data);
+  if (d == nullptr) {
+    MicroPrintf("TMT_CONV: could not allocate op data");
+    return kTfLiteError;
+  }
+  if (d->missing_option) {
+    MicroPrintf("TMT_CONV: custom option '%s' missing", d->missing_option);
+    return kTfLiteError;
+  }
+  if (d->kind < core::kConvOpConv2D || d->kind > core::kConvOpFullyConnected) {
+    MicroPrintf("TMT_CONV: invalid options: kind %d (0 CONV_2D, 1 DEPTHWISE_CONV_2D, "
+                "2 FULLY_CONNECTED)", static_cast<int>(d->kind));
+    return kTfLiteError;
+  }
+  const char* op = kKindNames[d->kind];
+  if (node->inputs->size != kInputs || node->outputs->size != 1) {
+    MicroPrintf("TMT_CONV (%s): expected 4 inputs and 1 output, got %d and %d", op,
+                node->inputs->size, node->outputs->size);
+    return kTfLiteError;
+  }
+  tflite::MicroContext* mc = tflite::GetMicroContext(context);
+  TfLiteTensor* in[kInputs] = {};
+  for (int i = 0; i < kInputs; ++i) {
+    if (node->inputs->data[i] >= 0) in[i] = mc->AllocateTempInputTensor(node, i);
+  }
+  TfLiteTensor* y = mc->AllocateTempOutputTensor(node, 0);
+  TfLiteStatus status = kTfLiteOk;
+  auto fail = [&](int i, const char* what) {
+    if (status != kTfLiteOk) return;  // report the first problem only
+    MicroPrintf("TMT_CONV (%s): %s %d '%s' %s", op, i < 0 ? "output" : "input", i < 0 ? 0 : i,
+                i < 0 ? "y" : kInputNames[i], what);
+    status = kTfLiteError;
+  };
+  auto type = [&](int i, const TfLiteTensor* t, TfLiteType want) {
+    if (t != nullptr && t->type != want && status == kTfLiteOk) {
+      MicroPrintf("TMT_CONV (%s): %s %d '%s' must be %s, not %s", op, i < 0 ? "output" : "input",
+                  i < 0 ? 0 : i, i < 0 ? "y" : kInputNames[i], TfLiteTypeGetName(want),
+                  TfLiteTypeGetName(t->type));
+      status = kTfLiteError;
+    }
+  };
+  for (int i : {0, 1, 3}) {
+    if (in[i] == nullptr) fail(i, "is missing");
+  }
+  if (y == nullptr) fail(-1, "is missing");
+  type(0, in[0], kTfLiteInt8);
+  type(1, in[1], kTfLiteInt8);
+  type(2, in[2], kTfLiteInt32);
+  type(3, in[3], kTfLiteInt32);
+  type(-1, y, kTfLiteInt8);
+  const bool fc = d->kind == core::kConvOpFullyConnected;
+  core::ConvOpSpec s;
+  core::WeightScales ws;
+  if (status == kTfLiteOk) {
+    const TfLiteTensor* x = in[0];
+    const TfLiteTensor* w = in[1];
+    const int want_w = fc ? 2 : 4;
+    if (w->dims->size != want_w) fail(1, fc ? "must be [CO, CI]" : "must be 4-D");
+    if (!fc && (x->dims->size != 4 || x->dims->data[0] != 1)) fail(0, "must be [1, H, W, C]");
+    if (!fc && (y->dims->size != 4 || y->dims->data[0] != 1)) fail(-1, "must be [1, H, W, C]");
+    if (w->quantization.type != kTfLiteAffineQuantization || w->quantization.params == nullptr) {
+      fail(1, "must be quantized");
+    } else {
+      const auto* q = static_cast<const TfLiteAffineQuantization*>(w->quantization.params);
+      if (q->scale == nullptr || q->scale->size < 1) {
+        fail(1, "must be quantized");
+      } else {
+        ws.scales = q->scale->data;
+        ws.n = q->scale->size;
+      }
+    }
+    s.kind = d->kind;
+    s.x_q.scale = x->params.scale;
+    s.x_q.zero_point = x->params.zero_point;
+    s.y_q.scale = y->params.scale;
+    s.y_q.zero_point = y->params.zero_point;
+    s.conv.act = d->act;
+    if (status == kTfLiteOk && fc) {
+      s.w_in_c = w->dims->data[1];
+      s.channels = w->dims->data[0];
+      const int rows = s.w_in_c > 0 ? Elements(x) / s.w_in_c : 0;
+      if (s.w_in_c < 1 || rows * s.w_in_c != Elements(x)) fail(0, "must hold rows of CI elements");
+      s.x = {1, rows, s.w_in_c};
+      s.y = {1, rows, s.channels};
+      if (Elements(y) != rows * s.channels) fail(-1, "must hold rows * CO elements");
+    } else if (status == kTfLiteOk) {
+      s.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
+      s.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
+      const bool dw = d->kind == core::kConvOpDepthwise;
+      if (dw && w->dims->data[0] != 1) fail(1, "must be [1, KH, KW, C] (depth multiplier 1)");
+      s.conv.kh = w->dims->data[1];
+      s.conv.kw = w->dims->data[2];
+      s.conv.stride_h = d->stride_h;
+      s.conv.stride_w = d->stride_w;
+      s.conv.dil_h = d->dil_h;
+      s.conv.dil_w = d->dil_w;
+      s.conv.padding = d->padding;
+      s.w_in_c = w->dims->data[3];
+      s.channels = dw ? w->dims->data[3] : w->dims->data[0];
+    }
+  }
+  if (status == kTfLiteOk) {
+    const core::Status cs = core::PrepareConvOp(s, &d->params);
+    if (cs != core::Status::kOk) {
+      MicroPrintf("TMT_CONV (%s): %s (x, w, y or the options are inconsistent)", op,
+                  core::StatusString(cs));
+      status = kTfLiteError;
+    }
+  }
+  if (status == kTfLiteOk && ws.n != 1 && ws.n != s.channels) {
+    fail(1, "must have 1 or C scales");
+  }
+  const TfLiteTensor* rq = in[3];
+  if (status == kTfLiteOk) {
+    if (rq->allocation_type != kTfLiteMmapRo || rq->dims->size != 2 || rq->dims->data[0] != 2 ||
+        rq->dims->data[1] != s.channels) {
+      fail(3, "must be a constant int32 [2, C] tensor (C output channels)");
+    }
+  }
+  if (status == kTfLiteOk) {
+    // requant must hold what TFLM's Prepare computes from the scales (no memory needed).
+    const int32_t* mult = tflite::GetTensorData<int32_t>(rq);
+    const int32_t* shift = mult + s.channels;
+    for (int32_t c = 0; c < s.channels && status == kTfLiteOk; ++c) {
+      core::WeightScales one;
+      one.scales = ws.n == 1 ? ws.scales : ws.scales + c;
+      one.n = 1;
+      int32_t m = 0, sh = 0;
+      if (core::ConvOpMultipliers(s.x_q.scale, one, s.y_q.scale, 1, &m, &sh) !=
+          core::Status::kOk) {
+        MicroPrintf("TMT_CONV (%s): input 1 'w' channel %d: invalid scale", op,
+                    static_cast<int>(c));
+        status = kTfLiteError;
+      } else if (m != mult[c] || sh != shift[c]) {
+        MicroPrintf("TMT_CONV (%s): input 3 'requant' channel %d holds multiplier %ld shift %ld, "
+                    "the scales give %ld %ld (re-convert the model)", op, static_cast<int>(c),
+                    static_cast<long>(mult[c]), static_cast<long>(shift[c]),
+                    static_cast<long>(m), static_cast<long>(sh));
+        status = kTfLiteError;
+      }
+    }
+  }
+  if (status == kTfLiteOk && in[2] != nullptr && Elements(in[2]) != s.channels) {
+    fail(2, "must have C elements");
+  }
+  for (TfLiteTensor* t : in) {
+    if (t) mc->DeallocateTempTfLiteTensor(t);
+  }
+  if (y) mc->DeallocateTempTfLiteTensor(y);
+  return status;
+}
+
+TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
+  const ConvOpData* d = static_cast<const ConvOpData*>(node->user_data);
+  const TfLiteEvalTensor* x = tflite::micro::GetEvalInput(context, node, 0);
+  const TfLiteEvalTensor* w = tflite::micro::GetEvalInput(context, node, 1);
+  const TfLiteEvalTensor* b =
+      node->inputs->data[2] >= 0 ? tflite::micro::GetEvalInput(context, node, 2) : nullptr;
+  const TfLiteEvalTensor* rq = tflite::micro::GetEvalInput(context, node, 3);
+  TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
+  const int32_t* mult = tflite::micro::GetTensorData<int32_t>(rq);
+  const core::Status s = core::ConvOp(
+      d->params, mult, mult + d->params.y.c, tflite::micro::GetTensorData<int8_t>(x),
+      tflite::micro::GetTensorData<int8_t>(w),
+      b ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
+      tflite::micro::GetTensorData<int8_t>(y));
+  if (s != core::Status::kOk) {
+    MicroPrintf("TMT_CONV (%s): %s", kKindNames[d->params.kind], core::StatusString(s));
+    return kTfLiteError;
+  }
+  return kTfLiteOk;
+}
+
+}  // namespace
+
+TFLMRegistration Register_TMT_CONV() {
+  return tflite::micro::RegisterOp(ConvInit, ConvPrepare, ConvEval);
+}
+
+}  // namespace tfmicro_train

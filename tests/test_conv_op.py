@@ -1,0 +1,136 @@
+"""TMT_CONV: the builtin int8 convolutions with their per-channel multipliers in flash.
+
+* the golden cases cover the variants (tests/test_golden_cpp.py replays them bit for bit: the
+  C++ core (tflm_ops/core/conv_op.cc) and the TFLM glue against the numpy reference
+  (kernels/conv_ops.py, the builtin kernels of builtin_ops.py with the given multipliers); C++'s
+  ConvOpMultipliers (TFLM's Prepare) must give exactly the `requant` the converter writes);
+* the graph pass (requant.py): every int8 conv / depthwise / per-channel FC becomes TMT_CONV,
+  training is bit-identical to the builtin graph, the plan drops the per-channel bookkeeping,
+  and export_tflite() / unfuse_model() give the builtins back.
+(Whole training steps in TFLM: tests/test_tflm_integration.py.)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "golden"))
+
+
+def test_golden_cases_cover_the_variants():
+    import golden_cases
+
+    cases = golden_cases.make_cases("TMT_CONV", 300, 0)
+    kinds = Counter(c["kind"] for c in cases)
+    assert set(kinds) == {0, 1, 2} and min(kinds.values()) >= 30, kinds
+    conv = [c for c in cases if c["kind"] < 2]
+    assert any(c["w"].shape[1:3] == (1, 1) for c in conv if c["kind"] == 0)  # pointwise
+    assert any(c["w"].shape[1] >= 3 for c in conv)
+    assert any(c["stride_h"] > 1 for c in conv) and any(c["dil_h"] > 1 for c in conv)
+    assert {c["padding"] for c in conv} == {0, 1}
+    assert {c["act"] for c in cases} == {0, 1, 2, 3}
+    assert any("b" not in c for c in cases) and any(c["w_scales"].size == 1 for c in conv)
+    assert any(c["x"].shape[0] > 1 for c in cases if c["kind"] == 2)  # FC with several rows
+    varied = sum(int(c["out_y"].min() != c["out_y"].max()) for c in cases)
+    assert varied > 0.8 * len(cases)
+
+
+# --------------------------------------------------------------------------- the graph pass
+
+UPDATE = dict(bias_last_k=3, weight_ratios={0: 1, 1: 1, 2: 0.5, 3: 1})
+
+
+def _ops(art) -> list[str]:
+    from tfmicro_train.schema import fb, op_name
+
+    m = fb.ModelT.InitFromPackedBuf(art if isinstance(art, bytes) else art.flatbuffer, 0)
+    return [op_name(m, op) for op in m.subgraphs[0].operators]
+
+
+@pytest.fixture(scope="module")
+def pair(residual_model, calib):
+    import tfmicro_train as tmt
+
+    up = tmt.SparseUpdate(**UPDATE)
+    return (tmt.convert(residual_model, calib, update=up),
+            tmt.convert(residual_model, calib, update=up, flash_requant=False))
+
+
+def test_every_builtin_conv_becomes_tmt_conv(pair):
+    art, plain = pair
+    ops, plain_ops = _ops(art), _ops(plain)
+    assert not {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} & set(ops)
+    n_builtin = sum(plain_ops.count(k) for k in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+    assert ops.count("TMT_CONV") == n_builtin == 4
+    # the backward and update ops are the same, in the same order
+    assert [o for o in ops if o != "TMT_CONV"] == [o for o in plain_ops if o not in
+                                                   ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    # the plan no longer counts TFLM's 8 bytes per channel for these ops
+    assert art.plan.arena_bytes == plain.plan.arena_bytes
+    assert art.plan.overhead_bytes < plain.plan.overhead_bytes
+
+
+def test_training_bit_identical_to_builtins(pair, calib):
+    import tfmicro_train as tmt
+
+    art, plain = pair
+    a, b = tmt.HostSimulator(art), tmt.HostSimulator(plain)
+    for k in range(8):
+        la, lb = a.train_step(calib[k], k % 10, 0.05), b.train_step(calib[k], k % 10, 0.05)
+        assert la == lb, k
+    wa, wb = a.weights(), b.weights()
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert np.array_equal(a.predict_raw(calib[9]), b.predict_raw(calib[9]))
+    # the exported models hold the builtins again and compute the same
+    from tfmicro_train.kernels.builtin_ops import execute_graph
+    from tfmicro_train.schema import fb
+
+    ea, eb = a.export_tflite(), b.export_tflite()
+    assert "TMT_CONV" not in _ops(ea) and _ops(ea) == _ops(eb)
+    x = a.quantize_input(calib[9]).reshape(a.input_info.shape)
+    ya = execute_graph(fb.ModelT.InitFromPackedBuf(ea, 0), [x])
+    yb = execute_graph(fb.ModelT.InitFromPackedBuf(eb, 0), [x])
+    assert all(np.array_equal(u, v) for u, v in zip(ya, yb))
+    assert np.array_equal(np.asarray(ya[0]).reshape(-1), a.predict_raw(calib[9]).reshape(-1))
+
+
+def test_unfuse_model_restores_builtins(pair):
+    import flatbuffers
+
+    from tfmicro_train.fuse import unfuse_model
+    from tfmicro_train.schema import fb, op_name
+
+    art, plain = pair
+    m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+    assert unfuse_model(m) == _ops(art).count("TMT_CONV")
+    ops = [op_name(m, op) for op in m.subgraphs[0].operators]
+    assert ops == _ops(plain)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    m2 = fb.ModelT.InitFromPackedBuf(bytes(builder.Output()), 0)
+    convs = [op for op in m2.subgraphs[0].operators if op_name(m2, op) == "CONV_2D"]
+    assert convs and all(len(op.inputs) == 3 and op.builtinOptions is not None for op in convs)
+
+
+def test_fused_and_requant_together(calib):
+    """MobileNetV2-like blocks: the frozen ones fuse, the rest become TMT_CONV, bit for bit."""
+    from test_fuse import irb_net
+
+    import tfmicro_train as tmt
+
+    rng = np.random.default_rng(5)
+    calib16 = [rng.random((1, 16, 16, 3)).astype(np.float32) for _ in range(8)]
+    a = tmt.convert(irb_net(), calib16, update="last")
+    b = tmt.convert(irb_net(), calib16, update="last", flash_requant=False)
+    assert "TMT_FUSED_IRB" in _ops(a) and "TMT_CONV" in _ops(a)
+    sa, sb = tmt.HostSimulator(a), tmt.HostSimulator(b)
+    for k in range(4):
+        assert sa.train_step(calib16[k], k, 0.05) == sb.train_step(calib16[k], k, 0.05)
+    assert all(np.array_equal(u, v) for u, v in zip(sa.weights().values(), sb.weights().values()))

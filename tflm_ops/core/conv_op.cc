@@ -1,0 +1,136 @@
+// TMT_CONV core. See conv_op.h and tfmicro_train/kernels/conv_ops.py.
+#include "tflm_ops/core/conv_op.h"
+
+#include <cstdint>
+
+namespace tfmicro_train {
+namespace core {
+
+Status PrepareConvOp(const ConvOpSpec& s, ConvOpParams* out) {
+  if (out == nullptr) return Status::kBadParams;
+  if (s.kind < kConvOpConv2D || s.kind > kConvOpFullyConnected) return Status::kBadParams;
+  if (s.x.h < 1 || s.x.w < 1 || s.x.c < 1 || s.y.h < 1 || s.y.w < 1 || s.y.c < 1 ||
+      s.channels < 1 || s.y.c != s.channels) {
+    return Status::kBadShape;
+  }
+  if (!tflm_ref::ValidQuant(s.x_q) || !tflm_ref::ValidQuant(s.y_q)) return Status::kBadParams;
+  ConvOpParams p;
+  p.kind = s.kind;
+  p.x = s.x;
+  p.y = s.y;
+  p.x_offset = -s.x_q.zero_point;
+  p.y_offset = s.y_q.zero_point;
+  if (s.kind == kConvOpFullyConnected) {
+    if (s.w_in_c != s.x.c || s.x.h != 1 || s.y.h != 1 || s.x.w != s.y.w) {
+      return Status::kBadShape;
+    }
+  } else {
+    const ConvSpec& c = s.conv;
+    if (!tflm_ref::ValidConv(c)) return Status::kBadParams;
+    if (s.kind == kConvOpConv2D ? s.w_in_c != s.x.c : (s.w_in_c != s.x.c || s.x.c != s.y.c)) {
+      return Status::kBadShape;
+    }
+    if (tflm_ref::OutSize(c.padding, s.x.h, c.kh, c.stride_h, c.dil_h) != s.y.h ||
+        tflm_ref::OutSize(c.padding, s.x.w, c.kw, c.stride_w, c.dil_w) != s.y.w) {
+      return Status::kBadShape;
+    }
+    p.kh = c.kh;
+    p.kw = c.kw;
+    p.stride_h = c.stride_h;
+    p.stride_w = c.stride_w;
+    p.dil_h = c.dil_h;
+    p.dil_w = c.dil_w;
+    p.pad_top = tflm_ref::LeadingPad(c.stride_h, c.dil_h, s.x.h, c.kh, s.y.h);
+    p.pad_left = tflm_ref::LeadingPad(c.stride_w, c.dil_w, s.x.w, c.kw, s.y.w);
+  }
+  if (!tflm_ref::ActivationRange(s.conv.act, s.y_q, &p.act_min, &p.act_max)) {
+    return Status::kBadParams;
+  }
+  *out = p;
+  return Status::kOk;
+}
+
+Status ConvOpMultipliers(float x_scale, const WeightScales& w, float y_scale, int32_t channels,
+                         int32_t* multiplier, int32_t* shift) {
+  if (!multiplier || !shift || channels < 1 || !tflm_ref::ValidScale(x_scale) ||
+      !tflm_ref::ValidScale(y_scale) ||
+      !tflm_ref::ChannelMultipliers(x_scale, w, y_scale, channels, multiplier, shift)) {
+    return Status::kBadParams;
+  }
+  return Status::kOk;
+}
+
+Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
+              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y) {
+  if (!multiplier || !shift || !x || !w || !y) return Status::kBadParams;
+  const int32_t channels = p.y.c;
+  for (int32_t c = 0; c < channels; ++c) {
+    if (multiplier[c] < 0 || shift[c] < -31 || shift[c] > 31) return Status::kBadParams;
+  }
+  Requant rq;
+  rq.multiplier = multiplier;
+  rq.shift = shift;
+  rq.output_offset = p.y_offset;
+  rq.act_min = p.act_min;
+  rq.act_max = p.act_max;
+  if (p.kind == kConvOpDepthwise) {
+    tflm_ref::DepthwiseLoop l;
+    l.src_h = l.pd_h = p.x.h;
+    l.src_w = l.pd_w = p.x.w;
+    l.c = p.x.c;
+    l.kh = p.kh;
+    l.kw = p.kw;
+    l.stride_h = p.stride_h;
+    l.stride_w = p.stride_w;
+    l.dil_h = p.dil_h;
+    l.dil_w = p.dil_w;
+    l.d_pad_top = p.pad_top;
+    l.d_pad_left = p.pad_left;
+    l.in_offset = p.x_offset;
+    l.rq = rq;
+    const int64_t row_bytes = static_cast<int64_t>(p.x.w) * p.x.c;
+    auto row_of = [&](int32_t r) { return x + r * row_bytes; };
+    for (int32_t oy = 0; oy < p.y.h; ++oy) {
+      for (int32_t ox = 0; ox < p.y.w; ++ox) {
+        tflm_ref::DepthwisePixel(l, row_of, oy, ox, w, b,
+                                 y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels);
+      }
+    }
+    return Status::kOk;
+  }
+  const bool pointwise = p.kind == kConvOpFullyConnected ||
+                         (p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+                          p.pad_top == 0 && p.pad_left == 0);
+  if (pointwise) {  // every output pixel (FC: row) reads the input pixel at the same place
+    const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
+    for (int64_t i = 0; i < pixels; ++i) {
+      int8_t* yp = y + i * channels;
+      tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, w, b, rq, channels,
+                               [yp](int32_t co, int8_t v) { yp[co] = v; });
+    }
+    return Status::kOk;
+  }
+  tflm_ref::ConvLoop l;
+  l.in_h = p.x.h;
+  l.in_w = p.x.w;
+  l.in_c = p.x.c;
+  l.out_w = p.y.w;
+  l.out_c = channels;
+  l.kh = p.kh;
+  l.kw = p.kw;
+  l.stride_h = p.stride_h;
+  l.stride_w = p.stride_w;
+  l.dil_h = p.dil_h;
+  l.dil_w = p.dil_w;
+  l.pad_top = p.pad_top;
+  l.pad_left = p.pad_left;
+  l.in_offset = p.x_offset;
+  l.rq = rq;
+  for (int32_t oy = 0; oy < p.y.h; ++oy) {
+    tflm_ref::ConvRow(l, x, w, b, oy, y + static_cast<int64_t>(oy) * p.y.w * channels);
+  }
+  return Status::kOk;
+}
+
+}  // namespace core
+}  // namespace tfmicro_train

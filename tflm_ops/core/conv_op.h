@@ -1,0 +1,75 @@
+// TMT_CONV: TFLM's int8 CONV_2D, DEPTHWISE_CONV_2D (multiplier 1) and FULLY_CONNECTED
+// (per-channel), bit for bit, with the per-channel output multipliers and shifts read from
+// constant int32 tensors (flash) instead of being computed into persistent SRAM by Prepare.
+//
+// TFLM's builtin convolutions keep 8 bytes per output channel (multiplier + shift) in the
+// persistent arena for good; for the convolutions left in a MobileNetV2 training graph that is
+// tens of KB. The converter computes the same values (double-precision QuantizeMultiplier of
+// s_x * s_W[c] / s_y, as PopulateConvolutionQuantizationParams) and writes them as constants.
+// Numpy reference: tfmicro_train/kernels/conv_ops.py (the builtin kernels of builtin_ops.py
+// with the given multipliers).
+//
+// Use: PrepareConvOp(spec, &params) once (checks the geometry, computes padding, offsets and the
+// activation clamp: no per-channel data); ConvOp(params, multiplier, shift, x, w, b, y) per call.
+// ConvOpMultipliers computes what the converter writes (a glue may check the tensors with it).
+//
+// Portable C++17: no TFLM, no heap, no exceptions, no RTTI.
+#ifndef TFLM_OPS_CORE_CONV_OP_H_
+#define TFLM_OPS_CORE_CONV_OP_H_
+
+#include <cstdint>
+
+#include "tflm_ops/core/tflm_reference.h"
+#include "tflm_ops/core/training_ops.h"
+
+namespace tfmicro_train {
+namespace core {
+
+// The `kind` option of TMT_CONV: which builtin the op stands for.
+enum ConvOpKind : int32_t {
+  kConvOpConv2D = 0,          // CONV_2D, w [CO, KH, KW, CI] (non-grouped)
+  kConvOpDepthwise = 1,       // DEPTHWISE_CONV_2D, w [1, KH, KW, C], depth multiplier 1
+  kConvOpFullyConnected = 2,  // FULLY_CONNECTED, w [CO, CI]; x holds rows * CI elements
+};
+
+// Everything the flatbuffer says about one TMT_CONV op.
+struct ConvOpSpec {
+  int32_t kind = kConvOpConv2D;
+  Hwc x;           // conv / depthwise: [1, H, W, C]; fully-connected: {1, rows, CI}
+  TensorQuant x_q;
+  Hwc y;           // conv / depthwise: [1, OH, OW, CO]; fully-connected: {1, rows, CO}
+  TensorQuant y_q;
+  ConvSpec conv;   // kh, kw from w; strides, dilations, padding, act from the options (FC: act)
+  int32_t w_in_c = 1;   // conv: w dim 3; fully-connected: w dim 1; depthwise: w dim 3 (= C)
+  int32_t channels = 1; // output channels: w dim 0 (conv, FC), w dim 3 (depthwise)
+};
+
+// Precomputed parameters (PrepareConvOp): TFLM's OpData without the per-channel arrays.
+struct ConvOpParams {
+  int32_t kind = kConvOpConv2D;
+  Hwc x, y;
+  int32_t kh = 1, kw = 1, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  int32_t pad_top = 0, pad_left = 0;
+  int32_t x_offset = 0;  // -x zero point
+  int32_t y_offset = 0;  // y zero point
+  int32_t act_min = -128, act_max = 127;
+};
+
+// Checks the spec (shapes consistent with the geometry, valid quantization and activation) and
+// computes padding, offsets and the activation clamp as TFLM's Prepare does.
+Status PrepareConvOp(const ConvOpSpec& spec, ConvOpParams* params);
+
+// The per-channel multipliers and shifts TFLM's Prepare computes (and the converter writes):
+// QuantizeMultiplier(double(s_x) * double(s_W[c]) / double(s_y)); w.n == 1 repeats the scale.
+Status ConvOpMultipliers(float x_scale, const WeightScales& w, float y_scale, int32_t channels,
+                         int32_t* multiplier, int32_t* shift);
+
+// Runs the op. multiplier/shift: [channels] (multiplier >= 0, shift in [-31, 31], else
+// kBadParams); b may be null (no bias). y must not alias x.
+Status ConvOp(const ConvOpParams& params, const int32_t* multiplier, const int32_t* shift,
+              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y);
+
+}  // namespace core
+}  // namespace tfmicro_train
+
+#endif  // TFLM_OPS_CORE_CONV_OP_H_

@@ -1,0 +1,96 @@
+"""TMT_CONV: TFLM's int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with flash multipliers.
+
+The op computes, bit for bit, what TFLite Micro's reference int8 kernel of the builtin it stands
+for computes (`kind`: 0 CONV_2D, 1 DEPTHWISE_CONV_2D with depth multiplier 1, 2 per-channel
+FULLY_CONNECTED), but reads the per-channel output multipliers and shifts from a constant int32
+tensor written by the converter (flash) instead of computing them into TFLM's persistent arena
+in Prepare (8 bytes per output channel, kept for good). The converter computes them exactly as
+TFLM's Prepare does (PopulateConvolutionQuantizationParams: double-precision QuantizeMultiplier of
+s_x * s_W[c] / s_y), with builtin_ops' own helper.
+
+Inputs: x, w, b (-1 without bias), requant (int32 [2, C] const: row 0 the multipliers, row 1 the
+shifts). x, w, b keep the builtin's slots, so the backward ops autodiff made (which read them)
+are unaffected; w and b may be variable tensors (trained in place) and w the output of a
+CONCATENATION (sliced weights). Output: y. A forward op: no learning-rate input, runs at
+inference too.
+
+Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
+operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
+dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims.
+
+The C++ core is tflm_ops/core/conv_op.{h,cc}; this reference runs the builtin kernels of
+builtin_ops.py with the given multipliers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..schema import TensorInfo, fb
+from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers
+
+OP_NAME = "TMT_CONV"
+# input slots
+X, W, B, REQUANT = range(4)
+KINDS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 2}
+BUILTINS = {v: k for k, v in KINDS.items()}
+
+
+def requant_params(x_info: TensorInfo, w_info: TensorInfo, y_info: TensorInfo,
+                   channels: int) -> np.ndarray:
+    """int32 [2, channels]: the multipliers and shifts TFLM's Prepare computes for the builtin
+    (PopulateConvolutionQuantizationParams; per-tensor weight scales are repeated)."""
+    mult, shift = _conv_multipliers(x_info, w_info, y_info, channels)
+    return np.stack([np.asarray(mult, np.int64), np.asarray(shift, np.int64)]).astype(np.int32)
+
+
+def options_of(op: str, builtin_options: Any, version: int) -> dict:
+    """The TMT_CONV options of a builtin conv / depthwise / fully-connected operator."""
+    o = {"kind": KINDS[op], "act": int(builtin_options.fusedActivationFunction),
+         "version": int(version)}
+    if op == "FULLY_CONNECTED":
+        o["keep_num_dims"] = int(bool(builtin_options.keepNumDims))
+    else:
+        o.update(stride_h=int(builtin_options.strideH), stride_w=int(builtin_options.strideW),
+                 dil_h=int(builtin_options.dilationHFactor),
+                 dil_w=int(builtin_options.dilationWFactor), padding=int(builtin_options.padding))
+    return o
+
+
+def builtin_of(o: dict) -> tuple[str, int, Any]:
+    """(builtin name, BuiltinOptions type, options object) the op stands for."""
+    name = BUILTINS[o["kind"]]
+    if name == "FULLY_CONNECTED":
+        opts = fb.FullyConnectedOptionsT()
+        opts.fusedActivationFunction = o["act"]
+        opts.keepNumDims = bool(o.get("keep_num_dims", 0))
+        return name, fb.BuiltinOptions.FullyConnectedOptions, opts
+    if name == "CONV_2D":
+        opts, kind = fb.Conv2DOptionsT(), fb.BuiltinOptions.Conv2DOptions
+    else:
+        opts, kind = fb.DepthwiseConv2DOptionsT(), fb.BuiltinOptions.DepthwiseConv2DOptions
+        opts.depthMultiplier = 1
+    opts.strideH, opts.strideW = o["stride_h"], o["stride_w"]
+    opts.dilationHFactor, opts.dilationWFactor = o["dil_h"], o["dil_w"]
+    opts.padding, opts.fusedActivationFunction = o["padding"], o["act"]
+    return name, kind, opts
+
+
+def conv_op(inputs: list[np.ndarray | None], infos: list[TensorInfo | None], y_info: TensorInfo,
+            o: dict) -> np.ndarray:
+    """The op's output y: the builtin kernel with the multipliers of the `requant` input."""
+    name, _, opts = builtin_of(o)
+    requant = np.asarray(inputs[REQUANT]).reshape(2, -1).astype(np.int64)
+    y = BUILTIN_KERNELS[name](list(inputs[:REQUANT]), list(infos[:REQUANT]), [y_info], opts,
+                              multipliers=(requant[0], requant[1]))[0]
+    return np.asarray(y).reshape(y_info.shape)
+
+
+def run_op(sg: Any, op: Any, values: dict) -> None:
+    """HostSimulator hook: run one TMT_CONV operator on the value table (no lr gate)."""
+    ins = [values[t] if t >= 0 else None for t in op.inputs]
+    infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
+    y_t = op.outputs[0]
+    values[y_t] = conv_op(ins, infos, sg.infos[y_t], op.options)
