@@ -398,6 +398,9 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
     assert run.arena["head"] == mem.arena_bytes
 
 
+FORWARD_TMT_OPS = ("TMT_INIT", "TMT_MASK_PACK", "TMT_FUSED_IRB", "TMT_CONV")
+
+
 def _gradient_types(m) -> set[int]:
     """The types of the gradient tensors of a training artifact: input 0 of every TMT_* backward
     op, output 0 of the loss op."""
@@ -409,7 +412,7 @@ def _gradient_types(m) -> set[int]:
         name = op_name(m, op)
         if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
             types.add(sg.tensors[op.outputs[0]].type)
-        elif name.startswith("TMT_") and name not in ("TMT_INIT", "TMT_MASK_PACK", "TMT_FUSED_IRB"):
+        elif name.startswith("TMT_") and name not in FORWARD_TMT_OPS:
             types.add(sg.tensors[op.inputs[0]].type)
     return types
 
