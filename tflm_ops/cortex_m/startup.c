@@ -23,8 +23,8 @@ __attribute__((weak)) int getentropy(void* buf, size_t n) {
   return -1;
 }
 
-static char cmdline[1024];
-static char* argv_buf[64];
+static char cmdline[4096];  /* room for a few dozen file paths */
+static char* argv_buf[128];
 
 /* SYS_GET_CMDLINE (0x15): QEMU returns `-semihosting-config arg=...` joined by spaces. */
 static int semihost_cmdline(void) {
@@ -36,7 +36,7 @@ static int semihost_cmdline(void) {
   cmdline[block[1]] = 0;
   int argc = 0;
   char* p = cmdline;
-  while (*p && argc < 63) {
+  while (*p && argc < 127) {
     while (*p == ' ') *p++ = 0;
     if (!*p) break;
     argv_buf[argc++] = p;
