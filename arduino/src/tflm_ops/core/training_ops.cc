@@ -659,6 +659,30 @@ inline int32_t SatBits(int32_t v) {
 #endif
 }
 
+// QuantizeMultiplierF32(real) from the bits of the float32 (frexpf / ldexpf are exact, so is
+// this; no soft-float library calls on an FPU-less core): a normal real is
+// (mant24 / 2^24) * 2^(e - 126), so M = +-mant24 * 2^7 and shift = e - 126; a subnormal one is
+// normalised first.
+inline Multiplier DecodeMultiplier(float real) {
+  uint32_t bits;
+  std::memcpy(&bits, &real, 4);
+  const int32_t e = static_cast<int32_t>((bits >> 23) & 0xFFu);
+  uint32_t mant = bits & 0x7FFFFFu;
+  if (e == 0xFF || (e == 0 && mant == 0)) return {0, 0};  // non-finite or zero
+  int shift;
+  if (e == 0) {  // subnormal: mant * 2^-149, mant < 2^23
+    int top = 22;
+    while (!(mant >> top)) --top;  // the highest set bit: real = (mant / 2^(top+1)) 2^(top-148)
+    mant <<= 23 - top;
+    shift = top - 148;
+  } else {
+    mant |= 0x800000u;
+    shift = e - 126;
+  }
+  const int32_t m = static_cast<int32_t>(mant << 7);
+  return {(bits >> 31) ? -m : m, shift};
+}
+
 // The stochastic-rounding step of one output channel, decoded once per channel:
 // Step(a, i) = floor((requant64(a, M, shift + 16) + r_i) / 2^16) for an int32 accumulator a.
 //
@@ -675,8 +699,9 @@ inline int32_t SatBits(int32_t v) {
 // < 2^-31 per accumulator unit: no practical learning rate) take the generic requant64 form.
 class ChannelStep {
  public:
-  ChannelStep(float lr, float s, float factor, uint32_t base)
-      : m_(UpdateMultiplier(lr, s, factor)), base_(base) {
+  // lr_s = lr * s (float32, once per op): the multiplier is UpdateMultiplier(lr, s, factor).
+  ChannelStep(float lr_s, float factor, uint32_t base)
+      : m_(DecodeMultiplier(lr_s * factor)), base_(base) {
     const int rs = 31 - (m_.shift + kQ16);
     mode_ = rs < kMinFusedShift || rs > kMaxFusedShift ? kGeneric : (rs <= 32 ? kLowAddend
                                                                               : kHighAddend);
@@ -807,9 +832,10 @@ Status ConvWeightUpdateWide(const int8_t* g, float s, Hwc g_dims, const int8_t* 
   const int32_t CO = g_dims.c;
   const int32_t CI = x_dims.c;
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const int64_t zp = p.x_zero_point;
   for (int32_t co = 0; co < p.update_channels; ++co) {
-    const ChannelStep up(lr, s, wfactor[co], base);
+    const ChannelStep up(lr_s, wfactor[co], base);
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
       WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
@@ -1002,8 +1028,9 @@ Status ConvWeightUpdateNarrow(const int8_t* g, float s, Hwc g_dims, const int8_t
   tap.zp = p.x_zero_point;
   tap.dsp = dsp;
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   for (int32_t co = 0; co < p.update_channels; ++co) {
-    const ChannelStep up(lr, s, wfactor[co], base);
+    const ChannelStep up(lr_s, wfactor[co], base);
     tap.up = &up;
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
@@ -1131,6 +1158,7 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
     return Status::kBadParams;
   }
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const int64_t zp = p.x_zero_point;
   const bool narrow = Int32Sums(g_dims, zp);
   const int32_t sw = geom.stride_w;
@@ -1140,10 +1168,10 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
   int32_t c = 0;
   if (narrow) {  // four channels at a time
     for (; c + 4 <= p.update_channels; c += 4) {
-      const ChannelStep up[4] = {ChannelStep(lr, s, wfactor[c], base),
-                                 ChannelStep(lr, s, wfactor[c + 1], base),
-                                 ChannelStep(lr, s, wfactor[c + 2], base),
-                                 ChannelStep(lr, s, wfactor[c + 3], base)};
+      const ChannelStep up[4] = {ChannelStep(lr_s, wfactor[c], base),
+                                 ChannelStep(lr_s, wfactor[c + 1], base),
+                                 ChannelStep(lr_s, wfactor[c + 2], base),
+                                 ChannelStep(lr_s, wfactor[c + 3], base)};
       for (int32_t kh = 0; kh < kh_size; ++kh) {
         int32_t oh0, oh1;
         WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
@@ -1167,7 +1195,7 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
     }
   }
   for (; c < p.update_channels; ++c) {
-    const ChannelStep up(lr, s, wfactor[c], base);
+    const ChannelStep up(lr_s, wfactor[c], base);
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
       WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
@@ -1215,6 +1243,7 @@ Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels,
   if (positions < 0 || channels < 0) return Status::kBadShape;
   if (p.update_channels < 0 || p.update_channels > channels) return Status::kBadParams;
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const bool narrow = positions < (1 << 24);  // int32 sums of |g| <= 128 cannot overflow
   for (int32_t c = 0; c < p.update_channels; ++c) {
     int64_t acc = 0;
@@ -1226,7 +1255,7 @@ Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels,
     } else {
       for (int32_t i = 0; i < positions; ++i) acc += g[i * channels + c];
     }
-    const ChannelStep up(lr, s, bfactor[c], base);
+    const ChannelStep up(lr_s, bfactor[c], base);
     b[c] = up.Bias(b[c], Sat32(acc), static_cast<uint32_t>(c));
   }
   return Status::kOk;
