@@ -2,33 +2,50 @@
 
     python3 benchmarks/cortex_m.py                  # our backward/update kernels on Cortex-M7
     TFLM_DIR=/path/to/tflite-micro python3 benchmarks/cortex_m.py   # + whole steps in TFLM
+    ... --paper-res 0                               # without the MobileNetV2 section
 
-Model: the demo's digits CNN (tfmicro_train/demo.py: 8x8x1 input, conv 3x3x16, depthwise 3x3,
-pointwise 24, max-pool, conv 3x3x32, global average pool, dense 10), briefly pretrained, converted
-three times: full update (every weight and bias), a sparse update (SPARSE below: biases of the
-last two layers, a quarter of conv2's output channels and the classifier weights) and bias-only.
+Models:
+* the demo's digits CNN (tfmicro_train/demo.py: 8x8x1 input, conv 3x3x16, depthwise 3x3,
+  pointwise 24, max-pool, conv 3x3x32, global average pool, dense 10), briefly pretrained,
+  converted four times: full update (every weight and bias), a sparse update (sparse_update()
+  below: biases of the last two layers, a quarter of conv2's output channels and the classifier
+  weights), the classifier alone and bias-only (--model mcunet64: an MCUNet-like net instead);
+* the paper-scale model: MobileNetV2-w0.35 (tfmicro_train.zoo.mobilenetv2_w035, random weights,
+  settled BatchNorm statistics) at --paper-res (default 128x128, the paper's resolution: the full
+  update's 1.5 MB arena fits the board's 4 MB of RAM), converted with a full update, the MIT
+  paper's 99 KB sparse scheme (benchmarks/memory.py PAPER: biases of the last 25 layers, weights
+  of layers 27..48) and bias-only.
 
-Measurement: `qemu-system-arm -M mps2-an500` (Cortex-M7) with `-icount shift=0`, so each guest
-instruction takes 1 ns of virtual time; the program reads CMSDK timer 0 (25 MHz of virtual time)
-around the measured call: instructions = ticks * 40, exact to within 40 (tflm_ops/cortex_m/cm_timer.h).
-These are instructions executed, not cycles (QEMU models no pipeline, caches or wait states).
+Measurement: `qemu-system-arm -M mps2-an500` (Cortex-M7; 4 MB at 0x0 hold code and the model,
+4 MB at 0x20000000 data, arena and stack: tflm_ops/cortex_m/mps2.ld) with `-icount shift=0`, so
+each guest instruction takes 1 ns of virtual time; the program reads CMSDK timer 0 (25 MHz of
+virtual time) around the measured call: instructions = ticks * 40, exact to within 40
+(tflm_ops/cortex_m/cm_timer.h). These are instructions executed, not cycles (QEMU models no
+pipeline, caches or wait states).
 
-Printed, in one run:
-1. our backward/update kernels of each artifact (tflm_ops/core, portable C++, -O2), called
+Printed, in one run (about 5 minutes on 2 cores with TFLM):
+1. our backward/update kernels of each digits artifact (tflm_ops/core, C++, -O2), called
    once per TMT_* conv/depthwise/dense/bias op of the artifact with its shapes (random data),
    the conv weight gradient as core::ConvWeightUpdatePortable; plus the same with the Cortex-M
    DSP weight-gradient path (core::ConvWeightUpdateDsp, what core::ConvWeightUpdate is on DSP
-   targets unless built with -DTMT_PORTABLE_ONLY);
+   targets unless built with -DTMT_PORTABLE_ONLY; the other kernels are the default build's in
+   both columns);
 2. with TFLM (TFLM_DIR, cortex-m7 library built): the whole training step in TFLM on the
    Cortex-M7 (model in flash via TrainingModel.export_c, TFLM's reference kernels forward, our
    ops backward), the forward pass alone (an lr = 0 call), arena bytes, and flash / RAM of the
    linked program from arm-none-eabi-size; portable (-DTMT_PORTABLE_ONLY) and default (DSP) builds;
 3. instructions per multiply-accumulate of our backward kernels per layer, next to TFLM's
-   reference int8 convolution forward (needs TFLM's headers: TFLM_DIR);
-4. last line: `sparse vs full: <N>x fewer instructions` for the whole training step when TFLM is
-   configured, else for the backward + update pass (the part of a step the update scheme
-   controls: the step minus its forward pass in TFLM, else the sum of our kernels); the lines
-   above give both ratios.
+   reference int8 convolution forward (needs TFLM's headers: TFLM_DIR); then both ratios for the
+   digits model: whole training step and backward + update pass (the part of a step the update
+   scheme controls: the step minus its forward pass in TFLM, else the sum of our kernels);
+4. the paper-scale model (unless --paper-res 0): per update, the trainable variables, the
+   whole step, forward pass and backward + update pass in TFLM (default build, median of
+   --paper-steps steps), the sum of our kernels with its shapes and the share of it spent on
+   input gradients, arena, flash and RAM; then both ratios as in 3 (whole step with TFLM);
+5. last line: `sparse vs full: <N>x fewer instructions (<what>; <model>, sparse = <scheme>;
+   Cortex-M7)`: the whole training step when TFLM is configured, else the backward + update
+   pass (sum of our kernels), on the paper-scale model, or on --model with --paper-res 0. The
+   lines above give both ratios for both models.
 """
 
 from __future__ import annotations
@@ -43,6 +60,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tflm_ops" / "cortex_m"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -179,17 +197,20 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
                      f"TMT_REGION_MAX_BYTES={region_bytes}"],
             extra_flags=list(tflm.flags), libs=[str(tflm.lib)], source_flags=source_flags)
 
-    def run(elf: Path) -> dict:
+    def run(elf: Path, arena_only: bool = False) -> dict:
         region = work / "region.bin"
         if region.exists():
             region.unlink()
-        res = cmbuild.run_qemu(elf, CPU, ["-", str(steps), str(region)], icount=True, timeout=600)
+        res = cmbuild.run_qemu(elf, CPU, ["-", "-" if arena_only else str(steps), str(region)],
+                               icount=True, timeout=1800)
         out = cmbuild.parse_train_output(res.stdout)
         if res.returncode or not out.get("done"):
             raise RuntimeError(f"tflm_train failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
         return out
 
-    probe = run(build(2 * 1024 * 1024))  # QEMU has 4 MB of RAM; the arena used is then exact
+    # The arena TFLM uses, from AllocateTensors in a 2 MB arena (the board has 4 MB of RAM at
+    # 0x20000000: mps2.ld), then the program with exactly that arena.
+    probe = run(build(2 * 1024 * 1024), arena_only=True)
     arena = (probe["arena"] + 1024 + 15) & ~15
     elf = build(arena)
     out = run(elf)
@@ -199,6 +220,75 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
             "checkpoint": (work / "region.bin").read_bytes(),
             "arena": out["arena"], "arena_reserved": arena, "size": cmbuild.elf_size(elf),
             "model_bytes": len(art.flatbuffer), "save": out.get("save_insns", 0)}
+
+
+PAPER_MODEL = "MobileNetV2-w0.35"
+PAPER_BUDGET_KB = 99  # the MIT paper's 100 KB scheme (benchmarks/memory.py PAPER)
+
+
+def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
+    """Section 4: MobileNetV2-w0.35 (zoo, random weights) at res x res with full, the MIT paper's
+    99 KB sparse scheme and bias-only updates; whole steps in TFLM (default build) when TFLM is
+    configured, our kernels always. Returns {"whole": ..., "backward": ..., "title": ...}."""
+    from memory import PAPER
+
+    import tfmicro_train as tmt
+    from tfmicro_train import HostSimulator, zoo
+
+    model = zoo.mobilenetv2_w035(res)
+    rng = np.random.default_rng(0)
+    calib = [rng.random((1, res, res, 3), dtype=np.float32) for _ in range(8)]
+    k, ratios = PAPER["mobilenetv2_w035"][PAPER_BUDGET_KB]
+    sparse = tmt.SparseUpdate(k, dict(ratios))
+    updates = {"full": "full", "sparse": sparse, "bias-only": "bias"}
+    arts = {name: tmt.convert(model, calib, update=u) for name, u in updates.items()}
+    xs = rng.random((n_steps, res, res, 3), dtype=np.float32)
+    ys = rng.integers(0, 10, n_steps)
+    title = f"{PAPER_MODEL} {res}x{res}"
+    print(f"\n{PAPER_MODEL} (zoo.mobilenetv2_w035, {res}x{res}x3 -> 10, random weights), the MIT "
+          f"paper's {PAPER_BUDGET_KB} KB scheme as sparse = {sparse}")
+
+    calls = {name: kernel_calls(a, f"mbv2-{name}:") for name, a in arts.items()}
+    kres = run_plan(elf, sorted({c.line(_dsp_kind(c.kind)) for cs in calls.values() for c in cs}),
+                    work)
+    kernels, input_share = {}, {}
+    for name, cs in calls.items():
+        ins = [kres[f"{c.label} {_dsp_kind(c.kind)}"] for c in cs]
+        kernels[name] = sum(ins)
+        input_share[name] = sum(i for i, c in zip(ins, cs) if "input_grad" in c.kind) / max(sum(ins), 1)
+    variables = {name: sum(int(v.nbytes) for v in HostSimulator(a).variables.values())
+                 for name, a in arts.items()}
+
+    whole = None
+    backward = {name: float(v) for name, v in kernels.items()}
+    if isinstance(tflm, str):
+        print(f"whole training step in TFLM: skipped ({tflm})")
+        print(f"{'update':<10} {'variables B':>11} {'kernels':>11} {'input grads':>11}")
+        for name in arts:
+            print(f"{name:<10} {variables[name]:>11,} {_fmt(kernels[name]):>11} "
+                  f"{input_share[name]:>11.0%}")
+    else:
+        steps = {name: tflm_step(a, tflm, work / f"mbv2_{name}", True, xs, ys)
+                 for name, a in arts.items()}
+        print(f"whole training step in TFLM on the Cortex-M7, default (DSP) build, median of "
+              f"{n_steps} steps; kernels = our backward/update kernels with the artifact's shapes "
+              "(random data), input grads = their share spent on input gradients")
+        print(f"{'update':<10} {'variables B':>11} {'step':>11} {'forward':>11} {'bwd+update':>11} "
+              f"{'kernels':>11} {'input grads':>11} {'arena B':>10} {'flash B':>10} {'RAM B':>10}")
+        for name in arts:
+            st = steps[name]
+            print(f"{name:<10} {variables[name]:>11,} {_fmt(st['step']):>11} {_fmt(st['forward']):>11} "
+                  f"{_fmt(st['step'] - st['forward']):>11} {_fmt(kernels[name]):>11} "
+                  f"{input_share[name]:>11.0%} {st['arena']:>10,} {st['size']['flash']:>10,} "
+                  f"{st['size']['ram']:>10,}")
+        whole = {name: float(st["step"]) for name, st in steps.items()}
+        backward = {name: float(st["step"] - st["forward"]) for name, st in steps.items()}
+        print("whole training step (forward pass included), fewer instructions than full: "
+              + ", ".join(f"{n} {whole['full'] / whole[n]:.1f}x" for n in arts if n != "full"))
+    what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
+    print(f"backward + update pass ({what}), fewer instructions than full: "
+          + ", ".join(f"{n} {backward['full'] / backward[n]:.1f}x" for n in arts if n != "full"))
+    return {"whole": whole, "backward": backward, "title": title}
 
 
 def _dsp_kind(kind: str) -> str:
@@ -217,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--steps", type=int, default=N_STEPS, help="TFLM training steps measured")
     ap.add_argument("--work", help="directory for generated files (default: a temporary one)")
+    ap.add_argument("--paper-res", type=int, default=128,
+                    help=f"input resolution of the {PAPER_MODEL} section (0: skip it)")
+    ap.add_argument("--paper-steps", type=int, default=2,
+                    help=f"TFLM training steps measured for {PAPER_MODEL}")
     args = ap.parse_args(argv)
     missing = cmbuild.missing_cross_tools()
     if missing:
@@ -325,9 +419,21 @@ def main(argv: list[str] | None = None) -> int:
     what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
     print(f"backward + update pass ({what}), fewer instructions than full: "
           + ", ".join(f"{k} {backward['full'] / backward[k]:.1f}x" for k in arts if k != "full"))
-    # the last line: per whole training step when TFLM ran it, else per backward + update pass
-    ratio = whole["full"] / whole["sparse"] if whole else backward["full"] / backward["sparse"]
-    print(f"sparse vs full: {ratio:.1f}x fewer instructions")
+    short = "digits CNN" if args.model == "digits" else "MCUNet-like 64x64"
+    last = (whole or backward, short, updates["sparse"])
+
+    # 4. the paper-scale model
+    if args.paper_res:
+        paper = paper_scale(args.paper_res, args.paper_steps, tflm, elf, work)
+        last = (paper["whole"] or paper["backward"], paper["title"],
+                f"the paper's {PAPER_BUDGET_KB} KB scheme")
+
+    # the last line: per whole training step when TFLM ran it, else per backward + update pass;
+    # on the paper-scale model when it ran, else on --model
+    ratios, on, scheme = last
+    kind = "whole training step in TFLM" if whole else "backward + update pass, our kernels"
+    print(f"sparse vs full: {ratios['full'] / ratios['sparse']:.1f}x fewer instructions "
+          f"({kind}; {on}, sparse = {scheme}; Cortex-M7)")
     return 0
 
 

@@ -6,9 +6,10 @@
 //
 // MODEL: the artifact (or "-" when built with -DTMT_EMBEDDED_MODEL: the C array written by
 // TrainingModel.export_c). STEPS: "TMTS" | u32 steps | u32 n_inputs | u32 bytes per input |
-// the inputs of every step (image, label, learning rate) as raw bytes. REGION: the checkpoint
-// region file (read if it exists, written back after the last step). With "restore" the
-// newest checkpoint in REGION is restored before the first step.
+// the inputs of every step (image, label, learning rate) as raw bytes, or "-": only allocate
+// the tensors, print the arena and stop (sizing the arena). REGION: the checkpoint region file
+// (read if it exists, written back after the last step). With "restore" the newest checkpoint
+// in REGION is restored before the first step.
 //
 // Output lines: "arena <bytes>", "inference insns <n>" (an lr = 0 call: forward pass only),
 // "restore <status> slot <k> seq <n>", "step <i> status <s> loss <float32 bits hex> insns <n>",
@@ -116,7 +117,9 @@ int main(int argc, char** argv) {
   }
   const uint8_t* model_data = g_model;
 #endif
-  const long steps_len = ReadFile(argv[2], g_steps, sizeof(g_steps));
+  const bool arena_only = std::strcmp(argv[2], "-") == 0;
+  const long steps_len = arena_only ? 12 : ReadFile(argv[2], g_steps, sizeof(g_steps));
+  if (arena_only) std::memcpy(g_steps, "TMTS\0\0\0\0\0\0\0\0", 12);
   if (steps_len < 12 || std::memcmp(g_steps, "TMTS", 4) != 0) {
     std::printf("cannot read steps %s\n", argv[2]);
     return 3;
@@ -139,6 +142,10 @@ int main(int argc, char** argv) {
   static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
   if (interpreter.AllocateTensors() != kTfLiteOk) return 5;
   std::printf("arena %lu\n", static_cast<unsigned long>(interpreter.arena_used_bytes()));
+  if (arena_only) {
+    std::printf("done\n");
+    return 0;
+  }
   if (interpreter.inputs_size() != n_inputs) {
     std::printf("the model has %u inputs, the steps file %lu\n",
                 static_cast<unsigned>(interpreter.inputs_size()), static_cast<unsigned long>(n_inputs));

@@ -7,11 +7,19 @@
 
 // Cortex-M4/M7 DSP extension (SMLAD / SXTB16 via arm_acle.h): ConvWeightUpdateDsp is compiled
 // when the target has it; ConvWeightUpdate uses it unless built with -DTMT_PORTABLE_ONLY.
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#if (defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP) || \
+    (defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT)
 #include <arm_acle.h>
+#endif
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define TMT_CORE_HAVE_DSP 1
 #else
 #define TMT_CORE_HAVE_DSP 0
+#endif
+#if defined(__GNUC__)
+#define TMT_NOINLINE __attribute__((noinline))  // keeps a hot loop's registers to itself
+#else
+#define TMT_NOINLINE
 #endif
 #if TMT_CORE_HAVE_DSP && !defined(TMT_PORTABLE_ONLY)
 #define TMT_CORE_USE_DSP 1
@@ -640,39 +648,167 @@ inline int64_t UpdatedValue(int64_t value, int64_t acc32, const Multiplier& m, u
   return Clamp64(value - step, lo, hi);
 }
 
-// The update of one output channel: UpdatedValue for int8 weights with the channel's multiplier
-// decoded once. For the usual right shift (31 - (shift + 16) in [1, 62]) requant64 is one
-// 32 x 32 -> 64-bit multiply and a rounding shift; other shifts take the generic form.
-class ChannelUpdater {
+// v clamped to [-2^(kBits-1), 2^(kBits-1) - 1]: one SSAT on ARMv6 / ARMv7-M and later.
+template <int kBits>
+inline int32_t SatBits(int32_t v) {
+#if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
+  return __ssat(v, kBits);
+#else
+  constexpr int32_t kHi = (int32_t{1} << (kBits - 1)) - 1;
+  return v < -kHi - 1 ? -kHi - 1 : (v > kHi ? kHi : v);
+#endif
+}
+
+// QuantizeMultiplierF32(real) from the bits of the float32 (frexpf / ldexpf are exact, so is
+// this; no soft-float library calls on an FPU-less core): a normal real is
+// (mant24 / 2^24) * 2^(e - 126), so M = +-mant24 * 2^7 and shift = e - 126; a subnormal one is
+// normalised first.
+inline Multiplier DecodeMultiplier(float real) {
+  uint32_t bits;
+  std::memcpy(&bits, &real, 4);
+  const int32_t e = static_cast<int32_t>((bits >> 23) & 0xFFu);
+  uint32_t mant = bits & 0x7FFFFFu;
+  if (e == 0xFF || (e == 0 && mant == 0)) return {0, 0};  // non-finite or zero
+  int shift;
+  if (e == 0) {  // subnormal: mant * 2^-149, mant < 2^23
+    int top = 22;
+    while (!(mant >> top)) --top;  // the highest set bit: real = (mant / 2^(top+1)) 2^(top-148)
+    mant <<= 23 - top;
+    shift = top - 148;
+  } else {
+    mant |= 0x800000u;
+    shift = e - 126;
+  }
+  const int32_t m = static_cast<int32_t>(mant << 7);
+  return {(bits >> 31) ? -m : m, shift};
+}
+
+// The stochastic-rounding step of one output channel, decoded once per channel:
+// Step(a, i) = floor((requant64(a, M, shift + 16) + r_i) / 2^16) for an int32 accumulator a.
+//
+// Fused form. With rs = 31 - (shift + 16) (requant64's right shift) and u = 2 r + 1, the rounding
+// half 2^(rs-1) and the noise r 2^rs are one addend u 2^(rs-1), and the two floors are one
+// (floor((floor(y / 2^rs) + r) / 2^16) == floor((y + r 2^rs) / 2^(rs+16)) for integers y, r):
+//   step = floor((a M + u 2^(rs-1)) / 2^(rs+16)).
+// For rs in [16, 46] the sum is exact in int64 (|a M| < 2^62, 0 < u 2^(rs-1) < 2^62) and
+// rs + 16 >= 32, so the step is the int32 high word of the sum shifted right by rs - 16; no
+// 64-bit variable shift. rs <= 32: the addend is one 32 x 32 -> 64-bit product u 2^(rs-1)
+// (UMULL), the sum one SMLAL; rs >= 33: the addend has no low word, so the high word is that
+// of a M (SMULL) plus u 2^(rs-33). r needs no final hash round: Hash32's last step
+// (x ^= x >> 16) leaves bits 16..31 unchanged. Shifts outside [16, 46] (a multiplier >= 1/2 or
+// < 2^-31 per accumulator unit: no practical learning rate) take the generic requant64 form.
+class ChannelStep {
  public:
-  ChannelUpdater(float lr, float s, float factor, uint32_t base)
-      : m_(UpdateMultiplier(lr, s, factor)), base_(base) {
+  // lr_s = lr * s (float32, once per op): the multiplier is UpdateMultiplier(lr, s, factor).
+  ChannelStep(float lr_s, float factor, uint32_t base)
+      : m_(DecodeMultiplier(lr_s * factor)), base_(base) {
     const int rs = 31 - (m_.shift + kQ16);
-    fast_ = rs >= 1 && rs <= 62;
-    rs_ = fast_ ? rs : 1;
-    half_ = int64_t{1} << (rs_ - 1);
+    mode_ = rs < kMinFusedShift || rs > kMaxFusedShift ? kGeneric : (rs <= 32 ? kLowAddend
+                                                                              : kHighAddend);
+    if (mode_ != kGeneric) {
+      add_ = mode_ == kLowAddend ? uint32_t{1} << (rs - 1) : static_cast<uint32_t>(rs - 33);
+      hi_shift_ = rs - kQ16;
+    }
   }
 
-  inline int8_t Apply(int8_t w, int64_t acc, uint32_t index) const {
-    const int32_t a = Sat32(acc);
-    if (!fast_) return static_cast<int8_t>(UpdatedValue(w, a, m_, base_, index, -127, 127));
-    // |a * M| < 2^62 and half <= 2^61: no overflow (round_shift_right's wrapping add is exact).
-    const int64_t prod = static_cast<int64_t>(a) * m_.multiplier;
-    const int64_t delta = (prod + half_) >> rs_;
-    const int64_t step = StochasticStep(delta, Noise(base_, index));
-    return static_cast<int8_t>(Clamp64(static_cast<int64_t>(w) - step, -127, 127));
+  // The updated int8 weight: clamp(w - step, -127, 127).
+  inline int8_t Weight(int8_t w, int32_t a, uint32_t index) const {
+    if (mode_ == kGeneric) {
+      return static_cast<int8_t>(UpdatedValue(w, a, m_, base_, index, -127, 127));
+    }
+    return FusedWeight(w, Step(a, base_ + index));
+  }
+
+  // Weight() for w[0, n) with accumulators acc[0, n) - sub, elements index, index + 1, ...
+  TMT_NOINLINE void Weights(int8_t* w, const int32_t* acc, int32_t n, int32_t sub,
+                            uint32_t index) const {
+    // The channel's constants in locals (the int8 stores to w may alias *this).
+    const int32_t m = m_.multiplier;
+    const uint32_t add = add_;
+    const int sh = hi_shift_;
+    uint32_t h = base_ + index;
+    int8_t* const end = w + n;
+    if (mode_ == kLowAddend) {
+      for (; w < end; ++w, ++acc, ++h) {
+        *w = FusedWeight(*w, LowAddendStep(*acc - sub, h, m, add, sh));
+      }
+    } else if (mode_ == kHighAddend) {
+      for (; w < end; ++w, ++acc, ++h) {
+        *w = FusedWeight(*w, HighAddendStep(*acc - sub, h, m, add, sh));
+      }
+    } else {
+      for (; w < end; ++w, ++acc, ++index) *w = Weight(*w, *acc - sub, index);
+    }
+  }
+
+  // The updated int32 bias: sat32(b - step).
+  inline int32_t Bias(int32_t b, int32_t a, uint32_t index) const {
+    if (mode_ == kGeneric) {
+      return static_cast<int32_t>(UpdatedValue(b, a, m_, base_, index, INT32_MIN, INT32_MAX));
+    }
+    return Sat32(static_cast<int64_t>(b) - Step(a, base_ + index));
   }
 
  private:
+  enum Mode : uint8_t { kGeneric, kLowAddend, kHighAddend };
+  static constexpr int kMinFusedShift = 16;
+  static constexpr int kMaxFusedShift = 46;
+
+  // 2 r + 1 for x = base + index, r = Hash32(x) >> 16 (Hash32 without its last round).
+  static inline uint32_t NoiseOdd(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return (x >> 15) | 1u;
+  }
+
+  // rs <= 32: add = 2^(rs-1).
+  static inline int32_t LowAddendStep(int32_t a, uint32_t x, int32_t m, uint32_t add, int sh) {
+    const uint64_t addend = static_cast<uint64_t>(NoiseOdd(x)) * add;
+    const int64_t sum = static_cast<int64_t>(a) * m + static_cast<int64_t>(addend);
+    return static_cast<int32_t>(static_cast<uint64_t>(sum) >> 32) >> sh;
+  }
+
+  // rs >= 33: add = rs - 33, the addend's high word is u << add.
+  static inline int32_t HighAddendStep(int32_t a, uint32_t x, int32_t m, uint32_t add, int sh) {
+    const uint64_t prod = static_cast<uint64_t>(static_cast<int64_t>(a) * m);
+    const uint32_t hi = static_cast<uint32_t>(prod >> 32) + (NoiseOdd(x) << add);
+    return static_cast<int32_t>(hi) >> sh;
+  }
+
+  inline int32_t Step(int32_t a, uint32_t x) const {
+    return mode_ == kLowAddend ? LowAddendStep(a, x, m_.multiplier, add_, hi_shift_)
+                               : HighAddendStep(a, x, m_.multiplier, add_, hi_shift_);
+  }
+
+  // clamp(w - step, -127, 127), with the step first clamped to [-256, 255] (same result, and
+  // w - step cannot overflow).
+  static inline int8_t FusedWeight(int8_t w, int32_t step) {
+    const int32_t v = SatBits<8>(static_cast<int32_t>(w) - SatBits<9>(step));
+    return static_cast<int8_t>(v < -127 ? -127 : v);
+  }
+
   Multiplier m_;
   uint32_t base_;
-  bool fast_;
-  int rs_;
-  int64_t half_;
+  Mode mode_;
+  uint32_t add_ = 0;
+  int hi_shift_ = 0;
 };
 
-// Output positions up to which the int32 sums of g * x (|.| <= 128 * 128) cannot overflow.
-constexpr int32_t kMaxInt32Positions = 131071;
+// ConvWeightTap's stack: the gradients of up to kUpdateChunk weights are summed, then updated;
+// output positions are listed kTapChunk at a time.
+constexpr int32_t kUpdateChunk = 64;
+constexpr int32_t kTapChunk = 64;
+
+// Output positions up to which a weight-gradient sum and its parts are exact in int32, so that
+// sat32 is the identity: sum g * (x - zp) with |g| <= 128, |x - zp| <= 255 (zp an int8 zero
+// point) is below 128 * 255 * 65793 < 2^31, and so are sum g * x and zp * sum g.
+constexpr int32_t kMaxInt32Positions = 65793;
+
+inline bool Int32Sums(Hwc g_dims, int64_t zp) {
+  return g_dims.h * g_dims.w <= kMaxInt32Positions && zp >= -128 && zp <= 127;
+}
 
 bool ConvWeightUpdateChecks(Hwc g_dims, Hwc x_dims, int32_t kh_size, int32_t kw_size,
                             const ConvGeom& geom, const UpdateParams& p, Status* st) {
@@ -688,7 +824,7 @@ bool ConvWeightUpdateChecks(Hwc g_dims, Hwc x_dims, int32_t kh_size, int32_t kw_
 }
 
 // The weight gradient sums with int64 products: for layers with more than kMaxInt32Positions
-// output positions.
+// output positions (or a zero point outside int8).
 Status ConvWeightUpdateWide(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
                             int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
                             float lr, const ConvGeom& geom, const UpdateParams& p,
@@ -696,9 +832,10 @@ Status ConvWeightUpdateWide(const int8_t* g, float s, Hwc g_dims, const int8_t* 
   const int32_t CO = g_dims.c;
   const int32_t CI = x_dims.c;
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const int64_t zp = p.x_zero_point;
   for (int32_t co = 0; co < p.update_channels; ++co) {
-    const Multiplier m = UpdateMultiplier(lr, s, wfactor[co]);
+    const ChannelStep up(lr_s, wfactor[co], base);
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
       WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
@@ -717,8 +854,7 @@ Status ConvWeightUpdateWide(const int8_t* g, float s, Hwc g_dims, const int8_t* 
                      (static_cast<int64_t>(x[(ih * x_dims.w + iw) * CI + ci]) - zp);
             }
           }
-          wr[ci] = static_cast<int8_t>(
-              UpdatedValue(wr[ci], Sat32(acc), m, base, idx0 + static_cast<uint32_t>(ci), -127, 127));
+          wr[ci] = up.Weight(wr[ci], Sat32(acc), idx0 + static_cast<uint32_t>(ci));
         }
       }
     }
@@ -753,23 +889,149 @@ inline uint32_t Sxtb16Odd(uint32_t v) {
 }
 #endif
 
-// ConvWeightUpdate for layers with at most kMaxInt32Positions output positions:
-// acc = sum g * (x - zp) = (sum g * x) - zp * (sum g), the first sum in int32 (exact), the rest
-// in int64; four input channels at a time; positions with g == 0 skipped. kDsp: the sum runs as
-// SMLAD over pairs of output positions (Cortex-M with the DSP extension).
+// A nonzero gradient of a tap's output position and the offset of its input in x.
+struct TapTerm {
+  int32_t g;
+  int32_t off;
+};
+
+// acc[k] (0 if `first`) + sum_j t[j].g * x[t[j].off + k] into acc[k], for k in [0, nc), over m
+// terms; four input channels at a time. kDsp: two terms at a time by SMLAD (Cortex-M with the
+// DSP extension).
 template <bool kDsp>
+TMT_NOINLINE void AccumulateTerms(const TapTerm* t, int32_t m, const int8_t* x, int32_t* acc,
+                                  int32_t nc, bool first) {
+  const TapTerm* end = t + m;
+  int32_t k = 0;
+  for (; k + 4 <= nc; k += 4) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    if (!first) {
+      a0 = acc[k];
+      a1 = acc[k + 1];
+      a2 = acc[k + 2];
+      a3 = acc[k + 3];
+    }
+    const int8_t* xk = x + k;
+    const TapTerm* tp = t;
+#if TMT_CORE_HAVE_DSP
+    if (kDsp) {
+      for (; tp + 1 < end; tp += 2) {
+        const uint32_t G = PackLow(static_cast<uint32_t>(tp[0].g), static_cast<uint32_t>(tp[1].g));
+        const uint32_t P = Load32(xk + tp[0].off);
+        const uint32_t Q = Load32(xk + tp[1].off);
+        const uint32_t P02 = __sxtb16(P), P13 = Sxtb16Odd(P);
+        const uint32_t Q02 = __sxtb16(Q), Q13 = Sxtb16Odd(Q);
+        a0 = __smlad(G, PackLow(P02, Q02), a0);
+        a1 = __smlad(G, PackLow(P13, Q13), a1);
+        a2 = __smlad(G, PackHigh(Q02, P02), a2);
+        a3 = __smlad(G, PackHigh(Q13, P13), a3);
+      }
+    }
+#endif
+    for (; tp < end; ++tp) {
+      const int32_t v = tp->g;
+      const int8_t* xp = xk + tp->off;
+      a0 += v * xp[0];
+      a1 += v * xp[1];
+      a2 += v * xp[2];
+      a3 += v * xp[3];
+    }
+    acc[k] = a0;
+    acc[k + 1] = a1;
+    acc[k + 2] = a2;
+    acc[k + 3] = a3;
+  }
+  for (; k < nc; ++k) {
+    int32_t a = first ? 0 : acc[k];
+    for (const TapTerm* tp = t; tp < end; ++tp) a += tp->g * x[tp->off + k];
+    acc[k] = a;
+  }
+}
+
+// One tap (co, kh, kw) of ConvWeightUpdateNarrow: the CI weights wr[0, CI) summed over `rows` x
+// `cols` output positions. g points at g[oh0, ow0, co] (next row g + g_row, next column g + CO),
+// x at x[ih0, iw0, 0] (next row x + x_row, next column x + xstep).
+struct ConvTap {
+  const int8_t* g;
+  const int8_t* x;
+  int8_t* wr;
+  int32_t rows, cols;
+  uint32_t idx0;  // element index of wr[0] (noise order)
+  int32_t g_row, CO, x_row, xstep, CI, zp;
+  const ChannelStep* up;
+  bool dsp;  // AccumulateTerms<true>
+};
+
+// The gradient of one tap's weights, acc = (sum g * x) - zp * (sum g), exact in int32
+// (Int32Sums), and their update. The positions are taken kTapChunk at a time: their nonzero
+// gradients and input offsets are listed once, then summed for every input channel (no per-row
+// overhead; zero gradients, e.g. behind a ReLU, cost nothing further).
+TMT_NOINLINE void ConvWeightTap(const ConvTap& a) {
+  int32_t acc[kUpdateChunk];
+  TapTerm t[kTapChunk];
+  const int32_t positions = a.rows * a.cols;
+  for (int32_t c0 = 0; c0 < a.CI; c0 += kUpdateChunk) {
+    const int32_t nc = a.CI - c0 < kUpdateChunk ? a.CI - c0 : kUpdateChunk;
+    if (positions == 0) {
+      for (int32_t k = 0; k < nc; ++k) acc[k] = 0;
+    }
+    int32_t gsum = 0;
+    // The walk over the positions, row by row: gp / xo the current one's gradient and input offset.
+    const int8_t* grow = a.g;
+    const int8_t* gp = a.g;
+    int32_t xrow = c0, xo = c0, col = 0;
+    for (int32_t p0 = 0; p0 < positions; p0 += kTapChunk) {
+      const int32_t pn = positions - p0 < kTapChunk ? positions - p0 : kTapChunk;
+      int32_t m = 0;
+      for (int32_t i = 0; i < pn; ++i) {
+        const int32_t v = *gp;
+        gsum += v;
+        if (v != 0) {
+          t[m].g = v;
+          t[m].off = xo;
+          ++m;
+        }
+        if (++col == a.cols) {
+          col = 0;
+          gp = grow += a.g_row;
+          xo = xrow += a.x_row;
+        } else {
+          gp += a.CO;
+          xo += a.xstep;
+        }
+      }
+#if TMT_CORE_HAVE_DSP
+      if (a.dsp) {
+        AccumulateTerms<true>(t, m, a.x, acc, nc, p0 == 0);
+        continue;
+      }
+#endif
+      AccumulateTerms<false>(t, m, a.x, acc, nc, p0 == 0);
+    }
+    a.up->Weights(a.wr + c0, acc, nc, a.zp * gsum, a.idx0 + static_cast<uint32_t>(c0));
+  }
+}
+
+// ConvWeightUpdate for layers whose sums are exact in int32 (Int32Sums), tap by tap.
 Status ConvWeightUpdateNarrow(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
                               int8_t* w, int32_t kh_size, int32_t kw_size, const float* wfactor,
                               float lr, const ConvGeom& geom, const UpdateParams& p,
-                              uint32_t counter) {
-  const int32_t CO = g_dims.c;
+                              uint32_t counter, bool dsp) {
   const int32_t CI = x_dims.c;
   const int32_t sw = geom.stride_w;
-  const int32_t xstep = sw * CI;  // x offset between neighbouring output columns
+  ConvTap tap;
+  tap.CO = g_dims.c;
+  tap.CI = CI;
+  tap.xstep = sw * CI;  // x offset between neighbouring output columns
+  tap.g_row = g_dims.w * g_dims.c;
+  tap.x_row = geom.stride_h * x_dims.w * CI;  // x offset between output rows
+  tap.zp = p.x_zero_point;
+  tap.dsp = dsp;
   const uint32_t base = NoiseBase(p.seed, counter);
-  const int64_t zp = p.x_zero_point;
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   for (int32_t co = 0; co < p.update_channels; ++co) {
-    const ChannelUpdater up(lr, s, wfactor[co], base);
+    const ChannelStep up(lr_s, wfactor[co], base);
+    tap.up = &up;
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
       WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
@@ -777,70 +1039,61 @@ Status ConvWeightUpdateNarrow(const int8_t* g, float s, Hwc g_dims, const int8_t
         int32_t ow0, ow1;
         WindowRange(x_dims.w, kw, sw, geom.pad_left, g_dims.w, &ow0, &ow1);
         const int32_t widx = ((co * kh_size + kh) * kw_size + kw) * CI;
-        int8_t* wr = w + widx;
-        const uint32_t idx0 = static_cast<uint32_t>(widx);
-        int32_t gsum = 0;  // for the zero point
-        for (int32_t oh = oh0; oh < oh1; ++oh) {
-          const int8_t* gp = g + (oh * g_dims.w + ow0) * CO + co;
-          for (int32_t ow = ow0; ow < ow1; ++ow, gp += CO) gsum += *gp;
-        }
-        const int64_t zp_term = zp * gsum;
-        const int32_t x0 = (ow0 * sw - geom.pad_left + kw) * CI;
-        int32_t ci = 0;
-        for (; ci + 4 <= CI; ci += 4) {
-          int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-          for (int32_t oh = oh0; oh < oh1; ++oh) {
-            const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
-            const int8_t* gp = g + (oh * g_dims.w + ow0) * CO + co;
-            const int8_t* xp = x + ih * x_dims.w * CI + x0 + ci;
-            int32_t n = ow1 - ow0;
-#if TMT_CORE_HAVE_DSP
-            if (kDsp) {
-              for (; n >= 2; n -= 2, gp += 2 * CO, xp += 2 * xstep) {
-                const uint32_t G =
-                    PackLow(static_cast<uint32_t>(gp[0]), static_cast<uint32_t>(gp[CO]));
-                if (G == 0) continue;
-                const uint32_t P = Load32(xp);
-                const uint32_t Q = Load32(xp + xstep);
-                const uint32_t P02 = __sxtb16(P), P13 = Sxtb16Odd(P);
-                const uint32_t Q02 = __sxtb16(Q), Q13 = Sxtb16Odd(Q);
-                a0 = __smlad(G, PackLow(P02, Q02), a0);
-                a1 = __smlad(G, PackLow(P13, Q13), a1);
-                a2 = __smlad(G, PackHigh(Q02, P02), a2);
-                a3 = __smlad(G, PackHigh(Q13, P13), a3);
-              }
-            }
-#endif
-            for (; n > 0; --n, gp += CO, xp += xstep) {
-              const int32_t gv = *gp;
-              if (gv == 0) continue;
-              a0 += gv * xp[0];
-              a1 += gv * xp[1];
-              a2 += gv * xp[2];
-              a3 += gv * xp[3];
-            }
-          }
-          wr[ci] = up.Apply(wr[ci], a0 - zp_term, idx0 + static_cast<uint32_t>(ci));
-          wr[ci + 1] = up.Apply(wr[ci + 1], a1 - zp_term, idx0 + static_cast<uint32_t>(ci + 1));
-          wr[ci + 2] = up.Apply(wr[ci + 2], a2 - zp_term, idx0 + static_cast<uint32_t>(ci + 2));
-          wr[ci + 3] = up.Apply(wr[ci + 3], a3 - zp_term, idx0 + static_cast<uint32_t>(ci + 3));
-        }
-        for (; ci < CI; ++ci) {
-          int32_t a = 0;
-          for (int32_t oh = oh0; oh < oh1; ++oh) {
-            const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
-            const int8_t* gp = g + (oh * g_dims.w + ow0) * CO + co;
-            const int8_t* xp = x + ih * x_dims.w * CI + x0 + ci;
-            for (int32_t n = ow1 - ow0; n > 0; --n, gp += CO, xp += xstep) {
-              a += static_cast<int32_t>(*gp) * *xp;
-            }
-          }
-          wr[ci] = up.Apply(wr[ci], a - zp_term, idx0 + static_cast<uint32_t>(ci));
-        }
+        const int32_t ih0 = oh0 * geom.stride_h - geom.pad_top + kh;
+        const int32_t iw0 = ow0 * sw - geom.pad_left + kw;
+        tap.g = g + (oh0 * g_dims.w + ow0) * tap.CO + co;
+        tap.x = x + (ih0 * x_dims.w + iw0) * CI;
+        tap.wr = w + widx;
+        tap.rows = oh1 - oh0;
+        tap.cols = ow1 - ow0;
+        tap.idx0 = static_cast<uint32_t>(widx);
+        ConvWeightTap(tap);
       }
     }
   }
   return Status::kOk;
+}
+
+// One tap of a depthwise weight update for four channels: acc[j] = sum g[.., j] * (x[.., j] - zp)
+// over rows x cols output positions, exact in int32 (Int32Sums). g points at the first
+// position's four gradients (next column g + C, next row g + g_row), x at its four inputs (next
+// column x + xstep, next row x + x_row). With the DSP extension (unless TMT_PORTABLE_ONLY): one
+// word of each, SXTB16 / SSUB16 and four 16 x 16 multiply-accumulates per position.
+TMT_NOINLINE void DepthwiseTap4(const int8_t* g, int32_t g_row, int32_t C, const int8_t* x,
+                                int32_t x_row, int32_t xstep, int32_t rows, int32_t cols,
+                                int32_t zp, int32_t* acc) {
+  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#if TMT_CORE_USE_DSP
+  const int32_t zz = static_cast<int32_t>((static_cast<uint32_t>(zp) & 0xFFFFu) * 0x10001u);
+#endif
+  for (int32_t r = 0; r < rows; ++r, g += g_row, x += x_row) {
+    const int8_t* gp = g;
+    const int8_t* xp = x;
+    for (int32_t n = cols; n > 0; --n, gp += C, xp += xstep) {
+#if TMT_CORE_USE_DSP
+      const uint32_t G = Load32(gp);
+      if (G == 0) continue;
+      const uint32_t X = Load32(xp);
+      const int32_t G02 = static_cast<int32_t>(__sxtb16(G));
+      const int32_t G13 = static_cast<int32_t>(Sxtb16Odd(G));
+      const int32_t X02 = __ssub16(static_cast<int32_t>(__sxtb16(X)), zz);  // x - zp, int16 lanes
+      const int32_t X13 = __ssub16(static_cast<int32_t>(Sxtb16Odd(X)), zz);
+      a0 = __smlabb(G02, X02, a0);
+      a2 = __smlatt(G02, X02, a2);
+      a1 = __smlabb(G13, X13, a1);
+      a3 = __smlatt(G13, X13, a3);
+#else
+      a0 += static_cast<int32_t>(gp[0]) * (xp[0] - zp);
+      a1 += static_cast<int32_t>(gp[1]) * (xp[1] - zp);
+      a2 += static_cast<int32_t>(gp[2]) * (xp[2] - zp);
+      a3 += static_cast<int32_t>(gp[3]) * (xp[3] - zp);
+#endif
+    }
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
 }
 
 }  // namespace
@@ -851,12 +1104,12 @@ Status ConvWeightUpdatePortable(const int8_t* g, float s, Hwc g_dims, const int8
                                 const UpdateParams& p, uint32_t counter) {
   Status st = Status::kOk;
   if (!ConvWeightUpdateChecks(g_dims, x_dims, kh_size, kw_size, geom, p, &st)) return st;
-  if (g_dims.h * g_dims.w > kMaxInt32Positions) {
+  if (!Int32Sums(g_dims, p.x_zero_point)) {
     return ConvWeightUpdateWide(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
                                 p, counter);
   }
-  return ConvWeightUpdateNarrow<false>(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr,
-                                       geom, p, counter);
+  return ConvWeightUpdateNarrow(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
+                                p, counter, false);
 }
 
 Status ConvWeightUpdateDsp(const int8_t* g, float s, Hwc g_dims, const int8_t* x, Hwc x_dims,
@@ -866,12 +1119,12 @@ Status ConvWeightUpdateDsp(const int8_t* g, float s, Hwc g_dims, const int8_t* x
 #if TMT_CORE_HAVE_DSP
   Status st = Status::kOk;
   if (!ConvWeightUpdateChecks(g_dims, x_dims, kh_size, kw_size, geom, p, &st)) return st;
-  if (g_dims.h * g_dims.w > kMaxInt32Positions) {
+  if (!Int32Sums(g_dims, p.x_zero_point)) {
     return ConvWeightUpdateWide(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
                                 p, counter);
   }
-  return ConvWeightUpdateNarrow<true>(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr,
-                                      geom, p, counter);
+  return ConvWeightUpdateNarrow(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
+                                p, counter, true);
 #else
   return ConvWeightUpdatePortable(g, s, g_dims, x, x_dims, w, kh_size, kw_size, wfactor, lr, geom,
                                   p, counter);
@@ -905,20 +1158,52 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
     return Status::kBadParams;
   }
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const int64_t zp = p.x_zero_point;
-  const bool narrow = g_dims.h * g_dims.w <= kMaxInt32Positions;
+  const bool narrow = Int32Sums(g_dims, zp);
   const int32_t sw = geom.stride_w;
   const int32_t xstep = sw * C;
-  for (int32_t c = 0; c < p.update_channels; ++c) {
-    const ChannelUpdater up(lr, s, wfactor[c], base);
+  const int32_t g_row = g_dims.w * C;
+  const int32_t x_row = geom.stride_h * x_dims.w * C;
+  int32_t c = 0;
+  if (narrow) {  // four channels at a time
+    for (; c + 4 <= p.update_channels; c += 4) {
+      const ChannelStep up[4] = {ChannelStep(lr_s, wfactor[c], base),
+                                 ChannelStep(lr_s, wfactor[c + 1], base),
+                                 ChannelStep(lr_s, wfactor[c + 2], base),
+                                 ChannelStep(lr_s, wfactor[c + 3], base)};
+      for (int32_t kh = 0; kh < kh_size; ++kh) {
+        int32_t oh0, oh1;
+        WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
+        for (int32_t kw = 0; kw < kw_size; ++kw) {
+          int32_t ow0, ow1;
+          WindowRange(x_dims.w, kw, sw, geom.pad_left, g_dims.w, &ow0, &ow1);
+          const int32_t ih0 = oh0 * geom.stride_h - geom.pad_top + kh;
+          const int32_t iw0 = ow0 * sw - geom.pad_left + kw;
+          int32_t acc[4];
+          DepthwiseTap4(g + (oh0 * g_dims.w + ow0) * C + c, g_row, C,
+                        x + (ih0 * x_dims.w + iw0) * C + c, x_row, xstep, oh1 - oh0, ow1 - ow0,
+                        static_cast<int32_t>(zp), acc);
+          int8_t* wr = w + (kh * kw_size + kw) * C + c;
+          const uint32_t idx = static_cast<uint32_t>((c * kh_size + kh) * kw_size + kw);
+          const uint32_t per_channel = static_cast<uint32_t>(kh_size * kw_size);
+          for (int32_t j = 0; j < 4; ++j) {
+            wr[j] = up[j].Weight(wr[j], acc[j], idx + static_cast<uint32_t>(j) * per_channel);
+          }
+        }
+      }
+    }
+  }
+  for (; c < p.update_channels; ++c) {
+    const ChannelStep up(lr_s, wfactor[c], base);
     for (int32_t kh = 0; kh < kh_size; ++kh) {
       int32_t oh0, oh1;
       WindowRange(x_dims.h, kh, geom.stride_h, geom.pad_top, g_dims.h, &oh0, &oh1);
       for (int32_t kw = 0; kw < kw_size; ++kw) {
         int32_t ow0, ow1;
         WindowRange(x_dims.w, kw, sw, geom.pad_left, g_dims.w, &ow0, &ow1);
-        int64_t acc = 0;
-        if (narrow) {  // sum g * x in int32 (exact), minus zp * sum g
+        int32_t acc = 0;
+        if (narrow) {  // sum g * x minus zp * sum g, exact in int32
           int32_t gx = 0, gsum = 0;
           const int32_t x0 = (ow0 * sw - geom.pad_left + kw) * C + c;
           for (int32_t oh = oh0; oh < oh1; ++oh) {
@@ -931,20 +1216,22 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
               gx += gv * *xp;
             }
           }
-          acc = static_cast<int64_t>(gx) - zp * gsum;
+          acc = gx - static_cast<int32_t>(zp) * gsum;
         } else {
+          int64_t wide = 0;
           for (int32_t oh = oh0; oh < oh1; ++oh) {
             const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
             for (int32_t ow = ow0; ow < ow1; ++ow) {
               const int32_t iw = ow * sw - geom.pad_left + kw;
-              acc += static_cast<int64_t>(g[(oh * g_dims.w + ow) * C + c]) *
-                     (static_cast<int64_t>(x[(ih * x_dims.w + iw) * C + c]) - zp);
+              wide += static_cast<int64_t>(g[(oh * g_dims.w + ow) * C + c]) *
+                      (static_cast<int64_t>(x[(ih * x_dims.w + iw) * C + c]) - zp);
             }
           }
+          acc = Sat32(wide);
         }
         int8_t& wv = w[(kh * kw_size + kw) * C + c];
         const uint32_t idx = static_cast<uint32_t>((c * kh_size + kh) * kw_size + kw);
-        wv = up.Apply(wv, acc, idx);
+        wv = up.Weight(wv, acc, idx);
       }
     }
   }
@@ -956,6 +1243,7 @@ Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels,
   if (positions < 0 || channels < 0) return Status::kBadShape;
   if (p.update_channels < 0 || p.update_channels > channels) return Status::kBadParams;
   const uint32_t base = NoiseBase(p.seed, counter);
+  const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const bool narrow = positions < (1 << 24);  // int32 sums of |g| <= 128 cannot overflow
   for (int32_t c = 0; c < p.update_channels; ++c) {
     int64_t acc = 0;
@@ -967,9 +1255,8 @@ Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels,
     } else {
       for (int32_t i = 0; i < positions; ++i) acc += g[i * channels + c];
     }
-    const Multiplier m = UpdateMultiplier(lr, s, bfactor[c]);
-    b[c] = static_cast<int32_t>(UpdatedValue(b[c], Sat32(acc), m, base, static_cast<uint32_t>(c),
-                                             INT32_MIN, INT32_MAX));
+    const ChannelStep up(lr_s, bfactor[c], base);
+    b[c] = up.Bias(b[c], Sat32(acc), static_cast<uint32_t>(c));
   }
   return Status::kOk;
 }
