@@ -367,122 +367,293 @@ inline int32_t TapsFor(int32_t i, int32_t k_size, int32_t stride, int32_t pad, i
   return n;
 }
 
-// Calls visit(i, acc) for every input-gradient accumulator of TMT_CONV_INPUT_GRAD in memory order:
-// acc[ih, iw, ci] = sum_co wmul[co] * (sum_{kh, kw} g[oh, ow, co] * w[co, kh, kw, ci]), the inner
-// sum in int32 (at most 16 * 16 terms of |.| <= 2^14), the outer in int64: the same integer as
-// sum (g * wmul) * w of the contract. Input channels in blocks of 4.
-template <typename Visit>
-void ConvInputGradAccs(const int8_t* g, Hwc g_dims, const int8_t* w, int32_t kh_size,
-                       int32_t kw_size, const int32_t* wmul, Hwc in, const ConvGeom& geom,
-                       Visit visit) {
-  const int32_t CO = g_dims.c;
-  const int32_t CI = in.c;
-  const int32_t w_co = kh_size * kw_size * CI;  // w stride between output channels
+// The window taps of one input pixel (ih, iw): rows r < nr, columns c < nc; the gradient at
+// g + gr[r] + gc[c] (+ channel) meets the weights at w + wr[r] + wc[c] (+ channel offsets).
+struct PixelTaps {
+  int32_t nr = 0, nc = 0;
   int32_t gr[kMaxTapsPerAxis], wr[kMaxTapsPerAxis], gc[kMaxTapsPerAxis], wc[kMaxTapsPerAxis];
-  int32_t i = 0;
-  for (int32_t ih = 0; ih < in.h; ++ih) {
-    const int32_t nr = TapsFor(ih, kh_size, geom.stride_h, geom.pad_top, g_dims.h, g_dims.w * CO,
-                               kw_size * CI, gr, wr);
-    for (int32_t iw = 0; iw < in.w; ++iw, i += CI) {
-      const int32_t nc = TapsFor(iw, kw_size, geom.stride_w, geom.pad_left, g_dims.w, CO, CI, gc,
-                                 wc);
-      if (nr == 0 || nc == 0) {
-        for (int32_t ci = 0; ci < CI; ++ci) visit(i + ci, 0);
-        continue;
-      }
-      int32_t ci = 0;
-      for (; ci + 4 <= CI; ci += 4) {
-        int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        for (int32_t co = 0; co < CO; ++co) {
-          int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-          const int8_t* wco = w + co * w_co + ci;
-          for (int32_t r = 0; r < nr; ++r) {
-            const int8_t* grow = g + gr[r] + co;
-            const int8_t* wrow = wco + wr[r];
-            for (int32_t c = 0; c < nc; ++c) {
-              const int32_t gv = grow[gc[c]];
-              if (gv == 0) continue;
-              const int8_t* wp = wrow + wc[c];
-              t0 += gv * wp[0];
-              t1 += gv * wp[1];
-              t2 += gv * wp[2];
-              t3 += gv * wp[3];
-            }
-          }
-          const int32_t m = wmul[co];
-          a0 += static_cast<int64_t>(t0) * m;
-          a1 += static_cast<int64_t>(t1) * m;
-          a2 += static_cast<int64_t>(t2) * m;
-          a3 += static_cast<int64_t>(t3) * m;
+};
+
+// Shapes of one input-gradient op (conv: w_ci = CI, w_co = kh * kw * CI; depthwise: CO = CI = C,
+// w_co = 0).
+struct InputGradCtx {
+  const int8_t* g;
+  Hwc g_dims;
+  const int8_t* w;
+  int32_t kh_size, kw_size;
+  const int32_t* wmul;
+  Hwc in;
+  ConvGeom geom;
+  int32_t w_co;  // w stride between output channels (conv)
+};
+
+inline void RowTaps(const InputGradCtx& k, int32_t ih, PixelTaps* t) {
+  t->nr = TapsFor(ih, k.kh_size, k.geom.stride_h, k.geom.pad_top, k.g_dims.h,
+                  k.g_dims.w * k.g_dims.c, k.kw_size * k.in.c, t->gr, t->wr);
+}
+
+inline void ColTaps(const InputGradCtx& k, int32_t iw, PixelTaps* t) {
+  t->nc = TapsFor(iw, k.kw_size, k.geom.stride_w, k.geom.pad_left, k.g_dims.w, k.g_dims.c,
+                  k.in.c, t->gc, t->wc);
+}
+
+// Scratch-free dyn_quantize in one pass over the accumulators plus a cheap fix-up pass.
+//
+// Put(i, acc) is called once per element in ascending i. It keeps max|acc| exactly and stores
+// t = floor(acc / 2^c) in out[i], c = max(0, bit_length(max so far) - 8), or the marker -128 when
+// t is outside [-127, 127]. When the running max gains bits, c grows and the stored t are floored
+// further (floor(floor(a / 2^c) / 2^d) == floor(a / 2^(c + d)), exact; markers stay markers).
+// At the end c == max(0, bit_length(m) - 8) for the final m, and the contract's shift is
+// s = max(0, bit_length(m) - 7): s == 0 means c == 0 and |acc| <= 127, so out[i] == acc == q;
+// otherwise s == c + 1 and round_shift_right(acc, s) = floor((acc + 2^c) / 2^(c + 1)) =
+// floor((t + 1) / 2) = (t + 1) >> 1, which lies in [-63, 64] (no clamp). Only marked elements
+// (|acc| >= 2^(c + 7) when stored, i.e. within a factor ~2 of the running max) are computed
+// again, exactly, in the fix-up. Results are identical to the two-pass dyn_quantize.
+class StagedQuant {
+ public:
+  explicit StagedQuant(int8_t* out) : out_(out) {}
+
+  inline void Put(int32_t i, int64_t a) {
+    const uint64_t m = AbsU64(a);
+    if (m > max_abs_) {
+      max_abs_ = m;
+      if (m >= lim_) Grow(i);
+    }
+    const int64_t t = a >> c_;  // arithmetic shift: floor
+    out_[i] = (t >= -kInt8GradMax && t <= kInt8GradMax) ? static_cast<int8_t>(t) : kMarker;
+  }
+
+  int shift() const { return DynQuantizeShift(max_abs_); }
+
+  // After every Put: finishes out[0, n) and returns the shift. exact_pixel(p, base, s) must
+  // set out[base + j] = DynQuantizeValue(acc, s) for the marked elements j of pixel p.
+  template <typename FixPixel>
+  int Finish(int32_t pixels, int32_t ch, FixPixel fix_pixel) {
+    const int s = shift();
+    if (s == 0) return 0;
+    for (int32_t p = 0, base = 0; p < pixels; ++p, base += ch) {
+      int32_t marked = 0;
+      int8_t* o = out_ + base;
+      for (int32_t j = 0; j < ch; ++j) {
+        const int32_t t = o[j];
+        if (t == kMarker) {
+          ++marked;
+        } else {
+          o[j] = static_cast<int8_t>((t + 1) >> 1);
         }
-        visit(i + ci, a0);
-        visit(i + ci + 1, a1);
-        visit(i + ci + 2, a2);
-        visit(i + ci + 3, a3);
       }
-      for (; ci < CI; ++ci) {
-        int64_t a = 0;
-        for (int32_t co = 0; co < CO; ++co) {
-          int32_t t = 0;
-          const int8_t* wco = w + co * w_co + ci;
-          for (int32_t r = 0; r < nr; ++r) {
-            const int8_t* grow = g + gr[r] + co;
-            const int8_t* wrow = wco + wr[r];
-            for (int32_t c = 0; c < nc; ++c) t += static_cast<int32_t>(grow[gc[c]]) * wrow[wc[c]];
-          }
-          a += static_cast<int64_t>(t) * wmul[co];
-        }
-        visit(i + ci, a);
+      if (marked) fix_pixel(p, base, marked, s);
+    }
+    return s;
+  }
+
+  static constexpr int8_t kMarker = -128;
+
+ private:
+  TMT_NOINLINE void Grow(int32_t i) {
+    int c = BitLength(max_abs_) - 8;
+    if (c < 0) c = 0;
+    const int d = c - c_;
+    if (d > 0) {
+      for (int32_t j = 0; j < i; ++j) {
+        const int8_t t = out_[j];
+        if (t != kMarker) out_[j] = static_cast<int8_t>(t >> (d > 7 ? 7 : d));
       }
     }
+    c_ = c;
+    lim_ = c + 8 < 64 ? uint64_t{1} << (c + 8) : ~uint64_t{0};
+  }
+
+  int8_t* out_;
+  uint64_t max_abs_ = 0;
+  int c_ = 0;
+  uint64_t lim_ = uint64_t{1} << 8;  // bit_length(m) > c + 8  <=>  m >= lim_
+};
+
+// One accumulator of TMT_CONV_INPUT_GRAD (input channel ci of a pixel with taps t).
+inline int64_t ConvElementAcc(const InputGradCtx& k, const PixelTaps& t, int32_t ci) {
+  const int32_t CO = k.g_dims.c;
+  int64_t a = 0;
+  for (int32_t co = 0; co < CO; ++co) {
+    int32_t s = 0;
+    const int8_t* wco = k.w + co * k.w_co + ci;
+    for (int32_t r = 0; r < t.nr; ++r) {
+      const int8_t* grow = k.g + t.gr[r] + co;
+      const int8_t* wrow = wco + t.wr[r];
+      for (int32_t c = 0; c < t.nc; ++c) s += static_cast<int32_t>(grow[t.gc[c]]) * wrow[t.wc[c]];
+    }
+    a += static_cast<int64_t>(s) * k.wmul[co];
+  }
+  return a;
+}
+
+// acc[ci] for ci in [0, CI) of input pixel (ih, iw) of TMT_CONV_INPUT_GRAD, visit(ci, acc) in
+// ascending ci: acc = sum_co wmul[co] * (sum_{taps} g[oh, ow, co] * w[co, kh, kw, ci]), the inner
+// sum in int32 (at most 16 * 16 terms of |.| <= 2^14), the outer in int64: the same integer as
+// sum (g * wmul) * w of the contract. Single-tap pixels (1x1 convs, fully-connected) multiply
+// g * wmul once per output channel (|.| < 2^22, int32) and accumulate its products with w in
+// int64 (SMLAL). Input channels in blocks of 4.
+template <typename Visit>
+inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Visit visit) {
+  const int32_t CO = k.g_dims.c;
+  const int32_t CI = k.in.c;
+  const int32_t w_co = k.w_co;
+  const int32_t nr = t.nr, nc = t.nc;
+  const int32_t* wmul = k.wmul;
+  if (nr == 0 || nc == 0) {
+    for (int32_t ci = 0; ci < CI; ++ci) visit(ci, 0);
+    return;
+  }
+  if (nr == 1 && nc == 1) {
+    const int8_t* gp = k.g + t.gr[0] + t.gc[0];
+    const int8_t* wb = k.w + t.wr[0] + t.wc[0];
+    int32_t ci = 0;
+    for (; ci + 4 <= CI; ci += 4) {
+      int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      const int8_t* wp = wb + ci;
+      for (int32_t co = 0; co < CO; ++co, wp += w_co) {
+        const int32_t gv = gp[co];
+        if (gv == 0) continue;
+        const int32_t gw = gv * wmul[co];
+        a0 += static_cast<int64_t>(gw) * wp[0];
+        a1 += static_cast<int64_t>(gw) * wp[1];
+        a2 += static_cast<int64_t>(gw) * wp[2];
+        a3 += static_cast<int64_t>(gw) * wp[3];
+      }
+      visit(ci, a0);
+      visit(ci + 1, a1);
+      visit(ci + 2, a2);
+      visit(ci + 3, a3);
+    }
+    for (; ci < CI; ++ci) {
+      int64_t a = 0;
+      const int8_t* wp = wb + ci;
+      for (int32_t co = 0; co < CO; ++co, wp += w_co) {
+        a += static_cast<int64_t>(gp[co] * wmul[co]) * wp[0];
+      }
+      visit(ci, a);
+    }
+    return;
+  }
+  int32_t ci = 0;
+  for (; ci + 4 <= CI; ci += 4) {
+    int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int32_t co = 0; co < CO; ++co) {
+      int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+      const int8_t* wco = k.w + co * w_co + ci;
+      for (int32_t r = 0; r < nr; ++r) {
+        const int8_t* grow = k.g + t.gr[r] + co;
+        const int8_t* wrow = wco + t.wr[r];
+        for (int32_t c = 0; c < nc; ++c) {
+          const int32_t gv = grow[t.gc[c]];
+          if (gv == 0) continue;
+          const int8_t* wp = wrow + t.wc[c];
+          t0 += gv * wp[0];
+          t1 += gv * wp[1];
+          t2 += gv * wp[2];
+          t3 += gv * wp[3];
+        }
+      }
+      const int32_t m = wmul[co];
+      a0 += static_cast<int64_t>(t0) * m;
+      a1 += static_cast<int64_t>(t1) * m;
+      a2 += static_cast<int64_t>(t2) * m;
+      a3 += static_cast<int64_t>(t3) * m;
+    }
+    visit(ci, a0);
+    visit(ci + 1, a1);
+    visit(ci + 2, a2);
+    visit(ci + 3, a3);
+  }
+  for (; ci < CI; ++ci) visit(ci, ConvElementAcc(k, t, ci));
+}
+
+// acc[c] of input pixel (ih, iw) of TMT_DW_INPUT_GRAD: wmul[c] * sum_{taps} g[oh, ow, c] *
+// w[kh, kw, c] (inner sum int32, one int64 product); visit(c, acc) in ascending c.
+template <typename Visit>
+inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Visit visit) {
+  const int32_t C = k.in.c;
+  const int32_t nr = t.nr, nc = t.nc;
+  const int32_t* wmul = k.wmul;
+  int32_t c = 0;
+  for (; c + 4 <= C; c += 4) {
+    int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+    for (int32_t r = 0; r < nr; ++r) {
+      const int8_t* grow = k.g + t.gr[r] + c;
+      const int8_t* wrow = k.w + t.wr[r] + c;
+      for (int32_t j = 0; j < nc; ++j) {
+        const int8_t* gp = grow + t.gc[j];
+        const int8_t* wp = wrow + t.wc[j];
+        t0 += static_cast<int32_t>(gp[0]) * wp[0];
+        t1 += static_cast<int32_t>(gp[1]) * wp[1];
+        t2 += static_cast<int32_t>(gp[2]) * wp[2];
+        t3 += static_cast<int32_t>(gp[3]) * wp[3];
+      }
+    }
+    visit(c, static_cast<int64_t>(t0) * wmul[c]);
+    visit(c + 1, static_cast<int64_t>(t1) * wmul[c + 1]);
+    visit(c + 2, static_cast<int64_t>(t2) * wmul[c + 2]);
+    visit(c + 3, static_cast<int64_t>(t3) * wmul[c + 3]);
+  }
+  for (; c < C; ++c) {
+    int32_t s = 0;
+    for (int32_t r = 0; r < nr; ++r) {
+      for (int32_t j = 0; j < nc; ++j) {
+        s += static_cast<int32_t>(k.g[t.gr[r] + t.gc[j] + c]) * k.w[t.wr[r] + t.wc[j] + c];
+      }
+    }
+    visit(c, static_cast<int64_t>(s) * wmul[c]);
   }
 }
 
-// As ConvInputGradAccs for TMT_DW_INPUT_GRAD: acc[ih, iw, c] = wmul[c] * sum_{kh, kw}
-// g[oh, ow, c] * w[kh, kw, c] (inner sum int32, one int64 product).
-template <typename Visit>
-void DepthwiseInputGradAccs(const int8_t* g, Hwc g_dims, const int8_t* w, int32_t kh_size,
-                            int32_t kw_size, const int32_t* wmul, Hwc in, const ConvGeom& geom,
-                            Visit visit) {
-  const int32_t C = in.c;
-  int32_t gr[kMaxTapsPerAxis], wr[kMaxTapsPerAxis], gc[kMaxTapsPerAxis], wc[kMaxTapsPerAxis];
+inline int64_t DepthwiseElementAcc(const InputGradCtx& k, const PixelTaps& t, int32_t c) {
+  int32_t s = 0;
+  for (int32_t r = 0; r < t.nr; ++r) {
+    for (int32_t j = 0; j < t.nc; ++j) {
+      s += static_cast<int32_t>(k.g[t.gr[r] + t.gc[j] + c]) * k.w[t.wr[r] + t.wc[j] + c];
+    }
+  }
+  return static_cast<int64_t>(s) * k.wmul[c];
+}
+
+// The scratch-free input gradient (kernel extents <= kMaxTapsPerAxis): one pass through
+// StagedQuant, then its fix-up recomputing the marked elements (a whole pixel at once through
+// pixel_accs when most of its channels are marked, else one element at a time).
+template <bool kDepthwise>
+int InputGradNoScratch(const InputGradCtx& k, int8_t* g_in) {
+  const Hwc in = k.in;
+  const int32_t ch = in.c;
+  StagedQuant sq(g_in);
+  PixelTaps t;
   int32_t i = 0;
   for (int32_t ih = 0; ih < in.h; ++ih) {
-    const int32_t nr = TapsFor(ih, kh_size, geom.stride_h, geom.pad_top, g_dims.h, g_dims.w * C,
-                               kw_size * C, gr, wr);
-    for (int32_t iw = 0; iw < in.w; ++iw, i += C) {
-      const int32_t nc = TapsFor(iw, kw_size, geom.stride_w, geom.pad_left, g_dims.w, C, C, gc, wc);
-      int32_t c = 0;
-      for (; c + 4 <= C; c += 4) {
-        int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-        for (int32_t r = 0; r < nr; ++r) {
-          const int8_t* grow = g + gr[r] + c;
-          const int8_t* wrow = w + wr[r] + c;
-          for (int32_t k = 0; k < nc; ++k) {
-            const int8_t* gp = grow + gc[k];
-            const int8_t* wp = wrow + wc[k];
-            t0 += static_cast<int32_t>(gp[0]) * wp[0];
-            t1 += static_cast<int32_t>(gp[1]) * wp[1];
-            t2 += static_cast<int32_t>(gp[2]) * wp[2];
-            t3 += static_cast<int32_t>(gp[3]) * wp[3];
-          }
-        }
-        visit(i + c, static_cast<int64_t>(t0) * wmul[c]);
-        visit(i + c + 1, static_cast<int64_t>(t1) * wmul[c + 1]);
-        visit(i + c + 2, static_cast<int64_t>(t2) * wmul[c + 2]);
-        visit(i + c + 3, static_cast<int64_t>(t3) * wmul[c + 3]);
-      }
-      for (; c < C; ++c) {
-        int32_t t = 0;
-        for (int32_t r = 0; r < nr; ++r) {
-          for (int32_t k = 0; k < nc; ++k) {
-            t += static_cast<int32_t>(g[gr[r] + gc[k] + c]) * w[wr[r] + wc[k] + c];
-          }
-        }
-        visit(i + c, static_cast<int64_t>(t) * wmul[c]);
+    RowTaps(k, ih, &t);
+    for (int32_t iw = 0; iw < in.w; ++iw, i += ch) {
+      ColTaps(k, iw, &t);
+      const int32_t i0 = i;
+      auto put = [&](int32_t j, int64_t a) { sq.Put(i0 + j, a); };
+      if (kDepthwise) {
+        DepthwisePixelAccs(k, t, put);
+      } else {
+        ConvPixelAccs(k, t, put);
       }
     }
   }
+  return sq.Finish(in.h * in.w, ch, [&](int32_t p, int32_t b, int32_t marked, int s) {
+    RowTaps(k, p / in.w, &t);
+    ColTaps(k, p % in.w, &t);
+    int8_t* o = g_in + b;
+    if (!kDepthwise && marked * 2 > ch) {
+      ConvPixelAccs(k, t, [&](int32_t j, int64_t a) {
+        if (o[j] == StagedQuant::kMarker) o[j] = DynQuantizeValue(a, s);
+      });
+      return;
+    }
+    for (int32_t j = 0; j < ch; ++j) {
+      if (o[j] != StagedQuant::kMarker) continue;
+      o[j] = DynQuantizeValue(kDepthwise ? DepthwiseElementAcc(k, t, j) : ConvElementAcc(k, t, j), s);
+    }
+  });
 }
 
 }  // namespace
@@ -530,16 +701,8 @@ Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int3
     }
     shift = DynQuantizeArray(scratch, n, g_in);
   } else if (kh_size <= kMaxTapsPerAxis && kw_size <= kMaxTapsPerAxis) {
-    // Two passes over ConvInputGradAccs (max |acc|, then quantize), no memory.
-    uint64_t max_abs = 0;
-    ConvInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
-                      [&](int32_t, int64_t a) {
-                        const uint64_t m = AbsU64(a);
-                        if (m > max_abs) max_abs = m;
-                      });
-    shift = DynQuantizeShift(max_abs);
-    ConvInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
-                      [&](int32_t i, int64_t a) { g_in[i] = DynQuantizeValue(a, shift); });
+    const InputGradCtx k{g, g_dims, w, kh_size, kw_size, wmul, in, geom, kh_size * kw_size * CI};
+    shift = InputGradNoScratch<false>(k, g_in);
   } else {
     auto acc_at = [&](int32_t i) -> int64_t {
       const int32_t ci = i % CI;
@@ -602,15 +765,8 @@ Status DepthwiseInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w,
     }
     shift = DynQuantizeArray(scratch, n, g_in);
   } else if (kh_size <= kMaxTapsPerAxis && kw_size <= kMaxTapsPerAxis) {
-    uint64_t max_abs = 0;
-    DepthwiseInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
-                           [&](int32_t, int64_t a) {
-                             const uint64_t m = AbsU64(a);
-                             if (m > max_abs) max_abs = m;
-                           });
-    shift = DynQuantizeShift(max_abs);
-    DepthwiseInputGradAccs(g, g_dims, w, kh_size, kw_size, wmul, in, geom,
-                           [&](int32_t i, int64_t a) { g_in[i] = DynQuantizeValue(a, shift); });
+    const InputGradCtx k{g, g_dims, w, kh_size, kw_size, wmul, in, geom, 0};
+    shift = InputGradNoScratch<true>(k, g_in);
   } else {
     auto acc_at = [&](int32_t i) -> int64_t {
       const int32_t c = i % C;
