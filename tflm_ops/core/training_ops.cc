@@ -470,102 +470,145 @@ class StagedQuant {
   uint64_t lim_ = uint64_t{1} << 8;  // bit_length(m) > c + 8  <=>  m >= lim_
 };
 
-// One accumulator of TMT_CONV_INPUT_GRAD (input channel ci of a pixel with taps t).
-inline int64_t ConvElementAcc(const InputGradCtx& k, const PixelTaps& t, int32_t ci) {
-  const int32_t CO = k.g_dims.c;
-  int64_t a = 0;
-  for (int32_t co = 0; co < CO; ++co) {
-    int32_t s = 0;
-    const int8_t* wco = k.w + co * k.w_co + ci;
-    for (int32_t r = 0; r < t.nr; ++r) {
-      const int8_t* grow = k.g + t.gr[r] + co;
-      const int8_t* wrow = wco + t.wr[r];
-      for (int32_t c = 0; c < t.nc; ++c) s += static_cast<int32_t>(grow[t.gc[c]]) * wrow[t.wc[c]];
+// Tiles of the scratch-free conv input gradient (stack: kCiTile int64 + kCoTile entries).
+constexpr int32_t kCiTile = 64;
+constexpr int32_t kCoTile = 64;
+
+// One nonzero gradient of a tap's output pixel: gw = g[oh, ow, co] * wmul[co] (|gw| < 2^22, so
+// int32) and its weight row w[co, kh, kw, ci0:] (the tile's first input channel).
+struct GwEntry {
+  int32_t gw;
+  const int8_t* w;
+};
+
+// acc[j] += sum_e list[e].gw * list[e].w[j] for j in [0, cn): one 32 x 32 -> 64-bit
+// multiply-accumulate (SMLAL) per term, four input channels at a time. The list ends with an
+// entry gw == 0 (so the loop needs no end pointer and its 8 accumulator registers fit).
+TMT_NOINLINE void AccumulateTile(const GwEntry* list, int32_t cn, int64_t* acc) {
+  int32_t j = 0;
+  for (; j + 4 <= cn; j += 4) {
+    int64_t a0 = acc[j], a1 = acc[j + 1], a2 = acc[j + 2], a3 = acc[j + 3];
+    const GwEntry* e = list;
+    for (int32_t gw = e->gw; gw != 0; gw = e->gw) {
+      const int8_t* wp = e->w + j;
+      ++e;
+      a0 += static_cast<int64_t>(gw) * wp[0];
+      a1 += static_cast<int64_t>(gw) * wp[1];
+      a2 += static_cast<int64_t>(gw) * wp[2];
+      a3 += static_cast<int64_t>(gw) * wp[3];
     }
-    a += static_cast<int64_t>(s) * k.wmul[co];
+    acc[j] = a0;
+    acc[j + 1] = a1;
+    acc[j + 2] = a2;
+    acc[j + 3] = a3;
   }
-  return a;
+  for (; j < cn; ++j) {
+    int64_t a = acc[j];
+    for (const GwEntry* e = list; e->gw != 0; ++e) {
+      a += static_cast<int64_t>(e->gw) * e->w[j];
+    }
+    acc[j] = a;
+  }
 }
 
-// acc[ci] for ci in [0, CI) of input pixel (ih, iw) of TMT_CONV_INPUT_GRAD, visit(ci, acc) in
-// ascending ci: acc = sum_co wmul[co] * (sum_{taps} g[oh, ow, co] * w[co, kh, kw, ci]), the inner
-// sum in int32 (at most 16 * 16 terms of |.| <= 2^14), the outer in int64: the same integer as
-// sum (g * wmul) * w of the contract. Single-tap pixels (1x1 convs, fully-connected) multiply
-// g * wmul once per output channel (|.| < 2^22, int32) and accumulate its products with w in
-// int64 (SMLAL). Input channels in blocks of 4.
+// The nonzero g[co] * wmul[co] of one output pixel gp for co in [co0, co1), with their weight rows
+// wt + co * w_co, then the end entry gw == 0 (every listed gw is nonzero: wmul >= 1). Returns the
+// count.
+inline int32_t BuildGwList(const int8_t* gp, const int32_t* wmul, const int8_t* wt, int32_t w_co,
+                           int32_t co0, int32_t co1, GwEntry* list) {
+  int32_t n = 0;
+  for (int32_t co = co0; co < co1; ++co) {
+    const int32_t gv = gp[co];
+    if (gv == 0) continue;
+    list[n].gw = gv * wmul[co];
+    list[n].w = wt + co * w_co;
+    ++n;
+  }
+  list[n].gw = 0;
+  return n;
+}
+
+// As AccumulateTile for the input channels idx[m], m in [0, nm): acc[m] += sum_e gw * w[idx[m]].
+TMT_NOINLINE void AccumulateGather(const GwEntry* list, const int32_t* idx, int32_t nm,
+                                   int64_t* acc) {
+  for (int32_t m = 0; m < nm; ++m) {
+    const int32_t ci = idx[m];
+    int64_t a = acc[m];
+    const GwEntry* e = list;
+    for (int32_t gw = e->gw; gw != 0; gw = e->gw) {
+      a += static_cast<int64_t>(gw) * e->w[ci];
+      ++e;
+    }
+    acc[m] = a;
+  }
+}
+
+// acc[ci] for ci in [0, CI) of one input pixel of TMT_CONV_INPUT_GRAD (window taps t), visit(ci,
+// acc) in ascending ci: acc = sum_{taps, co} (g[oh, ow, co] * wmul[co]) * w[co, kh, kw, ci] in
+// int64, exactly the contract's sum (integer addition in any order). Per tile of input channels,
+// per tap and tile of output channels: the nonzero g * wmul of the tap's output pixel, then
+// AccumulateTile.
 template <typename Visit>
 inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Visit visit) {
   const int32_t CO = k.g_dims.c;
   const int32_t CI = k.in.c;
   const int32_t w_co = k.w_co;
-  const int32_t nr = t.nr, nc = t.nc;
   const int32_t* wmul = k.wmul;
-  if (nr == 0 || nc == 0) {
-    for (int32_t ci = 0; ci < CI; ++ci) visit(ci, 0);
-    return;
-  }
-  if (nr == 1 && nc == 1) {
-    const int8_t* gp = k.g + t.gr[0] + t.gc[0];
-    const int8_t* wb = k.w + t.wr[0] + t.wc[0];
-    int32_t ci = 0;
-    for (; ci + 4 <= CI; ci += 4) {
-      int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-      const int8_t* wp = wb + ci;
-      for (int32_t co = 0; co < CO; ++co, wp += w_co) {
-        const int32_t gv = gp[co];
-        if (gv == 0) continue;
-        const int32_t gw = gv * wmul[co];
-        a0 += static_cast<int64_t>(gw) * wp[0];
-        a1 += static_cast<int64_t>(gw) * wp[1];
-        a2 += static_cast<int64_t>(gw) * wp[2];
-        a3 += static_cast<int64_t>(gw) * wp[3];
-      }
-      visit(ci, a0);
-      visit(ci + 1, a1);
-      visit(ci + 2, a2);
-      visit(ci + 3, a3);
-    }
-    for (; ci < CI; ++ci) {
-      int64_t a = 0;
-      const int8_t* wp = wb + ci;
-      for (int32_t co = 0; co < CO; ++co, wp += w_co) {
-        a += static_cast<int64_t>(gp[co] * wmul[co]) * wp[0];
-      }
-      visit(ci, a);
-    }
-    return;
-  }
-  int32_t ci = 0;
-  for (; ci + 4 <= CI; ci += 4) {
-    int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (int32_t co = 0; co < CO; ++co) {
-      int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-      const int8_t* wco = k.w + co * w_co + ci;
-      for (int32_t r = 0; r < nr; ++r) {
-        const int8_t* grow = k.g + t.gr[r] + co;
-        const int8_t* wrow = wco + t.wr[r];
-        for (int32_t c = 0; c < nc; ++c) {
-          const int32_t gv = grow[t.gc[c]];
-          if (gv == 0) continue;
-          const int8_t* wp = wrow + t.wc[c];
-          t0 += gv * wp[0];
-          t1 += gv * wp[1];
-          t2 += gv * wp[2];
-          t3 += gv * wp[3];
+  int64_t acc[kCiTile];
+  GwEntry list[kCoTile + 1];
+  for (int32_t ci0 = 0; ci0 < CI; ci0 += kCiTile) {
+    const int32_t cn = CI - ci0 < kCiTile ? CI - ci0 : kCiTile;
+    for (int32_t j = 0; j < cn; ++j) acc[j] = 0;
+    for (int32_t r = 0; r < t.nr; ++r) {
+      for (int32_t c = 0; c < t.nc; ++c) {
+        const int8_t* gp = k.g + t.gr[r] + t.gc[c];
+        const int8_t* wt = k.w + t.wr[r] + t.wc[c] + ci0;
+        for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
+          const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
+          if (BuildGwList(gp, wmul, wt, w_co, co0, co1, list)) AccumulateTile(list, cn, acc);
         }
       }
-      const int32_t m = wmul[co];
-      a0 += static_cast<int64_t>(t0) * m;
-      a1 += static_cast<int64_t>(t1) * m;
-      a2 += static_cast<int64_t>(t2) * m;
-      a3 += static_cast<int64_t>(t3) * m;
     }
-    visit(ci, a0);
-    visit(ci + 1, a1);
-    visit(ci + 2, a2);
-    visit(ci + 3, a3);
+    for (int32_t j = 0; j < cn; ++j) visit(ci0 + j, acc[j]);
   }
-  for (; ci < CI; ++ci) visit(ci, ConvElementAcc(k, t, ci));
+}
+
+// Fix-up of one conv input pixel: out[ci] = DynQuantizeValue(acc[ci], s) for the marked ci (the
+// others are final already).
+inline void ConvPixelFix(const InputGradCtx& k, const PixelTaps& t, int8_t* out, int32_t marked,
+                         int s) {
+  const int32_t CO = k.g_dims.c;
+  const int32_t CI = k.in.c;
+  if (marked * 5 > CI * 3) {  // most channels: the whole pixel through the tiles
+    ConvPixelAccs(k, t, [&](int32_t ci, int64_t a) {
+      if (out[ci] == StagedQuant::kMarker) out[ci] = DynQuantizeValue(a, s);
+    });
+    return;
+  }
+  int64_t acc[kCiTile];
+  int32_t idx[kCiTile];
+  GwEntry list[kCoTile + 1];
+  for (int32_t ci0 = 0; ci0 < CI;) {
+    int32_t nm = 0;
+    for (; ci0 < CI && nm < kCiTile; ++ci0) {
+      if (out[ci0] == StagedQuant::kMarker) idx[nm++] = ci0;
+    }
+    if (nm == 0) break;
+    for (int32_t m = 0; m < nm; ++m) acc[m] = 0;
+    for (int32_t r = 0; r < t.nr; ++r) {
+      for (int32_t c = 0; c < t.nc; ++c) {
+        const int8_t* gp = k.g + t.gr[r] + t.gc[c];
+        const int8_t* wt = k.w + t.wr[r] + t.wc[c];
+        for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
+          const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
+          if (BuildGwList(gp, k.wmul, wt, k.w_co, co0, co1, list)) {
+            AccumulateGather(list, idx, nm, acc);
+          }
+        }
+      }
+    }
+    for (int32_t m = 0; m < nm; ++m) out[idx[m]] = DynQuantizeValue(acc[m], s);
+  }
 }
 
 // acc[c] of input pixel (ih, iw) of TMT_DW_INPUT_GRAD: wmul[c] * sum_{taps} g[oh, ow, c] *
@@ -632,7 +675,7 @@ int InputGradNoScratch(const InputGradCtx& k, int8_t* g_in) {
       ColTaps(k, iw, &t);
       const int32_t i0 = i;
       auto put = [&](int32_t j, int64_t a) { sq.Put(i0 + j, a); };
-      if (kDepthwise) {
+      if constexpr (kDepthwise) {
         DepthwisePixelAccs(k, t, put);
       } else {
         ConvPixelAccs(k, t, put);
@@ -643,15 +686,13 @@ int InputGradNoScratch(const InputGradCtx& k, int8_t* g_in) {
     RowTaps(k, p / in.w, &t);
     ColTaps(k, p % in.w, &t);
     int8_t* o = g_in + b;
-    if (!kDepthwise && marked * 2 > ch) {
-      ConvPixelAccs(k, t, [&](int32_t j, int64_t a) {
-        if (o[j] == StagedQuant::kMarker) o[j] = DynQuantizeValue(a, s);
-      });
-      return;
-    }
-    for (int32_t j = 0; j < ch; ++j) {
-      if (o[j] != StagedQuant::kMarker) continue;
-      o[j] = DynQuantizeValue(kDepthwise ? DepthwiseElementAcc(k, t, j) : ConvElementAcc(k, t, j), s);
+    if constexpr (kDepthwise) {
+      (void)marked;
+      for (int32_t j = 0; j < ch; ++j) {
+        if (o[j] == StagedQuant::kMarker) o[j] = DynQuantizeValue(DepthwiseElementAcc(k, t, j), s);
+      }
+    } else {
+      ConvPixelFix(k, t, o, marked, s);
     }
   });
 }
