@@ -72,6 +72,33 @@ inline bool ValidGeom(const ConvGeom& g) {
   return g.stride_h >= 1 && g.stride_w >= 1 && g.pad_top >= 0 && g.pad_left >= 0;
 }
 
+#if TMT_CORE_HAVE_DSP
+inline uint32_t Load32(const int8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);  // LDR: unaligned access is allowed on ARMv7-M
+  return v;
+}
+// (GCC's arm_acle.h has no __pkhbt / __pkhtb, and does not fuse the rotation into SXTB16.)
+// PKHBT: low half of a, low half of b in the high half.
+inline uint32_t PackLow(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+// PKHTB: high half of a, high half of b in the low half.
+inline uint32_t PackHigh(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+// SXTB16 of bytes 1 and 3.
+inline uint32_t Sxtb16Odd(uint32_t v) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+#endif
+
 inline int8_t ClampGrad(int64_t v) {
   return static_cast<int8_t>(Clamp64(v, -kInt8GradMax, kInt8GradMax));
 }
@@ -399,28 +426,61 @@ inline void ColTaps(const InputGradCtx& k, int32_t iw, PixelTaps* t) {
 
 // Scratch-free dyn_quantize in one pass over the accumulators plus a cheap fix-up pass.
 //
-// Put(i, acc) is called once per element in ascending i. It keeps max|acc| exactly and stores
-// t = floor(acc / 2^c) in out[i], c = max(0, bit_length(max so far) - 8), or the marker -128 when
-// t is outside [-127, 127]. When the running max gains bits, c grows and the stored t are floored
-// further (floor(floor(a / 2^c) / 2^d) == floor(a / 2^(c + d)), exact; markers stay markers).
+// PutBlock(i0, acc, n) is called for consecutive blocks of elements in ascending order. It keeps
+// max|acc| exactly, sets c = max(0, bit_length(max so far) - 8) (the block's own max included) and
+// stores t = floor(acc / 2^c) in out[i] when t is in [-127, 127], else the marker -128. When the running max
+// gains bits, c grows and the stored t are floored further (floor(floor(a / 2^c) / 2^d) ==
+// floor(a / 2^(c + d)), exact; markers stay markers), so every stored t is at the current c.
 // At the end c == max(0, bit_length(m) - 8) for the final m, and the contract's shift is
-// s = max(0, bit_length(m) - 7): s == 0 means c == 0 and |acc| <= 127, so out[i] == acc == q;
-// otherwise s == c + 1 and round_shift_right(acc, s) = floor((acc + 2^c) / 2^(c + 1)) =
-// floor((t + 1) / 2) = (t + 1) >> 1, which lies in [-63, 64] (no clamp). Only marked elements
-// (|acc| >= 2^(c + 7) when stored, i.e. within a factor ~2 of the running max) are computed
-// again, exactly, in the fix-up. Results are identical to the two-pass dyn_quantize.
+// s = max(0, bit_length(m) - 7): s == 0 means c == 0 and |acc| <= 127, nothing marked and
+// out[i] == acc == q; otherwise s == c + 1 and round_shift_right(acc, s) =
+// floor((acc + 2^c) / 2^(c + 1)) = floor((t + 1) / 2) = (t + 1) >> 1, in [-63, 64] (no clamp).
+// Only marked elements (|acc| >= ~127 * 2^c when stored: within a factor ~2 of the running max)
+// are computed again, exactly, in the fix-up. Results are identical to the two-pass dyn_quantize.
 class StagedQuant {
  public:
   explicit StagedQuant(int8_t* out) : out_(out) {}
 
-  inline void Put(int32_t i, int64_t a) {
-    const uint64_t m = AbsU64(a);
-    if (m > max_abs_) {
-      max_abs_ = m;
-      if (m >= lim_) Grow(i);
+  // Stages a[j] as element i0 + j, j in [0, n).
+  TMT_NOINLINE void PutBlock(int32_t i0, const int64_t* a, int32_t n) {
+    uint64_t mx = 0;
+    for (int32_t j = 0; j < n; ++j) {
+      const uint64_t m = AbsU64(a[j]);
+      if (m > mx) mx = m;
     }
-    const int64_t t = a >> c_;  // arithmetic shift: floor
-    out_[i] = (t >= -kInt8GradMax && t <= kInt8GradMax) ? static_cast<int8_t>(t) : kMarker;
+    if (mx > max_abs_) {
+      max_abs_ = mx;
+      if (mx >= lim_) Grow(i0);
+    }
+    // t = a >> c, stored when -127 <= t <= 127 (its high word is the sign of its low word and
+    // the low word is in range), in 32-bit pieces of a = hi * 2^32 + lo.
+    int8_t* o = out_ + i0;
+    const int c = c_;
+    if (c == 0) {
+      for (int32_t j = 0; j < n; ++j) {
+        const uint64_t u = static_cast<uint64_t>(a[j]);
+        const int32_t lo = static_cast<int32_t>(static_cast<uint32_t>(u));
+        const int32_t hi = static_cast<int32_t>(static_cast<uint32_t>(u >> 32));
+        const bool fits = hi == (lo >> 31) && static_cast<uint32_t>(lo) + 127u <= 254u;
+        o[j] = fits ? static_cast<int8_t>(lo) : kMarker;
+      }
+    } else if (c < 32) {
+      for (int32_t j = 0; j < n; ++j) {
+        const uint64_t u = static_cast<uint64_t>(a[j]);
+        const uint32_t lo = static_cast<uint32_t>(u);
+        const uint32_t hi = static_cast<uint32_t>(u >> 32);
+        const int32_t tlo = static_cast<int32_t>((lo >> c) | (hi << (32 - c)));
+        const int32_t thi = static_cast<int32_t>(hi) >> c;
+        const bool fits = thi == (tlo >> 31) && static_cast<uint32_t>(tlo) + 127u <= 254u;
+        o[j] = fits ? static_cast<int8_t>(tlo) : kMarker;
+      }
+    } else {
+      const int d = c - 32;
+      for (int32_t j = 0; j < n; ++j) {
+        const int32_t t = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(a[j]) >> 32)) >> d;
+        o[j] = static_cast<uint32_t>(t) + 127u <= 254u ? static_cast<int8_t>(t) : kMarker;
+      }
+    }
   }
 
   int shift() const { return DynQuantizeShift(max_abs_); }
@@ -469,6 +529,17 @@ class StagedQuant {
   int c_ = 0;
   uint64_t lim_ = uint64_t{1} << 8;  // bit_length(m) > c + 8  <=>  m >= lim_
 };
+
+// int32 x int32 -> int64 (one SMULL; GCC otherwise may widen both operands first).
+inline int64_t Mul64(int32_t a, int32_t b) {
+#if defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_7M__)
+  uint32_t lo, hi;
+  __asm__("smull %0, %1, %2, %3" : "=&r"(lo), "=&r"(hi) : "r"(a), "r"(b));
+  return static_cast<int64_t>((static_cast<uint64_t>(hi) << 32) | lo);
+#else
+  return static_cast<int64_t>(a) * b;
+#endif
+}
 
 // Tiles of the scratch-free conv input gradient (stack: kCiTile int64 + kCoTile entries).
 constexpr int32_t kCiTile = 64;
@@ -543,13 +614,13 @@ TMT_NOINLINE void AccumulateGather(const GwEntry* list, const int32_t* idx, int3
   }
 }
 
-// acc[ci] for ci in [0, CI) of one input pixel of TMT_CONV_INPUT_GRAD (window taps t), visit(ci,
-// acc) in ascending ci: acc = sum_{taps, co} (g[oh, ow, co] * wmul[co]) * w[co, kh, kw, ci] in
+// acc[ci] for ci in [0, CI) of one input pixel of TMT_CONV_INPUT_GRAD (window taps t), passed on
+// as emit(ci0, acc + 0, n) for consecutive blocks of n <= kCiTile channels: acc = sum_{taps, co} (g[oh, ow, co] * wmul[co]) * w[co, kh, kw, ci] in
 // int64, exactly the contract's sum (integer addition in any order). Per tile of input channels,
 // per tap and tile of output channels: the nonzero g * wmul of the tap's output pixel, then
 // AccumulateTile.
-template <typename Visit>
-inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Visit visit) {
+template <typename Emit>
+inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) {
   const int32_t CO = k.g_dims.c;
   const int32_t CI = k.in.c;
   const int32_t w_co = k.w_co;
@@ -569,7 +640,7 @@ inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Visit visit
         }
       }
     }
-    for (int32_t j = 0; j < cn; ++j) visit(ci0 + j, acc[j]);
+    emit(ci0, acc, cn);
   }
 }
 
@@ -580,8 +651,10 @@ inline void ConvPixelFix(const InputGradCtx& k, const PixelTaps& t, int8_t* out,
   const int32_t CO = k.g_dims.c;
   const int32_t CI = k.in.c;
   if (marked * 5 > CI * 3) {  // most channels: the whole pixel through the tiles
-    ConvPixelAccs(k, t, [&](int32_t ci, int64_t a) {
-      if (out[ci] == StagedQuant::kMarker) out[ci] = DynQuantizeValue(a, s);
+    ConvPixelAccs(k, t, [&](int32_t ci0, const int64_t* acc, int32_t n) {
+      for (int32_t j = 0; j < n; ++j) {
+        if (out[ci0 + j] == StagedQuant::kMarker) out[ci0 + j] = DynQuantizeValue(acc[j], s);
+      }
     });
     return;
   }
@@ -611,41 +684,64 @@ inline void ConvPixelFix(const InputGradCtx& k, const PixelTaps& t, int8_t* out,
   }
 }
 
-// acc[c] of input pixel (ih, iw) of TMT_DW_INPUT_GRAD: wmul[c] * sum_{taps} g[oh, ow, c] *
-// w[kh, kw, c] (inner sum int32, one int64 product); visit(c, acc) in ascending c.
-template <typename Visit>
-inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Visit visit) {
+// acc[c] of one input pixel of TMT_DW_INPUT_GRAD: wmul[c] * sum_{taps} g[oh, ow, c] * w[kh, kw, c]
+// (inner sum int32: at most 16 * 16 terms of |.| <= 2^14; one int64 product), passed on as
+// emit(c0, acc, n) for consecutive blocks of n <= kCiTile channels. Four channels at a time; with
+// the DSP extension (unless TMT_PORTABLE_ONLY) one 32-bit load of g and of w per tap and
+// SXTB16 / SMLABB / SMLATT (the same int32 sums).
+template <typename Emit>
+inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) {
   const int32_t C = k.in.c;
   const int32_t nr = t.nr, nc = t.nc;
   const int32_t* wmul = k.wmul;
-  int32_t c = 0;
-  for (; c + 4 <= C; c += 4) {
-    int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-    for (int32_t r = 0; r < nr; ++r) {
-      const int8_t* grow = k.g + t.gr[r] + c;
-      const int8_t* wrow = k.w + t.wr[r] + c;
-      for (int32_t j = 0; j < nc; ++j) {
-        const int8_t* gp = grow + t.gc[j];
-        const int8_t* wp = wrow + t.wc[j];
-        t0 += static_cast<int32_t>(gp[0]) * wp[0];
-        t1 += static_cast<int32_t>(gp[1]) * wp[1];
-        t2 += static_cast<int32_t>(gp[2]) * wp[2];
-        t3 += static_cast<int32_t>(gp[3]) * wp[3];
+  int64_t acc[kCiTile];
+  for (int32_t c0 = 0; c0 < C; c0 += kCiTile) {
+    const int32_t cn = C - c0 < kCiTile ? C - c0 : kCiTile;
+    int32_t j = 0;
+    for (; j + 4 <= cn; j += 4) {
+      const int32_t c = c0 + j;
+      int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+      for (int32_t r = 0; r < nr; ++r) {
+        const int8_t* grow = k.g + t.gr[r] + c;
+        const int8_t* wrow = k.w + t.wr[r] + c;
+        for (int32_t q = 0; q < nc; ++q) {
+          const int8_t* gp = grow + t.gc[q];
+          const int8_t* wp = wrow + t.wc[q];
+#if TMT_CORE_USE_DSP
+          const uint32_t G = Load32(gp);
+          const uint32_t W = Load32(wp);
+          const int32_t G02 = static_cast<int32_t>(__sxtb16(G));
+          const int32_t G13 = static_cast<int32_t>(Sxtb16Odd(G));
+          const int32_t W02 = static_cast<int32_t>(__sxtb16(W));
+          const int32_t W13 = static_cast<int32_t>(Sxtb16Odd(W));
+          t0 = __smlabb(G02, W02, t0);
+          t2 = __smlatt(G02, W02, t2);
+          t1 = __smlabb(G13, W13, t1);
+          t3 = __smlatt(G13, W13, t3);
+#else
+          t0 += static_cast<int32_t>(gp[0]) * wp[0];
+          t1 += static_cast<int32_t>(gp[1]) * wp[1];
+          t2 += static_cast<int32_t>(gp[2]) * wp[2];
+          t3 += static_cast<int32_t>(gp[3]) * wp[3];
+#endif
+        }
       }
+      acc[j] = Mul64(t0, wmul[c]);
+      acc[j + 1] = Mul64(t1, wmul[c + 1]);
+      acc[j + 2] = Mul64(t2, wmul[c + 2]);
+      acc[j + 3] = Mul64(t3, wmul[c + 3]);
     }
-    visit(c, static_cast<int64_t>(t0) * wmul[c]);
-    visit(c + 1, static_cast<int64_t>(t1) * wmul[c + 1]);
-    visit(c + 2, static_cast<int64_t>(t2) * wmul[c + 2]);
-    visit(c + 3, static_cast<int64_t>(t3) * wmul[c + 3]);
-  }
-  for (; c < C; ++c) {
-    int32_t s = 0;
-    for (int32_t r = 0; r < nr; ++r) {
-      for (int32_t j = 0; j < nc; ++j) {
-        s += static_cast<int32_t>(k.g[t.gr[r] + t.gc[j] + c]) * k.w[t.wr[r] + t.wc[j] + c];
+    for (; j < cn; ++j) {
+      const int32_t c = c0 + j;
+      int32_t sum = 0;
+      for (int32_t r = 0; r < nr; ++r) {
+        for (int32_t q = 0; q < nc; ++q) {
+          sum += static_cast<int32_t>(k.g[t.gr[r] + t.gc[q] + c]) * k.w[t.wr[r] + t.wc[q] + c];
+        }
       }
+      acc[j] = Mul64(sum, wmul[c]);
     }
-    visit(c, static_cast<int64_t>(s) * wmul[c]);
+    emit(c0, acc, cn);
   }
 }
 
@@ -674,7 +770,7 @@ int InputGradNoScratch(const InputGradCtx& k, int8_t* g_in) {
     for (int32_t iw = 0; iw < in.w; ++iw, i += ch) {
       ColTaps(k, iw, &t);
       const int32_t i0 = i;
-      auto put = [&](int32_t j, int64_t a) { sq.Put(i0 + j, a); };
+      auto put = [&](int32_t c0, const int64_t* acc, int32_t n) { sq.PutBlock(i0 + c0, acc, n); };
       if constexpr (kDepthwise) {
         DepthwisePixelAccs(k, t, put);
       } else {
@@ -1059,32 +1155,6 @@ Status ConvWeightUpdateWide(const int8_t* g, float s, Hwc g_dims, const int8_t* 
   return Status::kOk;
 }
 
-#if TMT_CORE_HAVE_DSP
-inline uint32_t Load32(const int8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);  // LDR: unaligned access is allowed on ARMv7-M
-  return v;
-}
-// (GCC's arm_acle.h has no __pkhbt / __pkhtb, and does not fuse the rotation into SXTB16.)
-// PKHBT: low half of a, low half of b in the high half.
-inline uint32_t PackLow(uint32_t a, uint32_t b) {
-  uint32_t r;
-  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-// PKHTB: high half of a, high half of b in the low half.
-inline uint32_t PackHigh(uint32_t a, uint32_t b) {
-  uint32_t r;
-  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-// SXTB16 of bytes 1 and 3.
-inline uint32_t Sxtb16Odd(uint32_t v) {
-  uint32_t r;
-  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-  return r;
-}
-#endif
 
 // A nonzero gradient of a tap's output position and the offset of its input in x.
 struct TapTerm {
