@@ -427,8 +427,8 @@ inline void ColTaps(const InputGradCtx& k, int32_t iw, PixelTaps* t) {
 // Scratch-free dyn_quantize in one pass over the accumulators plus a cheap fix-up pass.
 //
 // PutBlock(i0, acc, n) is called for consecutive blocks of elements in ascending order. It keeps
-// max|acc| exactly, sets c = max(0, bit_length(max so far) - 8) (the block's own max included) and
-// stores t = floor(acc / 2^c) in out[i] when t is in [-127, 127], else the marker -128. When the running max
+// the bit length of max|acc| exactly (all dyn_quantize needs), c = max(0, bit_length(max so far) - 8)
+// and out[i] = t = floor(acc / 2^c) when t is in [-127, 127], else the marker -128. When the running max
 // gains bits, c grows and the stored t are floored further (floor(floor(a / 2^c) / 2^d) ==
 // floor(a / 2^(c + d)), exact; markers stay markers), so every stored t is at the current c.
 // At the end c == max(0, bit_length(m) - 8) for the final m, and the contract's shift is
@@ -442,44 +442,11 @@ class StagedQuant {
   explicit StagedQuant(int8_t* out) : out_(out) {}
 
   // Stages a[j] as element i0 + j, j in [0, n).
-  TMT_NOINLINE void PutBlock(int32_t i0, const int64_t* a, int32_t n) {
-    uint64_t mx = 0;
-    for (int32_t j = 0; j < n; ++j) {
-      const uint64_t m = AbsU64(a[j]);
-      if (m > mx) mx = m;
-    }
-    if (mx > max_abs_) {
-      max_abs_ = mx;
-      if (mx >= lim_) Grow(i0);
-    }
-    // t = a >> c, stored when -127 <= t <= 127 (its high word is the sign of its low word and
-    // the low word is in range), in 32-bit pieces of a = hi * 2^32 + lo.
-    int8_t* o = out_ + i0;
-    const int c = c_;
-    if (c == 0) {
-      for (int32_t j = 0; j < n; ++j) {
-        const uint64_t u = static_cast<uint64_t>(a[j]);
-        const int32_t lo = static_cast<int32_t>(static_cast<uint32_t>(u));
-        const int32_t hi = static_cast<int32_t>(static_cast<uint32_t>(u >> 32));
-        const bool fits = hi == (lo >> 31) && static_cast<uint32_t>(lo) + 127u <= 254u;
-        o[j] = fits ? static_cast<int8_t>(lo) : kMarker;
-      }
-    } else if (c < 32) {
-      for (int32_t j = 0; j < n; ++j) {
-        const uint64_t u = static_cast<uint64_t>(a[j]);
-        const uint32_t lo = static_cast<uint32_t>(u);
-        const uint32_t hi = static_cast<uint32_t>(u >> 32);
-        const int32_t tlo = static_cast<int32_t>((lo >> c) | (hi << (32 - c)));
-        const int32_t thi = static_cast<int32_t>(hi) >> c;
-        const bool fits = thi == (tlo >> 31) && static_cast<uint32_t>(tlo) + 127u <= 254u;
-        o[j] = fits ? static_cast<int8_t>(tlo) : kMarker;
-      }
-    } else {
-      const int d = c - 32;
-      for (int32_t j = 0; j < n; ++j) {
-        const int32_t t = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(a[j]) >> 32)) >> d;
-        o[j] = static_cast<uint32_t>(t) + 127u <= 254u ? static_cast<int8_t>(t) : kMarker;
-      }
+  void PutBlock(int32_t i0, const int64_t* a, int32_t n) {
+    max_abs_ |= Store(out_ + i0, a, n, c_);
+    if (max_abs_ >= lim_) {  // the block lifts the bit length: new c, the block again
+      Grow(i0);
+      Store(out_ + i0, a, n, c_);
     }
   }
 
@@ -510,6 +477,32 @@ class StagedQuant {
   static constexpr int8_t kMarker = -128;
 
  private:
+  // o[j] = t = a[j] >> c when -127 <= t <= 127 (its high word is the sign of its low word and
+  // the low word is in range; a = hi * 2^32 + lo), else the marker. Returns the OR of the |a[j]|
+  // (the bit length of their max).
+  static TMT_NOINLINE uint64_t Store(int8_t* o, const int64_t* a, int32_t n, int c) {
+    uint32_t or_lo = 0, or_hi = 0;
+    for (int32_t j = 0; j < n; ++j) {
+      const uint64_t u = static_cast<uint64_t>(a[j]);
+      const uint32_t lo = static_cast<uint32_t>(u);
+      const uint32_t hi = static_cast<uint32_t>(u >> 32);
+      const uint64_t m = AbsU64(a[j]);
+      or_lo |= static_cast<uint32_t>(m);
+      or_hi |= static_cast<uint32_t>(m >> 32);
+      int32_t tlo, thi;
+      if (c < 32) {
+        tlo = static_cast<int32_t>(c ? (lo >> c) | (hi << (32 - c)) : lo);
+        thi = static_cast<int32_t>(hi) >> c;
+      } else {
+        tlo = static_cast<int32_t>(hi) >> (c - 32);
+        thi = tlo >> 31;
+      }
+      const bool fits = thi == (tlo >> 31) && static_cast<uint32_t>(tlo) + 127u <= 254u;
+      o[j] = fits ? static_cast<int8_t>(tlo) : kMarker;
+    }
+    return (static_cast<uint64_t>(or_hi) << 32) | or_lo;
+  }
+
   TMT_NOINLINE void Grow(int32_t i) {
     int c = BitLength(max_abs_) - 8;
     if (c < 0) c = 0;
@@ -525,7 +518,7 @@ class StagedQuant {
   }
 
   int8_t* out_;
-  uint64_t max_abs_ = 0;
+  uint64_t max_abs_ = 0;  // OR of every |acc| so far: the bit length of their max
   int c_ = 0;
   uint64_t lim_ = uint64_t{1} << 8;  // bit_length(m) > c + 8  <=>  m >= lim_
 };
@@ -689,11 +682,53 @@ inline void ConvPixelFix(const InputGradCtx& k, const PixelTaps& t, int8_t* out,
 // emit(c0, acc, n) for consecutive blocks of n <= kCiTile channels. Four channels at a time; with
 // the DSP extension (unless TMT_PORTABLE_ONLY) one 32-bit load of g and of w per tap and
 // SXTB16 / SMLABB / SMLATT (the same int32 sums).
+// Window taps of a pixel flattened: g + g and w + w (+ channel) meet. Depthwise kernels with more
+// taps than kMaxFlatTaps in one pixel take the row / column loops.
+constexpr int32_t kMaxFlatTaps = 32;
+struct FlatTap {
+  int32_t g;
+  int32_t w;
+};
+
+// t0..t3 += sum over the taps of g[tap + j] * w[tap + j], j = 0..3 (four channels).
+inline void DwTap4(const int8_t* gp, const int8_t* wp, int32_t& t0, int32_t& t1, int32_t& t2,
+                   int32_t& t3) {
+#if TMT_CORE_USE_DSP
+  const uint32_t G = Load32(gp);
+  const uint32_t W = Load32(wp);
+  const int32_t G02 = static_cast<int32_t>(__sxtb16(G));
+  const int32_t G13 = static_cast<int32_t>(Sxtb16Odd(G));
+  const int32_t W02 = static_cast<int32_t>(__sxtb16(W));
+  const int32_t W13 = static_cast<int32_t>(Sxtb16Odd(W));
+  t0 = __smlabb(G02, W02, t0);
+  t2 = __smlatt(G02, W02, t2);
+  t1 = __smlabb(G13, W13, t1);
+  t3 = __smlatt(G13, W13, t3);
+#else
+  t0 += static_cast<int32_t>(gp[0]) * wp[0];
+  t1 += static_cast<int32_t>(gp[1]) * wp[1];
+  t2 += static_cast<int32_t>(gp[2]) * wp[2];
+  t3 += static_cast<int32_t>(gp[3]) * wp[3];
+#endif
+}
+
 template <typename Emit>
 inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) {
   const int32_t C = k.in.c;
   const int32_t nr = t.nr, nc = t.nc;
   const int32_t* wmul = k.wmul;
+  const bool flat = nr * nc <= kMaxFlatTaps;
+  FlatTap taps[kMaxFlatTaps];
+  int32_t nt = 0;
+  if (flat) {
+    for (int32_t r = 0; r < nr; ++r) {
+      for (int32_t q = 0; q < nc; ++q, ++nt) {
+        taps[nt].g = t.gr[r] + t.gc[q];
+        taps[nt].w = t.wr[r] + t.wc[q];
+      }
+    }
+  }
+  const FlatTap* tend = taps + nt;
   int64_t acc[kCiTile];
   for (int32_t c0 = 0; c0 < C; c0 += kCiTile) {
     const int32_t cn = C - c0 < kCiTile ? C - c0 : kCiTile;
@@ -701,29 +736,15 @@ inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit e
     for (; j + 4 <= cn; j += 4) {
       const int32_t c = c0 + j;
       int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-      for (int32_t r = 0; r < nr; ++r) {
-        const int8_t* grow = k.g + t.gr[r] + c;
-        const int8_t* wrow = k.w + t.wr[r] + c;
-        for (int32_t q = 0; q < nc; ++q) {
-          const int8_t* gp = grow + t.gc[q];
-          const int8_t* wp = wrow + t.wc[q];
-#if TMT_CORE_USE_DSP
-          const uint32_t G = Load32(gp);
-          const uint32_t W = Load32(wp);
-          const int32_t G02 = static_cast<int32_t>(__sxtb16(G));
-          const int32_t G13 = static_cast<int32_t>(Sxtb16Odd(G));
-          const int32_t W02 = static_cast<int32_t>(__sxtb16(W));
-          const int32_t W13 = static_cast<int32_t>(Sxtb16Odd(W));
-          t0 = __smlabb(G02, W02, t0);
-          t2 = __smlatt(G02, W02, t2);
-          t1 = __smlabb(G13, W13, t1);
-          t3 = __smlatt(G13, W13, t3);
-#else
-          t0 += static_cast<int32_t>(gp[0]) * wp[0];
-          t1 += static_cast<int32_t>(gp[1]) * wp[1];
-          t2 += static_cast<int32_t>(gp[2]) * wp[2];
-          t3 += static_cast<int32_t>(gp[3]) * wp[3];
-#endif
+      const int8_t* gc = k.g + c;
+      const int8_t* wc = k.w + c;
+      if (flat) {
+        for (const FlatTap* e = taps; e != tend; ++e) DwTap4(gc + e->g, wc + e->w, t0, t1, t2, t3);
+      } else {
+        for (int32_t r = 0; r < nr; ++r) {
+          for (int32_t q = 0; q < nc; ++q) {
+            DwTap4(gc + t.gr[r] + t.gc[q], wc + t.wr[r] + t.wc[q], t0, t1, t2, t3);
+          }
         }
       }
       acc[j] = Mul64(t0, wmul[c]);
