@@ -10,8 +10,9 @@
 // * Weights: conv [CO, KH, KW, CI], depthwise [1, KH, KW, C], fully connected [CO, CI]
 //   (= conv with KH = KW = 1 on a 1x1 image).
 // * Ops producing a dyn-quantized gradient take `int64_t* scratch`: either nullptr (no
-//   memory: every accumulator is computed twice) or room for ScratchElements(...) int64s
-//   (each accumulator computed once). Both give identical results.
+//   memory: every accumulator is computed twice; the input gradients compute each once, stage
+//   it in the int8 output and compute again only the few largest) or room for
+//   ScratchElements(...) int64s (each accumulator computed once). Both give identical results.
 // * The learning-rate gate (lr == 0: op does nothing; lr < 0 / NaN: loss ops fail) and
 //   the update counter live in the TFLM glue / host simulator, not here.
 // * Functions return Status::kOk, or an error for inputs the contract rejects

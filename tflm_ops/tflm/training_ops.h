@@ -31,9 +31,10 @@
 // take `wscale` float32 [CO] instead of `wmul` and no `w_scale_max`, and nothing needs scratch.
 //
 // Optional custom option on the ops with a dyn-quantized output (GRAD_ADD, AVGPOOL_GRAD,
-// MAXPOOL_GRAD, CONV/DW_INPUT_GRAD): `use_scratch` (int, default 0). 0 computes every
-// accumulator twice and needs no memory; 1 requests an int64 arena scratch buffer of the
-// output's element count and computes once. Results are identical.
+// MAXPOOL_GRAD, CONV/DW_INPUT_GRAD): `use_scratch` (int, default 0). 0 needs no memory (every
+// accumulator computed twice; the input gradients: once, plus the few largest again); 1
+// requests an int64 arena scratch buffer of the output's element count and computes once.
+// Results are identical.
 #ifndef TFLM_OPS_TFLM_TRAINING_OPS_H_
 #define TFLM_OPS_TFLM_TRAINING_OPS_H_
 
