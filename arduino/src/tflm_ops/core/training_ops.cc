@@ -534,9 +534,11 @@ inline int64_t Mul64(int32_t a, int32_t b) {
 #endif
 }
 
-// Tiles of the scratch-free conv input gradient (stack: kCiTile int64 + kCoTile entries).
+// Tiles of the scratch-free conv input gradient (stack: kCiTile int64 + kCoTile entries) and
+// channel blocks of the depthwise one (kDwTile int64).
 constexpr int32_t kCiTile = 64;
-constexpr int32_t kCoTile = 64;
+constexpr int32_t kCoTile = 32;
+constexpr int32_t kDwTile = 16;
 
 // One nonzero gradient of a tap's output pixel: gw = g[oh, ow, co] * wmul[co] (|gw| < 2^22, so
 // int32) and its weight row w[co, kh, kw, ci0:] (the tile's first input channel).
@@ -613,7 +615,7 @@ TMT_NOINLINE void AccumulateGather(const GwEntry* list, const int32_t* idx, int3
 // per tap and tile of output channels: the nonzero g * wmul of the tap's output pixel, then
 // AccumulateTile.
 template <typename Emit>
-inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) {
+TMT_NOINLINE void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) {
   const int32_t CO = k.g_dims.c;
   const int32_t CI = k.in.c;
   const int32_t w_co = k.w_co;
@@ -637,11 +639,42 @@ inline void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) 
   }
 }
 
+// The accumulators of the marked input channels of one conv input pixel, at most kFixTile from
+// ci0 on: out[ci] = DynQuantizeValue(acc[ci], s). Returns the channel after the last one examined.
+constexpr int32_t kFixTile = 16;
+TMT_NOINLINE int32_t ConvFixGather(const InputGradCtx& k, const PixelTaps& t, int8_t* out,
+                                   int32_t ci0, int s) {
+  const int32_t CO = k.g_dims.c;
+  const int32_t CI = k.in.c;
+  int64_t acc[kFixTile];
+  int32_t idx[kFixTile];
+  GwEntry list[kCoTile + 1];
+  int32_t nm = 0;
+  for (; ci0 < CI && nm < kFixTile; ++ci0) {
+    if (out[ci0] == StagedQuant::kMarker) idx[nm++] = ci0;
+  }
+  if (nm == 0) return ci0;
+  for (int32_t m = 0; m < nm; ++m) acc[m] = 0;
+  for (int32_t r = 0; r < t.nr; ++r) {
+    for (int32_t c = 0; c < t.nc; ++c) {
+      const int8_t* gp = k.g + t.gr[r] + t.gc[c];
+      const int8_t* wt = k.w + t.wr[r] + t.wc[c];
+      for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
+        const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
+        if (BuildGwList(gp, k.wmul, wt, k.w_co, co0, co1, list)) {
+          AccumulateGather(list, idx, nm, acc);
+        }
+      }
+    }
+  }
+  for (int32_t m = 0; m < nm; ++m) out[idx[m]] = DynQuantizeValue(acc[m], s);
+  return ci0;
+}
+
 // Fix-up of one conv input pixel: out[ci] = DynQuantizeValue(acc[ci], s) for the marked ci (the
 // others are final already).
 inline void ConvPixelFix(const InputGradCtx& k, const PixelTaps& t, int8_t* out, int32_t marked,
                          int s) {
-  const int32_t CO = k.g_dims.c;
   const int32_t CI = k.in.c;
   if (marked * 5 > CI * 3) {  // most channels: the whole pixel through the tiles
     ConvPixelAccs(k, t, [&](int32_t ci0, const int64_t* acc, int32_t n) {
@@ -651,37 +684,9 @@ inline void ConvPixelFix(const InputGradCtx& k, const PixelTaps& t, int8_t* out,
     });
     return;
   }
-  int64_t acc[kCiTile];
-  int32_t idx[kCiTile];
-  GwEntry list[kCoTile + 1];
-  for (int32_t ci0 = 0; ci0 < CI;) {
-    int32_t nm = 0;
-    for (; ci0 < CI && nm < kCiTile; ++ci0) {
-      if (out[ci0] == StagedQuant::kMarker) idx[nm++] = ci0;
-    }
-    if (nm == 0) break;
-    for (int32_t m = 0; m < nm; ++m) acc[m] = 0;
-    for (int32_t r = 0; r < t.nr; ++r) {
-      for (int32_t c = 0; c < t.nc; ++c) {
-        const int8_t* gp = k.g + t.gr[r] + t.gc[c];
-        const int8_t* wt = k.w + t.wr[r] + t.wc[c];
-        for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
-          const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-          if (BuildGwList(gp, k.wmul, wt, k.w_co, co0, co1, list)) {
-            AccumulateGather(list, idx, nm, acc);
-          }
-        }
-      }
-    }
-    for (int32_t m = 0; m < nm; ++m) out[idx[m]] = DynQuantizeValue(acc[m], s);
-  }
+  for (int32_t ci0 = 0; ci0 < CI;) ci0 = ConvFixGather(k, t, out, ci0, s);
 }
 
-// acc[c] of one input pixel of TMT_DW_INPUT_GRAD: wmul[c] * sum_{taps} g[oh, ow, c] * w[kh, kw, c]
-// (inner sum int32: at most 16 * 16 terms of |.| <= 2^14; one int64 product), passed on as
-// emit(c0, acc, n) for consecutive blocks of n <= kCiTile channels. Four channels at a time; with
-// the DSP extension (unless TMT_PORTABLE_ONLY) one 32-bit load of g and of w per tap and
-// SXTB16 / SMLABB / SMLATT (the same int32 sums).
 // Window taps of a pixel flattened: g + g and w + w (+ channel) meet. Depthwise kernels with more
 // taps than kMaxFlatTaps in one pixel take the row / column loops.
 constexpr int32_t kMaxFlatTaps = 32;
@@ -729,9 +734,9 @@ inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit e
     }
   }
   const FlatTap* tend = taps + nt;
-  int64_t acc[kCiTile];
-  for (int32_t c0 = 0; c0 < C; c0 += kCiTile) {
-    const int32_t cn = C - c0 < kCiTile ? C - c0 : kCiTile;
+  int64_t acc[kDwTile];
+  for (int32_t c0 = 0; c0 < C; c0 += kDwTile) {
+    const int32_t cn = C - c0 < kDwTile ? C - c0 : kDwTile;
     int32_t j = 0;
     for (; j + 4 <= cn; j += 4) {
       const int32_t c = c0 + j;
