@@ -134,3 +134,18 @@ def test_fused_and_requant_together(calib):
     for k in range(4):
         assert sa.train_step(calib16[k], k, 0.05) == sb.train_step(calib16[k], k, 0.05)
     assert all(np.array_equal(u, v) for u, v in zip(sa.weights().values(), sb.weights().values()))
+
+
+def test_integer_multipliers_match_double_precision():
+    """tflm_reference.h derives the per-channel multipliers (TMT_CONV's Prepare check,
+    TMT_FUSED_IRB's per-invocation multipliers) in integers: ScaleRatioMultiplier, the bit
+    decoding in QuantizeMultiplier and ValidScale must equal TFLM's double-precision
+    QuantizeMultiplier(double(s_x) * double(s_W) / double(s_y)) on random and edge floats."""
+    import subprocess
+
+    from test_golden_cpp import build_cpp
+
+    exe = build_cpp("multiplier_test", [ROOT / "tflm_ops/tests/multiplier_test.cc"])
+    res = subprocess.run([str(exe), "2000000"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert "2000000 checked, 0 mismatches" in res.stdout

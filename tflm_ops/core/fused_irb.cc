@@ -3,6 +3,16 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+
+// Cortex-M4/M7 DSP extension (SXTB16 / SADD16 / SMLAD / SMLAxy via arm_acle.h) for the 1x1
+// convolutions and the depthwise, unless built with -DTMT_PORTABLE_ONLY; bit-exact either way.
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(TMT_PORTABLE_ONLY)
+#include <arm_acle.h>
+#define TMT_FUSED_IRB_DSP 1
+#else
+#define TMT_FUSED_IRB_DSP 0
+#endif
 
 namespace tfmicro_train {
 namespace core {
@@ -22,6 +32,15 @@ using tflm_ref::ValidScale;
 using tflm_ref::Wrap32;
 
 constexpr int32_t kAddLeftShift = 20;  // reference add.cc, int8
+
+#if TMT_FUSED_IRB_DSP
+// SXTB16 of bytes 1 and 3 (GCC's arm_acle.h does not fuse the rotation into SXTB16).
+inline int32_t Sxtb16Odd(int32_t v) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+#endif
 
 // One requantization stage; words == nullptr checks the weight scales but leaves the
 // multipliers unset.
@@ -105,6 +124,72 @@ inline int8_t AddResidual(const FusedIrbParams& p, int32_t xv, int32_t pv) {
   v = v > p.add_act_max ? p.add_act_max : v;
   return static_cast<int8_t>(v);
 }
+
+// int32 (wrapping) sum of (in[c] + in_offset) * w[c], c < n: the int32 accumulator of the
+// reference kernels (each product fits int32; the wrapped sum equals Wrap32 of the int64 sum).
+// With the DSP extension four at a time: SXTB16 splits 4 bytes into 2 x 2 int16 lanes, SADD16
+// adds the offset (|in + offset| <= 255 fits a lane), SMLAD accumulates two products (its 32-bit
+// result wraps like the portable sum; the Q flag it may set is not read).
+inline int32_t DotOffset(const int8_t* in, const int8_t* w, int32_t n, int32_t in_offset) {
+  uint32_t acc = 0;
+  int32_t c = 0;
+#if TMT_FUSED_IRB_DSP
+  const int32_t off2 =
+      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
+  int32_t sacc = 0;
+  for (; c + 4 <= n; c += 4) {
+    int32_t a, b;
+    std::memcpy(&a, in + c, 4);  // LDR: unaligned access is allowed on ARMv7-M
+    std::memcpy(&b, w + c, 4);
+    const int32_t a02 = __sadd16(__sxtb16(a), off2);
+    const int32_t a13 = __sadd16(Sxtb16Odd(a), off2);
+    sacc = __smlad(a02, __sxtb16(b), sacc);
+    sacc = __smlad(a13, Sxtb16Odd(b), sacc);
+  }
+  acc = static_cast<uint32_t>(sacc);
+#endif
+  for (; c < n; ++c) {
+    acc += static_cast<uint32_t>((in[c] + in_offset) * w[c]);
+  }
+  return static_cast<int32_t>(acc);
+}
+
+inline int8_t RequantizeInt32(int32_t acc, const Requant& rq, int32_t c) {
+  int32_t v = MultiplyByQuantizedMultiplier(acc, rq.multiplier[c], rq.shift[c]) + rq.output_offset;
+  v = v < rq.act_min ? rq.act_min : v;
+  v = v > rq.act_max ? rq.act_max : v;
+  return static_cast<int8_t>(v);
+}
+
+// One pixel of a 1x1 convolution: in [in_c] -> out [out_c] (reference FullyConnectedPerChannel /
+// ConvPerChannel with a 1x1 kernel), w [out_c, in_c].
+inline void Pointwise(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
+                      const int32_t* b, const Requant& rq, int32_t out_c, int8_t* out) {
+  for (int32_t co = 0; co < out_c; ++co) {
+    uint32_t acc = static_cast<uint32_t>(DotOffset(in, w + co * in_c, in_c, in_offset));
+    if (b) acc += static_cast<uint32_t>(b[co]);
+    out[co] = RequantizeInt32(static_cast<int32_t>(acc), rq, co);
+  }
+}
+
+// Expansion row r into out [e.w, c_exp]: a 1x1 unpadded expansion reads one input pixel per
+// output pixel (all in range: OutSize); any other geometry runs the generic ConvRow.
+void ExpandRow(const FusedIrbParams& p, const tflm_ref::ConvLoop& loop, const int8_t* x,
+               const int8_t* w, const int32_t* b, int32_t r, int8_t* out) {
+  const int32_t iy = r * p.e_stride_h;
+  if (p.e_kh == 1 && p.e_kw == 1 && p.e_pad_top == 0 && p.e_pad_left == 0 && iy < p.x.h &&
+      (p.e.w - 1) * p.e_stride_w < p.x.w) {
+    const int8_t* xr = x + static_cast<int64_t>(iy) * p.x.w * p.x.c;
+    const int32_t step = p.e_stride_w * p.x.c;
+    for (int32_t ox = 0; ox < p.e.w; ++ox) {
+      Pointwise(xr + ox * step, p.x.c, p.x_offset, w, b, p.e_rq, p.c_exp, out + ox * p.c_exp);
+    }
+    return;
+  }
+  tflm_ref::ConvRow(loop, x, w, b, r, out);
+}
+
+constexpr int32_t kMaxTaps = 49;  // depthwise windows up to 7x7 take the fast path
 
 }  // namespace
 
@@ -311,33 +396,125 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
                         : x + static_cast<int64_t>(er) * row_bytes;
   };
   int32_t next_row = 0;  // the next expansion row to compute (rows are computed in order)
+  const int32_t C = p.c_exp;
+  const bool fast_dw = p.d_kh * p.d_kw <= kMaxTaps;
+  const int32_t pad_in = p.pad_value + p.d_in_offset;  // a PAD tap's (v + offset)
   for (int32_t oy = 0; oy < p.y.h; ++oy) {
+    const int32_t base = oy * p.d_stride_h - p.d_pad_top;  // padded-row of tap ky = 0
     if (p.has_expand) {
       // The window needs expansion rows within [first, last] (first is the unclipped row of tap
       // 0, nondecreasing in oy, so rows below it are never needed again); compute the ones not
       // yet in the ring, in order. last - first < ring_rows, so none of them is overwritten.
-      const int32_t base = oy * p.d_stride_h - p.d_pad_top;  // padded-row of tap ky = 0
       const int32_t first = base - p.pad_top;
       int32_t last = first + (p.d_kh - 1) * p.d_dil_h;
       if (last > p.e.h - 1) last = p.e.h - 1;
       int32_t r = first > next_row ? first : next_row;
       if (r < 0) r = 0;
       for (; r <= last; ++r) {
-        tflm_ref::ConvRow(expand, x, w_e, b_e, r, ring + (r % p.ring_rows) * row_bytes);
+        ExpandRow(p, expand, x, w_e, b_e, r, ring + (r % p.ring_rows) * row_bytes);
       }
       if (last + 1 > next_row) next_row = last + 1;
     }
+    // the window's rows for this output row: source row pointer, PAD row (nullptr) or skipped
+    const int8_t* rows[kMaxTaps];
+    bool row_used[kMaxTaps];
+    if (fast_dw) {
+      for (int32_t ky = 0; ky < p.d_kh; ++ky) {
+        const int32_t pr = base + ky * p.d_dil_h;
+        row_used[ky] = pr >= 0 && pr < p.pd.h;  // implicit (SAME) padding: tap skipped
+        const int32_t er = pr - p.pad_top;
+        rows[ky] = row_used[ky] && er >= 0 && er < p.e.h ? row_of(er) : nullptr;
+      }
+    }
     for (int32_t ox = 0; ox < p.y.w; ++ox) {
       // depthwise for one pixel
-      tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
+      if (fast_dw) {
+        // the window's taps: in-image taps (source pixel, weight offset), PAD taps (weight
+        // offset); the int32 sum over taps wraps as the reference's does, in any order
+        const int8_t* src[kMaxTaps];
+        int32_t src_w[kMaxTaps], pad_w[kMaxTaps];
+        int32_t n_src = 0, n_pad = 0;
+        const int32_t col0 = ox * p.d_stride_w - p.d_pad_left;
+        for (int32_t ky = 0; ky < p.d_kh; ++ky) {
+          if (!row_used[ky]) continue;
+          for (int32_t kx = 0; kx < p.d_kw; ++kx) {
+            const int32_t pc = col0 + kx * p.d_dil_w;
+            if (pc < 0 || pc >= p.pd.w) continue;
+            const int32_t ec = pc - p.pad_left;
+            const int32_t wo = (ky * p.d_kw + kx) * C;
+            if (rows[ky] && ec >= 0 && ec < p.e.w) {
+              src[n_src] = rows[ky] + ec * C;
+              src_w[n_src++] = wo;
+            } else {
+              pad_w[n_pad++] = wo;
+            }
+          }
+        }
+        int32_t c = 0;
+#if TMT_FUSED_IRB_DSP
+        // four channels at a time: SXTB16 / SADD16 into int16 lanes, SMLABB / SMLATT per lane
+        // (32-bit results wrap like the portable sum)
+        const int32_t off2 =
+            static_cast<int32_t>((static_cast<uint32_t>(p.d_in_offset) & 0xFFFFu) * 0x10001u);
+        const int32_t pad2 =
+            static_cast<int32_t>((static_cast<uint32_t>(pad_in) & 0xFFFFu) * 0x10001u);
+        for (; c + 4 <= C; c += 4) {
+          int32_t a0 = b_d ? b_d[c] : 0, a1 = b_d ? b_d[c + 1] : 0;
+          int32_t a2 = b_d ? b_d[c + 2] : 0, a3 = b_d ? b_d[c + 3] : 0;
+          for (int32_t t = 0; t < n_src; ++t) {
+            int32_t v, wv;
+            std::memcpy(&v, src[t] + c, 4);
+            std::memcpy(&wv, w_d + src_w[t] + c, 4);
+            const int32_t v02 = __sadd16(__sxtb16(v), off2), v13 = __sadd16(Sxtb16Odd(v), off2);
+            const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
+            a0 = __smlabb(v02, w02, a0);
+            a2 = __smlatt(v02, w02, a2);
+            a1 = __smlabb(v13, w13, a1);
+            a3 = __smlatt(v13, w13, a3);
+          }
+          for (int32_t t = 0; t < n_pad; ++t) {
+            int32_t wv;
+            std::memcpy(&wv, w_d + pad_w[t] + c, 4);
+            const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
+            a0 = __smlabb(pad2, w02, a0);
+            a2 = __smlatt(pad2, w02, a2);
+            a1 = __smlabb(pad2, w13, a1);
+            a3 = __smlatt(pad2, w13, a3);
+          }
+          dpix[c] = RequantizeInt32(a0, p.d_rq, c);
+          dpix[c + 1] = RequantizeInt32(a1, p.d_rq, c + 1);
+          dpix[c + 2] = RequantizeInt32(a2, p.d_rq, c + 2);
+          dpix[c + 3] = RequantizeInt32(a3, p.d_rq, c + 3);
+        }
+#endif
+        for (; c < C; ++c) {
+          uint32_t acc = b_d ? static_cast<uint32_t>(b_d[c]) : 0u;
+          for (int32_t t = 0; t < n_src; ++t) {
+            acc += static_cast<uint32_t>((src[t][c] + p.d_in_offset) * w_d[src_w[t] + c]);
+          }
+          for (int32_t t = 0; t < n_pad; ++t) {
+            acc += static_cast<uint32_t>(pad_in * w_d[pad_w[t] + c]);
+          }
+          dpix[c] = RequantizeInt32(static_cast<int32_t>(acc), p.d_rq, c);
+        }
+      } else {
+        tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
+      }
       // project (1x1 CONV_2D) [+ residual ADD, interleaved per channel: see FusedIrbInPlaceLag]
       const int64_t pix = static_cast<int64_t>(oy) * p.y.w + ox;
       int8_t* yp = y + pix * p.c_out;
-      const int8_t* xp = p.residual ? x + pix * p.x.c : nullptr;  // same dims as y then
-      tflm_ref::PointwisePixel(dpix, p.c_exp, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out,
-                               [&](int32_t co, int8_t pv) {
-                                 yp[co] = p.residual ? AddResidual(p, xp[co], pv) : pv;
-                               });
+      if (p.residual) {
+        const int8_t* xp = x + pix * p.x.c;  // same dims as y then
+        for (int32_t co = 0; co < p.c_out; ++co) {
+          uint32_t acc =
+              static_cast<uint32_t>(DotOffset(dpix, w_p + co * C, C, p.p_in_offset));
+          if (b_p) acc += static_cast<uint32_t>(b_p[co]);
+          const int8_t pv = RequantizeInt32(static_cast<int32_t>(acc), p.p_rq, co);
+          yp[co] = AddResidual(p, xp[co], pv);
+        }
+      } else {
+        Pointwise(dpix, C, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out, yp);
+      }
     }
   }
   return Status::kOk;

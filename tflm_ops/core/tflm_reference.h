@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace tfmicro_train {
 namespace core {
@@ -90,6 +91,10 @@ inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int3
 }
 
 // TFLM QuantizeMultiplier (double). False for a non-finite or negative multiplier.
+// A normal double is mant * 2^(e - 1075) with mant in [2^52, 2^53): frexp gives
+// q = mant / 2^53, exp = e - 1022, and round(q * 2^31) = (mant + 2^21) >> 22 exactly (round half
+// away from zero of a positive value), so normal inputs are decoded from the bits (no soft-float
+// frexp / multiply / round on FPU-less targets); zero and subnormals take the libm path.
 inline bool QuantizeMultiplier(double real, int32_t* multiplier, int32_t* shift) {
   if (!std::isfinite(real) || real < 0) return false;
   if (real == 0.0) {
@@ -97,9 +102,19 @@ inline bool QuantizeMultiplier(double real, int32_t* multiplier, int32_t* shift)
     *shift = 0;
     return true;
   }
+  uint64_t bits = 0;
+  std::memcpy(&bits, &real, sizeof bits);
+  const int32_t e_field = static_cast<int32_t>((bits >> 52) & 0x7FF);
   int exp = 0;
-  const double q = std::frexp(real, &exp);
-  int64_t q_fixed = static_cast<int64_t>(std::round(q * static_cast<double>(int64_t{1} << 31)));
+  int64_t q_fixed = 0;
+  if (e_field != 0) {
+    const uint64_t mant = (bits & ((uint64_t{1} << 52) - 1)) | (uint64_t{1} << 52);
+    q_fixed = static_cast<int64_t>((mant + (uint64_t{1} << 21)) >> 22);
+    exp = e_field - 1022;
+  } else {
+    const double q = std::frexp(real, &exp);
+    q_fixed = static_cast<int64_t>(std::round(q * static_cast<double>(int64_t{1} << 31)));
+  }
   if (q_fixed == (int64_t{1} << 31)) {
     q_fixed /= 2;
     ++exp;
@@ -113,7 +128,13 @@ inline bool QuantizeMultiplier(double real, int32_t* multiplier, int32_t* shift)
   return true;
 }
 
-inline bool ValidScale(float s) { return std::isfinite(s) && s > 0.0f; }
+// std::isfinite(s) && s > 0.0f, from the bits (no soft-float compares): sign clear, exponent
+// not all ones, not +0.
+inline bool ValidScale(float s) {
+  uint32_t u = 0;
+  std::memcpy(&u, &s, 4);
+  return (u >> 31) == 0 && (u >> 23) != 0xFFu && u != 0;
+}
 inline bool ValidZp(int32_t zp) { return zp >= kQMin && zp <= kQMax; }
 inline bool ValidQuant(const TensorQuant& q) { return ValidScale(q.scale) && ValidZp(q.zero_point); }
 
@@ -175,13 +196,74 @@ inline bool ValidConv(const ConvSpec& s) {
          s.dil_w >= 1 && (s.padding == kPaddingSame || s.padding == kPaddingValid);
 }
 
-// PopulateConvolutionQuantizationParams: per-channel multipliers in double precision.
+// QuantizeMultiplier(double(a) * double(b) / double(c)) for normal positive floats a, b, c,
+// in integer arithmetic (no soft-float division on FPU-less targets; false, computing nothing,
+// when any is not a positive normal float). a * b is exact in double (48-bit significand
+// product P); the quotient P / mc (mc = c's 24-bit significand) is formed by long division
+// (P's top 24 bits, then 8-bit digits: remainders < 2^24, so each step fits a 32-bit division)
+// to 32 fraction bits plus a sticky bit, rounded to 53 bits to nearest-even (the double division), and the
+// significand then decoded as QuantizeMultiplier does.
+inline bool ScaleRatioMultiplier(float a, float b, float c, int32_t* multiplier, int32_t* shift) {
+  uint32_t ua = 0, ub = 0, uc = 0;
+  std::memcpy(&ua, &a, 4);
+  std::memcpy(&ub, &b, 4);
+  std::memcpy(&uc, &c, 4);
+  const int32_t ea = static_cast<int32_t>(ua >> 23), eb = static_cast<int32_t>(ub >> 23),
+                ec = static_cast<int32_t>(uc >> 23);  // sign bit 0 for positive values
+  if (ea < 1 || ea > 254 || eb < 1 || eb > 254 || ec < 1 || ec > 254) return false;
+  const uint64_t ma = (ua & 0x7FFFFFu) | 0x800000u, mb = (ub & 0x7FFFFFu) | 0x800000u;
+  const uint32_t mc = (uc & 0x7FFFFFu) | 0x800000u;
+  const uint64_t prod = ma * mb;  // [2^46, 2^48)
+  // t = floor(prod * 2^32 / mc) in [2^54, 2^57): the top 24 bits of prod, then 8-bit digits
+  // (3 more of prod, 4 zero digits) from the top
+  const uint32_t top = static_cast<uint32_t>(prod >> 24);
+  const uint32_t rest = static_cast<uint32_t>(prod) & 0xFFFFFFu;
+  uint64_t t = top / mc;
+  uint32_t rem = top % mc;
+  auto digit = [&](uint32_t dg) {
+    const uint32_t n = (rem << 8) | dg;  // rem < mc < 2^24
+    t = (t << 8) | (n / mc);
+    rem = n % mc;
+  };
+  digit(rest >> 16);
+  digit((rest >> 8) & 0xFFu);
+  digit(rest & 0xFFu);
+  for (int32_t i = 0; i < 4; ++i) digit(0);
+  const bool sticky = rem != 0;
+  // bits to drop to keep 53: 2..4 (t in [2^54, 2^57))
+  const int32_t d = 2 + (t >= (uint64_t{1} << 55) ? 1 : 0) + (t >= (uint64_t{1} << 56) ? 1 : 0);
+  const uint64_t low = t & ((uint64_t{1} << d) - 1), half = uint64_t{1} << (d - 1);
+  uint64_t m53 = t >> d;
+  if (low > half || (low == half && (sticky || (m53 & 1)))) ++m53;
+  // value = t * 2^-32 * 2^(ea + eb - ec - 150 - 23 + ...): a * b / c with a = ma * 2^(ea - 150)
+  int32_t exp = 53 + d - 32 + (ea - 150) + (eb - 150) - (ec - 150);
+  if (m53 == (uint64_t{1} << 53)) {
+    m53 >>= 1;
+    ++exp;
+  }
+  int64_t q_fixed = static_cast<int64_t>((m53 + (uint64_t{1} << 21)) >> 22);
+  if (q_fixed == (int64_t{1} << 31)) {
+    q_fixed /= 2;
+    ++exp;
+  }
+  if (exp < -31) {
+    exp = 0;
+    q_fixed = 0;
+  }
+  *multiplier = static_cast<int32_t>(q_fixed);
+  *shift = exp;
+  return true;
+}
+
+// PopulateConvolutionQuantizationParams: per-channel multipliers in double precision
+// (ScaleRatioMultiplier computes the same in integers for normal scales).
 inline bool ChannelMultipliers(float in_scale, const WeightScales& w, float out_scale,
                                int32_t channels, int32_t* mult, int32_t* shift) {
   if (w.scales == nullptr || (w.n != 1 && w.n != channels)) return false;
   for (int32_t c = 0; c < channels; ++c) {
     const float ws = w.n == 1 ? w.scales[0] : w.scales[c];
     if (!ValidScale(ws)) return false;
+    if (ScaleRatioMultiplier(in_scale, ws, out_scale, &mult[c], &shift[c])) continue;
     const double real =
         static_cast<double>(in_scale) * static_cast<double>(ws) / static_cast<double>(out_scale);
     if (!QuantizeMultiplier(real, &mult[c], &shift[c])) return false;
