@@ -789,8 +789,9 @@ def write_all(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0,
 
 # --------------------------------------------------------------------------- forward custom ops
 # TMT_FUSED_IRB (tfmicro_train/kernels/fused_ops.py, tflm_ops/core/fused_irb.h): a frozen
-# inverted-residual block. Kept out of GENERATORS until its TFLM glue exists (test_tflm_glue
-# replays every op in GENERATORS through TFLM); tests/test_fuse.py replays these cases.
+# inverted-residual block. Not in GENERATORS (the TFLM glue replay of test_golden_cpp does not
+# cover it); tests/test_fuse.py replays these cases on the host, tests/test_cortex_m.py on
+# Cortex-M7/M4, and tests/test_tflm_integration.py runs it inside whole TFLM training steps.
 
 
 def _fused_act(rng, relu6_prob: float) -> int:
