@@ -31,9 +31,10 @@ Printed, in one run (about 5 minutes on 2 cores with TFLM):
    targets unless built with -DTMT_PORTABLE_ONLY; the other kernels are the default build's in
    both columns);
 2. with TFLM (TFLM_DIR, cortex-m7 library built): the whole training step in TFLM on the
-   Cortex-M7 (model in flash via TrainingModel.export_c, TFLM's reference kernels forward, our
-   ops backward), the forward pass alone (an lr = 0 call), arena bytes, and flash / RAM of the
-   linked program from arm-none-eabi-size; portable (-DTMT_PORTABLE_ONLY) and default (DSP) builds;
+   Cortex-M7 (model in flash via TrainingModel.export_c; forward: our TMT_CONV / TMT_FUSED_IRB
+   and TFLM's reference kernels for the other builtins; our ops backward), the forward pass
+   alone (an lr = 0 call), arena bytes, and flash / RAM of the linked program from
+   arm-none-eabi-size; portable (-DTMT_PORTABLE_ONLY) and default (DSP) builds;
 3. instructions per multiply-accumulate of our backward kernels per layer, next to TFLM's
    reference int8 convolution forward (needs TFLM's headers: TFLM_DIR); then both ratios for the
    digits model: whole training step and backward + update pass (the part of a step the update
@@ -369,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         steps = {k: tflm_step(a, tflm, work / k, False, xs, ys) for k, a in arts.items()}
         steps_dsp = {k: tflm_step(a, tflm, work / f"{k}_dsp", True, xs, ys) for k, a in arts.items()}
-        print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {len(xs)} steps; TFLM reference "
-              "kernels forward, our ops backward; flash/RAM of the linked program from arm-none-eabi-size)")
+        print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {len(xs)} steps; forward: our "
+              "TMT_CONV / TMT_FUSED_IRB and TFLM's reference kernels for the other builtins; our ops "
+              "backward; flash/RAM of the linked program from arm-none-eabi-size)")
         print(f"{'update':<10} {'step':>11} {'forward':>11} {'bwd+update':>11} {'step DSP':>11} "
               f"{'arena B':>8} {'flash B':>9} {'RAM B':>8} {'model B':>8} {'ckpt save':>10}")
         for k in arts:
