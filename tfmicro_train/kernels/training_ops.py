@@ -203,14 +203,21 @@ def softmax_ce_grad(probs: np.ndarray, label: int, loss_lut: np.ndarray):
     d_i = (p_i + 128) - 256 * [i == label]; g_i = clamp(round_shift_right(d_i, 1), -127, 127);
     scale = 1/128; loss = loss_lut[p_label + 128].
     """
+    d, loss = _softmax_delta(probs, label, loss_lut)
+    g = np.clip(round_shift_right(d, 1), -127, 127).astype(np.int8).reshape(probs.shape)
+    return g, F32(1.0 / 128.0), loss
+
+
+def _softmax_delta(probs: np.ndarray, label: int, loss_lut: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """d_i = (p_i + 128) - 256 [i == label] (int64, flat) and the loss loss_lut[p_label + 128];
+    the label is validated first."""
     n = probs.size
     if not 0 <= int(label) < n:
         raise TrainingOpError(f"TMT_SOFTMAX_CE_GRAD: label {int(label)} out of range [0, {n})")
     k = probs.reshape(-1).astype(np.int64) + 128
     d = k.copy()
     d[int(label)] -= 256
-    g = np.clip(round_shift_right(d, 1), -127, 127).astype(np.int8).reshape(probs.shape)
-    return g, F32(1.0 / 128.0), F32(loss_lut[k[int(label)]])
+    return d, F32(loss_lut[k[int(label)]])
 
 
 def mse_grad(y: np.ndarray, target: np.ndarray, scale: float):
@@ -219,12 +226,16 @@ def mse_grad(y: np.ndarray, target: np.ndarray, scale: float):
     d = y - t; g = clamp(round_shift_right(d, 1), -127, 127); g_scale = (s * 4) / N;
     loss = ((s * s) * sum(d^2)) / N.
     """
-    d = y.astype(np.int64) - target.astype(np.int64)
-    n = F32(d.size)
-    s = F32(scale)
+    d, loss = _mse_delta(y, target, scale)
     g = np.clip(round_shift_right(d, 1), -127, 127).astype(np.int8)
-    loss = F32(F32(F32(s * s) * F32(int((d * d).sum()))) / n)
-    return g, F32(F32(s * F32(4.0)) / n), loss
+    return g, F32(F32(F32(scale) * F32(4.0)) / F32(d.size)), loss
+
+
+def _mse_delta(y: np.ndarray, target: np.ndarray, scale: float) -> tuple[np.ndarray, np.float32]:
+    """d = y - t (int64) and the loss ((s * s) * sum(d^2)) / N."""
+    d = y.astype(np.int64) - target.astype(np.int64)
+    s = F32(scale)
+    return d, F32(F32(F32(s * s) * F32(int((d * d).sum()))) / F32(d.size))
 
 
 # --------------------------------------------------------------------------- gradient plumbing
@@ -490,23 +501,14 @@ def _apply_f32(values: np.ndarray, acc: np.ndarray, lr: np.float32, factor: np.n
 
 def softmax_ce_grad_f32(probs: np.ndarray, label: int, loss_lut: np.ndarray):
     """fp32 TMT_SOFTMAX_CE_GRAD: grad_i = (float)d_i * (1/256) = p_i - [i == label]."""
-    n = probs.size
-    if not 0 <= int(label) < n:
-        raise TrainingOpError(f"TMT_SOFTMAX_CE_GRAD: label {int(label)} out of range [0, {n})")
-    k = probs.reshape(-1).astype(np.int64) + 128
-    d = k.copy()
-    d[int(label)] -= 256
-    g = (d.astype(F32) * F32(1.0 / 256.0)).reshape(probs.shape)
-    return g, F32(loss_lut[k[int(label)]])
+    d, loss = _softmax_delta(probs, label, loss_lut)
+    return (d.astype(F32) * F32(1.0 / 256.0)).reshape(probs.shape), loss
 
 
 def mse_grad_f32(y: np.ndarray, target: np.ndarray, scale: float):
     """fp32 TMT_MSE_GRAD: grad_i = (float)d_i * ((s * 2) / N); loss as the int8 op."""
-    d = y.astype(np.int64) - target.astype(np.int64)
-    n = F32(d.size)
-    s = F32(scale)
-    c = F32(F32(s * F32(2.0)) / n)
-    loss = F32(F32(F32(s * s) * F32(int((d * d).sum()))) / n)
+    d, loss = _mse_delta(y, target, scale)
+    c = F32(F32(F32(scale) * F32(2.0)) / F32(d.size))
     return (d.astype(F32) * c).astype(F32), loss
 
 
