@@ -1,6 +1,7 @@
 // Checkpoints of a training artifact in a TFLite Micro interpreter. See tflm_checkpoint.h.
 #include "tflm_ops/checkpoint/tflm_checkpoint.h"
 
+#include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_log.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 
@@ -9,27 +10,6 @@ namespace {
 
 CheckpointVariables* g_vars = nullptr;
 TfLiteStatus (*g_init_eval)(TfLiteContext*, TfLiteNode*) = nullptr;
-
-uint32_t TypeBytes(tflite::TensorType t) {
-  switch (t) {
-    case tflite::TensorType_INT8:
-    case tflite::TensorType_UINT8:
-    case tflite::TensorType_BOOL:
-      return 1;
-    case tflite::TensorType_INT16:
-    case tflite::TensorType_FLOAT16:
-      return 2;
-    case tflite::TensorType_INT32:
-    case tflite::TensorType_FLOAT32:
-    case tflite::TensorType_UINT32:
-      return 4;
-    case tflite::TensorType_INT64:
-    case tflite::TensorType_FLOAT64:
-      return 8;
-    default:
-      return 0;
-  }
-}
 
 // TMT_INIT's Eval: bind every variable input of the node first, then initialise as usual.
 TfLiteStatus BindingInitEval(TfLiteContext* context, TfLiteNode* node) {
@@ -60,16 +40,13 @@ TfLiteStatus CheckpointVariables::Init(const tflite::Model* model) {
       MicroPrintf("CheckpointVariables: more than %d variable tensors", kMaxVariables);
       return kTfLiteError;
     }
-    uint32_t bytes = TypeBytes(t->type());
-    if (bytes == 0) {
+    size_t bytes = 0, type_size = 0;
+    if (tflite::BytesRequiredForTensor(*t, &bytes, &type_size) != kTfLiteOk) {
       MicroPrintf("CheckpointVariables: variable tensor %d has an unsupported type", i);
       return kTfLiteError;
     }
-    if (t->shape() != nullptr) {
-      for (uint32_t d = 0; d < t->shape()->size(); ++d) bytes *= static_cast<uint32_t>(t->shape()->Get(d));
-    }
     tensor_index_[count_] = static_cast<int>(i);
-    views_[count_] = {t->name() ? t->name()->c_str() : "", nullptr, bytes};
+    views_[count_] = {t->name() ? t->name()->c_str() : "", nullptr, static_cast<uint32_t>(bytes)};
     ++count_;
   }
   if (count_ == 0) {

@@ -142,23 +142,6 @@ std::string TensorName(const tflite::SubGraph* sg, int index) {
   return t->name() ? t->name()->str() : "tensor " + std::to_string(index);
 }
 
-size_t ElementSize(tflite::TensorType t) {
-  switch (t) {
-    case tflite::TensorType_INT8:
-    case tflite::TensorType_UINT8:
-    case tflite::TensorType_BOOL:
-      return 1;
-    case tflite::TensorType_INT16:
-    case tflite::TensorType_FLOAT16:
-      return 2;
-    case tflite::TensorType_INT64:
-    case tflite::TensorType_FLOAT64:
-      return 8;
-    default:
-      return 4;
-  }
-}
-
 std::string Hex(const void* data, size_t n) {
   static const char* kDigits = "0123456789abcdef";
   std::string s;
@@ -279,9 +262,12 @@ int main(int argc, char** argv) {
     const tflite::Tensor* t = sg->tensors()->Get(i);
     if (!t->is_variable()) continue;
     ++n_variables;
-    size_t n = 1;
-    for (unsigned int k = 0; t->shape() && k < t->shape()->size(); ++k) n *= t->shape()->Get(k);
-    variable_bytes += n * ElementSize(t->type());
+    size_t bytes = 0, type_size = 0;
+    if (tflite::BytesRequiredForTensor(*t, &bytes, &type_size) != kTfLiteOk) {
+      std::printf("variable tensor %s has an unsupported type\n", TensorName(sg, i).c_str());
+      return 4;
+    }
+    variable_bytes += bytes;
   }
   std::printf("model: %d operators, %d tensors, %zu variable tensors (%zu bytes)\n",
               static_cast<int>(sg->operators()->size()), static_cast<int>(sg->tensors()->size()),
