@@ -2,6 +2,7 @@
 #include "tflm_ops/core/training_ops.h"
 
 #include "tflm_ops/core/arith.h"
+#include "tflm_ops/core/grad_copy.h"
 #include "tflm_ops/core/window.h"
 
 #include <cstring>
@@ -131,12 +132,7 @@ Status MseGrad(const int8_t* y, const int8_t* target, int32_t n, float scale, in
 
 Status ActGrad(const int8_t* g, const int8_t* y, int32_t n, int32_t act_min, int32_t act_max,
                int8_t* out) {
-  if (n < 0) return Status::kBadShape;
-  for (int32_t i = 0; i < n; ++i) {
-    const int32_t v = y[i];
-    out[i] = (v > act_min && v < act_max) ? g[i] : static_cast<int8_t>(0);
-  }
-  return Status::kOk;
+  return grad_copy::ActGrad(g, y, n, act_min, act_max, out);
 }
 
 Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, uint8_t* bits) {
@@ -153,11 +149,7 @@ Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, ui
 }
 
 Status MaskGrad(const int8_t* g, const uint8_t* bits, int32_t n, int8_t* out) {
-  if (n < 0) return Status::kBadShape;
-  for (int32_t i = 0; i < n; ++i) {
-    out[i] = ((bits[i >> 3] >> (i & 7)) & 1u) ? g[i] : static_cast<int8_t>(0);
-  }
-  return Status::kOk;
+  return grad_copy::MaskGrad(g, bits, n, out);
 }
 
 Status GradAdd(const int8_t* g1, float s1, const int8_t* g2, float s2, int32_t n, int8_t* out,
@@ -197,25 +189,11 @@ Status MeanGrad(const int8_t* g, float s, Hwc in, float inv_count, int8_t* out,
 
 Status PadGrad(const int8_t* g, Hwc g_dims, Hwc in, int32_t pad_top, int32_t pad_left,
                int8_t* out) {
-  if (!ValidHwc(g_dims) || !ValidHwc(in) || g_dims.c != in.c) return Status::kBadShape;
-  if (pad_top < 0 || pad_left < 0) return Status::kBadParams;
-  if (pad_top + in.h > g_dims.h || pad_left + in.w > g_dims.w) return Status::kBadShape;
-  for (int32_t h = 0; h < in.h; ++h) {
-    for (int32_t w = 0; w < in.w; ++w) {
-      const int8_t* src = g + ((h + pad_top) * g_dims.w + (w + pad_left)) * g_dims.c;
-      int8_t* dst = out + (h * in.w + w) * in.c;
-      for (int32_t c = 0; c < in.c; ++c) dst[c] = src[c];
-    }
-  }
-  return Status::kOk;
+  return grad_copy::PadGrad(g, g_dims, in, pad_top, pad_left, out);
 }
 
 Status ReshapeGrad(const int8_t* g, int32_t n, int8_t* out) {
-  if (n < 0) return Status::kBadShape;
-  if (g != out) {
-    for (int32_t i = 0; i < n; ++i) out[i] = g[i];
-  }
-  return Status::kOk;
+  return grad_copy::ReshapeGrad(g, n, out);
 }
 
 namespace {

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "tflm_ops/core/arith.h"
+#include "tflm_ops/core/grad_copy.h"
 #include "tflm_ops/core/window.h"
 
 namespace tfmicro_train {
@@ -104,20 +105,11 @@ Status MseGradF32(const int8_t* y, const int8_t* target, int32_t n, float scale,
 
 Status ActGradF32(const float* g, const int8_t* y, int32_t n, int32_t act_min, int32_t act_max,
                   float* out) {
-  if (n < 0) return Status::kBadShape;
-  for (int32_t i = 0; i < n; ++i) {
-    const int32_t v = y[i];
-    out[i] = (v > act_min && v < act_max) ? g[i] : 0.0f;
-  }
-  return Status::kOk;
+  return grad_copy::ActGrad(g, y, n, act_min, act_max, out);
 }
 
 Status MaskGradF32(const float* g, const uint8_t* bits, int32_t n, float* out) {
-  if (n < 0) return Status::kBadShape;
-  for (int32_t i = 0; i < n; ++i) {
-    out[i] = ((bits[i >> 3] >> (i & 7)) & 1u) ? g[i] : 0.0f;
-  }
-  return Status::kOk;
+  return grad_copy::MaskGrad(g, bits, n, out);
 }
 
 Status GradAddF32(const float* g1, const float* g2, int32_t n, float* out) {
@@ -138,25 +130,11 @@ Status MeanGradF32(const float* g, Hwc in, float inv_count, float* out) {
 
 Status PadGradF32(const float* g, Hwc g_dims, Hwc in, int32_t pad_top, int32_t pad_left,
                   float* out) {
-  if (!ValidHwc(g_dims) || !ValidHwc(in) || g_dims.c != in.c) return Status::kBadShape;
-  if (pad_top < 0 || pad_left < 0) return Status::kBadParams;
-  if (pad_top + in.h > g_dims.h || pad_left + in.w > g_dims.w) return Status::kBadShape;
-  for (int32_t h = 0; h < in.h; ++h) {
-    for (int32_t w = 0; w < in.w; ++w) {
-      const float* src = g + ((h + pad_top) * g_dims.w + (w + pad_left)) * g_dims.c;
-      float* dst = out + (h * in.w + w) * in.c;
-      for (int32_t c = 0; c < in.c; ++c) dst[c] = src[c];
-    }
-  }
-  return Status::kOk;
+  return grad_copy::PadGrad(g, g_dims, in, pad_top, pad_left, out);
 }
 
 Status ReshapeGradF32(const float* g, int32_t n, float* out) {
-  if (n < 0) return Status::kBadShape;
-  if (g != out) {
-    for (int32_t i = 0; i < n; ++i) out[i] = g[i];
-  }
-  return Status::kOk;
+  return grad_copy::ReshapeGrad(g, n, out);
 }
 
 Status AvgPoolGradF32(const float* g, Hwc g_dims, Hwc in, const PoolParams& p, float* g_in) {
