@@ -22,7 +22,7 @@ EXAMPLE = ARDUINO / "examples" / "FineTuneDigits"
 
 # Sources copied into the library: the kernel cores, the TFLM glue, checkpoints, the DSP paths.
 SOURCE_GLOBS = ["tflm_ops/core/*.h", "tflm_ops/core/*.cc", "tflm_ops/tflm/training_ops.h",
-                "tflm_ops/tflm/training_ops.cc", "tflm_ops/tflm/conv_op.cc",
+                "tflm_ops/tflm/training_ops.cc", "tflm_ops/tflm/conv_op.cc", "tflm_ops/tflm/options.h",
                 "tflm_ops/checkpoint/checkpoint.h",
                 "tflm_ops/checkpoint/checkpoint.cc", "tflm_ops/checkpoint/tflm_checkpoint.h",
                 "tflm_ops/checkpoint/tflm_checkpoint.cc", "tflm_ops/cortex_m/dsp_kernels.h",

@@ -7,12 +7,12 @@
 #include <cstdint>
 #include <new>
 
-#include "flatbuffers/flexbuffers.h"
 #include "tensorflow/lite/c/common.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
 #include "tflm_ops/core/conv_op.h"
+#include "tflm_ops/tflm/options.h"
 #include "tflm_ops/tflm/training_ops.h"
 
 namespace tfmicro_train {
@@ -36,25 +36,12 @@ void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
   void* mem = context->AllocatePersistentBuffer(context, sizeof(ConvOpData));
   if (mem == nullptr) return nullptr;
   ConvOpData* d = new (mem) ConvOpData();
-  if (buffer == nullptr || length == 0) {
-    d->missing_option = "(all: no custom options)";
+  OptionReader r(buffer, length);
+  if (r.unreadable()) {
+    d->missing_option = r.unreadable();
     return d;
   }
-  const flexbuffers::Reference root =
-      flexbuffers::GetRoot(reinterpret_cast<const uint8_t*>(buffer), length);
-  if (!root.IsMap()) {
-    d->missing_option = "(all: options are not a flexbuffer map)";
-    return d;
-  }
-  const flexbuffers::Map m = root.AsMap();
-  auto get = [&](const char* key, int32_t* out) {
-    const flexbuffers::Reference v = m[key];
-    if (v.IsNull()) {
-      if (!d->missing_option) d->missing_option = key;
-      return;
-    }
-    *out = static_cast<int32_t>(v.AsInt64());
-  };
+  auto get = [&](const char* key, int32_t* out) { r.Int(key, out); };
   get("kind", &d->kind);
   get("act", &d->act);
   if (d->kind != core::kConvOpFullyConnected) {
@@ -64,6 +51,7 @@ void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
     get("dil_w", &d->dil_w);
     get("padding", &d->padding);
   }
+  d->missing_option = r.missing();
   return d;
 }
 

@@ -7,7 +7,6 @@
 #include <cstring>
 #include <new>
 
-#include "flatbuffers/flexbuffers.h"
 #include "tensorflow/lite/c/common.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/memory_helpers.h"
@@ -17,6 +16,7 @@
 #include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
 #include "tflm_ops/core/training_ops_f32.h"
+#include "tflm_ops/tflm/options.h"
 
 namespace tfmicro_train {
 namespace {
@@ -164,68 +164,32 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
   OpData* d = new (mem) OpData();
   const uint32_t opts = kOps[K].options;
   const uint32_t required = opts & ~kOptUseScratch;
-  if (buffer == nullptr || length == 0) {
-    if (required) d->options_unreadable = true;
-    return d;
-  }
-  const flexbuffers::Reference root =
-      flexbuffers::GetRoot(reinterpret_cast<const uint8_t*>(buffer), length);
-  if (!root.IsMap()) {
+  OptionReader r(buffer, length);
+  if (r.unreadable()) {
     d->options_unreadable = required != 0;
     return d;
   }
-  const flexbuffers::Map m = root.AsMap();
-  auto get_int = [&](const char* key, int32_t* out) {
-    const flexbuffers::Reference v = m[key];
-    if (v.IsNull()) {
-      if (!d->missing_option) d->missing_option = key;
-      return;
-    }
-    *out = static_cast<int32_t>(v.AsInt64());
-  };
-  auto get_float = [&](const char* key, float* out) {
-    const flexbuffers::Reference v = m[key];
-    if (v.IsNull()) {
-      if (!d->missing_option) d->missing_option = key;
-      return;
-    }
-    *out = v.AsFloat();
-  };
-  if (opts & kOptActMin) get_int("act_min", &d->act_min);
-  if (opts & kOptActMax) get_int("act_max", &d->act_max);
-  if (opts & kOptInvCount) get_float("inv_count", &d->inv_count);
-  if (opts & kOptPadTop) get_int("pad_top", &d->pad_top);
-  if (opts & kOptPadLeft) get_int("pad_left", &d->pad_left);
+  if (opts & kOptActMin) r.Int("act_min", &d->act_min);
+  if (opts & kOptActMax) r.Int("act_max", &d->act_max);
+  if (opts & kOptInvCount) r.Float("inv_count", &d->inv_count);
+  if (opts & kOptPadTop) r.Int("pad_top", &d->pad_top);
+  if (opts & kOptPadLeft) r.Int("pad_left", &d->pad_left);
   if (opts & kOptFilter) {
-    get_int("filter_h", &d->filter_h);
-    get_int("filter_w", &d->filter_w);
+    r.Int("filter_h", &d->filter_h);
+    r.Int("filter_w", &d->filter_w);
   }
   if (opts & kOptStride) {
-    get_int("stride_h", &d->stride_h);
-    get_int("stride_w", &d->stride_w);
+    r.Int("stride_h", &d->stride_h);
+    r.Int("stride_w", &d->stride_w);
   }
-  if (opts & kOptWScaleMax) {  // int8 mode only (Prepare checks it once the mode is known)
-    const flexbuffers::Reference v = m["w_scale_max"];
-    if (v.IsNull()) {
-      d->missing_w_scale_max = true;
-    } else {
-      d->w_scale_max = v.AsFloat();
-    }
-  }
-  if (opts & kOptXZeroPoint) get_int("x_zero_point", &d->x_zero_point);
-  if (opts & kOptUpdateChannels) get_int("update_channels", &d->update_channels);
-  if (opts & kOptSeed) {
-    const flexbuffers::Reference v = m["seed"];
-    if (v.IsNull()) {
-      if (!d->missing_option) d->missing_option = "seed";
-    } else {
-      d->seed = static_cast<uint32_t>(v.AsInt64());
-    }
-  }
-  if (opts & kOptUseScratch) {
-    const flexbuffers::Reference v = m["use_scratch"];
-    d->use_scratch = !v.IsNull() && v.AsInt64() != 0;
-  }
+  // int8 mode only (Prepare checks it once the mode is known)
+  if (opts & kOptWScaleMax) d->missing_w_scale_max = !r.Float("w_scale_max", &d->w_scale_max, false);
+  if (opts & kOptXZeroPoint) r.Int("x_zero_point", &d->x_zero_point);
+  if (opts & kOptUpdateChannels) r.Int("update_channels", &d->update_channels);
+  int64_t v = 0;
+  if ((opts & kOptSeed) && r.Int64("seed", &v)) d->seed = static_cast<uint32_t>(v);
+  if (opts & kOptUseScratch) d->use_scratch = r.Int64("use_scratch", &v, false) && v != 0;
+  d->missing_option = r.missing();
   return d;
 }
 
@@ -1004,36 +968,17 @@ void* FusedInit(TfLiteContext* context, const char* buffer, size_t length) {
   void* mem = context->AllocatePersistentBuffer(context, sizeof(FusedOpData));
   if (mem == nullptr) return nullptr;
   FusedOpData* d = new (mem) FusedOpData();
-  if (buffer == nullptr || length == 0) {
-    d->missing_option = "(all: no custom options)";
+  OptionReader r(buffer, length);
+  if (r.unreadable()) {
+    d->missing_option = r.unreadable();
     return d;
   }
-  const flexbuffers::Reference root =
-      flexbuffers::GetRoot(reinterpret_cast<const uint8_t*>(buffer), length);
-  if (!root.IsMap()) {
-    d->missing_option = "(all: options are not a flexbuffer map)";
-    return d;
-  }
-  const flexbuffers::Map m = root.AsMap();
-  auto get_int = [&](const char* key, int32_t* out, bool required) {
-    const flexbuffers::Reference v = m[key];
-    if (v.IsNull()) {
-      if (required && !d->missing_option) d->missing_option = key;
-      return;
-    }
-    *out = static_cast<int32_t>(v.AsInt64());
-  };
+  auto get_int = [&](const char* key, int32_t* out, bool required) { r.Int(key, out, required); };
   auto get_quant = [&](const char* scale, const char* zp, core::TensorQuant* q, bool required) {
-    const flexbuffers::Reference v = m[scale];
-    if (v.IsNull()) {
-      if (required && !d->missing_option) d->missing_option = scale;
-      return;
-    }
-    q->scale = v.AsFloat();
-    get_int(zp, &q->zero_point, required);
+    if (r.Float(scale, &q->scale, required)) r.Int(zp, &q->zero_point, required);
   };
   core::FusedIrbSpec& s = d->spec;
-  const bool has_expand = !m["e_scale"].IsNull();
+  const bool has_expand = r.Has("e_scale");
   if (has_expand) {
     get_int("e_stride_h", &s.expand.stride_h, true);
     get_int("e_stride_w", &s.expand.stride_w, true);
@@ -1060,6 +1005,7 @@ void* FusedInit(TfLiteContext* context, const char* buffer, size_t length) {
   get_quant("p_scale", "p_zp", &s.p_q, true);
   get_int("residual", &s.residual, true);
   get_int("add_act", &s.add_act, true);
+  d->missing_option = r.missing();
   return d;
 }
 
