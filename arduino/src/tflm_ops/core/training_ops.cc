@@ -47,6 +47,7 @@ namespace {
 // the window helpers shared with the other core (window.h)
 using window::CeilDiv;
 using window::MaxPoolFirst;
+using window::MaxPoolRoute;
 using window::PoolCount;
 using window::ValidGeom;
 using window::ValidHwc;
@@ -272,11 +273,8 @@ Status MaxPoolGrad(const int8_t* g, float s, const int8_t* x, const int8_t* y, H
       for (int32_t ow = 0; ow < g_dims.w; ++ow) {
         for (int32_t c = 0; c < C; ++c) {
           const int32_t o = (oh * g_dims.w + ow) * C + c;
-          const int32_t k = MaxPoolFirst(x, y[o], oh, ow, c, in, p);
-          if (k < 0) continue;
-          const int32_t ih = oh * p.geom.stride_h - p.geom.pad_top + k / p.filter_w;
-          const int32_t iw = ow * p.geom.stride_w - p.geom.pad_left + k % p.filter_w;
-          scratch[(ih * in.w + iw) * C + c] += g[o];
+          const int32_t r = MaxPoolRoute(x, y[o], oh, ow, c, in, p);
+          if (r >= 0) scratch[r * C + c] += g[o];
         }
       }
     }

@@ -16,7 +16,7 @@ namespace {
 
 // the window helpers shared with the other core (window.h)
 using window::CeilDiv;
-using window::MaxPoolFirst;
+using window::MaxPoolRoute;
 using window::PoolCount;
 using window::ValidGeom;
 using window::ValidHwc;
@@ -179,11 +179,8 @@ Status MaxPoolGradF32(const float* g, const int8_t* x, const int8_t* y, Hwc g_di
     for (int32_t ow = 0; ow < g_dims.w; ++ow) {
       for (int32_t c = 0; c < C; ++c) {
         const int32_t o = (oh * g_dims.w + ow) * C + c;
-        const int32_t k = MaxPoolFirst(x, y[o], oh, ow, c, in, p);
-        if (k < 0) continue;
-        const int32_t ih = oh * p.geom.stride_h - p.geom.pad_top + k / p.filter_w;
-        const int32_t iw = ow * p.geom.stride_w - p.geom.pad_left + k % p.filter_w;
-        g_in[(ih * in.w + iw) * C + c] += g[o];
+        const int32_t r = MaxPoolRoute(x, y[o], oh, ow, c, in, p);
+        if (r >= 0) g_in[r * C + c] += g[o];
       }
     }
   }

@@ -63,6 +63,17 @@ inline int32_t MaxPoolFirst(const int8_t* x, int8_t yv, int32_t oh, int32_t ow, 
   return -1;
 }
 
+// The input pixel (ih * in.w + iw) to which max-pool output (oh, ow, c) routes its gradient (the
+// first in-bounds window input equal to y), or -1 if none.
+inline int32_t MaxPoolRoute(const int8_t* x, int8_t yv, int32_t oh, int32_t ow, int32_t c, Hwc in,
+                            const PoolParams& p) {
+  const int32_t k = MaxPoolFirst(x, yv, oh, ow, c, in, p);
+  if (k < 0) return -1;
+  const int32_t ih = oh * p.geom.stride_h - p.geom.pad_top + k / p.filter_w;
+  const int32_t iw = ow * p.geom.stride_w - p.geom.pad_left + k % p.filter_w;
+  return ih * in.w + iw;
+}
+
 }  // namespace window
 }  // namespace core
 }  // namespace tfmicro_train
