@@ -292,20 +292,19 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
     ins = [values.get(t) if t >= 0 else None for t in op.inputs]
     o = op.options
     lr = F32(ins[_LR_SLOT[name]][0])
-    if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
+    if name in _LOSS_OPS:
         if not (lr >= 0):
             raise ValueError(f"{name}: learning rate {lr} must be >= 0")
     if not lr > 0:
-        if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD"):
+        if name in _LOSS_OPS:
             values[op.outputs[-1]] = np.zeros(1, F32)
         return
     outs: list = []
-    if name in ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD", "TMT_MASK_PACK"):
-        fp32 = sg.infos[op.outputs[0]].dtype == np.float32
-    else:
-        fp32 = ins[0].dtype == np.float32
-    if fp32:
-        outs = _run_f32(sim, sg, op, ins, values, lr)
+    # the gradient's type picks the mode (the loss ops: their output); masking, copying and the
+    # updates run the same code in both modes
+    grad_type = sg.infos[op.outputs[0]].dtype if name in _LOSS_OPS else ins[0].dtype
+    if grad_type == np.float32 and name in _F32_OPS:
+        outs = _run_f32(sg, op, ins, values)
     elif name == "TMT_SOFTMAX_CE_GRAD":
         g, s, loss = T.softmax_ce_grad(ins[0], int(ins[1].reshape(-1)[0]), ins[3])
         outs = [g, np.array([s], F32), np.array([loss], F32)]
@@ -355,11 +354,15 @@ _LR_SLOT = {"TMT_SOFTMAX_CE_GRAD": 2, "TMT_MSE_GRAD": 2, "TMT_ACT_GRAD": 2, "TMT
             "TMT_CONV_WEIGHT_UPDATE": 5, "TMT_DW_WEIGHT_UPDATE": 5, "TMT_BIAS_UPDATE": 4}
 
 
-def _run_f32(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: dict,
-             lr: np.float32) -> list:
-    """One TMT_* op of the fp32 backward mode (float32 gradients, no scale tensors)."""
+_LOSS_OPS = ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD")
+_F32_OPS = _LOSS_OPS + ("TMT_GRAD_ADD", "TMT_MEAN_GRAD", "TMT_AVGPOOL_GRAD", "TMT_MAXPOOL_GRAD",
+                        "TMT_CONV_INPUT_GRAD", "TMT_DW_INPUT_GRAD")
+
+
+def _run_f32(sg: _Subgraph, op: _Op, ins: list, values: dict) -> list:
+    """The fp32-backward variant of an op in _F32_OPS (float32 gradients, no scale tensors)."""
     name, o = op.name, op.options
-    out_shape = sg.infos[op.outputs[0]].shape if op.outputs else None
+    out_shape = sg.infos[op.outputs[0]].shape
     if name == "TMT_SOFTMAX_CE_GRAD":
         g, loss = T.softmax_ce_grad_f32(ins[0], int(ins[1].reshape(-1)[0]), ins[3])
         _advance_step(values, op.inputs[4])
@@ -368,30 +371,17 @@ def _run_f32(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: dict
         g, loss = T.mse_grad_f32(ins[0], ins[1], float(sg.infos[op.inputs[0]].scale[0]))
         _advance_step(values, op.inputs[3])
         return [g, np.array([loss], F32)]
-    if name == "TMT_ACT_GRAD":
-        return [T.act_grad(ins[0], ins[1], o["act_min"], o["act_max"])]
-    if name == "TMT_MASK_GRAD":
-        return [T.mask_grad(ins[0], ins[1])]
     if name == "TMT_GRAD_ADD":
         return [T.grad_add_f32(ins[0], ins[2])]
     if name == "TMT_MEAN_GRAD":
         return [T.mean_grad_f32(ins[0], out_shape, o["inv_count"])]
-    if name == "TMT_RESHAPE_GRAD":
-        return [T.reshape_grad(ins[0], out_shape)]
-    if name == "TMT_PAD_GRAD":
-        return [T.pad_grad(ins[0], out_shape, o["pad_top"], o["pad_left"])]
     if name == "TMT_AVGPOOL_GRAD":
         return [T.avgpool_grad_f32(ins[0], out_shape, (o["filter_h"], o["filter_w"]), _geom(o))]
     if name == "TMT_MAXPOOL_GRAD":
         return [T.maxpool_grad_f32(ins[0], ins[2], ins[3], (o["filter_h"], o["filter_w"]), _geom(o))]
     if name == "TMT_CONV_INPUT_GRAD":
         return [T.conv_input_grad_f32(ins[0], ins[2], ins[3], out_shape, _geom(o))]
-    if name == "TMT_DW_INPUT_GRAD":
-        return [T.depthwise_input_grad_f32(ins[0], ins[2], ins[3], out_shape, _geom(o))]
-    if name in ("TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE", "TMT_BIAS_UPDATE"):
-        _run_update(sim, sg, op, ins, values, lr)
-        return []
-    raise ValueError(f"{name}: no fp32 variant")
+    return [T.depthwise_input_grad_f32(ins[0], ins[2], ins[3], out_shape, _geom(o))]
 
 
 def _advance_step(values: dict, state: int) -> None:
