@@ -171,6 +171,50 @@ def build_kernel_bench(tflm) -> Path:
                              defines=defines, extra_flags=flags, libs=libs)
 
 
+def _train_sources(work: Path) -> list[Path]:
+    """The sources of the TFLM training-step program (tflm_ops/cortex_m/tflm_train_main.cc) with
+    the model exported to work/model_data.cpp."""
+    return [ROOT / "tflm_ops/cortex_m/tflm_train_main.cc", work / "model_data.cpp",
+            ROOT / "tflm_ops/checkpoint/tflm_checkpoint.cc", ROOT / "tflm_ops/checkpoint/checkpoint.cc",
+            *[p for p in sorted((ROOT / "tflm_ops/tflm").glob("*.cc")) if not p.name.endswith("_test.cc")],
+            *CORE_SOURCES]
+
+
+def _build_train(tflm, work: Path, arena: int, steps_bytes: int, region_bytes: int,
+                 source_flags=None) -> Path:
+    return cmbuild.build_arm(
+        "tflm_train", CPU, [], cmbuild.DRIVER_FLAGS, _train_sources(work),
+        defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={arena}",
+                 f"TMT_STEPS_MAX_BYTES={steps_bytes}", f"TMT_REGION_MAX_BYTES={region_bytes}"],
+        extra_flags=list(tflm.flags), libs=[str(tflm.lib)], source_flags=source_flags)
+
+
+def _run_train(elf: Path, work: Path, steps: str) -> dict:
+    region = work / "region.bin"
+    if region.exists():
+        region.unlink()
+    res = cmbuild.run_qemu(elf, CPU, ["-", steps, str(region)], icount=True, timeout=1800)
+    out = cmbuild.parse_train_output(res.stdout)
+    if res.returncode or not out.get("done"):
+        raise RuntimeError(f"tflm_train failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
+    return out
+
+
+PROBE_ARENA = 2 * 1024 * 1024  # the board has 4 MB of RAM at 0x20000000 (mps2.ld)
+
+
+def tflm_arena(flatbuffer: bytes, variable_bytes: int, tflm, work: Path) -> int:
+    """The arena TFLM needs for `flatbuffer` on the Cortex-M7 (32-bit: its real bookkeeping),
+    from AllocateTensors in a 2 MB arena: MicroInterpreter::arena_used_bytes()."""
+    from tfmicro_train.codegen import export_c
+
+    work.mkdir(parents=True, exist_ok=True)
+    export_c(flatbuffer, work / "model_data.h")
+    region_bytes = 2 * ((32 + variable_bytes + 3) & ~3)
+    elf = _build_train(tflm, work, PROBE_ARENA, 12, region_bytes)
+    return int(_run_train(elf, work, "-")["arena"])
+
+
 def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
     """Whole training steps of `art` in TFLM on the Cortex-M7 (model in flash)."""
     from tfmicro_train import HostSimulator
@@ -180,41 +224,20 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
     sim = HostSimulator(art)
     steps = work / "steps.bin"
     steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * len(xs)))
-    sources = [ROOT / "tflm_ops/cortex_m/tflm_train_main.cc", work / "model_data.cpp",
-               ROOT / "tflm_ops/checkpoint/tflm_checkpoint.cc", ROOT / "tflm_ops/checkpoint/checkpoint.cc",
-               *[p for p in sorted((ROOT / "tflm_ops/tflm").glob("*.cc")) if not p.name.endswith("_test.cc")],
-               *CORE_SOURCES]
     # core::ConvWeightUpdate (what the glue calls) is the DSP path on DSP targets by default;
     # the portable build compiles tflm_ops/core/training_ops.cc with -DTMT_PORTABLE_ONLY.
     source_flags = None if dsp else {str(ROOT / "tflm_ops/core/training_ops.cc"):
                                      ["-DTMT_PORTABLE_ONLY"]}
     region_bytes = 2 * ((32 + sum(int(v.nbytes) for v in sim.variables.values()) + 3) & ~3)
+    steps_bytes = len(steps.read_bytes())
 
-    def build(arena: int) -> Path:
-        return cmbuild.build_arm(
-            "tflm_train", CPU, [], cmbuild.DRIVER_FLAGS, sources,
-            defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={arena}",
-                     f"TMT_STEPS_MAX_BYTES={len(steps.read_bytes())}",
-                     f"TMT_REGION_MAX_BYTES={region_bytes}"],
-            extra_flags=list(tflm.flags), libs=[str(tflm.lib)], source_flags=source_flags)
-
-    def run(elf: Path, arena_only: bool = False) -> dict:
-        region = work / "region.bin"
-        if region.exists():
-            region.unlink()
-        res = cmbuild.run_qemu(elf, CPU, ["-", "-" if arena_only else str(steps), str(region)],
-                               icount=True, timeout=1800)
-        out = cmbuild.parse_train_output(res.stdout)
-        if res.returncode or not out.get("done"):
-            raise RuntimeError(f"tflm_train failed:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
-        return out
-
-    # The arena TFLM uses, from AllocateTensors in a 2 MB arena (the board has 4 MB of RAM at
-    # 0x20000000: mps2.ld), then the program with exactly that arena.
-    probe = run(build(2 * 1024 * 1024), arena_only=True)
+    # The arena TFLM uses, from AllocateTensors in a 2 MB arena, then the program with exactly
+    # that arena.
+    probe = _run_train(_build_train(tflm, work, PROBE_ARENA, steps_bytes, region_bytes, source_flags),
+                       work, "-")
     arena = (probe["arena"] + 1024 + 15) & ~15
-    elf = build(arena)
-    out = run(elf)
+    elf = _build_train(tflm, work, arena, steps_bytes, region_bytes, source_flags)
+    out = _run_train(elf, work, str(steps))
     insns = [s["insns"] for s in out["steps"]]
     return {"forward": out["inference_insns"], "step": int(statistics.median(insns)),
             "losses": [st["loss_bits"] for st in out["steps"]],

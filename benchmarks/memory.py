@@ -10,7 +10,10 @@ through the OfflineMemoryAllocation metadata; with TFLM_DIR set, each artifact a
 training step in TFLM and the arena TFLM reports is printed beside the plan). The TensorFlow
 column is the peak resident-memory growth of a fresh Python process that builds the float model
 and runs one eager training step (GradientTape + SGD) of the same parameters, measured with /proc
-(VmHWM). Writes a PNG of memory over the paper's 100 KB MobileNetV2 step to benchmarks/out/.
+(VmHWM). With TFLM_DIR and the Cortex-M7 build of TFLM and the cross tools, the "M7 used" column
+is arena_used_bytes() of each artifact in TFLM on the Cortex-M7 (QEMU mps2-an500): the memory the
+microcontroller's arena needs, with its own 32-bit bookkeeping (--no-m7 skips it). Writes a PNG
+of memory over the paper's 100 KB MobileNetV2 step to benchmarks/out/.
 """
 
 from __future__ import annotations
@@ -125,6 +128,36 @@ def tflm_runner():
     return run
 
 
+def m7_runner():
+    """A function giving the arena TFLM needs for an artifact on the Cortex-M7 (32-bit pointers:
+    the microcontroller's own bookkeeping; QEMU mps2-an500), or None when TFLM's Cortex-M7
+    build or the cross tools are missing."""
+    if not os.environ.get("TFLM_DIR"):
+        return None
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "tflm_ops", "cortex_m"))
+    import cmbuild
+    import cortex_m
+
+    if cmbuild.missing_cross_tools():
+        return None
+    tflm = cmbuild.find_tflm(cortex_m.CPU)
+    if isinstance(tflm, str):
+        return None
+    work = Path(tempfile.mkdtemp(prefix="tmt_bench_m7_"))
+
+    def run(model: bytes, variable_bytes: int) -> int | str:
+        try:
+            return cortex_m.tflm_arena(model, variable_bytes, tflm, work)
+        except RuntimeError as e:
+            return str(e).splitlines()[-1][:60]
+
+    return run
+
+
 def schemes(name: str, n_layers: int):
     from tfmicro_train import SparseUpdate
 
@@ -138,6 +171,8 @@ def schemes(name: str, n_layers: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="MobileNetV2 only, no TF column")
+    parser.add_argument("--no-m7", action="store_true",
+                        help="skip the Cortex-M7 column (TFLM in QEMU, about 20 s per row)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     args = parser.parse_args()
     from tfmicro_train import convert, zoo
@@ -147,9 +182,11 @@ def main() -> None:
     names = ["mobilenetv2_w035"] if args.quick else list(PAPER)
     rep = [np.random.default_rng(i).random((1, 128, 128, 3), np.float32) for i in range(4)]
     run_tflm = tflm_runner()
+    run_m7 = m7_runner() if run_tflm and not args.no_m7 else None
     header = (f"{'model':<18} {'update':<13} {'trainable':>10} {'peak SRAM':>10} {'arena':>9} "
               f"{'flash':>9} {'TF host':>9} {'TF/ours':>8}"
-              + (f" {'TFLM arena':>11} {'TFLM used':>10}" if run_tflm else ""))
+              + (f" {'TFLM arena':>11} {'TFLM used':>10}" if run_tflm else "")
+              + (f" {'M7 used':>9}" if run_m7 else ""))
     rows = [header, "-" * len(header)]
     for name in names:
         model = getattr(zoo, name)()
@@ -170,6 +207,9 @@ def main() -> None:
                         else f" {got}")
                 if isinstance(got, tuple) and got[0] != g_peak.arena_bytes:
                     row += "  (differs from the plan!)"
+            if run_m7:
+                m7 = run_m7(mm.flatbuffer(update), g_peak.variable_bytes)
+                row += f" {m7 / 1024:>7.1f}KB" if isinstance(m7, int) else f" {m7}"
             rows.append(row)
             print(rows[-1], flush=True)
         if name == "mobilenetv2_w035":
@@ -181,8 +221,14 @@ def main() -> None:
     print()
     print("\n".join(rows))
     print(f"\nmemory over the paper's 100 KB MobileNetV2-w0.35 step: {png}")
-    print("peak SRAM = planned arena + trainable variables + TFLM bookkeeping estimate; "
-          "TF host = RSS growth of model + one eager step")
+    print("peak SRAM = planned arena + trainable variables + TFLM bookkeeping estimate (x86-64 "
+          "sizes, an upper bound); TF host = RSS growth of model + one eager step")
+    if run_tflm:
+        print("TFLM arena / used: TFLM on this host (x86-64) after one training step: the arena "
+              "head (planned activations) and arena_used_bytes() (head + variables + bookkeeping)")
+    if run_m7:
+        print("M7 used: arena_used_bytes() of the same artifact in TFLM on the Cortex-M7 (QEMU "
+              "mps2-an500; 32-bit structs): the SRAM the microcontroller's arena needs")
 
 
 if __name__ == "__main__":

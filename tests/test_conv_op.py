@@ -109,7 +109,7 @@ def test_unfuse_model_restores_builtins(pair):
 
     art, plain = pair
     m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
-    assert unfuse_model(m) == _ops(art).count("TMT_CONV")
+    assert unfuse_model(m) == _ops(art).count("TMT_CONV") + _ops(art).count("TMT_MEAN")
     ops = [op_name(m, op) for op in m.subgraphs[0].operators]
     assert ops == _ops(plain)
     builder = flatbuffers.Builder(1024)
@@ -149,3 +149,57 @@ def test_integer_multipliers_match_double_precision():
     res = subprocess.run([str(exe), "2000000"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:]
     assert "2000000 checked, 0 mismatches" in res.stdout
+
+
+# --------------------------------------------------------------------------- TMT_MEAN
+
+
+def test_mean_golden_cases_cover_the_variants():
+    import golden_cases
+
+    cases = golden_cases.make_cases("TMT_MEAN", 300, 0)
+    assert {c["keep_dims"] for c in cases} == {0, 1}
+    assert any(c["x"].shape[1] * c["x"].shape[2] >= 256 for c in cases)  # wide sums
+    assert any(c["x"].shape[1] * c["x"].shape[2] == 1 for c in cases)
+    assert any(c["shift"] < -8 for c in cases) and any(c["shift"] > 0 for c in cases)
+    ys = np.concatenate([c["out_y"].ravel() for c in cases])
+    assert ys.min() == -128 and ys.max() == 127  # both clamps reached
+    varied = sum(int(c["out_y"].min() != c["out_y"].max()) for c in cases if c["x"].shape[3] > 4)
+    assert varied > 0.5 * sum(c["x"].shape[3] > 4 for c in cases)
+
+
+@pytest.fixture(scope="module")
+def gap_pair(calib):
+    from conftest import residual_cnn
+
+    import tfmicro_train as tmt
+
+    model = residual_cnn(pool="gap")
+    up = tmt.SparseUpdate(bias_last_k=3, weight_ratios={2: 1, 3: 1})
+    return (tmt.convert(model, calib, update=up),
+            tmt.convert(model, calib, update=up, flash_requant=False))
+
+
+def test_gap_becomes_tmt_mean_without_scratch(gap_pair, calib):
+    """GlobalAveragePooling2D's MEAN becomes TMT_MEAN: the same training, bit for bit, and the
+    plan loses TFLM's MEAN scratch (an int32 per channel and two index arrays)."""
+    import tfmicro_train as tmt
+
+    art, plain = gap_pair
+    assert _ops(art).count("TMT_MEAN") == 1 and "MEAN" not in _ops(art)
+    assert _ops(plain).count("MEAN") == 1
+    a, b = tmt.HostSimulator(art), tmt.HostSimulator(plain)
+    for k in range(6):
+        assert a.train_step(calib[k], k % 10, 0.05) == b.train_step(calib[k], k % 10, 0.05), k
+    assert all(np.array_equal(u, v) for u, v in zip(a.weights().values(), b.weights().values()))
+    assert np.array_equal(a.predict_raw(calib[9]), b.predict_raw(calib[9]))
+    assert art.plan.arena_bytes <= plain.plan.arena_bytes
+    ea = a.export_tflite()
+    assert "TMT_MEAN" not in _ops(ea) and _ops(ea).count("MEAN") == 1
+
+
+def test_mean_multiplier_out_of_range_keeps_the_builtin():
+    from tfmicro_train.kernels import conv_ops
+
+    assert conv_ops.mean_multiplier(1.0, 1.0, 16) is not None
+    assert conv_ops.mean_multiplier(2.0 ** 20, 2.0 ** -20, 1) is None  # shift 41: not representable

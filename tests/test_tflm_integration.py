@@ -327,7 +327,7 @@ VARIANTS = {
                           ops={"TMT_MASK_PACK", "TMT_MASK_GRAD", "TMT_AVGPOOL_GRAD", "TMT_PAD_GRAD",
                                "PAD", "AVERAGE_POOL_2D"}),
     "gap_biases": dict(pool="gap", update=dict(bias_last_k=4, weight_ratios={0: 1}),
-                       ops={"TMT_MEAN_GRAD", "TMT_MASK_GRAD", "MEAN"}),
+                       ops={"TMT_MEAN_GRAD", "TMT_MASK_GRAD", "TMT_MEAN"}),
     "gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
                     ops={"TMT_MSE_GRAD", "TMT_MEAN_GRAD"}),
     # backward="fp32" (float32 gradient tensors, docs/contract.md "fp32 backward"): the main
@@ -398,7 +398,7 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
     assert run.arena["head"] == mem.arena_bytes
 
 
-FORWARD_TMT_OPS = ("TMT_INIT", "TMT_MASK_PACK", "TMT_FUSED_IRB", "TMT_CONV")
+FORWARD_TMT_OPS = ("TMT_INIT", "TMT_MASK_PACK", "TMT_FUSED_IRB", "TMT_CONV", "TMT_MEAN")
 
 
 def _gradient_types(m) -> set[int]:

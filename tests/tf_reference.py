@@ -6,6 +6,8 @@ dequantized), run in float32 by TensorFlow and differentiated by tf.GradientTape
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,6 +67,8 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
 
             if name == "TMT_CONV":  # a builtin convolution with its multipliers in flash
                 name, _, o = conv_ops.builtin_of(o)
+            elif name == "TMT_MEAN":  # the builtin MEAN over H and W, without scratch
+                name, o = "MEAN", types.SimpleNamespace(keepDims=bool(o.get("keep_dims", 0)))
             elif name.startswith("TMT_"):
                 continue
             if name == "CONV_2D":

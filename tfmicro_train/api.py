@@ -190,7 +190,8 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     4-byte gradient buffers, same int8 forward, parameters and stochastic rounding).
     flash_requant: run the remaining int8 convolutions and per-channel fully-connected layers as
     TMT_CONV ops reading their per-channel output multipliers from flash (bit-identical results;
-    TFLM's builtins keep 8 bytes per output channel in SRAM). Nothing is written to disk; call
+    TFLM's builtins keep 8 bytes per output channel in SRAM), and global-average MEANs as TMT_MEAN
+    (bit-identical, without TFLM's int32 scratch per channel). Nothing is written to disk; call
     `.save()` on the result.
     """
     if backward not in BACKWARDS:

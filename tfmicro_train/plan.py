@@ -5,8 +5,9 @@ start for graph inputs, to the last operator that reads it, or the end for graph
 ops that work element by element write their output over an input that dies there (in place);
 a TMT_FUSED_IRB (row-streamed) writes its output y over its input x when x dies there, y starting
 the proven lag (kernels/fused_ops.inplace_lag, FusedIrbInPlaceLag) before x (streaming in place). The
-arena is laid out with TFLM's greedy-by-size algorithm (16-byte aligned) and the offsets are written
-into the artifact as "OfflineMemoryAllocation" metadata, so TFLM uses exactly this plan.
+arena is laid out greedily (16-byte aligned), in TFLM's largest-first order and in a lifetime order,
+keeping the smaller, and the offsets are written into the artifact as "OfflineMemoryAllocation"
+metadata, so TFLM uses exactly this plan (its kernels' scratch buffers it places itself, around it).
 Peak SRAM = arena + variable tensors (persistent: trainable parameters and the training state)
 + TFLM's own bookkeeping (tensor structs, nodes, op data such as the per-channel multipliers of
 every builtin convolution; TMT_CONV reads them from flash instead), estimated from measurements
@@ -173,11 +174,29 @@ def kernel_scratch(g: Graph) -> list[Buffer]:
     return out
 
 
-def greedy_layout(buffers: list[Buffer], fixed: list[Buffer] | None = None) -> int:
-    """TFLM GreedyMemoryPlanner: largest first, each at the lowest offset free over its lifetime,
-    around the `fixed` (already placed, e.g. offline-planned) buffers."""
+def by_size(b: Buffer) -> tuple:
+    """TFLM GreedyMemoryPlanner's order: largest first."""
+    return (-b.size, b.first, b.tensor)
+
+
+def by_lifetime(b: Buffer) -> tuple:
+    """Tiny buffers first (graph inputs such as the label and the learning rate, live from the
+    start), then longest-lived first: the activations saved for the backward pass, born in the
+    forward pass and dying in reverse order in the backward pass, stack up at the bottom and the
+    short-lived large buffers share the space above them."""
+    return (b.size > 4 * ALIGN, b.first - b.last, -b.size, b.tensor)
+
+
+# Placement orders the offline plan tries (it keeps the smallest arena; TFLM honours any layout).
+ORDERS = (by_size, by_lifetime)
+
+
+def greedy_layout(buffers: list[Buffer], fixed: list[Buffer] | None = None, order=by_size) -> int:
+    """Greedy placement in `order` (default TFLM GreedyMemoryPlanner's: largest first), each
+    buffer at the lowest offset free over its lifetime, around the `fixed` (already placed, e.g.
+    offline-planned) buffers."""
     placed: list[Buffer] = list(fixed or [])
-    for b in sorted(buffers, key=lambda b: (-b.size, b.first, b.tensor)):
+    for b in sorted(buffers, key=order):
         if not b.parts:  # one region: TFLM's scan over the overlapping regions by offset
             overlapping = sorted((p.offset + r[0], r[1]) for p in placed for r in p.regions()
                                  if r[2] <= b.last and b.first <= r[3])
@@ -215,26 +234,30 @@ def _live_bytes(b: Buffer, i: int) -> int:
 
 def plan_memory(g: Graph) -> MemoryPlan:
     """Lay out the arena and compute the memory figures of a scheduled graph."""
-    def layout(lags: dict[int, int]) -> tuple[int, list[Buffer]]:
+    def layout(lags: dict[int, int], order) -> tuple[int, list[Buffer]]:
         buffers = lifetimes(g, lags=lags)
-        arena = greedy_layout(buffers)
-        # TFLM places the kernels' own scratch buffers online, around our (offline) offsets
+        arena = greedy_layout(buffers, order=order)
+        # TFLM places the kernels' own scratch buffers online (its own order), around our offsets
         return max(arena, greedy_layout(kernel_scratch(g), fixed=buffers)), buffers
 
-    # Streaming in place ties y's region to x's; the greedy layout is a heuristic and need not
-    # gain from every tie. Start with every fused op in place, drop those whose removal shrinks
-    # the arena, and never do worse than none in place.
-    lags = {i: fused_inplace_lag(g, n) for i, n in enumerate(g.nodes) if n.op == "TMT_FUSED_IRB"}
-    arena, buffers = layout(lags)
-    if lags:
-        for i in list(lags):
-            trial = {k: v for k, v in lags.items() if k != i}
-            t_arena, t_buffers = layout(trial)
-            if t_arena < arena:
-                lags, arena, buffers = trial, t_arena, t_buffers
-        none_arena, none_buffers = layout({})
-        if none_arena < arena:
-            arena, buffers = none_arena, none_buffers
+    def best_for(order) -> tuple[int, list[Buffer]]:
+        # Streaming in place ties y's region to x's; a greedy layout is a heuristic and need
+        # not gain from every tie. Start with every fused op in place, drop those whose removal
+        # shrinks the arena, and never do worse than none in place.
+        lags = {i: fused_inplace_lag(g, n) for i, n in enumerate(g.nodes) if n.op == "TMT_FUSED_IRB"}
+        arena, buffers = layout(lags, order)
+        if lags:
+            for i in list(lags):
+                trial = {k: v for k, v in lags.items() if k != i}
+                t_arena, t_buffers = layout(trial, order)
+                if t_arena < arena:
+                    lags, arena, buffers = trial, t_arena, t_buffers
+            none_arena, none_buffers = layout({}, order)
+            if none_arena < arena:
+                arena, buffers = none_arena, none_buffers
+        return arena, buffers
+
+    arena, buffers = min((best_for(order) for order in ORDERS), key=lambda r: r[0])
     offsets = {t: b.offset + b.rel.get(t, 0) for b in buffers for t in (b.tensor, *b.aliases)}
     variables = sum(_align(t.nbytes) for t in g.tensors if t.variable)
     used = set(g.inputs) | set(g.outputs) | {t for n in g.nodes for t in (*n.inputs, *n.outputs)}

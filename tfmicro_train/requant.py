@@ -12,6 +12,10 @@ are unaffected, and variable (trained) weights and biases and the CONCATENATION 
 work as before. It runs after autodiff and fusion (`convert(..., conv_ops=True)`, the default);
 `restore_builtin_convs` (called by fuse.unfuse_model, so by export_tflite) turns the ops back
 into the builtins for any TFLite interpreter.
+
+The same pass turns every int8 global-average MEAN (over H and W of a [1, H, W, C] tensor) into
+TMT_MEAN (kernels/conv_ops.py): the same output without the int32 scratch per output channel
+that TFLM's MEAN holds in the arena during its Eval.
 """
 
 from __future__ import annotations
@@ -85,12 +89,36 @@ def flash_requant(g: Graph) -> Graph:
         g.nodes[i] = Node(conv_ops.OP_NAME, [x, w, b, rq], [y],
                           conv_ops.options_of(n.op, n.options[1], n.version), 1, n.layer, n.role)
         count += 1
+    for i, n in enumerate(g.nodes):
+        if _mean_convertible(g, n):
+            g.nodes[i] = Node(conv_ops.MEAN_OP_NAME, list(n.inputs[:2]), list(n.outputs),
+                              {"keep_dims": int(bool(n.options[1].keepDims)),
+                               "version": int(n.version)}, 1, n.layer, n.role)
     return g
 
 
+def _mean_convertible(g: Graph, n: Node) -> bool:
+    """An int8 MEAN over H and W of a [1, H, W, C] tensor (global average pooling) whose
+    multiplier TMT_MEAN can hold."""
+    if n.op != "MEAN" or n.role != "forward" or len(n.inputs) != 2 or len(n.outputs) != 1:
+        return False
+    if not isinstance(n.options, tuple) or n.options[1] is None:
+        return False
+    x, axis, y = (g.tensors[t] for t in (n.inputs[0], n.inputs[1], n.outputs[0]))
+    if not (_act(x) and _act(y)) or len(x.shape) != 4 or x.shape[0] != 1:
+        return False
+    if axis.data is None or sorted(int(a) % 4 for a in np.ravel(axis.data)) != [1, 2]:
+        return False
+    if int(np.prod(y.shape)) != x.shape[3]:
+        return False
+    return conv_ops.mean_multiplier(float(np.ravel(x.scale)[0]), float(np.ravel(y.scale)[0]),
+                                    x.shape[1] * x.shape[2]) is not None
+
+
 def restore_builtin_convs(m: fb.ModelT, code) -> int:
-    """Rewrite every TMT_CONV operator of subgraph 0 of `m` (in place) as the builtin it stands
-    for (its `requant` input dropped; the tensor stays, unused and without data).
+    """Rewrite every TMT_CONV and TMT_MEAN operator of subgraph 0 of `m` (in place) as the
+    builtin it stands for (TMT_CONV's `requant` input dropped; the tensor stays, unused and
+    without data).
     `code(op, version)` returns the operator code index of a builtin. Returns the number of
     operators rewritten."""
     from flatbuffers import flexbuffers
@@ -100,6 +128,15 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
     sg = m.subgraphs[0]
     rewritten = 0
     for op in sg.operators:
+        if op_name(m, op) == conv_ops.MEAN_OP_NAME:
+            o = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
+            opts = fb.ReducerOptionsT()
+            opts.keepDims = bool(o.get("keep_dims", 0))
+            op.opcodeIndex = code("MEAN", int(o.get("version", 1)))
+            op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.ReducerOptions, opts
+            op.customOptions, op.customOptionsFormat = None, 0
+            rewritten += 1
+            continue
         if op_name(m, op) != conv_ops.OP_NAME:
             continue
         o = flexbuffers.Loads(bytes(bytearray(op.customOptions)))

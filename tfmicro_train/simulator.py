@@ -287,6 +287,11 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
 
         conv_ops.run_op(sg, op, values)
         return
+    if name == "TMT_MEAN":  # a forward op (the builtin MEAN over H and W, no scratch)
+        from .kernels import conv_ops
+
+        conv_ops.run_mean_op(sg, op, values)
+        return
     if name not in _LR_SLOT:
         raise ValueError(f"operator {index}: unknown custom op {name}")
     ins = [values.get(t) if t >= 0 else None for t in op.inputs]

@@ -1062,5 +1062,41 @@ def gen_conv_op(rng, i):
     return case
 
 
+# TMT_MEAN (kernels/conv_ops.py, tflm_ops/core/conv_op.h): TFLM's int8 MEAN over H and W,
+# reference builtin_ops' MEAN kernel (bit-exact with TFLM's). `mult` / `shift` (the folded
+# multiplier) are checked against C++'s MeanOpMultiplier; extreme and constant inputs reach the
+# clamps, large maps the wide sums.
+
+
+def gen_mean_op(rng, i):
+    from tfmicro_train.kernels import conv_ops as CO
+    from tfmicro_train.schema import TensorInfo
+
+    def qinfo(shape, s, zp):
+        return TensorInfo("t", tuple(shape), np.dtype(np.int8), np.atleast_1d(np.asarray(s, F32)),
+                          np.zeros(1, np.int64) + zp, 0)
+
+    while True:
+        if rng.random() < 0.1:  # large maps: wide sums, large counts
+            h, w = int(rng.integers(16, 65)), int(rng.integers(16, 65))
+        else:
+            h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
+        c = int(rng.integers(1, 65)) if rng.random() < 0.8 else int(rng.integers(1, 5))
+        x_scale, x_zp = F32(2.0 ** rng.uniform(-8, 0)), zero_point(rng)
+        ratio = rng.choice([1.0, 2.0 ** rng.uniform(-3, 3), 2.0 ** rng.uniform(-12, 12)])
+        y_scale, y_zp = F32(x_scale * ratio), zero_point(rng)
+        if CO.mean_multiplier(x_scale, y_scale, h * w) is not None:
+            break
+    mode = rng.choice(["full", "small", "sparse", "extreme", "const"], p=[0.6, 0.1, 0.1, 0.1, 0.1])
+    x = i8(rng, (1, h, w, c), mode)
+    keep = int(rng.random() < 0.5)
+    y_shape = (1, 1, 1, c) if keep else (1, c)
+    y = CO.mean_op(x, qinfo(x.shape, x_scale, x_zp), qinfo(y_shape, y_scale, y_zp), keep)
+    mult, shift = CO.mean_multiplier(x_scale, y_scale, h * w)
+    return {"x": x, "x_scale": x_scale, "x_zp": x_zp, "y_scale": y_scale, "y_zp": y_zp,
+            "keep_dims": keep, "mult": mult, "shift": shift, "out_y": y}
+
+
 FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}
 GENERATORS["TMT_CONV"] = gen_conv_op  # its TFLM glue replays it (tflm_ops/tflm/glue_test.cc)
+GENERATORS["TMT_MEAN"] = gen_mean_op  # as TMT_CONV

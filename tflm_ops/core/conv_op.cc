@@ -132,5 +132,49 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
   return Status::kOk;
 }
 
+Status MeanOpMultiplier(float x_scale, float y_scale, int32_t count, int32_t* multiplier,
+                        int32_t* shift) {
+  if (!multiplier || !shift || count < 1 || !tflm_ref::ValidScale(x_scale) ||
+      !tflm_ref::ValidScale(y_scale)) {
+    return Status::kBadParams;
+  }
+  int32_t m = 0, sh = 0;
+  if (!tflm_ref::QuantizeMultiplier(static_cast<double>(x_scale) / static_cast<double>(y_scale),
+                                    &m, &sh)) {
+    return Status::kBadParams;
+  }
+  int32_t k = 0;  // floor(log2(count))
+  while ((count >> (k + 1)) != 0) ++k;
+  if (k > 32) k = 32;
+  if (k > 31 + sh) k = 31 + sh;
+  if (sh - k > 31 || sh - k < -31) return Status::kBadParams;  // outside MeanOp's range
+  *multiplier = static_cast<int32_t>((static_cast<int64_t>(m) * (int64_t{1} << k)) / count);
+  *shift = sh - k;
+  return Status::kOk;
+}
+
+Status MeanOp(const MeanOpParams& p, const int8_t* x, int8_t* y) {
+  if (!x || !y || p.x.h < 1 || p.x.w < 1 || p.x.c < 1 || p.multiplier < 0 || p.shift > 31 ||
+      p.shift < -31) {
+    return Status::kBadParams;
+  }
+  const int32_t count = p.x.h * p.x.w;
+  const int32_t channels = p.x.c;
+  // TFLM: static_cast<int32_t>(temp_sum - x_zp * count), the product and difference in int64
+  const int64_t zp_total = static_cast<int64_t>(p.x_zero_point) * count;
+  for (int32_t c = 0; c < channels; ++c) {
+    uint32_t sum = 0;  // wraps as TFLM's int32 accumulator would (no UB)
+    const int8_t* px = x + c;
+    for (int32_t i = 0; i < count; ++i, px += channels) {
+      sum += static_cast<uint32_t>(static_cast<int32_t>(*px));
+    }
+    const int64_t shifted = static_cast<int64_t>(static_cast<int32_t>(sum)) - zp_total;
+    const int32_t v = tflm_ref::MultiplyByQuantizedMultiplier(
+                          tflm_ref::Wrap32(shifted), p.multiplier, p.shift) + p.y_zero_point;
+    y[c] = static_cast<int8_t>(v < -128 ? -128 : (v > 127 ? 127 : v));
+  }
+  return Status::kOk;
+}
+
 }  // namespace core
 }  // namespace tfmicro_train

@@ -69,6 +69,28 @@ Status ConvOpMultipliers(float x_scale, const WeightScales& w, float y_scale, in
 Status ConvOp(const ConvOpParams& params, const int32_t* multiplier, const int32_t* shift,
               const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y);
 
+// TMT_MEAN: TFLM's int8 MEAN over the H and W axes of a [1, H, W, C] tensor (global average
+// pooling), bit for bit (reference_ops::QuantizedMeanOrSum, compute_sum false), without the
+// int32 accumulator per output element that TFLM's MEAN asks of the arena for its whole Eval:
+// each channel is summed in a register. Numpy reference: builtin_ops._mean.
+struct MeanOpParams {
+  Hwc x;                  // [1, H, W, C]; y holds C elements
+  int32_t x_zero_point = 0;
+  int32_t y_zero_point = 0;
+  int32_t multiplier = 0;  // MeanOpMultiplier: 1 / (H * W) already folded in
+  int32_t shift = 0;
+};
+
+// TFLM's multiplier and shift of the op: QuantizeMultiplier(double(s_x) / double(s_y)) (Prepare),
+// then 1 / count folded in as its Eval does: k = min(floor(log2 count), 32, 31 + shift),
+// multiplier = (int64(multiplier) << k) / count, shift -= k. count = H * W >= 1.
+Status MeanOpMultiplier(float x_scale, float y_scale, int32_t count, int32_t* multiplier,
+                        int32_t* shift);
+
+// y[c] = clamp(MultiplyByQuantizedMultiplier(wrap32(sum_hw x[h, w, c] - x_zp * H * W),
+// multiplier, shift) + y_zp, -128, 127); the sum wraps at 32 bits as TFLM's int32 accumulator.
+Status MeanOp(const MeanOpParams& params, const int8_t* x, int8_t* y);
+
 }  // namespace core
 }  // namespace tfmicro_train
 

@@ -648,6 +648,33 @@ void CheckFusedIrb(const Case& c) {
   }
 }
 
+// TMT_MEAN (forward op): MeanOpMultiplier from the float scales must give the case's mult and
+// shift; MeanOp must give out_y and write nothing past y.
+void CheckMeanOp(const Case& c) {
+  const Array& x = c.array_of<int8_t>("x");
+  const Array& want = c.array_of<int8_t>("out_y");
+  core::MeanOpParams p;
+  p.x = HwcOf(x.dims);
+  p.x_zero_point = static_cast<int32_t>(c.i64("x_zp"));
+  p.y_zero_point = static_cast<int32_t>(c.i64("y_zp"));
+  ExpectOk(core::MeanOpMultiplier(c.f32("x_scale"), c.f32("y_scale"), p.x.h * p.x.w,
+                                  &p.multiplier, &p.shift),
+           "MeanOpMultiplier");
+  if (p.multiplier != c.i64("mult") || p.shift != c.i64("shift")) {
+    throw Mismatch{"MeanOpMultiplier: " + std::to_string(p.multiplier) + " " +
+                   std::to_string(p.shift) + ", want " + std::to_string(c.i64("mult")) + " " +
+                   std::to_string(c.i64("shift"))};
+  }
+  constexpr int32_t kGuard = 32;
+  const size_t n = static_cast<size_t>(want.size());
+  std::vector<int8_t> y(n + kGuard, 99);
+  ExpectOk(core::MeanOp(p, x.data<int8_t>(), y.data()), "MeanOp");
+  Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
+  for (size_t i = n; i < y.size(); ++i) {
+    if (y[i] != 99) throw Mismatch{"MeanOp wrote past y"};
+  }
+}
+
 // TMT_CONV (forward op): ConvOpMultipliers from the float scales must give the case's `requant`
 // (what the converter writes); ConvOp with it must give out_y and write nothing past y.
 void CheckConvOp(const Case& c) {
@@ -734,6 +761,7 @@ const std::map<std::string, std::function<void(const Case&)>>& Checkers() {
       {"TMT_DW_WEIGHT_UPDATE_F32", [](const Case& c) { CheckWeightUpdateF32(c, true); }},
       {"TMT_BIAS_UPDATE_F32", CheckBiasUpdateF32},
       {"TMT_CONV", CheckConvOp},
+      {"TMT_MEAN", CheckMeanOp},
   };
   return m;
 }

@@ -1171,6 +1171,7 @@ const TrainingOpEntry* TrainingOps() {
       {"TMT_BIAS_UPDATE", Register_TMT_BIAS_UPDATE},
       {"TMT_FUSED_IRB", Register_TMT_FUSED_IRB},
       {"TMT_CONV", Register_TMT_CONV},
+      {"TMT_MEAN", Register_TMT_MEAN},
   };
   static_assert(sizeof(kEntries) / sizeof(kEntries[0]) == kNumTrainingOps, "");
   return kEntries;

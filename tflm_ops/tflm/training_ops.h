@@ -50,6 +50,7 @@ namespace tfmicro_train {
 TFLMRegistration Register_TMT_INIT();
 TFLMRegistration Register_TMT_FUSED_IRB();
 TFLMRegistration Register_TMT_CONV();  // tflm_ops/tflm/conv_op.cc
+TFLMRegistration Register_TMT_MEAN();  // tflm_ops/tflm/conv_op.cc
 TFLMRegistration Register_TMT_SOFTMAX_CE_GRAD();
 TFLMRegistration Register_TMT_MSE_GRAD();
 TFLMRegistration Register_TMT_ACT_GRAD();
@@ -73,7 +74,7 @@ struct TrainingOpEntry {
 };
 
 // Number of TMT_* ops: reserve that many slots in the MicroMutableOpResolver.
-constexpr unsigned int kNumTrainingOps = 19;
+constexpr unsigned int kNumTrainingOps = 20;
 
 // All TMT_* ops (kNumTrainingOps entries).
 const TrainingOpEntry* TrainingOps();

@@ -18,6 +18,13 @@ Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), versi
 operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
 dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims.
 
+TMT_MEAN: TFLM's int8 MEAN over the H and W axes of a [1, H, W, C] tensor (Keras'
+GlobalAveragePooling2D), bit for bit, without the int32 accumulator per output element TFLM's MEAN
+requests as arena scratch for its Eval (5 KB for MobileNetV2's 1280 channels, at the forward
+pass's busiest point). Inputs x and axis (the builtin's), output y; option keep_dims (for turning
+it back into MEAN). Its reference is builtin_ops' MEAN kernel (bit-exact with TFLM's);
+`mean_multiplier` is the multiplier and shift with 1 / (H * W) folded in, as TFLM's Eval folds it.
+
 The C++ core is tflm_ops/core/conv_op.{h,cc}; this reference runs the builtin kernels of
 builtin_ops.py with the given multipliers.
 """
@@ -29,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from ..schema import TensorInfo, fb
-from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers
+from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers, quantize_multiplier
 
 OP_NAME = "TMT_CONV"
+MEAN_OP_NAME = "TMT_MEAN"
 # input slots
 X, W, B, REQUANT = range(4)
 KINDS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 2}
@@ -94,3 +102,28 @@ def run_op(sg: Any, op: Any, values: dict) -> None:
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
     y_t = op.outputs[0]
     values[y_t] = conv_op(ins, infos, sg.infos[y_t], op.options)
+
+
+def mean_multiplier(x_scale: float, y_scale: float, count: int) -> tuple[int, int] | None:
+    """TMT_MEAN's (multiplier, shift): QuantizeMultiplier(s_x / s_y) with 1 / count folded in
+    as TFLM's MEAN Eval does; None when the shift leaves [-31, 31] (the op is not used then)."""
+    mult, shift = quantize_multiplier(float(np.float32(x_scale)) / float(np.float32(y_scale)))
+    extra = min(int(count).bit_length() - 1, 32, 31 + shift)
+    if not -31 <= shift - extra <= 31:
+        return None
+    return (mult << extra) // count, shift - extra
+
+
+def mean_op(x: np.ndarray, x_info: TensorInfo, y_info: TensorInfo, keep_dims: bool) -> np.ndarray:
+    """TMT_MEAN's output: the builtin MEAN over axes 1 and 2."""
+    opts = fb.ReducerOptionsT()
+    opts.keepDims = bool(keep_dims)
+    axis = np.array([1, 2], np.int32)
+    y = BUILTIN_KERNELS["MEAN"]([x, axis], [x_info, None], [y_info], opts)[0]
+    return np.asarray(y).reshape(y_info.shape)
+
+
+def run_mean_op(sg: Any, op: Any, values: dict) -> None:
+    """HostSimulator hook: run one TMT_MEAN operator on the value table (no lr gate)."""
+    x_t, y_t = op.inputs[0], op.outputs[0]
+    values[y_t] = mean_op(values[x_t], sg.infos[x_t], sg.infos[y_t], op.options.get("keep_dims", 0))

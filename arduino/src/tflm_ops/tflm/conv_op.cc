@@ -1,4 +1,4 @@
-// TFLite Micro glue of TMT_CONV (tflm_ops/core/conv_op.h, docs/contract.md): TFLM's int8
+// TFLite Micro glue of TMT_CONV and TMT_MEAN (tflm_ops/core/conv_op.h, docs/contract.md): TFLM's int8
 // CONV_2D / DEPTHWISE_CONV_2D / per-channel FULLY_CONNECTED, bit for bit, with the per-channel
 // output multipliers and shifts read from the constant `requant` input (flash). Unlike the
 // builtins, Prepare allocates no per-channel memory: it checks the tensors, checks that
@@ -235,10 +235,90 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   return kTfLiteOk;
 }
 
+// TMT_MEAN: TFLM's int8 MEAN over H and W (core::MeanOp) without its int32 scratch per output
+// element. Inputs x [1, H, W, C] int8, axis (constant int32, {1, 2} in any order); output y
+// (C elements) int8. Options: keep_dims (only for turning the op back into MEAN).
+struct MeanOpData {
+  core::MeanOpParams params;
+};
+
+void* MeanInit(TfLiteContext* context, const char*, size_t) {
+  void* mem = context->AllocatePersistentBuffer(context, sizeof(MeanOpData));
+  return mem == nullptr ? nullptr : new (mem) MeanOpData();
+}
+
+TfLiteStatus MeanPrepare(TfLiteContext* context, TfLiteNode* node) {
+  MeanOpData* d = static_cast<MeanOpData*>(node->user_data);
+  if (d == nullptr) {
+    MicroPrintf("TMT_MEAN: could not allocate op data");
+    return kTfLiteError;
+  }
+  if (node->inputs->size != 2 || node->outputs->size != 1) {
+    MicroPrintf("TMT_MEAN: expected 2 inputs (x, axis) and 1 output, got %d and %d",
+                node->inputs->size, node->outputs->size);
+    return kTfLiteError;
+  }
+  tflite::MicroContext* mc = tflite::GetMicroContext(context);
+  TfLiteTensor* x = mc->AllocateTempInputTensor(node, 0);
+  TfLiteTensor* axis = mc->AllocateTempInputTensor(node, 1);
+  TfLiteTensor* y = mc->AllocateTempOutputTensor(node, 0);
+  TfLiteStatus status = kTfLiteError;
+  if (x == nullptr || axis == nullptr || y == nullptr) {
+    MicroPrintf("TMT_MEAN: %s is missing", x == nullptr ? "input 0 'x'"
+                : axis == nullptr ? "input 1 'axis'" : "output 0 'y'");
+  } else if (x->type != kTfLiteInt8 || y->type != kTfLiteInt8) {
+    MicroPrintf("TMT_MEAN: %s must be int8, not %s", x->type != kTfLiteInt8 ? "input 0 'x'"
+                : "output 0 'y'", TfLiteTypeGetName(x->type != kTfLiteInt8 ? x->type : y->type));
+  } else if (x->dims->size != 4 || x->dims->data[0] != 1) {
+    MicroPrintf("TMT_MEAN: input 0 'x' must be [1, H, W, C]");
+  } else if (axis->type != kTfLiteInt32 || axis->allocation_type != kTfLiteMmapRo ||
+             Elements(axis) != 2 ||
+             tflite::GetTensorData<int32_t>(axis)[0] + tflite::GetTensorData<int32_t>(axis)[1] != 3 ||
+             tflite::GetTensorData<int32_t>(axis)[0] * tflite::GetTensorData<int32_t>(axis)[1] != 2) {
+    MicroPrintf("TMT_MEAN: input 1 'axis' must be a constant int32 {1, 2} (H and W)");
+  } else if (Elements(y) != x->dims->data[3]) {
+    MicroPrintf("TMT_MEAN: output 0 'y' must hold C = %d elements, has %d", x->dims->data[3],
+                Elements(y));
+  } else {
+    core::MeanOpParams& p = d->params;
+    p.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
+    p.x_zero_point = x->params.zero_point;
+    p.y_zero_point = y->params.zero_point;
+    if (core::MeanOpMultiplier(x->params.scale, y->params.scale, p.x.h * p.x.w, &p.multiplier,
+                               &p.shift) != core::Status::kOk) {
+      MicroPrintf("TMT_MEAN: the scales of x (%f) and y (%f) give no valid multiplier",
+                  static_cast<double>(x->params.scale), static_cast<double>(y->params.scale));
+    } else {
+      status = kTfLiteOk;
+    }
+  }
+  for (TfLiteTensor* t : {x, axis, y}) {
+    if (t) mc->DeallocateTempTfLiteTensor(t);
+  }
+  return status;
+}
+
+TfLiteStatus MeanEval(TfLiteContext* context, TfLiteNode* node) {
+  const MeanOpData* d = static_cast<const MeanOpData*>(node->user_data);
+  const TfLiteEvalTensor* x = tflite::micro::GetEvalInput(context, node, 0);
+  TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
+  const core::Status s = core::MeanOp(d->params, tflite::micro::GetTensorData<int8_t>(x),
+                                      tflite::micro::GetTensorData<int8_t>(y));
+  if (s != core::Status::kOk) {
+    MicroPrintf("TMT_MEAN: %s", core::StatusString(s));
+    return kTfLiteError;
+  }
+  return kTfLiteOk;
+}
+
 }  // namespace
 
 TFLMRegistration Register_TMT_CONV() {
   return tflite::micro::RegisterOp(ConvInit, ConvPrepare, ConvEval);
+}
+
+TFLMRegistration Register_TMT_MEAN() {
+  return tflite::micro::RegisterOp(MeanInit, MeanPrepare, MeanEval);
 }
 
 }  // namespace tfmicro_train
