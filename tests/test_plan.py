@@ -155,3 +155,21 @@ def test_fused_blocks_stream_in_place(monkeypatch):
     monkeypatch.setattr(fused_ops, "inplace_lag", lambda *a, **k: 1 << 30)
     with pytest.raises(AssertionError):
         _check_plan(art)
+
+
+def test_layout_keeps_the_smaller_of_the_orders(monkeypatch, calib):
+    """The offline plan lays the arena out in TFLM's largest-first order and in a lifetime order
+    and keeps the smaller: never larger than TFLM's own greedy plan of the same buffers, never
+    below the bytes live at the busiest operator, and valid (no overlap of live tensors)."""
+    from tfmicro_train import api
+    from tfmicro_train import plan as P
+
+    graphs = []
+    monkeypatch.setattr(api, "plan_memory", lambda g: graphs.append(g) or P.plan_memory(g))
+    for update in ("full", tmt.SparseUpdate(bias_last_k=3, weight_ratios={2: 0.5, 3: 1})):
+        art = tmt.convert(residual_cnn(pool="gap"), calib, update=update)
+        g = graphs[-1]
+        _check_plan(art)
+        tflm_greedy = P.greedy_layout(P.lifetimes(g), order=P.by_size)
+        mem = art.plan
+        assert max(mem.live_bytes) <= mem.arena_bytes <= tflm_greedy
