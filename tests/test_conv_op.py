@@ -70,10 +70,13 @@ def test_every_builtin_conv_becomes_tmt_conv(pair):
     n_builtin = sum(plain_ops.count(k) for k in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     assert ops.count("TMT_CONV") == n_builtin == 4
     # the backward and update ops are the same, in the same order
-    assert [o for o in ops if o != "TMT_CONV"] == [o for o in plain_ops if o not in
-                                                   ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    skip = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION")
+    assert [o for o in ops if o != "TMT_CONV"] == [o for o in plain_ops if o not in skip]
+    # layer 2 trains half its channels: the builtin needs its weights concatenated (forward
+    # only), TMT_CONV and the input gradient read the two parts (slice in SRAM, rest in flash)
+    assert "CONCATENATION" not in ops and plain_ops.count("CONCATENATION") == 1
     # the plan no longer counts TFLM's 8 bytes per channel for these ops
-    assert art.plan.arena_bytes == plain.plan.arena_bytes
+    assert art.plan.arena_bytes <= plain.plan.arena_bytes
     assert art.plan.overhead_bytes < plain.plan.overhead_bytes
 
 

@@ -67,6 +67,11 @@ def float_gradients(sim: HostSimulator, x: np.ndarray, label: int,
 
             if name == "TMT_CONV":  # a builtin convolution with its multipliers in flash
                 name, _, o = conv_ops.builtin_of(o)
+                if len(op.inputs) > conv_ops.W_REST and op.inputs[conv_ops.W_REST] >= 0:
+                    whole = tf.concat([get(conv_ops.W), get(conv_ops.W_REST)], axis=0)
+
+                    def get(i, get=get, whole=whole):  # noqa: F811 (the weights made whole)
+                        return whole if i == conv_ops.W else get(i)
             elif name == "TMT_MEAN":  # the builtin MEAN over H and W, without scratch
                 name, o = "MEAN", types.SimpleNamespace(keepDims=bool(o.get("keep_dims", 0)))
             elif name.startswith("TMT_"):

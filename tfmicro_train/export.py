@@ -9,7 +9,7 @@ from __future__ import annotations
 import flatbuffers
 import numpy as np
 
-from .schema import fb, op_name
+from .schema import TENSOR_DTYPES, fb, op_name
 
 LOSS_OPS = ("TMT_SOFTMAX_CE_GRAD", "TMT_MSE_GRAD")
 
@@ -43,6 +43,9 @@ def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
             m.buffers.append(buf)
             tensor.buffer = len(m.buffers) - 1
             tensor.isVariable = False
+    forward = _fold_constant_concats(m, sg, forward)
+    used = [t for t in used if t in {int(u) for op in forward for u in (*op.inputs, *op.outputs)}
+            or t in (int(sg.inputs[0]), int(sg.outputs[0]))]
     remap = {t: i for i, t in enumerate(used)}
     for op in forward:
         op.inputs = np.array([remap[int(t)] if t >= 0 else -1 for t in op.inputs], np.int32)
@@ -55,3 +58,27 @@ def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
     builder = flatbuffers.Builder(1024)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _fold_constant_concats(m: fb.ModelT, sg, ops: list) -> list:
+    """Compute every CONCATENATION whose inputs are all constant (the two parts of a sliced
+    layer's weights, once the trained slice is a constant) into a constant tensor; returns the
+    other operators."""
+    out = []
+    for op in ops:
+        ins = [int(t) for t in op.inputs]
+        if op_name(m, op) != "CONCATENATION" or not all(
+                sg.tensors[t].buffer > 0 and m.buffers[sg.tensors[t].buffer].data is not None
+                for t in ins):
+            out.append(op)
+            continue
+        parts = [np.frombuffer(bytes(bytearray(m.buffers[sg.tensors[t].buffer].data)),
+                               TENSOR_DTYPES[sg.tensors[t].type]).reshape(
+                                   [int(d) for d in sg.tensors[t].shape]) for t in ins]
+        y = sg.tensors[int(op.outputs[0])]
+        buf = fb.BufferT()
+        data = np.concatenate(parts, axis=int(op.builtinOptions.axis))
+        buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8).copy()
+        m.buffers.append(buf)
+        y.buffer = len(m.buffers) - 1
+    return out

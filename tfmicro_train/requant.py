@@ -127,7 +127,9 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
 
     sg = m.subgraphs[0]
     rewritten = 0
+    operators = []
     for op in sg.operators:
+        operators.append(op)
         if op_name(m, op) == conv_ops.MEAN_OP_NAME:
             o = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
             opts = fb.ReducerOptionsT()
@@ -145,6 +147,10 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
         if rq >= 0 and sg.tensors[rq].buffer > 0:  # its data is no longer needed
             m.buffers[sg.tensors[rq].buffer].data = None
         ins = [int(t) for t in op.inputs[:conv_ops.REQUANT]]
+        if len(op.inputs) > conv_ops.W_REST and op.inputs[conv_ops.W_REST] >= 0:
+            # weights in two parts: the builtin reads their CONCATENATION (a new tensor)
+            ins[conv_ops.W] = _insert_concat(m, sg, operators, code, ins[conv_ops.W],
+                                             int(op.inputs[conv_ops.W_REST]))
         if ins[conv_ops.B] < 0:
             ins = ins[:conv_ops.B]
         op.opcodeIndex = code(name, int(o.get("version", 1)))
@@ -152,4 +158,94 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
         op.builtinOptionsType, op.builtinOptions = kind, opts
         op.customOptions, op.customOptionsFormat = None, 0
         rewritten += 1
+    sg.operators = operators
     return rewritten
+
+
+def _insert_concat(m: fb.ModelT, sg, operators: list, code, head: int, rest: int) -> int:
+    """A CONCATENATION (axis 0) of weight tensors `head` and `rest` into a new tensor, appended
+    to `operators` before the op being rewritten (moved after it); returns the new tensor."""
+    a, b = sg.tensors[head], sg.tensors[rest]
+    full = fb.TensorT()
+    full.name = (a.name.decode() if isinstance(a.name, bytes) else a.name) + "/full"
+    full.shape = np.array([int(a.shape[0]) + int(b.shape[0]), *a.shape[1:]], np.int32)
+    full.type = a.type
+    full.buffer = 0
+    qa, qb = a.quantization, b.quantization
+    q = fb.QuantizationParametersT()
+    sa, sb = np.asarray(qa.scale, np.float32), np.asarray(qb.scale, np.float32)
+    q.scale = np.concatenate([sa, sb]) if sa.size > 1 or sb.size > 1 else sa.copy()
+    q.zeroPoint = np.zeros(q.scale.size, np.int64)
+    q.quantizedDimension = 0
+    full.quantization = q
+    sg.tensors.append(full)
+    out = len(sg.tensors) - 1
+    cat = fb.OperatorT()
+    cat.opcodeIndex = code("CONCATENATION", 1)
+    cat.inputs = np.array([head, rest], np.int32)
+    cat.outputs = np.array([out], np.int32)
+    opts = fb.ConcatenationOptionsT()
+    opts.axis = 0
+    cat.builtinOptionsType, cat.builtinOptions = fb.BuiltinOptions.ConcatenationOptions, opts
+    operators.insert(len(operators) - 1, cat)
+    return out
+
+
+def _takes_split(g: Graph, n: Node) -> bool:
+    """A TMT_CONV that reads each output pixel's input at one place (core::ConvOpTakesSplit)."""
+    o = n.options
+    if o["kind"] == conv_ops.KINDS["FULLY_CONNECTED"]:
+        return True
+    w = g.tensors[n.inputs[conv_ops.W]]
+    return (o["kind"] == conv_ops.KINDS["CONV_2D"] and tuple(w.shape[1:3]) == (1, 1)
+            and o["stride_h"] == 1 and o["stride_w"] == 1)
+
+
+def split_weight_reads(g: Graph) -> Graph:
+    """Ops reading the whole weights of a layer that trains a slice of its output channels take
+    the two parts instead of their CONCATENATION (trained slice, a variable, + frozen rest, a
+    constant): TMT_CONV (1x1 stride-1 or fully-connected) as its `w_rest` input, and
+    TMT_CONV_INPUT_GRAD as its optional input 5. A CONCATENATION left without readers is removed,
+    so the whole weight tensor is never built in the arena (in place; returns g)."""
+    parts: dict[int, tuple[int, int]] = {}  # concat output -> (slice, rest)
+    for n in g.nodes:
+        if (n.op == "CONCATENATION" and len(n.inputs) == 2 and isinstance(n.options, tuple)
+                and n.options[1].axis == 0):
+            a, b = n.inputs
+            if g.tensors[a].variable and g.tensors[b].data is not None:
+                parts[n.outputs[0]] = (a, b)
+    if not parts:
+        return g
+    conv_split = []  # (full, slice, rest) read in two parts by a TMT_CONV
+    for n in g.nodes:
+        if (n.op == conv_ops.OP_NAME and len(n.inputs) == conv_ops.REQUANT + 1
+                and n.inputs[conv_ops.W] in parts and _takes_split(g, n)):
+            full = n.inputs[conv_ops.W]
+            n.inputs[conv_ops.W] = parts[full][0]
+            n.inputs.append(parts[full][1])
+            conv_split.append((full, *parts[full]))
+        elif n.op == "TMT_CONV_INPUT_GRAD" and len(n.inputs) == 5 and n.inputs[2] in parts:
+            full = n.inputs[2]
+            n.inputs[2] = parts[full][0]
+            n.inputs.append(parts[full][1])
+    read = {t for n in g.nodes for t in n.inputs} | set(g.outputs)
+    g.nodes = [n for n in g.nodes if not (n.op == "CONCATENATION" and n.outputs[0] in parts
+                                          and n.outputs[0] not in read)]
+    for full, head, rest in conv_split:
+        _rest_scales(g, full, head, rest)
+    return g
+
+
+def _rest_scales(g: Graph, full: int, head: int, rest: int) -> None:
+    """Give the frozen rest its own per-channel weight scales (TMT_CONV checks its multipliers
+    against them), unless a builtin CONCATENATION still reads it (TFLM's int8 CONCATENATION
+    wants the first scale of every input to be the output's)."""
+    if any(n.op == "CONCATENATION" and rest in n.inputs for n in g.nodes):
+        return
+    f, r = g.tensors[full], g.tensors[rest]
+    scales = np.ravel(np.asarray(f.scale, np.float32))
+    if scales.size > 1:
+        n_head = g.tensors[head].shape[0]
+        r.scale = scales[n_head:].copy()
+        r.zero_point = np.zeros(scales.size - n_head, np.int64)
+        r.qdim = 0

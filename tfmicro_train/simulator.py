@@ -305,6 +305,8 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
             values[op.outputs[-1]] = np.zeros(1, F32)
         return
     outs: list = []
+    if name == "TMT_CONV_INPUT_GRAD" and len(ins) > 5 and ins[5] is not None:
+        ins[2] = np.concatenate([ins[2], ins[5]])  # the weights in two parts: w, then w_rest
     # the gradient's type picks the mode (the loss ops: their output); masking, copying and the
     # updates run the same code in both modes
     grad_type = sg.infos[op.outputs[0]].dtype if name in _LOSS_OPS else ins[0].dtype

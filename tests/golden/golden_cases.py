@@ -1097,6 +1097,41 @@ def gen_mean_op(rng, i):
             "keep_dims": keep, "mult": mult, "shift": shift, "out_y": y}
 
 
+# Split weights: a layer training its first k output channels holds them in one tensor (SRAM)
+# and the rest in another (flash); TMT_CONV (1x1 stride-1 or fully-connected) and
+# TMT_CONV_INPUT_GRAD take the two parts ('w', 'w_rest') and compute what the whole tensor gives.
+# About a third of the eligible cases are split at a random row (own rng: the other cases stay
+# as they were).
+
+
+def _split_rows(gen, eligible=lambda case: True):
+    def wrapped(rng, i):
+        case = gen(rng, i)
+        r = np.random.default_rng(1_000_003 + i)
+        w = case["w"]
+        if r.random() < 0.35 and w.shape[0] >= 2 and eligible(case):
+            k = int(r.integers(1, w.shape[0]))
+            case["w"], case["w_rest"] = w[:k].copy(), w[k:].copy()
+        return case
+    wrapped.__name__ = gen.__name__
+    return wrapped
+
+
+def _conv_op_splittable(case) -> bool:
+    if case["kind"] == 2:
+        return True
+    return (case["kind"] == 0 and case["w"].shape[1:3] == (1, 1) and case["stride_h"] == 1
+            and case["stride_w"] == 1)
+
+
+for _name, _gen in (("TMT_CONV_INPUT_GRAD", gen_conv_input_grad),
+                    ("TMT_CONV_INPUT_GRAD" + F32_SUFFIX, gen_conv_input_grad_f32)):
+    if _name in GENERATORS:
+        GENERATORS[_name] = _split_rows(_gen)
+    if _name in F32_GENERATORS:
+        F32_GENERATORS[_name] = _split_rows(_gen)
+gen_conv_op = _split_rows(gen_conv_op, _conv_op_splittable)
+
 FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}
 GENERATORS["TMT_CONV"] = gen_conv_op  # its TFLM glue replays it (tflm_ops/tflm/glue_test.cc)
 GENERATORS["TMT_MEAN"] = gen_mean_op  # as TMT_CONV

@@ -108,9 +108,20 @@ void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_t n, co
 
 }  // namespace
 
+bool ConvOpTakesSplit(const ConvOpParams& p) {
+  return p.kind == kConvOpFullyConnected ||
+         (p.kind == kConvOpConv2D && p.kh == 1 && p.kw == 1 && p.stride_h == 1 &&
+          p.stride_w == 1 && p.pad_top == 0 && p.pad_left == 0);
+}
+
 Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
-              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y) {
+              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y,
+              const SplitWeights& split) {
   if (!multiplier || !shift || !x || !w || !y) return Status::kBadParams;
+  if (split.rest != nullptr &&
+      (!ConvOpTakesSplit(p) || split.split < 0 || split.split > p.y.c)) {
+    return Status::kBadParams;
+  }
   const int32_t channels = p.y.c;
   for (int32_t c = 0; c < channels; ++c) {
     if (multiplier[c] < 0 || shift[c] < -31 || shift[c] > 31) return Status::kBadParams;
@@ -172,15 +183,23 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
     }
     return Status::kOk;
   }
-  const bool pointwise = p.kind == kConvOpFullyConnected ||
-                         (p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 &&
-                          p.pad_top == 0 && p.pad_left == 0);
-  if (pointwise) {  // every output pixel (FC: row) reads the input pixel at the same place
+  if (ConvOpTakesSplit(p)) {  // every output pixel (FC: row) reads the input pixel at one place
     const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
+    // output channels [0, head) from w, [head, channels) from split.rest (rows of x.c weights)
+    const int32_t head = split.rest != nullptr ? split.split : channels;
+    Requant rq_rest = rq;
+    rq_rest.multiplier = multiplier + head;
+    rq_rest.shift = shift + head;
     for (int64_t i = 0; i < pixels; ++i) {
       int8_t* yp = y + i * channels;
-      tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, w, b, rq, channels,
+      tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, w, b, rq, head,
                                [yp](int32_t co, int8_t v) { yp[co] = v; });
+      if (head < channels) {
+        int8_t* yr = yp + head;
+        tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, split.rest,
+                                 b ? b + head : nullptr, rq_rest, channels - head,
+                                 [yr](int32_t co, int8_t v) { yr[co] = v; });
+      }
     }
     return Status::kOk;
   }

@@ -345,6 +345,7 @@ struct InputGradCtx {
   Hwc in;
   ConvGeom geom;
   int32_t w_co;  // w stride between output channels (conv)
+  SplitWeights split = SplitWeights();  // conv: rows [split, CO) at split.rest
 };
 
 inline void RowTaps(const InputGradCtx& k, int32_t ih, PixelTaps* t) {
@@ -511,16 +512,17 @@ TMT_NOINLINE void AccumulateTile(const GwEntry* list, int32_t cn, int64_t* acc) 
 }
 
 // The nonzero g[co] * wmul[co] of one output pixel gp for co in [co0, co1), with their weight rows
-// wt + co * w_co, then the end entry gw == 0 (every listed gw is nonzero: wmul >= 1). Returns the
-// count.
-inline int32_t BuildGwList(const int8_t* gp, const int32_t* wmul, const int8_t* wt, int32_t w_co,
-                           int32_t co0, int32_t co1, GwEntry* list) {
+// RowOf(w, split, co, w_co) + at, then the end entry gw == 0 (every listed gw is nonzero:
+// wmul >= 1). Returns the count.
+inline int32_t BuildGwList(const int8_t* gp, const int32_t* wmul, const int8_t* w,
+                           const SplitWeights& split, int32_t at, int32_t w_co, int32_t co0,
+                           int32_t co1, GwEntry* list) {
   int32_t n = 0;
   for (int32_t co = co0; co < co1; ++co) {
     const int32_t gv = gp[co];
     if (gv == 0) continue;
     list[n].gw = gv * wmul[co];
-    list[n].w = wt + co * w_co;
+    list[n].w = RowOf(w, split, co, w_co) + at;
     ++n;
   }
   list[n].gw = 0;
@@ -561,10 +563,12 @@ TMT_NOINLINE void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit 
     for (int32_t r = 0; r < t.nr; ++r) {
       for (int32_t c = 0; c < t.nc; ++c) {
         const int8_t* gp = k.g + t.gr[r] + t.gc[c];
-        const int8_t* wt = k.w + t.wr[r] + t.wc[c] + ci0;
+        const int32_t at = t.wr[r] + t.wc[c] + ci0;
         for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
           const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-          if (BuildGwList(gp, wmul, wt, w_co, co0, co1, list)) AccumulateTile(list, cn, acc);
+          if (BuildGwList(gp, wmul, k.w, k.split, at, w_co, co0, co1, list)) {
+            AccumulateTile(list, cn, acc);
+          }
         }
       }
     }
@@ -591,10 +595,10 @@ TMT_NOINLINE int32_t ConvFixGather(const InputGradCtx& k, const PixelTaps& t, in
   for (int32_t r = 0; r < t.nr; ++r) {
     for (int32_t c = 0; c < t.nc; ++c) {
       const int8_t* gp = k.g + t.gr[r] + t.gc[c];
-      const int8_t* wt = k.w + t.wr[r] + t.wc[c];
+      const int32_t at = t.wr[r] + t.wc[c];
       for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
         const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-        if (BuildGwList(gp, k.wmul, wt, k.w_co, co0, co1, list)) {
+        if (BuildGwList(gp, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list)) {
           AccumulateGather(list, idx, nm, acc);
         }
       }
@@ -756,14 +760,18 @@ int InputGradNoScratch(const InputGradCtx& k, int8_t* g_in) {
 
 Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh_size,
                      int32_t kw_size, const int32_t* wmul, float w_scale_max, Hwc in,
-                     const ConvGeom& geom, int8_t* g_in, float* s_in, int64_t* scratch) {
+                     const ConvGeom& geom, int8_t* g_in, float* s_in, int64_t* scratch,
+                     const SplitWeights& split) {
   if (!ValidHwc(g_dims) || !ValidHwc(in) || kh_size < 1 || kw_size < 1) return Status::kBadShape;
   if (!ValidGeom(geom)) return Status::kBadParams;
   const int32_t CO = g_dims.c;
   const int32_t CI = in.c;
   const int32_t n = in.size();
   // w[co, kh, kw, ci]
-  auto w_at = [&](int32_t co, int32_t kh, int32_t kw) { return w + ((co * kh_size + kh) * kw_size + kw) * CI; };
+  const int32_t w_co = kh_size * kw_size * CI;
+  auto w_at = [&](int32_t co, int32_t kh, int32_t kw) {
+    return RowOf(w, split, co, w_co) + (kh * kw_size + kw) * CI;
+  };
   int shift;
   if (scratch) {
     for (int32_t i = 0; i < n; ++i) scratch[i] = 0;
@@ -797,7 +805,7 @@ Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int3
     }
     shift = DynQuantizeArray(scratch, n, g_in);
   } else if (kh_size <= kMaxTapsPerAxis && kw_size <= kMaxTapsPerAxis) {
-    const InputGradCtx k{g, g_dims, w, kh_size, kw_size, wmul, in, geom, kh_size * kw_size * CI};
+    const InputGradCtx k{g, g_dims, w, kh_size, kw_size, wmul, in, geom, w_co, split};
     shift = InputGradNoScratch<false>(k, g_in);
   } else {
     auto acc_at = [&](int32_t i) -> int64_t {

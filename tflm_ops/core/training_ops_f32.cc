@@ -191,7 +191,7 @@ Status MaxPoolGradF32(const float* g, const int8_t* x, const int8_t* y, Hwc g_di
 
 Status ConvInputGradF32(const float* g, Hwc g_dims, const int8_t* w, int32_t kh_size,
                         int32_t kw_size, const float* wscale, Hwc in, const ConvGeom& geom,
-                        float* g_in) {
+                        float* g_in, const SplitWeights& split) {
   if (!ValidHwc(g_dims) || !ValidHwc(in) || kh_size < 1 || kw_size < 1) return Status::kBadShape;
   if (!ValidGeom(geom)) return Status::kBadParams;
   const int32_t CO = g_dims.c;
@@ -210,12 +210,12 @@ Status ConvInputGradF32(const float* g, Hwc g_dims, const int8_t* w, int32_t kh_
           const int32_t iw = ow * geom.stride_w - geom.pad_left + kw;
           if (iw < 0 || iw >= in.w) continue;
           float* acc = g_in + (ih * in.w + iw) * CI;
-          const int8_t* wk = w + (kh * kw_size + kw) * CI;
+          const int32_t tap = (kh * kw_size + kw) * CI;
           for (int32_t co = 0; co < CO; ++co) {
             const float gv = go[co];
             if (gv == 0.0f) continue;  // +-0 terms leave the sums as they are
             const float ws = wscale[co];
-            const int8_t* wr = wk + co * w_co;
+            const int8_t* wr = RowOf(w, split, co, w_co) + tap;
             for (int32_t ci = 0; ci < CI; ++ci) {
               const float wv = static_cast<float>(wr[ci]) * ws;
               acc[ci] += gv * wv;

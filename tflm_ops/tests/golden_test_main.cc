@@ -258,6 +258,20 @@ void KernelOf(const Array& w, int32_t* kh, int32_t* kw) {
   *kw = w.ndim() == 4 ? static_cast<int32_t>(w.dim(2)) : 1;
 }
 
+// A case's weights in two parts: rows of "w" then those of "w_rest" (when present).
+core::SplitWeights SplitOfCase(const Case& c) {
+  core::SplitWeights sw;
+  if (c.has("w_rest")) {
+    sw.rest = c.array_of<int8_t>("w_rest").data<int8_t>();
+    sw.split = static_cast<int32_t>(c.array("w").dim(0));
+  }
+  return sw;
+}
+
+int32_t RestRows(const Case& c) {
+  return c.has("w_rest") ? static_cast<int32_t>(c.array("w_rest").dim(0)) : 0;
+}
+
 void CheckInputGrad(const Case& c, bool depthwise) {
   const Array& g = c.array_of<int8_t>("g");
   const Array& w = c.array_of<int8_t>("w");
@@ -267,11 +281,18 @@ void CheckInputGrad(const Case& c, bool depthwise) {
   BothModes(in.size(), [&](int64_t* scratch) {
     std::vector<int8_t> out(in.size(), 99);
     float s = -1;
-    const auto fn = depthwise ? core::DepthwiseInputGrad : core::ConvInputGrad;
-    ExpectOk(fn(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), w.data<int8_t>(), kh, kw,
-                c.array_of<int32_t>("wmul").data<int32_t>(), c.f32("w_scale_max"), in, GeomOf(c),
-                out.data(), &s, scratch),
-             depthwise ? "DepthwiseInputGrad" : "ConvInputGrad");
+    const int32_t* wmul = c.array_of<int32_t>("wmul").data<int32_t>();
+    if (depthwise) {
+      ExpectOk(core::DepthwiseInputGrad(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims),
+                                        w.data<int8_t>(), kh, kw, wmul, c.f32("w_scale_max"), in,
+                                        GeomOf(c), out.data(), &s, scratch),
+               "DepthwiseInputGrad");
+    } else {
+      ExpectOk(core::ConvInputGrad(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), w.data<int8_t>(),
+                                   kh, kw, wmul, c.f32("w_scale_max"), in, GeomOf(c), out.data(),
+                                   &s, scratch, SplitOfCase(c)),
+               "ConvInputGrad");
+    }
     Expect(c, "out_g_in", out);
     ExpectF32(c, "out_s_in", s);
   });
@@ -451,10 +472,16 @@ void CheckInputGradF32(const Case& c, bool depthwise) {
   int32_t kh, kw;
   KernelOf(w, &kh, &kw);
   std::vector<float> out = Poisoned(in.size());
-  const auto fn = depthwise ? core::DepthwiseInputGradF32 : core::ConvInputGradF32;
-  ExpectOk(fn(g.data<float>(), HwcOf(g.dims), w.data<int8_t>(), kh, kw,
-              c.array_of<float>("wscale").data<float>(), in, GeomOf(c), out.data()),
-           depthwise ? "DepthwiseInputGradF32" : "ConvInputGradF32");
+  const float* wscale = c.array_of<float>("wscale").data<float>();
+  if (depthwise) {
+    ExpectOk(core::DepthwiseInputGradF32(g.data<float>(), HwcOf(g.dims), w.data<int8_t>(), kh, kw,
+                                         wscale, in, GeomOf(c), out.data()),
+             "DepthwiseInputGradF32");
+  } else {
+    ExpectOk(core::ConvInputGradF32(g.data<float>(), HwcOf(g.dims), w.data<int8_t>(), kh, kw,
+                                    wscale, in, GeomOf(c), out.data(), SplitOfCase(c)),
+             "ConvInputGradF32");
+  }
   Expect(c, "out_g_in", out);
 }
 
@@ -690,7 +717,7 @@ void CheckConvOp(const Case& c) {
   if (s.kind == core::kConvOpFullyConnected) {
     const int32_t rows = static_cast<int32_t>(x.dim(0));
     s.w_in_c = static_cast<int32_t>(w.dim(1));
-    s.channels = static_cast<int32_t>(w.dim(0));
+    s.channels = static_cast<int32_t>(w.dim(0)) + RestRows(c);
     s.x = {1, rows, static_cast<int32_t>(x.dim(1))};
     s.y = {1, rows, static_cast<int32_t>(want.dim(1))};
   } else {
@@ -704,7 +731,8 @@ void CheckConvOp(const Case& c) {
     s.conv.dil_w = static_cast<int32_t>(c.i64("dil_w"));
     s.conv.padding = static_cast<int32_t>(c.i64("padding"));
     s.w_in_c = static_cast<int32_t>(w.dim(3));
-    s.channels = static_cast<int32_t>(s.kind == core::kConvOpConv2D ? w.dim(0) : w.dim(3));
+    s.channels = static_cast<int32_t>(s.kind == core::kConvOpConv2D ? w.dim(0) + RestRows(c)
+                                                                     : w.dim(3));
   }
   std::vector<int32_t> words(static_cast<size_t>(2 * s.channels), 0x5a5a5a5a);
   ExpectOk(core::ConvOpMultipliers(s.x_q.scale, ScalesOf(c, "w_scales"), s.y_q.scale, s.channels,
@@ -718,7 +746,7 @@ void CheckConvOp(const Case& c) {
   std::vector<int8_t> y(n + kGuard, 99);
   const int32_t* mult = rq.data<int32_t>();
   ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(),
-                        OptionalBias(c, "b"), y.data()),
+                        OptionalBias(c, "b"), y.data(), SplitOfCase(c)),
            "ConvOp");
   Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
   for (size_t i = n; i < y.size(); ++i) {

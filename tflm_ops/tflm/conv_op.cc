@@ -20,12 +20,13 @@ namespace {
 
 namespace core = ::tfmicro_train::core;
 
-constexpr int kInputs = 4;  // x, w, b, requant
-const char* const kInputNames[kInputs] = {"x", "w", "b", "requant"};
+constexpr int kInputs = 4;  // x, w, b, requant; optional 5th: w_rest (rows [CO1, CO) of w)
+const char* const kInputNames[kInputs + 1] = {"x", "w", "b", "requant", "w_rest"};
 const char* const kKindNames[3] = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"};
 
 struct ConvOpData {
   core::ConvOpParams params;
+  int32_t w_split = -1;  // rows of 'w' when 'w_rest' (input 4) holds the others
   int32_t kind = -1;
   int32_t act = 0;
   int32_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, padding = core::kPaddingValid;
@@ -77,14 +78,15 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   const char* op = kKindNames[d->kind];
-  if (node->inputs->size != kInputs || node->outputs->size != 1) {
-    MicroPrintf("TMT_CONV (%s): expected 4 inputs and 1 output, got %d and %d", op,
-                node->inputs->size, node->outputs->size);
+  const bool split = node->inputs->size == kInputs + 1;
+  if ((node->inputs->size != kInputs && !split) || node->outputs->size != 1) {
+    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output, got %d and %d",
+                op, node->inputs->size, node->outputs->size);
     return kTfLiteError;
   }
   tflite::MicroContext* mc = tflite::GetMicroContext(context);
-  TfLiteTensor* in[kInputs] = {};
-  for (int i = 0; i < kInputs; ++i) {
+  TfLiteTensor* in[kInputs + 1] = {};
+  for (int i = 0; i < node->inputs->size; ++i) {
     if (node->inputs->data[i] >= 0) in[i] = mc->AllocateTempInputTensor(node, i);
   }
   TfLiteTensor* y = mc->AllocateTempOutputTensor(node, 0);
@@ -114,7 +116,11 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   type(-1, y, kTfLiteInt8);
   const bool fc = d->kind == core::kConvOpFullyConnected;
   core::ConvOpSpec s;
-  core::WeightScales ws;
+  core::WeightScales ws, ws_rest;
+  // rows (output channels) held by 'w_rest' (input 4), after those of 'w'
+  const int32_t rows_rest =
+      split && in[4] != nullptr && in[4]->dims->size >= 1 ? in[4]->dims->data[0] : 0;
+  int32_t rows_w = 0;  // output channels held by 'w' (all of them without 'w_rest')
   if (status == kTfLiteOk) {
     const TfLiteTensor* x = in[0];
     const TfLiteTensor* w = in[1];
@@ -141,7 +147,7 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     s.conv.act = d->act;
     if (status == kTfLiteOk && fc) {
       s.w_in_c = w->dims->data[1];
-      s.channels = w->dims->data[0];
+      s.channels = w->dims->data[0] + rows_rest;
       const int rows = s.w_in_c > 0 ? Elements(x) / s.w_in_c : 0;
       if (s.w_in_c < 1 || rows * s.w_in_c != Elements(x)) fail(0, "must hold rows of CI elements");
       s.x = {1, rows, s.w_in_c};
@@ -160,7 +166,32 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
       s.conv.dil_w = d->dil_w;
       s.conv.padding = d->padding;
       s.w_in_c = w->dims->data[3];
-      s.channels = dw ? w->dims->data[3] : w->dims->data[0];
+      s.channels = dw ? w->dims->data[3] : w->dims->data[0] + rows_rest;
+    }
+  }
+  rows_w = s.channels - rows_rest;
+  if (status == kTfLiteOk && split) {  // rows [rows_w, CO) of the weights in 'w_rest'
+    const TfLiteTensor* w = in[1];
+    const TfLiteTensor* r = in[4];
+    bool same = r != nullptr && r->dims->size == w->dims->size;
+    for (int i = 1; same && i < w->dims->size; ++i) same = r->dims->data[i] == w->dims->data[i];
+    const auto* q = r != nullptr && r->quantization.type == kTfLiteAffineQuantization
+                        ? static_cast<const TfLiteAffineQuantization*>(r->quantization.params)
+                        : nullptr;
+    if (d->kind == core::kConvOpDepthwise) {
+      fail(4, "is only taken by CONV_2D and FULLY_CONNECTED");
+    } else if (r == nullptr || r->type != kTfLiteInt8 || r->allocation_type != kTfLiteMmapRo) {
+      fail(4, "must be a constant int8 tensor");
+    } else if (!same) {
+      fail(4, "must have the row shape of 'w'");
+    } else if (q == nullptr || q->scale == nullptr || q->scale->size < 1) {
+      fail(4, "must be quantized");
+    } else {
+      ws_rest.scales = q->scale->data;
+      ws_rest.n = q->scale->size;
+      if (ws_rest.n != 1 && ws_rest.n != rows_rest) {
+        fail(4, "must have 1 or one scale per row");
+      }
     }
   }
   if (status == kTfLiteOk) {
@@ -171,8 +202,12 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
       status = kTfLiteError;
     }
   }
-  if (status == kTfLiteOk && ws.n != 1 && ws.n != s.channels) {
-    fail(1, "must have 1 or C scales");
+  if (status == kTfLiteOk && split && !core::ConvOpTakesSplit(d->params)) {
+    fail(4, "is only taken by 1x1 stride-1 unpadded convolutions and fully-connected layers");
+  }
+  d->w_split = split ? rows_w : -1;
+  if (status == kTfLiteOk && ws.n != 1 && ws.n != rows_w) {
+    fail(1, split ? "must have 1 scale or one per row" : "must have 1 or C scales");
   }
   const TfLiteTensor* rq = in[3];
   if (status == kTfLiteOk) {
@@ -186,14 +221,17 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     const int32_t* mult = tflite::GetTensorData<int32_t>(rq);
     const int32_t* shift = mult + s.channels;
     for (int32_t c = 0; c < s.channels && status == kTfLiteOk; ++c) {
+      const bool rest = c >= rows_w;  // a row of 'w_rest'
+      const core::WeightScales& part = rest ? ws_rest : ws;
+      const int32_t row = rest ? c - rows_w : c;
       core::WeightScales one;
-      one.scales = ws.n == 1 ? ws.scales : ws.scales + c;
+      one.scales = part.n == 1 ? part.scales : part.scales + row;
       one.n = 1;
       int32_t m = 0, sh = 0;
       if (core::ConvOpMultipliers(s.x_q.scale, one, s.y_q.scale, 1, &m, &sh) !=
           core::Status::kOk) {
-        MicroPrintf("TMT_CONV (%s): input 1 'w' channel %d: invalid scale", op,
-                    static_cast<int>(c));
+        MicroPrintf("TMT_CONV (%s): input %d '%s' row %d: invalid scale", op, rest ? 4 : 1,
+                    rest ? "w_rest" : "w", static_cast<int>(row));
         status = kTfLiteError;
       } else if (m != mult[c] || sh != shift[c]) {
         MicroPrintf("TMT_CONV (%s): input 3 'requant' channel %d holds multiplier %ld shift %ld, "
@@ -223,11 +261,16 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* rq = tflite::micro::GetEvalInput(context, node, 3);
   TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
   const int32_t* mult = tflite::micro::GetTensorData<int32_t>(rq);
+  core::SplitWeights split;
+  if (d->w_split >= 0) {
+    split.rest = tflite::micro::GetTensorData<int8_t>(tflite::micro::GetEvalInput(context, node, 4));
+    split.split = d->w_split;
+  }
   const core::Status s = core::ConvOp(
       d->params, mult, mult + d->params.y.c, tflite::micro::GetTensorData<int8_t>(x),
       tflite::micro::GetTensorData<int8_t>(w),
       b ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
-      tflite::micro::GetTensorData<int8_t>(y));
+      tflite::micro::GetTensorData<int8_t>(y), split);
   if (s != core::Status::kOk) {
     MicroPrintf("TMT_CONV (%s): %s", kKindNames[d->params.kind], core::StatusString(s));
     return kTfLiteError;

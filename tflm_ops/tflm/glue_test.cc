@@ -364,6 +364,10 @@ std::string ReplayCaseF32(const Case& c, const std::string& op, bool use_scratch
   if (op == "TMT_CONV_INPUT_GRAD" || op == "TMT_DW_INPUT_GRAD") {
     in = {t.AddArray(c.array("g")), kAbsent, t.AddArray(c.array("w")),
           t.AddArray(c.array("wscale")), t.AddF32(kLr)};
+    if (c.has("w_rest")) {  // the weights in two parts: 'w_rest' (constant) after 'lr'
+      in.push_back(t.AddArray(c.array("w_rest")));
+      t.SetConstant(in.back());
+    }
     out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteFloat32)};
     AddGeom(c, &o);
     if (!(e = run()).empty()) return e;
@@ -541,6 +545,10 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
   if (op == "TMT_CONV_INPUT_GRAD" || op == "TMT_DW_INPUT_GRAD") {
     in = {t.AddArray(c.array("g")), t.AddF32(c.f32("s")), t.AddArray(c.array("w")),
           t.AddArray(c.array("wmul")), t.AddF32(kLr)};
+    if (c.has("w_rest")) {  // the weights in two parts: 'w_rest' (constant) after 'lr'
+      in.push_back(t.AddArray(c.array("w_rest")));
+      t.SetConstant(in.back());
+    }
     out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32)};
     o.floats.push_back({"w_scale_max", c.f32("w_scale_max")});
     AddGeom(c, &o);
@@ -587,13 +595,23 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     const int x = t.AddArray(c.array("x"));
     t.Quantize(x, c.f32("x_scale"), static_cast<int>(c.i64("x_zp")));
     const int w = t.AddArray(c.array("w"));
-    t.QuantizeScales(w, ws.data<float>(), static_cast<int>(ws.size()), kind == 1 ? 3 : 0);
+    const int n_w = static_cast<int>(c.array("w").dim(0));  // rows of 'w' (split: the head)
+    const bool per_channel = ws.size() > 1;
+    t.QuantizeScales(w, ws.data<float>(), per_channel && c.has("w_rest") ? n_w : static_cast<int>(ws.size()),
+                     kind == 1 ? 3 : 0);
     const int b = c.has("b") ? t.AddArray(c.array("b")) : -1;
     const int rq = t.AddArray(c.array("requant"));
     t.SetConstant(rq);
     const int y = t.AddOutput(DimsOf(c.array("out_y")), kTfLiteInt8);
     t.Quantize(y, c.f32("y_scale"), static_cast<int>(c.i64("y_zp")));
     in = {x, w, b, rq};
+    if (c.has("w_rest")) {  // the other rows, with their scales
+      const int r = t.AddArray(c.array("w_rest"));
+      const int n_r = static_cast<int>(c.array("w_rest").dim(0));
+      t.QuantizeScales(r, ws.data<float>() + (per_channel ? n_w : 0), per_channel ? n_r : 1, 0);
+      t.SetConstant(r);
+      in.push_back(r);
+    }
     out = {y};
     o.ints.push_back({"kind", kind});
     o.ints.push_back({"act", c.i64("act")});

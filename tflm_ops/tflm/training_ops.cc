@@ -146,6 +146,7 @@ struct OpData {
   float inv_count = 0.0f;
   float w_scale_max = 0.0f;
   bool use_scratch = false;
+  int32_t w_split = -1;  // TMT_CONV_INPUT_GRAD: rows of 'w' when 'w_rest' (input 5) holds the others
   const char* missing_option = nullptr;  // first required option absent (reported in Prepare)
   bool missing_w_scale_max = false;      // required in int8 mode only
   bool options_unreadable = false;
@@ -361,7 +362,9 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
                 info.name);
     return kTfLiteError;
   }
-  const int n_in = CountNames(info.inputs);
+  // TMT_CONV_INPUT_GRAD may take the weights in two parts: 'w_rest' (input 5) after 'lr'
+  const bool w_rest = K == kConvInputGrad && node->inputs->size == CountNames(info.inputs) + 1;
+  const int n_in = CountNames(info.inputs) + (w_rest ? 1 : 0);
   const int n_out = CountNames(f32 ? info.outputs_f32 : info.outputs);
   if (node->inputs->size != n_in || node->outputs->size != n_out) {
     MicroPrintf("%s: expected %d inputs and %d outputs (%s gradients), got %d and %d", info.name,
@@ -470,6 +473,22 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
         if (dw) {
           if (w->dims->size != 4 || Dim(w, 0) != 1 || Dim(w, 3) != co || co != ci) {
             ok = c.Fail(kIn, 2, "must be [1, KH, KW, C] with C the channels of 'g' and 'g_in'");
+          }
+        } else if (w_rest) {  // rows [0, split) in 'w', [split, CO) in the constant 'w_rest'
+          const TfLiteTensor* r = t.in(5);
+          bool same = r != nullptr && r->dims->size == w->dims->size;
+          for (int i = 1; same && i < w->dims->size; ++i) same = Dim(r, i) == Dim(w, i);
+          if (!((w->dims->size == 4 || w->dims->size == 2) && LastDim(w) == ci)) {
+            ok = c.Fail(kIn, 2, "must be [CO1, KH, KW, CI] or [CO1, CI] matching 'g_in'");
+          } else if (r == nullptr || r->type != kTfLiteInt8 || r->allocation_type != kTfLiteMmapRo) {
+            MicroPrintf("%s: input 5 'w_rest' must be a constant int8 tensor", info.name);
+            ok = false;
+          } else if (!same || Dim(w, 0) + Dim(r, 0) != co) {
+            MicroPrintf("%s: input 5 'w_rest' must hold the other CO - CO1 rows of input 2 'w' "
+                        "(same row shape; CO = %d, the channels of 'g')", info.name, co);
+            ok = false;
+          } else {
+            d->w_split = Dim(w, 0);
           }
         } else if (!((w->dims->size == 4 || w->dims->size == 2) && Dim(w, 0) == co &&
                      LastDim(w) == ci)) {
@@ -593,6 +612,17 @@ void KernelOf(const TfLiteEvalTensor* w, int32_t* kh, int32_t* kw) {
   *kw = w->dims->size == 4 ? w->dims->data[2] : 1;
 }
 
+// TMT_CONV_INPUT_GRAD's weights in two parts ('w_rest', input 5, holds rows [w_split, CO)).
+template <typename In>
+core::SplitWeights SplitOf(const OpData* d, const TfLiteNode* node, In in) {
+  core::SplitWeights sw;
+  if (d->w_split >= 0 && node->inputs->size > 5) {
+    sw.rest = tflite::micro::GetTensorData<int8_t>(in(5));
+    sw.split = d->w_split;
+  }
+  return sw;
+}
+
 TfLiteStatus Report(int kind, core::Status s) {
   if (s == core::Status::kOk) return kTfLiteOk;
   MicroPrintf("%s: %s", kOps[kind].name, core::StatusString(s));
@@ -647,9 +677,12 @@ core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, 
     case kDwInputGrad: {
       int32_t kh, kw;
       KernelOf(in(2), &kh, &kw);
-      const auto fn = K == kConvInputGrad ? core::ConvInputGradF32 : core::DepthwiseInputGradF32;
-      return fn(cf(in(0)), HwcOf(in(0)), i8(in(2)), kh, kw, cf(in(3)), HwcOf(out(0)), GeomOf(d),
-                mf(out(0)));
+      if (K == kConvInputGrad) {
+        return core::ConvInputGradF32(cf(in(0)), HwcOf(in(0)), i8(in(2)), kh, kw, cf(in(3)),
+                                      HwcOf(out(0)), GeomOf(d), mf(out(0)), SplitOf(d, node, in));
+      }
+      return core::DepthwiseInputGradF32(cf(in(0)), HwcOf(in(0)), i8(in(2)), kh, kw, cf(in(3)),
+                                         HwcOf(out(0)), GeomOf(d), mf(out(0)));
     }
     case kConvWeightUpdate:
     case kDwWeightUpdate: {
@@ -785,10 +818,18 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     case kDwInputGrad: {
       int32_t kh, kw;
       KernelOf(in(2), &kh, &kw);
-      const auto fn = K == kConvInputGrad ? core::ConvInputGrad : core::DepthwiseInputGrad;
-      s = fn(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
-             tflite::micro::GetTensorData<int32_t>(in(3)), d->w_scale_max, HwcOf(out(0)),
-             GeomOf(d), mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)), scratch);
+      if (K == kConvInputGrad) {
+        s = core::ConvInputGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
+                                tflite::micro::GetTensorData<int32_t>(in(3)), d->w_scale_max,
+                                HwcOf(out(0)), GeomOf(d), mut_i8(out(0)),
+                                tflite::micro::GetTensorData<float>(out(1)), scratch,
+                                SplitOf(d, node, in));
+      } else {
+        s = core::DepthwiseInputGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
+                                     tflite::micro::GetTensorData<int32_t>(in(3)),
+                                     d->w_scale_max, HwcOf(out(0)), GeomOf(d), mut_i8(out(0)),
+                                     tflite::micro::GetTensorData<float>(out(1)), scratch);
+      }
       break;
     }
     case kConvWeightUpdate:

@@ -9,9 +9,12 @@ TFLM's Prepare does (PopulateConvolutionQuantizationParams: double-precision Qua
 s_x * s_W[c] / s_y), with builtin_ops' own helper.
 
 Inputs: x, w, b (-1 without bias), requant (int32 [2, C] const: row 0 the multipliers, row 1 the
-shifts). x, w, b keep the builtin's slots, so the backward ops autodiff made (which read them)
-are unaffected; w and b may be variable tensors (trained in place) and w the output of a
-CONCATENATION (sliced weights). Output: y. A forward op: no learning-rate input, runs at
+shifts) and, optionally, w_rest: the weights' output channels [len(w), C) (a constant; `w` then
+holds the first ones, typically the trained slice in SRAM, and the op computes what their
+concatenation gives; 1x1 stride-1 convolutions and fully-connected layers only). x, w, b keep
+the builtin's slots, so the backward ops autodiff made (which read them) are unaffected; w and b
+may be variable tensors (trained in place) and w the output of a CONCATENATION (sliced weights
+of other convolutions). Output: y. A forward op: no learning-rate input, runs at
 inference too.
 
 Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
@@ -40,8 +43,8 @@ from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers, quantize_multiplier
 
 OP_NAME = "TMT_CONV"
 MEAN_OP_NAME = "TMT_MEAN"
-# input slots
-X, W, B, REQUANT = range(4)
+# input slots (W_REST optional: rows [len(w), CO) of the weights, for a layer training a slice)
+X, W, B, REQUANT, W_REST = range(5)
 KINDS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 2}
 BUILTINS = {v: k for k, v in KINDS.items()}
 
@@ -91,7 +94,10 @@ def conv_op(inputs: list[np.ndarray | None], infos: list[TensorInfo | None], y_i
     """The op's output y: the builtin kernel with the multipliers of the `requant` input."""
     name, _, opts = builtin_of(o)
     requant = np.asarray(inputs[REQUANT]).reshape(2, -1).astype(np.int64)
-    y = BUILTIN_KERNELS[name](list(inputs[:REQUANT]), list(infos[:REQUANT]), [y_info], opts,
+    ins = list(inputs[:REQUANT])
+    if len(inputs) > W_REST and inputs[W_REST] is not None:  # the weights in two parts
+        ins[W] = np.concatenate([ins[W], inputs[W_REST]])
+    y = BUILTIN_KERNELS[name](ins, list(infos[:REQUANT]), [y_info], opts,
                               multipliers=(requant[0], requant[1]))[0]
     return np.asarray(y).reshape(y_info.shape)
 

@@ -2,6 +2,7 @@
 #include "tflm_ops/core/conv_op.h"
 
 #include <cstdint>
+#include <cstring>
 
 namespace tfmicro_train {
 namespace core {
@@ -60,9 +61,67 @@ Status ConvOpMultipliers(float x_scale, const WeightScales& w, float y_scale, in
   return Status::kOk;
 }
 
+namespace {
+
+constexpr int32_t kMaxDepthwiseTaps = 49;  // windows up to 7x7 take the tap-list path
+
+// One depthwise output pixel from its in-image taps src[t] (pixel, [C]) with weights at
+// w + src_w[t]: out[c] = Requantize(b[c] + sum_t (src[t][c] + in_offset) * w[src_w[t] + c]) with
+// the reference's wrapping int32 sum (order-free). With the DSP extension four channels at a
+// time: SXTB16 / SADD16 into int16 lanes, SMLABB / SMLATT per lane (32-bit results wrap alike).
+void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_t n, const int8_t* w,
+                   const int32_t* b, int32_t channels, int32_t in_offset, const Requant& rq,
+                   int8_t* out) {
+  int32_t c = 0;
+#if TMT_REFERENCE_DSP
+  using tflm_ref::Sxtb16Odd;
+  const int32_t off2 =
+      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
+  for (; c + 4 <= channels; c += 4) {
+    int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
+    int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
+    for (int32_t t = 0; t < n; ++t) {
+      int32_t v, wv;
+      std::memcpy(&v, src[t] + c, 4);
+      std::memcpy(&wv, w + src_w[t] + c, 4);
+      const int32_t v02 = __sadd16(__sxtb16(v), off2), v13 = __sadd16(Sxtb16Odd(v), off2);
+      const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
+      a0 = __smlabb(v02, w02, a0);
+      a2 = __smlatt(v02, w02, a2);
+      a1 = __smlabb(v13, w13, a1);
+      a3 = __smlatt(v13, w13, a3);
+    }
+    out[c] = tflm_ref::Requantize(a0, rq, c);
+    out[c + 1] = tflm_ref::Requantize(a1, rq, c + 1);
+    out[c + 2] = tflm_ref::Requantize(a2, rq, c + 2);
+    out[c + 3] = tflm_ref::Requantize(a3, rq, c + 3);
+  }
+#endif
+  for (; c < channels; ++c) {
+    uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
+    for (int32_t t = 0; t < n; ++t) {
+      acc += static_cast<uint32_t>((src[t][c] + in_offset) * w[src_w[t] + c]);
+    }
+    out[c] = tflm_ref::Requantize(static_cast<int32_t>(acc), rq, c);
+  }
+}
+
+}  // namespace
+
+bool ConvOpTakesSplit(const ConvOpParams& p) {
+  return p.kind == kConvOpFullyConnected ||
+         (p.kind == kConvOpConv2D && p.kh == 1 && p.kw == 1 && p.stride_h == 1 &&
+          p.stride_w == 1 && p.pad_top == 0 && p.pad_left == 0);
+}
+
 Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
-              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y) {
+              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y,
+              const SplitWeights& split) {
   if (!multiplier || !shift || !x || !w || !y) return Status::kBadParams;
+  if (split.rest != nullptr &&
+      (!ConvOpTakesSplit(p) || split.split < 0 || split.split > p.y.c)) {
+    return Status::kBadParams;
+  }
   const int32_t channels = p.y.c;
   for (int32_t c = 0; c < channels; ++c) {
     if (multiplier[c] < 0 || shift[c] < -31 || shift[c] > 31) return Status::kBadParams;
@@ -73,6 +132,32 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
   rq.output_offset = p.y_offset;
   rq.act_min = p.act_min;
   rq.act_max = p.act_max;
+  if (p.kind == kConvOpDepthwise && p.kh * p.kw <= kMaxDepthwiseTaps) {
+    // per output pixel, the window's in-image taps (out-of-image ones are skipped, as the
+    // reference does), then every channel over them
+    const int8_t* src[kMaxDepthwiseTaps];
+    int32_t src_w[kMaxDepthwiseTaps];
+    for (int32_t oy = 0; oy < p.y.h; ++oy) {
+      const int32_t iy0 = oy * p.stride_h - p.pad_top;
+      for (int32_t ox = 0; ox < p.y.w; ++ox) {
+        const int32_t ix0 = ox * p.stride_w - p.pad_left;
+        int32_t n = 0;
+        for (int32_t ky = 0; ky < p.kh; ++ky) {
+          const int32_t iy = iy0 + ky * p.dil_h;
+          if (iy < 0 || iy >= p.x.h) continue;
+          for (int32_t kx = 0; kx < p.kw; ++kx) {
+            const int32_t ix = ix0 + kx * p.dil_w;
+            if (ix < 0 || ix >= p.x.w) continue;
+            src[n] = x + (static_cast<int64_t>(iy) * p.x.w + ix) * channels;
+            src_w[n++] = (ky * p.kw + kx) * channels;
+          }
+        }
+        DepthwiseTaps(src, src_w, n, w, b, channels, p.x_offset, rq,
+                      y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels);
+      }
+    }
+    return Status::kOk;
+  }
   if (p.kind == kConvOpDepthwise) {
     tflm_ref::DepthwiseLoop l;
     l.src_h = l.pd_h = p.x.h;
@@ -98,15 +183,23 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
     }
     return Status::kOk;
   }
-  const bool pointwise = p.kind == kConvOpFullyConnected ||
-                         (p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 &&
-                          p.pad_top == 0 && p.pad_left == 0);
-  if (pointwise) {  // every output pixel (FC: row) reads the input pixel at the same place
+  if (ConvOpTakesSplit(p)) {  // every output pixel (FC: row) reads the input pixel at one place
     const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
+    // output channels [0, head) from w, [head, channels) from split.rest (rows of x.c weights)
+    const int32_t head = split.rest != nullptr ? split.split : channels;
+    Requant rq_rest = rq;
+    rq_rest.multiplier = multiplier + head;
+    rq_rest.shift = shift + head;
     for (int64_t i = 0; i < pixels; ++i) {
       int8_t* yp = y + i * channels;
-      tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, w, b, rq, channels,
+      tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, w, b, rq, head,
                                [yp](int32_t co, int8_t v) { yp[co] = v; });
+      if (head < channels) {
+        int8_t* yr = yp + head;
+        tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, split.rest,
+                                 b ? b + head : nullptr, rq_rest, channels - head,
+                                 [yr](int32_t co, int8_t v) { yr[co] = v; });
+      }
     }
     return Status::kOk;
   }

@@ -65,9 +65,16 @@ Status ConvOpMultipliers(float x_scale, const WeightScales& w, float y_scale, in
                          int32_t* multiplier, int32_t* shift);
 
 // Runs the op. multiplier/shift: [channels] (multiplier >= 0, shift in [-31, 31], else
-// kBadParams); b may be null (no bias). y must not alias x.
+// kBadParams); b may be null (no bias). y must not alias x. split: the weights' output channels
+// [split.split, CO) at split.rest (SplitWeights; a layer training a slice of its channels), for
+// pointwise convolutions (1x1, stride 1, no padding) and fully-connected layers only (else
+// kBadParams).
 Status ConvOp(const ConvOpParams& params, const int32_t* multiplier, const int32_t* shift,
-              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y);
+              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y,
+              const SplitWeights& split = SplitWeights());
+
+// Whether ConvOp takes split weights for these parameters (pointwise or fully-connected).
+bool ConvOpTakesSplit(const ConvOpParams& params);
 
 // TMT_MEAN: TFLM's int8 MEAN over the H and W axes of a [1, H, W, C] tensor (global average
 // pooling), bit for bit (reference_ops::QuantizedMeanOrSum, compute_sum false), without the

@@ -34,12 +34,7 @@ using tflm_ref::Wrap32;
 constexpr int32_t kAddLeftShift = 20;  // reference add.cc, int8
 
 #if TMT_FUSED_IRB_DSP
-// SXTB16 of bytes 1 and 3 (GCC's arm_acle.h does not fuse the rotation into SXTB16).
-inline int32_t Sxtb16Odd(int32_t v) {
-  int32_t r;
-  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-  return r;
-}
+using tflm_ref::Sxtb16Odd;
 #endif
 
 // One requantization stage; words == nullptr checks the weight scales but leaves the
@@ -125,34 +120,7 @@ inline int8_t AddResidual(const FusedIrbParams& p, int32_t xv, int32_t pv) {
   return static_cast<int8_t>(v);
 }
 
-// int32 (wrapping) sum of (in[c] + in_offset) * w[c], c < n: the int32 accumulator of the
-// reference kernels (each product fits int32; the wrapped sum equals Wrap32 of the int64 sum).
-// With the DSP extension four at a time: SXTB16 splits 4 bytes into 2 x 2 int16 lanes, SADD16
-// adds the offset (|in + offset| <= 255 fits a lane), SMLAD accumulates two products (its 32-bit
-// result wraps like the portable sum; the Q flag it may set is not read).
-inline int32_t DotOffset(const int8_t* in, const int8_t* w, int32_t n, int32_t in_offset) {
-  uint32_t acc = 0;
-  int32_t c = 0;
-#if TMT_FUSED_IRB_DSP
-  const int32_t off2 =
-      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
-  int32_t sacc = 0;
-  for (; c + 4 <= n; c += 4) {
-    int32_t a, b;
-    std::memcpy(&a, in + c, 4);  // LDR: unaligned access is allowed on ARMv7-M
-    std::memcpy(&b, w + c, 4);
-    const int32_t a02 = __sadd16(__sxtb16(a), off2);
-    const int32_t a13 = __sadd16(Sxtb16Odd(a), off2);
-    sacc = __smlad(a02, __sxtb16(b), sacc);
-    sacc = __smlad(a13, Sxtb16Odd(b), sacc);
-  }
-  acc = static_cast<uint32_t>(sacc);
-#endif
-  for (; c < n; ++c) {
-    acc += static_cast<uint32_t>((in[c] + in_offset) * w[c]);
-  }
-  return static_cast<int32_t>(acc);
-}
+using tflm_ref::DotOffset;
 
 inline int8_t RequantizeInt32(int32_t acc, const Requant& rq, int32_t c) {
   int32_t v = MultiplyByQuantizedMultiplier(acc, rq.multiplier[c], rq.shift[c]) + rq.output_offset;

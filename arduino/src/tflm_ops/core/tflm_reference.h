@@ -16,6 +16,15 @@
 #include <cstdint>
 #include <cstring>
 
+// Cortex-M4/M7 DSP extension (SXTB16 / SADD16 / SMLAD via arm_acle.h) for the 1x1 convolutions'
+// dot products (DotOffset), unless built with -DTMT_PORTABLE_ONLY; bit-exact either way.
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(TMT_PORTABLE_ONLY)
+#include <arm_acle.h>
+#define TMT_REFERENCE_DSP 1
+#else
+#define TMT_REFERENCE_DSP 0
+#endif
+
 namespace tfmicro_train {
 namespace core {
 
@@ -319,6 +328,44 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
   }
 }
 
+#if TMT_REFERENCE_DSP
+// SXTB16 of bytes 1 and 3 (GCC's arm_acle.h does not fuse the rotation into SXTB16).
+inline int32_t Sxtb16Odd(int32_t v) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+#endif
+
+// int32 (wrapping) sum of (in[c] + in_offset) * w[c], c < n: the int32 accumulator of the
+// reference kernels (each product fits int32; the wrapped sum equals Wrap32 of the int64 sum).
+// With the DSP extension four at a time: SXTB16 splits 4 bytes into 2 x 2 int16 lanes, SADD16
+// adds the offset (|in + offset| <= 255 fits a lane), SMLAD accumulates two products (its 32-bit
+// result wraps like the portable sum; the Q flag it may set is not read).
+inline int32_t DotOffset(const int8_t* in, const int8_t* w, int32_t n, int32_t in_offset) {
+  uint32_t acc = 0;
+  int32_t c = 0;
+#if TMT_REFERENCE_DSP
+  const int32_t off2 =
+      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
+  int32_t sacc = 0;
+  for (; c + 4 <= n; c += 4) {
+    int32_t a, b;
+    std::memcpy(&a, in + c, 4);  // LDR: unaligned access is allowed on ARMv7-M
+    std::memcpy(&b, w + c, 4);
+    const int32_t a02 = __sadd16(__sxtb16(a), off2);
+    const int32_t a13 = __sadd16(Sxtb16Odd(a), off2);
+    sacc = __smlad(a02, __sxtb16(b), sacc);
+    sacc = __smlad(a13, Sxtb16Odd(b), sacc);
+  }
+  acc = static_cast<uint32_t>(sacc);
+#endif
+  for (; c < n; ++c) {
+    acc += static_cast<uint32_t>((in[c] + in_offset) * w[c]);
+  }
+  return static_cast<int32_t>(acc);
+}
+
 // One pixel of a 1x1 convolution (or a fully-connected layer): in [in_c] -> output channel
 // values store(co, v), co ascending, with w [out_c, in_c]
 // (reference_integer_ops::FullyConnectedPerChannel for one batch row).
@@ -326,13 +373,10 @@ template <typename Store>
 inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                            const int32_t* b, const Requant& rq, int32_t out_c, Store store) {
   for (int32_t co = 0; co < out_c; ++co) {
-    const int8_t* wp = w + static_cast<int64_t>(co) * in_c;
-    int64_t acc = 0;
-    for (int32_t c = 0; c < in_c; ++c) {
-      acc += static_cast<int64_t>(in[c] + in_offset) * wp[c];
-    }
-    if (b) acc += b[co];
-    store(co, Requantize(acc, rq, co));
+    uint32_t acc = static_cast<uint32_t>(
+        DotOffset(in, w + static_cast<int64_t>(co) * in_c, in_c, in_offset));
+    if (b) acc += static_cast<uint32_t>(b[co]);
+    store(co, Requantize(static_cast<int32_t>(acc), rq, co));
   }
 }
 

@@ -111,11 +111,25 @@ Status MaxPoolGrad(const int8_t* g, float s, const int8_t* x, const int8_t* y, H
 
 // ---------------------------------------------------------------- input gradients
 
-// TMT_CONV_INPUT_GRAD: g [g_dims] (g_dims.c = CO), w [CO, kh, kw, in.c], wmul [CO] (Q15)
-// -> g_in [in], s_in. scratch: nullptr or in.size() int64s.
+// A weight tensor [CO, ...] held in two parts: output channels [0, split) at `w` (the trained
+// slice, in SRAM) and [split, CO) at `rest` (the frozen rest, in flash), each row contiguous.
+// rest == nullptr: every row at w. Row co of the whole tensor is RowOf(w, split, co, row_len).
+struct SplitWeights {
+  const int8_t* rest = nullptr;
+  int32_t split = 0;
+};
+
+inline const int8_t* RowOf(const int8_t* w, const SplitWeights& sw, int32_t co, int32_t row_len) {
+  return sw.rest != nullptr && co >= sw.split ? sw.rest + (co - sw.split) * row_len
+                                              : w + co * row_len;
+}
+
+// TMT_CONV_INPUT_GRAD: g [g_dims] (g_dims.c = CO), w [CO, kh, kw, in.c] (split: see
+// SplitWeights), wmul [CO] (Q15) -> g_in [in], s_in. scratch: nullptr or in.size() int64s.
 Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh,
                      int32_t kw, const int32_t* wmul, float w_scale_max, Hwc in,
-                     const ConvGeom& geom, int8_t* g_in, float* s_in, int64_t* scratch);
+                     const ConvGeom& geom, int8_t* g_in, float* s_in, int64_t* scratch,
+                     const SplitWeights& split = SplitWeights());
 
 // TMT_DW_INPUT_GRAD: g [g_dims], w [1, kh, kw, C], wmul [C], C = g_dims.c = in.c.
 Status DepthwiseInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh,

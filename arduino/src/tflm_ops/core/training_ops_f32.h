@@ -73,11 +73,12 @@ Status MaxPoolGradF32(const float* g, const int8_t* x, const int8_t* y, Hwc g_di
 
 // ---------------------------------------------------------------- input gradients
 
-// TMT_CONV_INPUT_GRAD, fp32: g [g_dims] (g_dims.c = CO), w [CO, kh, kw, in.c], wscale [CO] (s_W)
-// -> g_in [in]: g_in[ih, iw, ci] = sum of g[oh, ow, co] * ((float)w[co, kh, kw, ci] * wscale[co])
-// in ascending (oh, ow, co).
+// TMT_CONV_INPUT_GRAD, fp32: g [g_dims] (g_dims.c = CO), w [CO, kh, kw, in.c] (split: see
+// SplitWeights), wscale [CO] (s_W) -> g_in [in]: g_in[ih, iw, ci] = sum of
+// g[oh, ow, co] * ((float)w[co, kh, kw, ci] * wscale[co]) in ascending (oh, ow, co).
 Status ConvInputGradF32(const float* g, Hwc g_dims, const int8_t* w, int32_t kh, int32_t kw,
-                        const float* wscale, Hwc in, const ConvGeom& geom, float* g_in);
+                        const float* wscale, Hwc in, const ConvGeom& geom, float* g_in,
+                        const SplitWeights& split = SplitWeights());
 
 // TMT_DW_INPUT_GRAD, fp32: w [1, kh, kw, C], wscale [C], C = g_dims.c = in.c; ascending (oh, ow).
 Status DepthwiseInputGradF32(const float* g, Hwc g_dims, const int8_t* w, int32_t kh, int32_t kw,
