@@ -643,20 +643,6 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (!(e = run()).empty()) return e;
     return expect_i8(y, "out_y");
   }
-  if (op == "TMT_MEAN") {
-    const int x = t.AddArray(c.array("x"));
-    t.Quantize(x, c.f32("x_scale"), static_cast<int>(c.i64("x_zp")));
-    const int32_t axes[2] = {2, 1};  // any order
-    const int axis = t.Add({2}, kTfLiteInt32, axes, sizeof(axes));
-    t.SetConstant(axis);
-    const int y = t.AddOutput(DimsOf(c.array("out_y")), kTfLiteInt8);
-    t.Quantize(y, c.f32("y_scale"), static_cast<int>(c.i64("y_zp")));
-    in = {x, axis};
-    out = {y};
-    o.ints.push_back({"keep_dims", c.i64("keep_dims")});
-    if (!(e = run()).empty()) return e;
-    return expect_i8(y, "out_y");
-  }
   return "unknown op";
 }
 
