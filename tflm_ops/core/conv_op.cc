@@ -65,47 +65,6 @@ namespace {
 
 constexpr int32_t kMaxDepthwiseTaps = 49;  // windows up to 7x7 take the tap-list path
 
-// One depthwise output pixel from its in-image taps src[t] (pixel, [C]) with weights at
-// w + src_w[t]: out[c] = Requantize(b[c] + sum_t (src[t][c] + in_offset) * w[src_w[t] + c]) with
-// the reference's wrapping int32 sum (order-free). With the DSP extension four channels at a
-// time: SXTB16 / SADD16 into int16 lanes, SMLABB / SMLATT per lane (32-bit results wrap alike).
-void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_t n, const int8_t* w,
-                   const int32_t* b, int32_t channels, int32_t in_offset, const Requant& rq,
-                   int8_t* out) {
-  int32_t c = 0;
-#if TMT_REFERENCE_DSP
-  using tflm_ref::Sxtb16Odd;
-  const int32_t off2 =
-      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
-  for (; c + 4 <= channels; c += 4) {
-    int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
-    int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
-    for (int32_t t = 0; t < n; ++t) {
-      int32_t v, wv;
-      std::memcpy(&v, src[t] + c, 4);
-      std::memcpy(&wv, w + src_w[t] + c, 4);
-      const int32_t v02 = __sadd16(__sxtb16(v), off2), v13 = __sadd16(Sxtb16Odd(v), off2);
-      const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
-      a0 = __smlabb(v02, w02, a0);
-      a2 = __smlatt(v02, w02, a2);
-      a1 = __smlabb(v13, w13, a1);
-      a3 = __smlatt(v13, w13, a3);
-    }
-    out[c] = tflm_ref::Requantize(a0, rq, c);
-    out[c + 1] = tflm_ref::Requantize(a1, rq, c + 1);
-    out[c + 2] = tflm_ref::Requantize(a2, rq, c + 2);
-    out[c + 3] = tflm_ref::Requantize(a3, rq, c + 3);
-  }
-#endif
-  for (; c < channels; ++c) {
-    uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
-    for (int32_t t = 0; t < n; ++t) {
-      acc += static_cast<uint32_t>((src[t][c] + in_offset) * w[src_w[t] + c]);
-    }
-    out[c] = tflm_ref::Requantize(static_cast<int32_t>(acc), rq, c);
-  }
-}
-
 }  // namespace
 
 bool ConvOpTakesSplit(const ConvOpParams& p) {
@@ -152,8 +111,8 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
             src_w[n++] = (ky * p.kw + kx) * channels;
           }
         }
-        DepthwiseTaps(src, src_w, n, w, b, channels, p.x_offset, rq,
-                      y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels);
+        tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, channels, p.x_offset, rq,
+                                y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels);
       }
     }
     return Status::kOk;

@@ -518,11 +518,22 @@ inline int32_t BuildGwList(const int8_t* gp, const int32_t* wmul, const int8_t* 
                            const SplitWeights& split, int32_t at, int32_t w_co, int32_t co0,
                            int32_t co1, GwEntry* list) {
   int32_t n = 0;
-  for (int32_t co = co0; co < co1; ++co) {
+  // rows [co0, mid) at w, [mid, co1) at split.rest (no split: mid = co1)
+  int32_t mid = co1;
+  if (split.rest != nullptr && split.split < co1) mid = split.split > co0 ? split.split : co0;
+  const int8_t* base = w + at;
+  for (int32_t co = co0; co < mid; ++co) {
     const int32_t gv = gp[co];
     if (gv == 0) continue;
     list[n].gw = gv * wmul[co];
-    list[n].w = RowOf(w, split, co, w_co) + at;
+    list[n].w = base + co * w_co;
+    ++n;
+  }
+  for (int32_t co = mid; co < co1; ++co) {
+    const int32_t gv = gp[co];
+    if (gv == 0) continue;
+    list[n].gw = gv * wmul[co];
+    list[n].w = split.rest + (co - split.split) * w_co + at;
     ++n;
   }
   list[n].gw = 0;

@@ -5,14 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
-// Cortex-M4/M7 DSP extension (SXTB16 / SADD16 / SMLAD / SMLAxy via arm_acle.h) for the 1x1
-// convolutions and the depthwise, unless built with -DTMT_PORTABLE_ONLY; bit-exact either way.
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(TMT_PORTABLE_ONLY)
-#include <arm_acle.h>
-#define TMT_FUSED_IRB_DSP 1
-#else
-#define TMT_FUSED_IRB_DSP 0
-#endif
+// The 1x1 convolutions and the depthwise use tflm_reference.h's DotOffset / DepthwiseTaps
+// (DSP paths on Cortex-M4/M7 unless built with -DTMT_PORTABLE_ONLY; bit-exact either way).
 
 namespace tfmicro_train {
 namespace core {
@@ -33,9 +27,6 @@ using tflm_ref::Wrap32;
 
 constexpr int32_t kAddLeftShift = 20;  // reference add.cc, int8
 
-#if TMT_FUSED_IRB_DSP
-using tflm_ref::Sxtb16Odd;
-#endif
 
 // One requantization stage; words == nullptr checks the weight scales but leaves the
 // multipliers unset.
@@ -418,53 +409,8 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
             }
           }
         }
-        int32_t c = 0;
-#if TMT_FUSED_IRB_DSP
-        // four channels at a time: SXTB16 / SADD16 into int16 lanes, SMLABB / SMLATT per lane
-        // (32-bit results wrap like the portable sum)
-        const int32_t off2 =
-            static_cast<int32_t>((static_cast<uint32_t>(p.d_in_offset) & 0xFFFFu) * 0x10001u);
-        const int32_t pad2 =
-            static_cast<int32_t>((static_cast<uint32_t>(pad_in) & 0xFFFFu) * 0x10001u);
-        for (; c + 4 <= C; c += 4) {
-          int32_t a0 = b_d ? b_d[c] : 0, a1 = b_d ? b_d[c + 1] : 0;
-          int32_t a2 = b_d ? b_d[c + 2] : 0, a3 = b_d ? b_d[c + 3] : 0;
-          for (int32_t t = 0; t < n_src; ++t) {
-            int32_t v, wv;
-            std::memcpy(&v, src[t] + c, 4);
-            std::memcpy(&wv, w_d + src_w[t] + c, 4);
-            const int32_t v02 = __sadd16(__sxtb16(v), off2), v13 = __sadd16(Sxtb16Odd(v), off2);
-            const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
-            a0 = __smlabb(v02, w02, a0);
-            a2 = __smlatt(v02, w02, a2);
-            a1 = __smlabb(v13, w13, a1);
-            a3 = __smlatt(v13, w13, a3);
-          }
-          for (int32_t t = 0; t < n_pad; ++t) {
-            int32_t wv;
-            std::memcpy(&wv, w_d + pad_w[t] + c, 4);
-            const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
-            a0 = __smlabb(pad2, w02, a0);
-            a2 = __smlatt(pad2, w02, a2);
-            a1 = __smlabb(pad2, w13, a1);
-            a3 = __smlatt(pad2, w13, a3);
-          }
-          dpix[c] = RequantizeInt32(a0, p.d_rq, c);
-          dpix[c + 1] = RequantizeInt32(a1, p.d_rq, c + 1);
-          dpix[c + 2] = RequantizeInt32(a2, p.d_rq, c + 2);
-          dpix[c + 3] = RequantizeInt32(a3, p.d_rq, c + 3);
-        }
-#endif
-        for (; c < C; ++c) {
-          uint32_t acc = b_d ? static_cast<uint32_t>(b_d[c]) : 0u;
-          for (int32_t t = 0; t < n_src; ++t) {
-            acc += static_cast<uint32_t>((src[t][c] + p.d_in_offset) * w_d[src_w[t] + c]);
-          }
-          for (int32_t t = 0; t < n_pad; ++t) {
-            acc += static_cast<uint32_t>(pad_in * w_d[pad_w[t] + c]);
-          }
-          dpix[c] = RequantizeInt32(static_cast<int32_t>(acc), p.d_rq, c);
-        }
+        tflm_ref::DepthwiseTaps(src, src_w, n_src, pad_w, n_pad, pad_in, w_d, b_d, C,
+                                p.d_in_offset, p.d_rq, dpix);
       } else {
         tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
       }

@@ -366,6 +366,63 @@ inline int32_t DotOffset(const int8_t* in, const int8_t* w, int32_t n, int32_t i
   return static_cast<int32_t>(acc);
 }
 
+// One depthwise output pixel (reference DepthwiseConvPerChannel, multiplier 1) from its window's
+// taps: in-image ones src[t] (a [channels] pixel, weights at w + src_w[t], t < n_src) and
+// explicit-PAD ones (value pad_in = pad value + in_offset, weights at w + pad_w[t], t < n_pad):
+// out[c] = Requantize(b[c] + sum_t (src[t][c] + in_offset) * w[src_w[t] + c]
+// + sum_t pad_in * w[pad_w[t] + c]), the reference's wrapping int32 sum (order-free). With the
+// DSP extension four channels at a time: SXTB16 / SADD16 into int16 lanes, SMLABB / SMLATT per
+// lane (32-bit results wrap like the portable sum).
+inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_t n_src,
+                          const int32_t* pad_w, int32_t n_pad, int32_t pad_in, const int8_t* w,
+                          const int32_t* b, int32_t channels, int32_t in_offset, const Requant& rq,
+                          int8_t* out) {
+  int32_t c = 0;
+#if TMT_REFERENCE_DSP
+  const int32_t off2 =
+      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
+  const int32_t pad2 = static_cast<int32_t>((static_cast<uint32_t>(pad_in) & 0xFFFFu) * 0x10001u);
+  for (; c + 4 <= channels; c += 4) {
+    int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
+    int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
+    for (int32_t t = 0; t < n_src; ++t) {
+      int32_t v, wv;
+      std::memcpy(&v, src[t] + c, 4);
+      std::memcpy(&wv, w + src_w[t] + c, 4);
+      const int32_t v02 = __sadd16(__sxtb16(v), off2), v13 = __sadd16(Sxtb16Odd(v), off2);
+      const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
+      a0 = __smlabb(v02, w02, a0);
+      a2 = __smlatt(v02, w02, a2);
+      a1 = __smlabb(v13, w13, a1);
+      a3 = __smlatt(v13, w13, a3);
+    }
+    for (int32_t t = 0; t < n_pad; ++t) {
+      int32_t wv;
+      std::memcpy(&wv, w + pad_w[t] + c, 4);
+      const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
+      a0 = __smlabb(pad2, w02, a0);
+      a2 = __smlatt(pad2, w02, a2);
+      a1 = __smlabb(pad2, w13, a1);
+      a3 = __smlatt(pad2, w13, a3);
+    }
+    out[c] = Requantize(a0, rq, c);
+    out[c + 1] = Requantize(a1, rq, c + 1);
+    out[c + 2] = Requantize(a2, rq, c + 2);
+    out[c + 3] = Requantize(a3, rq, c + 3);
+  }
+#endif
+  for (; c < channels; ++c) {
+    uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
+    for (int32_t t = 0; t < n_src; ++t) {
+      acc += static_cast<uint32_t>((src[t][c] + in_offset) * w[src_w[t] + c]);
+    }
+    for (int32_t t = 0; t < n_pad; ++t) {
+      acc += static_cast<uint32_t>(pad_in * w[pad_w[t] + c]);
+    }
+    out[c] = Requantize(static_cast<int32_t>(acc), rq, c);
+  }
+}
+
 // One pixel of a 1x1 convolution (or a fully-connected layer): in [in_c] -> output channel
 // values store(co, v), co ascending, with w [out_c, in_c]
 // (reference_integer_ops::FullyConnectedPerChannel for one batch row).

@@ -145,15 +145,16 @@ struct OpData {
   uint32_t seed = 0;
   float inv_count = 0.0f;
   float w_scale_max = 0.0f;
-  bool use_scratch = false;
-  int32_t w_split = -1;  // TMT_CONV_INPUT_GRAD: rows of 'w' when 'w_rest' (input 5) holds the others
-  const char* missing_option = nullptr;  // first required option absent (reported in Prepare)
-  bool missing_w_scale_max = false;      // required in int8 mode only
-  bool options_unreadable = false;
   // Set in Prepare.
-  bool f32 = false;      // fp32 backward: float32 gradients, no scale tensors
+  int32_t w_split = -1;  // TMT_CONV_INPUT_GRAD: rows of 'w' when 'w_rest' (input 5) holds the others
   float y_scale = 0.0f;  // TMT_MSE_GRAD: the scale of y / target
   int scratch_index = -1;
+  const char* missing_option = nullptr;  // first required option absent (reported in Prepare)
+  // (the flags last: no padding between the 4-byte fields; this struct is kept per operator)
+  bool use_scratch = false;
+  bool missing_w_scale_max = false;  // required in int8 mode only
+  bool options_unreadable = false;
+  bool f32 = false;  // set in Prepare: fp32 backward, float32 gradients, no scale tensors
 };
 
 // ------------------------------------------------------------------ Init
