@@ -243,7 +243,8 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
             "losses": [st["loss_bits"] for st in out["steps"]],
             "checkpoint": (work / "region.bin").read_bytes(),
             "arena": out["arena"], "arena_reserved": arena, "size": cmbuild.elf_size(elf),
-            "model_bytes": len(art.flatbuffer), "save": out.get("save_insns", 0)}
+            "model_bytes": len(art.flatbuffer), "save": out.get("save_insns", 0),
+            "ops": out.get("ops", {})}
 
 
 PAPER_MODEL = "MobileNetV2-w0.35"
@@ -307,12 +308,34 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
                   f"{st['size']['ram']:>10,}")
         whole = {name: float(st["step"]) for name, st in steps.items()}
         backward = {name: float(st["step"] - st["forward"]) for name, st in steps.items()}
+        print_op_profile({name: st["ops"] for name, st in steps.items()})
         print("whole training step (forward pass included), fewer instructions than full: "
               + ", ".join(f"{n} {whole['full'] / whole[n]:.1f}x" for n in arts if n != "full"))
     what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
     print(f"backward + update pass ({what}), fewer instructions than full: "
           + ", ".join(f"{n} {backward['full'] / backward[n]:.1f}x" for n in arts if n != "full"))
     return {"whole": whole, "backward": backward, "title": title}
+
+
+def print_op_profile(ops: dict[str, dict[str, tuple[int, int]]], top: int = 12) -> None:
+    """Instructions per operator type of the last TFLM training step of each artifact (TFLM's
+    profiler interface), the largest first: where a step's time goes."""
+    if not all(ops.values()):
+        return
+    names = list(ops)
+    order = sorted({op for o in ops.values() for op in o},
+                   key=lambda op: -max(o.get(op, (0, 0))[1] for o in ops.values()))
+    print("instructions per operator type in one training step (TFLM profiler; calls, share):")
+    print(f"{'operator':<24}" + "".join(f" {n + ' insns':>16} {'calls':>6} {'share':>6}" for n in names))
+    totals = {n: sum(v[1] for v in o.values()) for n, o in ops.items()}
+    for op in order[:top]:
+        row = f"{op:<24}"
+        for n in names:
+            calls, insns = ops[n].get(op, (0, 0))
+            row += f" {_fmt(insns):>16} {calls:>6} {insns / max(totals[n], 1):>6.0%}"
+        print(row)
+    if len(order) > top:
+        print(f"({len(order) - top} more operator types)")
 
 
 def _dsp_kind(kind: str) -> str:

@@ -305,7 +305,8 @@ def steps_file(sim, xs, ys, lrs) -> bytes:
 
 
 def parse_train_output(stdout: str) -> dict:
-    """The lines of tflm_train_main.cc as a dict: arena, inference, restore, steps, save."""
+    """The lines of tflm_train_main.cc as a dict: arena, inference, restore, steps, save, ops
+    (operator type -> (calls, instructions) in the last step, when counting instructions)."""
     r: dict = {"steps": []}
     for line in stdout.splitlines():
         w = line.split()
@@ -322,6 +323,8 @@ def parse_train_output(stdout: str) -> dict:
         elif w[0] == "step" and len(w) >= 8:
             r["steps"].append({"status": int(w[3]), "loss_bits": int(w[5], 16),
                                "insns": int(w[7])})
+        elif w[0] == "op" and len(w) == 6 and w[2] == "calls" and w[4] == "insns":
+            r.setdefault("ops", {})[w[1]] = (int(w[3]), int(w[5]))
         elif w[0] == "done":
             r["done"] = True
     return r

@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tflm_ops/checkpoint/checkpoint.h"
@@ -98,6 +99,53 @@ unsigned long long Count() {
 void Log(const char* s) { std::fputs(s, stdout); }
 #endif
 
+// Instructions per operator type of one Invoke (enabled for the last training step when counting
+// instructions): TFLM calls BeginEvent / EndEvent around every operator with its name.
+class OpProfiler : public tflite::MicroProfilerInterface {
+ public:
+  void Enable(bool on) { on_ = on; }
+  uint32_t BeginEvent(const char* tag) override {
+    if (!on_ || depth_ >= kDepth) return kDepth;
+    tags_[depth_] = tag;
+    start_[depth_] = Count();
+    return depth_++;
+  }
+  void EndEvent(uint32_t handle) override {
+    if (!on_ || handle >= kDepth) return;
+    const unsigned long long n = Count() - start_[handle];
+    depth_ = handle;
+    for (int i = 0; i < used_; ++i) {
+      if (std::strcmp(ops_[i].name, tags_[handle]) == 0) {
+        ops_[i].calls += 1;
+        ops_[i].insns += n;
+        return;
+      }
+    }
+    if (used_ < kOps) ops_[used_++] = {tags_[handle], 1, n};
+  }
+  void Print() const {
+    for (int i = 0; i < used_; ++i) {
+      std::printf("op %s calls %lu insns %llu\n", ops_[i].name,
+                  static_cast<unsigned long>(ops_[i].calls), ops_[i].insns);
+    }
+  }
+
+ private:
+  static constexpr uint32_t kDepth = 4;
+  static constexpr int kOps = 48;
+  struct Op {
+    const char* name;
+    unsigned long calls;
+    unsigned long long insns;
+  };
+  bool on_ = false;
+  uint32_t depth_ = 0;
+  const char* tags_[kDepth] = {};
+  unsigned long long start_[kDepth] = {};
+  Op ops_[kOps] = {};
+  int used_ = 0;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,7 +187,9 @@ int main(int argc, char** argv) {
       tfmicro_train::RegisterTrainingOps(resolver, &vars) != kTfLiteOk) {
     return 4;
   }
-  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
+  static OpProfiler profiler;
+  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena), nullptr,
+                                              &profiler);
   if (interpreter.AllocateTensors() != kTfLiteOk) return 5;
   std::printf("arena %lu\n", static_cast<unsigned long>(interpreter.arena_used_bytes()));
   if (arena_only) {
@@ -193,9 +243,11 @@ int main(int argc, char** argv) {
       std::memcpy(interpreter.input(k)->data.raw, p, n);
       p += n;
     }
+    profiler.Enable(s + 1 == n_steps);  // the last step, by operator type
     StartCount();
     const TfLiteStatus st = interpreter.Invoke();
     insns = Count();
+    profiler.Enable(false);
     float loss = 0.0f;
     if (interpreter.outputs_size() > 1) loss = interpreter.output(1)->data.f[0];
     uint32_t bits;
@@ -203,6 +255,9 @@ int main(int argc, char** argv) {
     std::printf("step %lu status %d loss %08lx insns %llu\n", static_cast<unsigned long>(s),
                 static_cast<int>(st), static_cast<unsigned long>(bits), insns);
   }
+#if defined(TMT_COUNT_INSNS)
+  profiler.Print();
+#endif
   seq = 0;
   slot = -1;
   StartCount();
