@@ -300,34 +300,6 @@ struct ConvLoop {
   Requant rq;
 };
 
-// Output row `r` of the convolution into `out` [out_w, out_c]; w [out_c, kh, kw, in_c].
-inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const int32_t* b,
-                    int32_t r, int8_t* out) {
-  const int32_t in_c = p.in_c;
-  const int32_t y0 = r * p.stride_h - p.pad_top;
-  for (int32_t ox = 0; ox < p.out_w; ++ox) {
-    const int32_t x0 = ox * p.stride_w - p.pad_left;
-    for (int32_t co = 0; co < p.out_c; ++co) {
-      int64_t acc = 0;
-      for (int32_t ky = 0; ky < p.kh; ++ky) {
-        const int32_t iy = y0 + ky * p.dil_h;
-        if (iy < 0 || iy >= p.in_h) continue;
-        for (int32_t kx = 0; kx < p.kw; ++kx) {
-          const int32_t ix = x0 + kx * p.dil_w;
-          if (ix < 0 || ix >= p.in_w) continue;
-          const int8_t* xp = x + (static_cast<int64_t>(iy) * p.in_w + ix) * in_c;
-          const int8_t* wp = w + ((static_cast<int64_t>(co) * p.kh + ky) * p.kw + kx) * in_c;
-          for (int32_t ci = 0; ci < in_c; ++ci) {
-            acc += static_cast<int64_t>(xp[ci] + p.in_offset) * wp[ci];
-          }
-        }
-      }
-      if (b) acc += b[co];
-      out[ox * p.out_c + co] = Requantize(acc, p.rq, co);
-    }
-  }
-}
-
 #if TMT_REFERENCE_DSP
 // SXTB16 of bytes 1 and 3 (GCC's arm_acle.h does not fuse the rotation into SXTB16).
 inline int32_t Sxtb16Odd(int32_t v) {
@@ -364,6 +336,48 @@ inline int32_t DotOffset(const int8_t* in, const int8_t* w, int32_t n, int32_t i
     acc += static_cast<uint32_t>((in[c] + in_offset) * w[c]);
   }
   return static_cast<int32_t>(acc);
+}
+
+// Output row `r` of the convolution into `out` [out_w, out_c]; w [out_c, kh, kw, in_c]. The int32
+// (wrapping) sums of the reference over the in-image taps: with dilation 1 along x a kernel row's
+// in-image taps are one contiguous run of x and of w, summed by one DotOffset.
+inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const int32_t* b,
+                    int32_t r, int8_t* out) {
+  const int32_t in_c = p.in_c;
+  const int32_t y0 = r * p.stride_h - p.pad_top;
+  const int64_t w_co = static_cast<int64_t>(p.kh) * p.kw * in_c;  // w stride between channels
+  for (int32_t ox = 0; ox < p.out_w; ++ox) {
+    const int32_t x0 = ox * p.stride_w - p.pad_left;
+    int32_t kx0 = 0, kx1 = p.kw;  // dilation 1: the in-image taps are kx in [kx0, kx1)
+    if (p.dil_w == 1) {
+      kx0 = x0 < 0 ? -x0 : 0;
+      kx1 = p.in_w - x0 < p.kw ? p.in_w - x0 : p.kw;
+    }
+    for (int32_t co = 0; co < p.out_c; ++co) {
+      uint32_t acc = b ? static_cast<uint32_t>(b[co]) : 0u;
+      for (int32_t ky = 0; ky < p.kh; ++ky) {
+        const int32_t iy = y0 + ky * p.dil_h;
+        if (iy < 0 || iy >= p.in_h) continue;
+        const int8_t* xr = x + static_cast<int64_t>(iy) * p.in_w * in_c;
+        const int8_t* wr = w + co * w_co + static_cast<int64_t>(ky) * p.kw * in_c;
+        if (p.dil_w == 1) {
+          if (kx1 > kx0) {
+            acc += static_cast<uint32_t>(DotOffset(xr + static_cast<int64_t>(x0 + kx0) * in_c,
+                                                   wr + kx0 * in_c, (kx1 - kx0) * in_c,
+                                                   p.in_offset));
+          }
+          continue;
+        }
+        for (int32_t kx = 0; kx < p.kw; ++kx) {
+          const int32_t ix = x0 + kx * p.dil_w;
+          if (ix < 0 || ix >= p.in_w) continue;
+          acc += static_cast<uint32_t>(
+              DotOffset(xr + static_cast<int64_t>(ix) * in_c, wr + kx * in_c, in_c, p.in_offset));
+        }
+      }
+      out[ox * p.out_c + co] = Requantize(static_cast<int32_t>(acc), p.rq, co);
+    }
+  }
 }
 
 // One depthwise output pixel (reference DepthwiseConvPerChannel, multiplier 1) from its window's
