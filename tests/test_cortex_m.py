@@ -148,3 +148,11 @@ def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path, backwa
     r = out["runs"][0]
     print(f"\nCortex-M7 TFLM ({backward} backward): arena {r['arena']} B, "
           f"forward {r['inference_insns']} insns, training steps {[s['insns'] for s in r['steps']]} insns")
+    # the per-operator profile of the last step (TFLM's profiler interface): every operator type
+    # of the step, its instructions within the step's
+    ops, last = r.get("ops", {}), r["steps"][-1]["insns"]
+    total = sum(insns for _, insns in ops.values())
+    print(f"profile: {len(ops)} operator types, {total} of the step's {last} insns")
+    assert {"TMT_CONV_WEIGHT_UPDATE", "TMT_BIAS_UPDATE", "TMT_SOFTMAX_CE_GRAD"} <= set(ops)
+    assert all(calls >= 1 for calls, _ in ops.values())
+    assert 0.9 * last <= total <= last

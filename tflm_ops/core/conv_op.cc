@@ -190,11 +190,15 @@ Status MeanOpMultiplier(float x_scale, float y_scale, int32_t count, int32_t* mu
       !tflm_ref::ValidScale(y_scale)) {
     return Status::kBadParams;
   }
+  // QuantizeMultiplier(double(s_x) / double(s_y)) = that of double(s_x) * double(1.0f) /
+  // double(s_y), which ChannelMultipliers computes in exact integer arithmetic (no soft-float
+  // double division on FPU-less targets)
   int32_t m = 0, sh = 0;
-  if (!tflm_ref::QuantizeMultiplier(static_cast<double>(x_scale) / static_cast<double>(y_scale),
-                                    &m, &sh)) {
-    return Status::kBadParams;
-  }
+  const float unit = 1.0f;
+  WeightScales one;
+  one.scales = &unit;
+  one.n = 1;
+  if (!tflm_ref::ChannelMultipliers(x_scale, one, y_scale, 1, &m, &sh)) return Status::kBadParams;
   int32_t k = 0;  // floor(log2(count))
   while ((count >> (k + 1)) != 0) ++k;
   if (k > 32) k = 32;
