@@ -120,6 +120,7 @@ class Tensors {
     tensors_[i].quantization = {kTfLiteAffineQuantization, &q};
   }
   void SetConstant(int i) { tensors_[i].allocation_type = kTfLiteMmapRo; }
+  void SetArenaTensor(int i) { tensors_[i].allocation_type = kTfLiteArenaRw; }
   TfLiteTensor* data() { return tensors_.data(); }
   int size() const { return static_cast<int>(tensors_.size()); }
   template <typename T>
@@ -553,6 +554,11 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     o.floats.push_back({"w_scale_max", c.f32("w_scale_max")});
     AddGeom(c, &o);
     if (!(e = run()).empty()) return e;
+    if (c.has("w_rest") && !use_scratch) {  // refused: 'w_rest' not a constant
+      t.SetArenaTensor(in.back());
+      if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a non-constant w_rest was accepted";
+      t.SetConstant(in.back());
+    }
     if (!(e = expect_i8(out[0], "out_g_in")).empty()) return e;
     return expect_f32(out[1], "out_s_in");
   }
@@ -623,6 +629,11 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     }
     if (!(e = run()).empty()) return e;
     if (!(e = expect_i8(y, "out_y")).empty()) return e;
+    if (c.has("w_rest") && !use_scratch) {  // a 'w_rest' that is not a constant is refused
+      t.SetArenaTensor(in.back());
+      if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a non-constant w_rest was accepted";
+      t.SetConstant(in.back());
+    }
     if (c.index < 3 && !use_scratch) {  // a requant that disagrees with the scales is refused
       t.ptr<int32_t>(rq)[0] += 1;
       if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a wrong requant was accepted";
