@@ -44,8 +44,9 @@ def inference_model(artifact: bytes, values: dict[str, np.ndarray]) -> bytes:
             tensor.buffer = len(m.buffers) - 1
             tensor.isVariable = False
     forward = _fold_constant_concats(m, sg, forward)
-    used = [t for t in used if t in {int(u) for op in forward for u in (*op.inputs, *op.outputs)}
-            or t in (int(sg.inputs[0]), int(sg.outputs[0]))]
+    read = {int(u) for op in forward for u in (*op.inputs, *op.outputs)}
+    read |= {int(sg.inputs[0]), int(sg.outputs[0])}
+    used = [t for t in used if t in read]  # a folded CONCATENATION's inputs are gone
     remap = {t: i for i, t in enumerate(used)}
     for op in forward:
         op.inputs = np.array([remap[int(t)] if t >= 0 else -1 for t in op.inputs], np.int32)

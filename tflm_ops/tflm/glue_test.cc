@@ -430,6 +430,13 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (r.invoke != kTfLiteOk) return "Invoke failed";
     return "";
   };
+  // Prepare must refuse the op once its last input, a constant 'w_rest', is not a constant.
+  auto refuses_non_constant_w_rest = [&]() -> std::string {
+    t.SetArenaTensor(in.back());
+    const bool refused = RunOp(reg, t, in, out, o).prepare != kTfLiteOk;
+    t.SetConstant(in.back());
+    return refused ? "" : "a non-constant w_rest was accepted";
+  };
   const uint32_t counter0 = LossCounter(c);
   auto expect_state = [&](int idx, uint32_t want) { return ExpectState(t, idx, want); };
   std::string e;
@@ -554,11 +561,7 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     o.floats.push_back({"w_scale_max", c.f32("w_scale_max")});
     AddGeom(c, &o);
     if (!(e = run()).empty()) return e;
-    if (c.has("w_rest") && !use_scratch) {  // refused: 'w_rest' not a constant
-      t.SetArenaTensor(in.back());
-      if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a non-constant w_rest was accepted";
-      t.SetConstant(in.back());
-    }
+    if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest()).empty()) return e;
     if (!(e = expect_i8(out[0], "out_g_in")).empty()) return e;
     return expect_f32(out[1], "out_s_in");
   }
@@ -629,11 +632,7 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     }
     if (!(e = run()).empty()) return e;
     if (!(e = expect_i8(y, "out_y")).empty()) return e;
-    if (c.has("w_rest") && !use_scratch) {  // a 'w_rest' that is not a constant is refused
-      t.SetArenaTensor(in.back());
-      if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a non-constant w_rest was accepted";
-      t.SetConstant(in.back());
-    }
+    if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest()).empty()) return e;
     if (c.index < 3 && !use_scratch) {  // a requant that disagrees with the scales is refused
       t.ptr<int32_t>(rq)[0] += 1;
       if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a wrong requant was accepted";

@@ -411,6 +411,14 @@ def _pad(
     return [np.pad(x, paddings, mode="constant", constant_values=value)]
 
 
+def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
+    """MEAN's (multiplier, shift): QuantizeMultiplier(s_in / s_out) with 1 / count folded in
+    exactly as TFLM's Eval does (k = min(floor(log2 count), 32, 31 + shift))."""
+    mult, shift = quantize_multiplier(in_scale / out_scale)
+    extra = min(int(count).bit_length() - 1, 32, 31 + shift)
+    return (mult << extra) // count, shift - extra
+
+
 def _mean(
     inputs: _Inputs, input_infos: _Infos, output_infos: _Infos, options: Any
 ) -> list[np.ndarray]:
@@ -419,11 +427,7 @@ def _mean(
     in_info, out_info = input_infos[0], output_infos[0]
     axes = tuple(dict.fromkeys(int(a) % x.ndim for a in axis.reshape(-1)))
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-    mult, shift = quantize_multiplier(float(_scale(in_info)) / float(_scale(out_info)))
-    # Fold 1/count into the multiplier exactly as TFLM does.
-    extra = min(count.bit_length() - 1, 32, 31 + shift)
-    mult = (mult << extra) // count
-    shift -= extra
+    mult, shift = mean_multiplier(float(_scale(in_info)), float(_scale(out_info)), count)
     total = _wrap32(x.astype(np.int64).sum(axis=axes))
     shifted = _wrap32(total - _zp(in_info) * count)
     out = multiply_by_quantized_multiplier(shifted, mult, shift) + _zp(out_info)

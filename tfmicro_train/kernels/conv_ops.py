@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from ..schema import TensorInfo, fb
-from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers, quantize_multiplier
+from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers
+from .builtin_ops import mean_multiplier as builtin_mean_multiplier
 
 OP_NAME = "TMT_CONV"
 MEAN_OP_NAME = "TMT_MEAN"
@@ -113,11 +114,9 @@ def run_op(sg: Any, op: Any, values: dict) -> None:
 def mean_multiplier(x_scale: float, y_scale: float, count: int) -> tuple[int, int] | None:
     """TMT_MEAN's (multiplier, shift): QuantizeMultiplier(s_x / s_y) with 1 / count folded in
     as TFLM's MEAN Eval does; None when the shift leaves [-31, 31] (the op is not used then)."""
-    mult, shift = quantize_multiplier(float(np.float32(x_scale)) / float(np.float32(y_scale)))
-    extra = min(int(count).bit_length() - 1, 32, 31 + shift)
-    if not -31 <= shift - extra <= 31:
-        return None
-    return (mult << extra) // count, shift - extra
+    mult, shift = builtin_mean_multiplier(float(np.float32(x_scale)), float(np.float32(y_scale)),
+                                          count)
+    return (mult, shift) if -31 <= shift <= 31 else None
 
 
 def mean_op(x: np.ndarray, x_info: TensorInfo, y_info: TensorInfo, keep_dims: bool) -> np.ndarray:

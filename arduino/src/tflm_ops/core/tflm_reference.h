@@ -99,6 +99,21 @@ inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int3
   return RoundingDivideByPot(Srdhm(shifted, multiplier), right);
 }
 
+// QuantizeMultiplier's last steps: a significand rounded up to 2^31 becomes 2^30 with the
+// exponent one higher, and an exponent below -31 gives (0, 0).
+inline void StoreMultiplier(int64_t q_fixed, int32_t exp, int32_t* multiplier, int32_t* shift) {
+  if (q_fixed == (int64_t{1} << 31)) {
+    q_fixed /= 2;
+    ++exp;
+  }
+  if (exp < -31) {
+    exp = 0;
+    q_fixed = 0;
+  }
+  *multiplier = static_cast<int32_t>(q_fixed);
+  *shift = exp;
+}
+
 // TFLM QuantizeMultiplier (double). False for a non-finite or negative multiplier.
 // A normal double is mant * 2^(e - 1075) with mant in [2^52, 2^53): frexp gives
 // q = mant / 2^53, exp = e - 1022, and round(q * 2^31) = (mant + 2^21) >> 22 exactly (round half
@@ -124,16 +139,7 @@ inline bool QuantizeMultiplier(double real, int32_t* multiplier, int32_t* shift)
     const double q = std::frexp(real, &exp);
     q_fixed = static_cast<int64_t>(std::round(q * static_cast<double>(int64_t{1} << 31)));
   }
-  if (q_fixed == (int64_t{1} << 31)) {
-    q_fixed /= 2;
-    ++exp;
-  }
-  if (exp < -31) {
-    exp = 0;
-    q_fixed = 0;
-  }
-  *multiplier = static_cast<int32_t>(q_fixed);
-  *shift = exp;
+  StoreMultiplier(q_fixed, exp, multiplier, shift);
   return true;
 }
 
@@ -251,16 +257,7 @@ inline bool ScaleRatioMultiplier(float a, float b, float c, int32_t* multiplier,
     ++exp;
   }
   int64_t q_fixed = static_cast<int64_t>((m53 + (uint64_t{1} << 21)) >> 22);
-  if (q_fixed == (int64_t{1} << 31)) {
-    q_fixed /= 2;
-    ++exp;
-  }
-  if (exp < -31) {
-    exp = 0;
-    q_fixed = 0;
-  }
-  *multiplier = static_cast<int32_t>(q_fixed);
-  *shift = exp;
+  StoreMultiplier(q_fixed, exp, multiplier, shift);
   return true;
 }
 
