@@ -203,16 +203,23 @@ def _run_train(elf: Path, work: Path, steps: str) -> dict:
 PROBE_ARENA = 2 * 1024 * 1024  # the board has 4 MB of RAM at 0x20000000 (mps2.ld)
 
 
-def tflm_arena(flatbuffer: bytes, variable_bytes: int, tflm, work: Path) -> int:
+def tflm_arena(flatbuffer: bytes, variable_bytes: int, tflm, work: Path, breakdown: bool = False):
     """The arena TFLM needs for `flatbuffer` on the Cortex-M7 (32-bit: its real bookkeeping),
-    from AllocateTensors in a 2 MB arena: MicroInterpreter::arena_used_bytes()."""
+    from AllocateTensors in a 2 MB arena: MicroInterpreter::arena_used_bytes(). With
+    `breakdown`, (that, {kind: (used bytes, count)} of TFLM's persistent allocations)."""
     from tfmicro_train.codegen import export_c
 
     work.mkdir(parents=True, exist_ok=True)
     export_c(flatbuffer, work / "model_data.h")
     region_bytes = 2 * ((32 + variable_bytes + 3) & ~3)
-    elf = _build_train(tflm, work, PROBE_ARENA, 12, region_bytes)
-    return int(_run_train(elf, work, "-")["arena"])
+    elf = cmbuild.build_arm(
+        "tflm_train", CPU, [], cmbuild.DRIVER_FLAGS, _train_sources(work),
+        defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={PROBE_ARENA}",
+                 "TMT_STEPS_MAX_BYTES=12", f"TMT_REGION_MAX_BYTES={region_bytes}"]
+        + (["TMT_RECORD_ALLOCATIONS"] if breakdown else []),
+        extra_flags=list(tflm.flags), libs=[str(tflm.lib)])
+    out = _run_train(elf, work, "-")
+    return (int(out["arena"]), out.get("allocs", {})) if breakdown else int(out["arena"])
 
 
 def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:

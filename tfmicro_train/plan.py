@@ -27,13 +27,13 @@ ALIGN = 16
 # TFLM bookkeeping, fitted to TFLM's RecordingMicroInterpreter on x86-64 (tests/test_tflm_integration.py)
 BASE_OVERHEAD = 1536  # interpreter, subgraph and allocator structs (with some margin)
 TENSOR_OVERHEAD = 24  # TfLiteEvalTensor per tensor
-NODE_OVERHEAD = 160  # node, registration and op data per operator
-FUSED_OVERHEAD = 320  # more op data of a TMT_FUSED_IRB (its spec and precomputed parameters)
+NODE_OVERHEAD = 128  # node, registration and op data per operator (TMT ops: 48 bytes or none)
+FUSED_OVERHEAD = 32  # more op data of a TMT_FUSED_IRB (its quantization and weight scales)
 CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each builtin conv / fully-connected
 # A TMT_CONV keeps no per-channel data (its multipliers are a constant tensor, counted by
-# TENSOR_OVERHEAD) but a little more op data than the builtin: measured 32 bytes per node more
-# than a builtin's NODE_OVERHEAD without its channels, of which 24 are the constant's tensor.
-CONV_OP_OVERHEAD = 8
+# TENSOR_OVERHEAD) and less op data than the builtin (no shapes, int16 parameters): 48 bytes,
+# 72 fewer than a builtin conv's without its channels.
+CONV_OP_OVERHEAD = -72
 PLANNER_OVERHEAD = 48  # per planned buffer, temporarily, while AllocateTensors() plans the arena
 
 

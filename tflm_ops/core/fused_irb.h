@@ -24,8 +24,10 @@
 //   (b) keep no per-channel data in SRAM between invocations (frozen layers; for MobileNetV2
 //       this is 8 bytes per channel, tens of KB): Prepare: PrepareFusedIrb(spec, nullptr, &params)
 //       (checks everything, computes all but the multipliers) and check the scratch size;
-//       Eval: PrepareFusedIrb(spec, scratch + FusedIrbChannelWordsOffset(params), &params), then
-//       FusedIrb(...) as in (a). The streaming never touches the channel words.
+//       Eval: PrepareFusedIrb(spec, nullptr, &params), FusedIrbMultipliers(FusedIrbScalesOf(spec),
+//       scratch + FusedIrbChannelWordsOffset(params), &params), then FusedIrb(...) as in (a)
+//       (the spec rebuilt from the options, the shapes and the scales, or kept). The streaming
+//       never touches the channel words.
 //
 // Portable C++17: no TFLM, no heap, no exceptions, no RTTI.
 #ifndef TFLM_OPS_CORE_FUSED_IRB_H_
@@ -108,6 +110,23 @@ int32_t FusedIrbChannelWords(const FusedIrbSpec& spec);
 // int32s (4-byte aligned) and stay valid while `params` is used; nullptr computes and checks all
 // but the per-channel multipliers (FusedIrb then refuses to run).
 Status PrepareFusedIrb(const FusedIrbSpec& spec, int32_t* channel_words, FusedIrbParams* params);
+
+// The float scales the per-channel multipliers come from (FusedIrbScalesOf).
+struct FusedIrbScales {
+  float e_in = 0.0f, e_out = 0.0f;  // expansion: x scale, expansion output scale
+  float d_in = 0.0f, d_out = 0.0f;  // depthwise
+  float p_in = 0.0f, p_out = 0.0f;  // project (p_out: p_q's scale with the residual, else y_q's)
+  WeightScales w_expand, w_dw, w_project;
+};
+
+FusedIrbScales FusedIrbScalesOf(const FusedIrbSpec& spec);
+
+// Computes the per-channel multipliers and shifts into `channel_words` (FusedIrbChannelWords
+// int32s, 4-byte aligned) and points the requantizations of `params` (from PrepareFusedIrb) at
+// them: exactly what PrepareFusedIrb(spec, channel_words, params) stores, from
+// FusedIrbScalesOf(spec).
+Status FusedIrbMultipliers(const FusedIrbScales& scales, int32_t* channel_words,
+                           FusedIrbParams* params);
 
 // Bytes FusedIrb streams through: ring_rows * e.w * c_exp + c_exp (fused_ops.stream_bytes).
 int32_t FusedIrbStreamBytes(const FusedIrbParams& params);

@@ -14,13 +14,18 @@
 // Output lines: "arena <bytes>", "inference insns <n>" (an lr = 0 call: forward pass only),
 // "restore <status> slot <k> seq <n>", "step <i> status <s> loss <float32 bits hex> insns <n>",
 // "save <status> slot <k> seq <n>", "done". Instruction counts are printed on Cortex-M (QEMU
-// -icount shift=0, see cm_timer.h) and are 0 on the host.
+// -icount shift=0, see cm_timer.h) and are 0 on the host. Built with -DTMT_RECORD_ALLOCATIONS,
+// also "alloc <kind> <used bytes> <count>" per kind of TFLM's persistent allocations (its
+// RecordingMicroInterpreter), after "arena".
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_profiler_interface.h"
+#if defined(TMT_RECORD_ALLOCATIONS)
+#include "tensorflow/lite/micro/recording_micro_interpreter.h"
+#endif
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tflm_ops/checkpoint/checkpoint.h"
@@ -188,10 +193,36 @@ int main(int argc, char** argv) {
     return 4;
   }
   static OpProfiler profiler;
+#if defined(TMT_RECORD_ALLOCATIONS)
+  static tflite::RecordingMicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena),
+                                                       nullptr, &profiler);
+#else
   static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena), nullptr,
                                               &profiler);
+#endif
   if (interpreter.AllocateTensors() != kTfLiteOk) return 5;
   std::printf("arena %lu\n", static_cast<unsigned long>(interpreter.arena_used_bytes()));
+#if defined(TMT_RECORD_ALLOCATIONS)
+  {
+    using tflite::RecordedAllocationType;
+    const struct {
+      RecordedAllocationType type;
+      const char* name;
+    } kinds[] = {{RecordedAllocationType::kTfLiteEvalTensorData, "eval_tensors"},
+                 {RecordedAllocationType::kPersistentTfLiteTensorData, "persistent_tensors"},
+                 {RecordedAllocationType::kPersistentTfLiteTensorQuantizationData,
+                  "persistent_quantization"},
+                 {RecordedAllocationType::kPersistentBufferData, "persistent_buffers"},
+                 {RecordedAllocationType::kTfLiteTensorVariableBufferData, "variable_buffers"},
+                 {RecordedAllocationType::kNodeAndRegistrationArray, "nodes"},
+                 {RecordedAllocationType::kOpData, "op_data"}};
+    for (const auto& k : kinds) {
+      const auto a = interpreter.GetMicroAllocator().GetRecordedAllocation(k.type);
+      std::printf("alloc %s %lu %lu\n", k.name, static_cast<unsigned long>(a.used_bytes),
+                  static_cast<unsigned long>(a.count));
+    }
+  }
+#endif
   if (arena_only) {
     std::printf("done\n");
     return 0;

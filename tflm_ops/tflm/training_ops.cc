@@ -135,32 +135,58 @@ int IndexOf(const char* const* names, const char* want) {
   return -1;
 }
 
+enum : uint8_t { kOptionsOk, kOptionsUnreadable, kOptionMissing, kOptionOutOfRange };
+
+// Kept per operator for the whole life of the interpreter (32 bytes on a 32-bit MCU, where TFLM
+// rounds each persistent allocation up to 16 bytes): options no op kind uses together share
+// storage, and the geometry options are int16 (Init refuses values out of range).
 struct OpData {
-  int32_t act_min = 0, act_max = 0;
-  int32_t pad_top = 0, pad_left = 0;
-  int32_t filter_h = 1, filter_w = 1;
-  int32_t stride_h = 1, stride_w = 1;
-  int32_t x_zero_point = 0;
-  int32_t update_channels = 0;
-  uint32_t seed = 0;
-  float inv_count = 0.0f;
-  float w_scale_max = 0.0f;
-  // Set in Prepare.
-  int32_t w_split = -1;  // TMT_CONV_INPUT_GRAD: rows of 'w' when 'w_rest' (input 5) holds the others
-  float y_scale = 0.0f;  // TMT_MSE_GRAD: the scale of y / target
-  int scratch_index = -1;
-  const char* missing_option = nullptr;  // first required option absent (reported in Prepare)
-  // (the flags last: no padding between the 4-byte fields; this struct is kept per operator)
+  union {
+    float w_scale_max = 0.0f;  // TMT_CONV_INPUT_GRAD, TMT_DW_INPUT_GRAD
+    float inv_count;           // TMT_MEAN_GRAD
+    float y_scale;             // TMT_MSE_GRAD (set in Prepare: the scale of y / target)
+    uint32_t seed;             // the update ops
+  };
+  union {
+    int32_t w_split = -1;  // TMT_CONV_INPUT_GRAD (Prepare): rows of 'w' when 'w_rest' holds the others
+    int32_t update_channels;  // the update ops
+  };
+  const char* bad_option = nullptr;  // the option 'option_error' names (reported in Prepare)
+  int16_t pad_top = 0, pad_left = 0;
+  int16_t stride_h = 1, stride_w = 1;
+  union {
+    int16_t filter_h = 1;  // the pool gradients
+    int16_t act_min;       // TMT_ACT_GRAD, TMT_MASK_PACK
+  };
+  union {
+    int16_t filter_w = 1;
+    int16_t act_max;
+  };
+  int16_t x_zero_point = 0;
+  int16_t scratch_index = -1;  // set in Prepare
   bool use_scratch = false;
   bool missing_w_scale_max = false;  // required in int8 mode only
-  bool options_unreadable = false;
-  bool f32 = false;  // set in Prepare: fp32 backward, float32 gradients, no scale tensors
+  uint8_t option_error = kOptionsOk;
 };
+
+// Whether the node runs the fp32 backward (float32 gradients, no scale tensors): its mode tensor
+// (docs/contract.md, "fp32 backward") is float32.
+bool ModeF32(const OpInfo& info, TfLiteContext* context, const TfLiteNode* node) {
+  if (info.mode == kNoF32) return false;
+  const TfLiteEvalTensor* t = info.mode == kModeInput0
+                                  ? tflite::micro::GetEvalInput(context, node, 0)
+                                  : tflite::micro::GetEvalOutput(context, node, 0);
+  return t != nullptr && t->type == kTfLiteFloat32;
+}
 
 // ------------------------------------------------------------------ Init
 
 template <int K>
 void* Init(TfLiteContext* context, const char* buffer, size_t length) {
+  // Ops with no options and nothing set in Prepare (TMT_MASK_GRAD, TMT_RESHAPE_GRAD,
+  // TMT_SOFTMAX_CE_GRAD) share one op data that is never written: no memory per operator.
+  static const OpData kShared;
+  if (kOps[K].options == 0 && K != kMseGrad) return const_cast<OpData*>(&kShared);
   void* mem = context->AllocatePersistentBuffer(context, sizeof(OpData));
   if (mem == nullptr) return nullptr;
   OpData* d = new (mem) OpData();
@@ -168,30 +194,31 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
   const uint32_t required = opts & ~kOptUseScratch;
   OptionReader r(buffer, length);
   if (r.unreadable()) {
-    d->options_unreadable = required != 0;
+    if (required != 0) d->option_error = kOptionsUnreadable;
     return d;
   }
-  if (opts & kOptActMin) r.Int("act_min", &d->act_min);
-  if (opts & kOptActMax) r.Int("act_max", &d->act_max);
+  if (opts & kOptActMin) r.Int16("act_min", &d->act_min);
+  if (opts & kOptActMax) r.Int16("act_max", &d->act_max);
   if (opts & kOptInvCount) r.Float("inv_count", &d->inv_count);
-  if (opts & kOptPadTop) r.Int("pad_top", &d->pad_top);
-  if (opts & kOptPadLeft) r.Int("pad_left", &d->pad_left);
+  if (opts & kOptPadTop) r.Int16("pad_top", &d->pad_top);
+  if (opts & kOptPadLeft) r.Int16("pad_left", &d->pad_left);
   if (opts & kOptFilter) {
-    r.Int("filter_h", &d->filter_h);
-    r.Int("filter_w", &d->filter_w);
+    r.Int16("filter_h", &d->filter_h);
+    r.Int16("filter_w", &d->filter_w);
   }
   if (opts & kOptStride) {
-    r.Int("stride_h", &d->stride_h);
-    r.Int("stride_w", &d->stride_w);
+    r.Int16("stride_h", &d->stride_h);
+    r.Int16("stride_w", &d->stride_w);
   }
   // int8 mode only (Prepare checks it once the mode is known)
   if (opts & kOptWScaleMax) d->missing_w_scale_max = !r.Float("w_scale_max", &d->w_scale_max, false);
-  if (opts & kOptXZeroPoint) r.Int("x_zero_point", &d->x_zero_point);
+  if (opts & kOptXZeroPoint) r.Int16("x_zero_point", &d->x_zero_point);
   if (opts & kOptUpdateChannels) r.Int("update_channels", &d->update_channels);
   int64_t v = 0;
   if ((opts & kOptSeed) && r.Int64("seed", &v)) d->seed = static_cast<uint32_t>(v);
   if (opts & kOptUseScratch) d->use_scratch = r.Int64("use_scratch", &v, false) && v != 0;
-  d->missing_option = r.missing();
+  d->bad_option = r.bad();
+  if (r.bad()) d->option_error = r.out_of_range() ? kOptionOutOfRange : kOptionMissing;
   return d;
 }
 
@@ -334,12 +361,13 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
     MicroPrintf("%s: could not allocate op data", info.name);
     return kTfLiteError;
   }
-  if (d->options_unreadable) {
+  if (d->option_error == kOptionsUnreadable) {
     MicroPrintf("%s: custom options missing or not a flexbuffer map", info.name);
     return kTfLiteError;
   }
-  if (d->missing_option) {
-    MicroPrintf("%s: custom option '%s' missing", info.name, d->missing_option);
+  if (d->option_error != kOptionsOk) {
+    MicroPrintf("%s: custom option '%s' %s", info.name, d->bad_option,
+                d->option_error == kOptionOutOfRange ? "out of range" : "missing");
     return kTfLiteError;
   }
   // The mode: a float32 gradient tensor (input 0, or the loss ops' output 0) selects the fp32
@@ -357,7 +385,6 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       }
     }
   }
-  d->f32 = f32;
   if (!f32 && d->missing_w_scale_max) {
     MicroPrintf("%s: custom option 'w_scale_max' missing (required with an int8 gradient)",
                 info.name);
@@ -553,16 +580,18 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       break;
   }
   if (!ok) return kTfLiteError;
-  d->scratch_index = -1;
+  if (info.options & kOptUseScratch) d->scratch_index = -1;
   // (fp32 mode sums straight into its float32 output: no scratch)
   if ((info.options & kOptUseScratch) && d->use_scratch && !f32 && scratch_elems > 0) {
+    int index = -1;
     if (context->RequestScratchBufferInArena(
-            context, static_cast<size_t>(scratch_elems) * sizeof(int64_t), &d->scratch_index) !=
-        kTfLiteOk) {
+            context, static_cast<size_t>(scratch_elems) * sizeof(int64_t), &index) != kTfLiteOk ||
+        index < 0 || index > INT16_MAX) {
       MicroPrintf("%s: could not request %d bytes of scratch", info.name,
                   scratch_elems * static_cast<int>(sizeof(int64_t)));
       return kTfLiteError;
     }
+    d->scratch_index = static_cast<int16_t>(index);
   }
   return kTfLiteOk;
 }
@@ -711,7 +740,8 @@ core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, 
 template <int K>
 TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const OpInfo& info = kOps[K];
-  OpData* d = static_cast<OpData*>(node->user_data);
+  const OpData* d = static_cast<const OpData*>(node->user_data);
+  const bool mode_f32 = ModeF32(info, context, node);
   auto in = [&](int i) { return tflite::micro::GetEvalInput(context, node, i); };
   auto out = [&](int i) { return tflite::micro::GetEvalOutput(context, node, i); };
   auto i8 = [](const TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<int8_t>(t); };
@@ -731,7 +761,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   if (lr == 0.0f) {  // inference call: loss 0 (and gradient scale 0 in int8 mode)
     if (is_loss) {
       tflite::micro::GetTensorData<float>(out(1))[0] = 0.0f;
-      if (!d->f32) tflite::micro::GetTensorData<float>(out(2))[0] = 0.0f;
+      if (!mode_f32) tflite::micro::GetTensorData<float>(out(2))[0] = 0.0f;
     }
     return kTfLiteOk;
   }
@@ -748,7 +778,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       return kTfLiteError;
     }
   }
-  if (d->f32) {
+  if (mode_f32) {
     const core::Status s = EvalF32<K>(context, node, d, lr, step ? *step : 0u);
     if (s != core::Status::kOk) return Report(K, s);
     if (is_loss) ++*step;
@@ -996,12 +1026,16 @@ TfLiteStatus CheckModel(const tflite::Model* model) {
 namespace {
 
 // A frozen inverted-residual block, row-streamed (tflm_ops/core/fused_irb.h). Keeps no
-// per-channel data between invocations: Prepare checks everything and sizes the scratch output;
-// Eval recomputes the multipliers into the tail of the scratch tensor, then streams the block.
+// per-channel data and no precomputed parameters between invocations (48 bytes of op data on a
+// 32-bit MCU): Prepare checks everything and sizes the scratch output; Eval reads the options
+// again (from the model), takes the shapes from the tensors and the quantization kept here,
+// recomputes the parameters and the multipliers into the tail of the scratch tensor
+// (PrepareFusedIrb), then streams the block.
 struct FusedOpData {
-  core::FusedIrbSpec spec;
-  core::FusedIrbParams params;
-  const char* missing_option = nullptr;
+  core::TensorQuant x_q, y_q;
+  core::WeightScales w_expand, w_dw, w_project;  // pointing into the model
+  const char* options = nullptr;  // the custom options (in the model)
+  uint16_t options_length = 0;
 };
 
 constexpr int kFusedInputs = 7;
@@ -1010,45 +1044,58 @@ void* FusedInit(TfLiteContext* context, const char* buffer, size_t length) {
   void* mem = context->AllocatePersistentBuffer(context, sizeof(FusedOpData));
   if (mem == nullptr) return nullptr;
   FusedOpData* d = new (mem) FusedOpData();
-  OptionReader r(buffer, length);
-  if (r.unreadable()) {
-    d->missing_option = r.unreadable();
-    return d;
+  if (length <= UINT16_MAX) {  // (longer options are reported as unreadable in Prepare)
+    d->options = buffer;
+    d->options_length = static_cast<uint16_t>(length);
   }
-  auto get_int = [&](const char* key, int32_t* out, bool required) { r.Int(key, out, required); };
-  auto get_quant = [&](const char* scale, const char* zp, core::TensorQuant* q, bool required) {
-    if (r.Float(scale, &q->scale, required)) r.Int(zp, &q->zero_point, required);
-  };
-  core::FusedIrbSpec& s = d->spec;
-  const bool has_expand = r.Has("e_scale");
-  if (has_expand) {
-    get_int("e_stride_h", &s.expand.stride_h, true);
-    get_int("e_stride_w", &s.expand.stride_w, true);
-    get_int("e_dil_h", &s.expand.dil_h, true);
-    get_int("e_dil_w", &s.expand.dil_w, true);
-    get_int("e_padding", &s.expand.padding, true);
-    get_int("e_act", &s.expand.act, true);
-    get_quant("e_scale", "e_zp", &s.e_q, true);
-  }
-  get_int("pad_top", &s.pad_top, true);
-  get_int("pad_bottom", &s.pad_bottom, true);
-  get_int("pad_left", &s.pad_left, true);
-  get_int("pad_right", &s.pad_right, true);
-  get_int("pad_value", &s.pad_value, true);
-  get_quant("d_in_scale", "d_in_zp", &s.d_in_q, true);
-  get_int("d_stride_h", &s.dw.stride_h, true);
-  get_int("d_stride_w", &s.dw.stride_w, true);
-  get_int("d_dil_h", &s.dw.dil_h, true);
-  get_int("d_dil_w", &s.dw.dil_w, true);
-  get_int("d_padding", &s.dw.padding, true);
-  get_int("d_act", &s.dw.act, true);
-  get_quant("d_scale", "d_zp", &s.d_q, true);
-  get_int("p_act", &s.project_act, true);
-  get_quant("p_scale", "p_zp", &s.p_q, true);
-  get_int("residual", &s.residual, true);
-  get_int("add_act", &s.add_act, true);
-  d->missing_option = r.missing();
   return d;
+}
+
+// The options into `spec` (Prepare); prints why and returns false when one is missing or out of
+// range.
+bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec) {
+  OptionReader r(d->options, d->options_length);
+  if (r.unreadable()) {
+    MicroPrintf("TMT_FUSED_IRB: custom option '%s' missing", r.unreadable());
+    return false;
+  }
+  auto get_int = [&](const char* key, int32_t* out) { r.Int(key, out); };
+  auto get_quant = [&](const char* scale, const char* zp, core::TensorQuant* q) {
+    if (r.Float(scale, &q->scale)) r.Int(zp, &q->zero_point);
+  };
+  core::FusedIrbSpec& s = *spec;
+  if (r.Has("e_scale")) {
+    get_int("e_stride_h", &s.expand.stride_h);
+    get_int("e_stride_w", &s.expand.stride_w);
+    get_int("e_dil_h", &s.expand.dil_h);
+    get_int("e_dil_w", &s.expand.dil_w);
+    get_int("e_padding", &s.expand.padding);
+    get_int("e_act", &s.expand.act);
+    get_quant("e_scale", "e_zp", &s.e_q);
+  }
+  get_int("pad_top", &s.pad_top);
+  get_int("pad_bottom", &s.pad_bottom);
+  get_int("pad_left", &s.pad_left);
+  get_int("pad_right", &s.pad_right);
+  get_int("pad_value", &s.pad_value);
+  get_quant("d_in_scale", "d_in_zp", &s.d_in_q);
+  get_int("d_stride_h", &s.dw.stride_h);
+  get_int("d_stride_w", &s.dw.stride_w);
+  get_int("d_dil_h", &s.dw.dil_h);
+  get_int("d_dil_w", &s.dw.dil_w);
+  get_int("d_padding", &s.dw.padding);
+  get_int("d_act", &s.dw.act);
+  get_quant("d_scale", "d_zp", &s.d_q);
+  get_int("p_act", &s.project_act);
+  get_quant("p_scale", "p_zp", &s.p_q);
+  get_int("residual", &s.residual);
+  get_int("add_act", &s.add_act);
+  if (r.bad()) {
+    MicroPrintf("TMT_FUSED_IRB: custom option '%s' %s", r.bad(),
+                r.out_of_range() ? "out of range" : "missing");
+    return false;
+  }
+  return true;
 }
 
 // Scales of a (per-channel or per-tensor) quantized weight tensor, pointing into the model.
@@ -1063,12 +1110,35 @@ bool WeightScalesOf(const TfLiteTensor* t, core::WeightScales* out) {
   return true;
 }
 
-core::Hwc Hwc4(const TfLiteTensor* t) {
+core::Hwc Hwc4(const TfLiteIntArray* dims) {
   core::Hwc r;
-  r.h = t->dims->data[1];
-  r.w = t->dims->data[2];
-  r.c = t->dims->data[3];
+  r.h = dims->data[1];
+  r.w = dims->data[2];
+  r.c = dims->data[3];
   return r;
+}
+
+// The spec's shapes from the tensors' (w_expand null without expansion) and the quantization
+// kept in `d`.
+void FillSpec(const FusedOpData* d, const TfLiteIntArray* x, const TfLiteIntArray* y,
+              const TfLiteIntArray* w_expand, const TfLiteIntArray* w_dw,
+              const TfLiteIntArray* w_project, core::FusedIrbSpec* s) {
+  s->x = Hwc4(x);
+  s->x_q = d->x_q;
+  s->y = Hwc4(y);
+  s->y_q = d->y_q;
+  s->c_exp = w_dw->data[3];
+  s->c_out = w_project->data[0];
+  s->has_expand = w_expand != nullptr;
+  if (s->has_expand) {
+    s->expand.kh = w_expand->data[1];
+    s->expand.kw = w_expand->data[2];
+  }
+  s->dw.kh = w_dw->data[1];
+  s->dw.kw = w_dw->data[2];
+  s->w_expand_scales = d->w_expand;
+  s->w_dw_scales = d->w_dw;
+  s->w_project_scales = d->w_project;
 }
 
 TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
@@ -1077,10 +1147,8 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
     MicroPrintf("TMT_FUSED_IRB: could not allocate op data");
     return kTfLiteError;
   }
-  if (d->missing_option) {
-    MicroPrintf("TMT_FUSED_IRB: custom option '%s' missing", d->missing_option);
-    return kTfLiteError;
-  }
+  core::FusedIrbSpec s;
+  if (!ReadFusedOptions(d, &s)) return kTfLiteError;
   if (node->inputs->size != kFusedInputs || node->outputs->size != 2) {
     MicroPrintf("TMT_FUSED_IRB: expected 7 inputs and 2 outputs, got %d and %d",
                 node->inputs->size, node->outputs->size);
@@ -1116,36 +1184,27 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
   if (status == kTfLiteOk && (y->type != kTfLiteInt8 || y->dims->size != 4)) {
     fail("must be int8 [1, H, W, C]", -1);
   }
-  core::FusedIrbSpec& s = d->spec;
   if (status == kTfLiteOk) {
-    s.x = Hwc4(in[0]);
-    s.x_q.scale = in[0]->params.scale;
-    s.x_q.zero_point = in[0]->params.zero_point;
-    s.y = Hwc4(y);
-    s.y_q.scale = y->params.scale;
-    s.y_q.zero_point = y->params.zero_point;
-    s.c_exp = in[3]->dims->data[3];
-    s.c_out = in[5]->dims->data[0];
-    s.has_expand = in[1] != nullptr;
-    if (s.has_expand) {
-      s.expand.kh = in[1]->dims->data[1];
-      s.expand.kw = in[1]->dims->data[2];
-      if (!WeightScalesOf(in[1], &s.w_expand_scales)) fail("must be quantized", 1);
-    }
-    s.dw.kh = in[3]->dims->data[1];
-    s.dw.kw = in[3]->dims->data[2];
-    if (!WeightScalesOf(in[3], &s.w_dw_scales)) fail("must be quantized", 3);
-    if (!WeightScalesOf(in[5], &s.w_project_scales)) fail("must be quantized", 5);
+    d->x_q.scale = in[0]->params.scale;
+    d->x_q.zero_point = in[0]->params.zero_point;
+    d->y_q.scale = y->params.scale;
+    d->y_q.zero_point = y->params.zero_point;
+    d->w_expand = core::WeightScales();
+    if (in[1] != nullptr && !WeightScalesOf(in[1], &d->w_expand)) fail("must be quantized", 1);
+    if (!WeightScalesOf(in[3], &d->w_dw)) fail("must be quantized", 3);
+    if (!WeightScalesOf(in[5], &d->w_project)) fail("must be quantized", 5);
   }
   if (status == kTfLiteOk) {
-    const core::Status cs = core::PrepareFusedIrb(s, nullptr, &d->params);
+    FillSpec(d, in[0]->dims, y->dims, in[1] ? in[1]->dims : nullptr, in[3]->dims, in[5]->dims, &s);
+    core::FusedIrbParams params;
+    const core::Status cs = core::PrepareFusedIrb(s, nullptr, &params);
     if (cs != core::Status::kOk) {
       MicroPrintf("TMT_FUSED_IRB: %s", core::StatusString(cs));
       status = kTfLiteError;
-    } else if (static_cast<int32_t>(scratch->bytes) < core::FusedIrbScratchBytes(d->params)) {
+    } else if (static_cast<int32_t>(scratch->bytes) < core::FusedIrbScratchBytes(params)) {
       MicroPrintf("TMT_FUSED_IRB: output 1 'scratch' has %d bytes, needs %d",
                   static_cast<int>(scratch->bytes),
-                  static_cast<int>(core::FusedIrbScratchBytes(d->params)));
+                  static_cast<int>(core::FusedIrbScratchBytes(params)));
       status = kTfLiteError;
     }
   }
@@ -1158,7 +1217,7 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
 }
 
 TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
-  FusedOpData* d = static_cast<FusedOpData*>(node->user_data);
+  const FusedOpData* d = static_cast<const FusedOpData*>(node->user_data);
   auto in = [&](int i) -> const TfLiteEvalTensor* {
     return node->inputs->data[i] >= 0 ? tflite::micro::GetEvalInput(context, node, i) : nullptr;
   };
@@ -1166,18 +1225,27 @@ TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
   auto i32 = [&](int i) {
     return in(i) ? tflite::micro::GetTensorData<int32_t>(in(i)) : nullptr;
   };
+  TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
   TfLiteEvalTensor* scratch = tflite::micro::GetEvalOutput(context, node, 1);
   int8_t* scratch_data = tflite::micro::GetTensorData<int8_t>(scratch);
   size_t scratch_bytes = 0;
   TF_LITE_ENSURE_STATUS(tflite::TfLiteEvalTensorByteLength(scratch, &scratch_bytes));
-  int32_t* words = reinterpret_cast<int32_t*>(
-      scratch_data + core::FusedIrbChannelWordsOffset(d->params));
-  core::Status s = core::PrepareFusedIrb(d->spec, words, &d->params);
+  core::FusedIrbSpec spec;
+  if (!ReadFusedOptions(d, &spec)) return kTfLiteError;
+  FillSpec(d, in(0)->dims, y->dims, in(1) ? in(1)->dims : nullptr, in(3)->dims, in(5)->dims,
+           &spec);
+  // The parameters, then the multipliers into the scratch tensor's tail.
+  core::FusedIrbParams params;
+  core::Status s = core::PrepareFusedIrb(spec, nullptr, &params);
   if (s == core::Status::kOk) {
-    s = core::FusedIrb(d->params, i8(0), i8(1), i32(2), i8(3), i32(4), i8(5), i32(6),
-                       tflite::micro::GetTensorData<int8_t>(
-                           tflite::micro::GetEvalOutput(context, node, 0)),
-                       scratch_data, static_cast<int32_t>(scratch_bytes));
+    int32_t* words =
+        reinterpret_cast<int32_t*>(scratch_data + core::FusedIrbChannelWordsOffset(params));
+    s = core::FusedIrbMultipliers(core::FusedIrbScalesOf(spec), words, &params);
+  }
+  if (s == core::Status::kOk) {
+    s = core::FusedIrb(params, i8(0), i8(1), i32(2), i8(3), i32(4), i8(5), i32(6),
+                       tflite::micro::GetTensorData<int8_t>(y), scratch_data,
+                       static_cast<int32_t>(scratch_bytes));
   }
   if (s != core::Status::kOk) {
     MicroPrintf("TMT_FUSED_IRB: %s", core::StatusString(s));

@@ -28,26 +28,27 @@ using tflm_ref::Wrap32;
 constexpr int32_t kAddLeftShift = 20;  // reference add.cc, int8
 
 
-// One requantization stage; words == nullptr checks the weight scales but leaves the
-// multipliers unset.
-bool MakeRequant(float in_scale, const WeightScales& w, const TensorQuant& out, int32_t act,
-                 int32_t channels, int32_t* words, Requant* rq) {
+// One requantization stage without its multipliers (FusedIrbMultipliers sets them): checks the
+// weight scales, sets the output offset and the activation clamp.
+bool MakeRequant(const WeightScales& w, const TensorQuant& out, int32_t act, int32_t channels,
+                 Requant* rq) {
   if (w.scales == nullptr || (w.n != 1 && w.n != channels)) return false;
   for (int32_t c = 0; c < w.n; ++c) {
     if (!ValidScale(w.scales[c])) return false;
   }
-  if (words) {
-    if (!ChannelMultipliers(in_scale, w, out.scale, channels, words, words + channels)) {
-      return false;
-    }
-    rq->multiplier = words;
-    rq->shift = words + channels;
-  } else {
-    rq->multiplier = nullptr;
-    rq->shift = nullptr;
-  }
+  rq->multiplier = nullptr;
+  rq->shift = nullptr;
   rq->output_offset = out.zero_point;
   return ActivationRange(act, out, &rq->act_min, &rq->act_max);
+}
+
+// The multipliers and shifts of one stage into words [2 * channels].
+bool StageMultipliers(float in_scale, const WeightScales& w, float out_scale, int32_t channels,
+                      int32_t* words, Requant* rq) {
+  if (!ChannelMultipliers(in_scale, w, out_scale, channels, words, words + channels)) return false;
+  rq->multiplier = words;
+  rq->shift = words + channels;
+  return true;
 }
 
 // The expansion (CONV_2D reference_integer_ops::ConvPerChannel) as a ConvLoop: row r of it is
@@ -176,7 +177,6 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
   p.c_out = s.c_out;
   p.has_expand = s.has_expand;
   p.x_offset = -s.x_q.zero_point;
-  int32_t* w = words;
   if (s.has_expand) {
     const ConvSpec& e = s.expand;
     p.e.h = OutSize(e.padding, s.x.h, e.kh, e.stride_h, e.dil_h);
@@ -190,7 +190,7 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
     p.e_dil_w = e.dil_w;
     p.e_pad_top = LeadingPad(e.stride_h, e.dil_h, s.x.h, e.kh, p.e.h);
     p.e_pad_left = LeadingPad(e.stride_w, e.dil_w, s.x.w, e.kw, p.e.w);
-    if (!MakeRequant(s.x_q.scale, s.w_expand_scales, s.e_q, e.act, s.c_exp, w, &p.e_rq)) {
+    if (!MakeRequant(s.w_expand_scales, s.e_q, e.act, s.c_exp, &p.e_rq)) {
       return Status::kBadParams;
     }
   } else {
@@ -198,7 +198,6 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
     p.e.h = s.x.h;
     p.e.w = s.x.w;
   }
-  if (w) w += 2 * s.c_exp;
   p.e.c = s.c_exp;
   p.pd = {p.e.h + s.pad_top + s.pad_bottom, p.e.w + s.pad_left + s.pad_right, s.c_exp};
   p.pad_top = s.pad_top;
@@ -218,13 +217,12 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
   p.d_dil_w = d.dil_w;
   p.d_pad_top = LeadingPad(d.stride_h, d.dil_h, p.pd.h, d.kh, s.y.h);
   p.d_pad_left = LeadingPad(d.stride_w, d.dil_w, p.pd.w, d.kw, s.y.w);
-  if (!MakeRequant(s.d_in_q.scale, s.w_dw_scales, s.d_q, d.act, s.c_exp, w, &p.d_rq)) {
+  if (!MakeRequant(s.w_dw_scales, s.d_q, d.act, s.c_exp, &p.d_rq)) {
     return Status::kBadParams;
   }
-  if (w) w += 2 * s.c_exp;
   p.p_in_offset = -s.d_q.zero_point;
   const TensorQuant& pq = s.residual ? s.p_q : s.y_q;
-  if (!MakeRequant(s.d_q.scale, s.w_project_scales, pq, s.project_act, s.c_out, w, &p.p_rq)) {
+  if (!MakeRequant(s.w_project_scales, pq, s.project_act, s.c_out, &p.p_rq)) {
     return Status::kBadParams;
   }
   p.residual = s.residual;
@@ -254,7 +252,36 @@ Status PrepareFusedIrb(const FusedIrbSpec& s, int32_t* words, FusedIrbParams* ou
     const int32_t span = (d.kh - 1) * d.dil_h + 1;
     p.ring_rows = span < p.e.h ? span : p.e.h;
   }
+  if (words != nullptr) {
+    const Status st = FusedIrbMultipliers(FusedIrbScalesOf(s), words, &p);
+    if (st != Status::kOk) return st;
+  }
   *out = p;
+  return Status::kOk;
+}
+
+FusedIrbScales FusedIrbScalesOf(const FusedIrbSpec& s) {
+  FusedIrbScales r;
+  r.e_in = s.x_q.scale;
+  r.e_out = s.e_q.scale;
+  r.d_in = s.d_in_q.scale;
+  r.d_out = s.d_q.scale;
+  r.p_in = s.d_q.scale;
+  r.p_out = s.residual ? s.p_q.scale : s.y_q.scale;
+  r.w_expand = s.w_expand_scales;
+  r.w_dw = s.w_dw_scales;
+  r.w_project = s.w_project_scales;
+  return r;
+}
+
+Status FusedIrbMultipliers(const FusedIrbScales& sc, int32_t* words, FusedIrbParams* p) {
+  if (words == nullptr || p == nullptr) return Status::kBadParams;
+  const int32_t ce = p->c_exp, co = p->c_out;
+  if ((p->has_expand && !StageMultipliers(sc.e_in, sc.w_expand, sc.e_out, ce, words, &p->e_rq)) ||
+      !StageMultipliers(sc.d_in, sc.w_dw, sc.d_out, ce, words + 2 * ce, &p->d_rq) ||
+      !StageMultipliers(sc.p_in, sc.w_project, sc.p_out, co, words + 4 * ce, &p->p_rq)) {
+    return Status::kBadParams;
+  }
   return Status::kOk;
 }
 

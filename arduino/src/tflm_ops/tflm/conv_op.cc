@@ -24,36 +24,123 @@ constexpr int kInputs = 4;  // x, w, b, requant; optional 5th: w_rest (rows [CO1
 const char* const kInputNames[kInputs + 1] = {"x", "w", "b", "requant", "w_rest"};
 const char* const kKindNames[3] = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"};
 
+// Kept per operator (32 bytes on a 32-bit MCU): core::ConvOpParams without the shapes, which
+// Eval takes from the tensors (ParamsOf), the rest as int16 (Prepare checks that the parameters
+// ParamsOf gives are exactly those it computed).
 struct ConvOpData {
-  core::ConvOpParams params;
-  int32_t w_split = -1;  // rows of 'w' when 'w_rest' (input 4) holds the others
+  const char* options = nullptr;  // the custom options (in the model; Prepare reads them)
+  int32_t w_split = -1;           // rows of 'w' when 'w_rest' (input 4) holds the others
+  uint16_t options_length = 0;
+  int16_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, pad_top = 0, pad_left = 0;
+  int16_t x_offset = 0, y_offset = 0, act_min = -128, act_max = 127;
+  int8_t kind = -1;
+};
+
+int ElementsOf(const TfLiteEvalTensor* t) {
+  int n = 1;
+  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
+  return n;
+}
+
+// The op's parameters from its op data and tensors (as PrepareConvOp computed them).
+core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
+                            const TfLiteEvalTensor* w, const TfLiteEvalTensor* y) {
+  core::ConvOpParams p;
+  p.kind = d.kind;
+  if (d.kind == core::kConvOpFullyConnected) {
+    const int32_t in_c = w->dims->data[1];
+    const int32_t rows = in_c > 0 ? ElementsOf(x) / in_c : 0;
+    p.x = {1, rows, in_c};
+    p.y = {1, rows, rows > 0 ? ElementsOf(y) / rows : 0};
+  } else {
+    p.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
+    p.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
+    p.kh = w->dims->data[1];
+    p.kw = w->dims->data[2];
+    p.stride_h = d.stride_h;
+    p.stride_w = d.stride_w;
+    p.dil_h = d.dil_h;
+    p.dil_w = d.dil_w;
+    p.pad_top = d.pad_top;
+    p.pad_left = d.pad_left;
+  }
+  p.x_offset = d.x_offset;
+  p.y_offset = d.y_offset;
+  p.act_min = d.act_min;
+  p.act_max = d.act_max;
+  return p;
+}
+
+// Stores `p` (less its shapes) in `d`; false if a value does not fit or ParamsOf would not give
+// `p` back from these tensors.
+bool StoreParams(const core::ConvOpParams& p, const TfLiteEvalTensor* x, const TfLiteEvalTensor* w,
+                 const TfLiteEvalTensor* y, ConvOpData* d) {
+  bool fits = true;
+  auto put = [&](int32_t v, int16_t* out) {
+    fits = fits && v >= INT16_MIN && v <= INT16_MAX;
+    *out = static_cast<int16_t>(v);
+  };
+  d->kind = static_cast<int8_t>(p.kind);
+  put(p.stride_h, &d->stride_h);
+  put(p.stride_w, &d->stride_w);
+  put(p.dil_h, &d->dil_h);
+  put(p.dil_w, &d->dil_w);
+  put(p.pad_top, &d->pad_top);
+  put(p.pad_left, &d->pad_left);
+  put(p.x_offset, &d->x_offset);
+  put(p.y_offset, &d->y_offset);
+  put(p.act_min, &d->act_min);
+  put(p.act_max, &d->act_max);
+  if (!fits) return false;
+  const core::ConvOpParams q = ParamsOf(*d, x, w, y);
+  return q.kind == p.kind && q.x.h == p.x.h && q.x.w == p.x.w && q.x.c == p.x.c &&
+         q.y.h == p.y.h && q.y.w == p.y.w && q.y.c == p.y.c && q.kh == p.kh && q.kw == p.kw &&
+         q.stride_h == p.stride_h && q.stride_w == p.stride_w && q.dil_h == p.dil_h &&
+         q.dil_w == p.dil_w && q.pad_top == p.pad_top && q.pad_left == p.pad_left &&
+         q.x_offset == p.x_offset && q.y_offset == p.y_offset && q.act_min == p.act_min &&
+         q.act_max == p.act_max;
+}
+
+// TMT_CONV's custom options (Prepare).
+struct ConvOptions {
   int32_t kind = -1;
   int32_t act = 0;
   int32_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, padding = core::kPaddingValid;
-  const char* missing_option = nullptr;
 };
 
 void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
   void* mem = context->AllocatePersistentBuffer(context, sizeof(ConvOpData));
   if (mem == nullptr) return nullptr;
   ConvOpData* d = new (mem) ConvOpData();
-  OptionReader r(buffer, length);
-  if (r.unreadable()) {
-    d->missing_option = r.unreadable();
-    return d;
+  if (length <= UINT16_MAX) {  // (longer options are reported as unreadable in Prepare)
+    d->options = buffer;
+    d->options_length = static_cast<uint16_t>(length);
   }
-  auto get = [&](const char* key, int32_t* out) { r.Int(key, out); };
-  get("kind", &d->kind);
-  get("act", &d->act);
-  if (d->kind != core::kConvOpFullyConnected) {
-    get("stride_h", &d->stride_h);
-    get("stride_w", &d->stride_w);
-    get("dil_h", &d->dil_h);
-    get("dil_w", &d->dil_w);
-    get("padding", &d->padding);
-  }
-  d->missing_option = r.missing();
   return d;
+}
+
+// Reads the options; prints why and returns false when one is missing or out of range.
+bool ReadConvOptions(const ConvOpData* d, ConvOptions* o) {
+  OptionReader r(d->options, d->options_length);
+  if (r.unreadable()) {
+    MicroPrintf("TMT_CONV: custom option '%s' missing", r.unreadable());
+    return false;
+  }
+  r.Int("kind", &o->kind);
+  r.Int("act", &o->act);
+  if (o->kind != core::kConvOpFullyConnected) {
+    r.Int("stride_h", &o->stride_h);
+    r.Int("stride_w", &o->stride_w);
+    r.Int("dil_h", &o->dil_h);
+    r.Int("dil_w", &o->dil_w);
+    r.Int("padding", &o->padding);
+  }
+  if (r.bad()) {
+    MicroPrintf("TMT_CONV: custom option '%s' %s", r.bad(),
+                r.out_of_range() ? "out of range" : "missing");
+    return false;
+  }
+  return true;
 }
 
 int Elements(const TfLiteTensor* t) {
@@ -68,16 +155,14 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     MicroPrintf("TMT_CONV: could not allocate op data");
     return kTfLiteError;
   }
-  if (d->missing_option) {
-    MicroPrintf("TMT_CONV: custom option '%s' missing", d->missing_option);
-    return kTfLiteError;
-  }
-  if (d->kind < core::kConvOpConv2D || d->kind > core::kConvOpFullyConnected) {
+  ConvOptions o;
+  if (!ReadConvOptions(d, &o)) return kTfLiteError;
+  if (o.kind < core::kConvOpConv2D || o.kind > core::kConvOpFullyConnected) {
     MicroPrintf("TMT_CONV: invalid options: kind %d (0 CONV_2D, 1 DEPTHWISE_CONV_2D, "
-                "2 FULLY_CONNECTED)", static_cast<int>(d->kind));
+                "2 FULLY_CONNECTED)", static_cast<int>(o.kind));
     return kTfLiteError;
   }
-  const char* op = kKindNames[d->kind];
+  const char* op = kKindNames[o.kind];
   const bool split = node->inputs->size == kInputs + 1;
   if ((node->inputs->size != kInputs && !split) || node->outputs->size != 1) {
     MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output, got %d and %d",
@@ -114,7 +199,7 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   type(2, in[2], kTfLiteInt32);
   type(3, in[3], kTfLiteInt32);
   type(-1, y, kTfLiteInt8);
-  const bool fc = d->kind == core::kConvOpFullyConnected;
+  const bool fc = o.kind == core::kConvOpFullyConnected;
   core::ConvOpSpec s;
   core::WeightScales ws, ws_rest;
   // rows (output channels) held by 'w_rest' (input 4), after those of 'w'
@@ -139,12 +224,12 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
         ws.n = q->scale->size;
       }
     }
-    s.kind = d->kind;
+    s.kind = o.kind;
     s.x_q.scale = x->params.scale;
     s.x_q.zero_point = x->params.zero_point;
     s.y_q.scale = y->params.scale;
     s.y_q.zero_point = y->params.zero_point;
-    s.conv.act = d->act;
+    s.conv.act = o.act;
     if (status == kTfLiteOk && fc) {
       s.w_in_c = w->dims->data[1];
       s.channels = w->dims->data[0] + rows_rest;
@@ -156,15 +241,15 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     } else if (status == kTfLiteOk) {
       s.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
       s.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
-      const bool dw = d->kind == core::kConvOpDepthwise;
+      const bool dw = o.kind == core::kConvOpDepthwise;
       if (dw && w->dims->data[0] != 1) fail(1, "must be [1, KH, KW, C] (depth multiplier 1)");
       s.conv.kh = w->dims->data[1];
       s.conv.kw = w->dims->data[2];
-      s.conv.stride_h = d->stride_h;
-      s.conv.stride_w = d->stride_w;
-      s.conv.dil_h = d->dil_h;
-      s.conv.dil_w = d->dil_w;
-      s.conv.padding = d->padding;
+      s.conv.stride_h = o.stride_h;
+      s.conv.stride_w = o.stride_w;
+      s.conv.dil_h = o.dil_h;
+      s.conv.dil_w = o.dil_w;
+      s.conv.padding = o.padding;
       s.w_in_c = w->dims->data[3];
       s.channels = dw ? w->dims->data[3] : w->dims->data[0] + rows_rest;
     }
@@ -178,7 +263,7 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     const auto* q = r != nullptr && r->quantization.type == kTfLiteAffineQuantization
                         ? static_cast<const TfLiteAffineQuantization*>(r->quantization.params)
                         : nullptr;
-    if (d->kind == core::kConvOpDepthwise) {
+    if (o.kind == core::kConvOpDepthwise) {
       fail(4, "is only taken by CONV_2D and FULLY_CONNECTED");
     } else if (r == nullptr || r->type != kTfLiteInt8 || r->allocation_type != kTfLiteMmapRo) {
       fail(4, "must be a constant int8 tensor");
@@ -194,15 +279,22 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
       }
     }
   }
+  core::ConvOpParams params;
   if (status == kTfLiteOk) {
-    const core::Status cs = core::PrepareConvOp(s, &d->params);
+    const core::Status cs = core::PrepareConvOp(s, &params);
     if (cs != core::Status::kOk) {
       MicroPrintf("TMT_CONV (%s): %s (x, w, y or the options are inconsistent)", op,
                   core::StatusString(cs));
       status = kTfLiteError;
+    } else if (!StoreParams(params, context->GetEvalTensor(context, node->inputs->data[0]),
+                            context->GetEvalTensor(context, node->inputs->data[1]),
+                            context->GetEvalTensor(context, node->outputs->data[0]), d)) {
+      MicroPrintf("TMT_CONV (%s): strides, dilations, padding or offsets out of the int16 range",
+                  op);
+      status = kTfLiteError;
     }
   }
-  if (status == kTfLiteOk && split && !core::ConvOpTakesSplit(d->params)) {
+  if (status == kTfLiteOk && split && !core::ConvOpTakesSplit(params)) {
     fail(4, "is only taken by 1x1 stride-1 unpadded convolutions and fully-connected layers");
   }
   d->w_split = split ? rows_w : -1;
@@ -261,18 +353,19 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* rq = tflite::micro::GetEvalInput(context, node, 3);
   TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
   const int32_t* mult = tflite::micro::GetTensorData<int32_t>(rq);
+  const core::ConvOpParams params = ParamsOf(*d, x, w, y);
   core::SplitWeights split;
   if (d->w_split >= 0) {
     split.rest = tflite::micro::GetTensorData<int8_t>(tflite::micro::GetEvalInput(context, node, 4));
     split.split = d->w_split;
   }
   const core::Status s = core::ConvOp(
-      d->params, mult, mult + d->params.y.c, tflite::micro::GetTensorData<int8_t>(x),
+      params, mult, mult + params.y.c, tflite::micro::GetTensorData<int8_t>(x),
       tflite::micro::GetTensorData<int8_t>(w),
       b ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
       tflite::micro::GetTensorData<int8_t>(y), split);
   if (s != core::Status::kOk) {
-    MicroPrintf("TMT_CONV (%s): %s", kKindNames[d->params.kind], core::StatusString(s));
+    MicroPrintf("TMT_CONV (%s): %s", kKindNames[params.kind], core::StatusString(s));
     return kTfLiteError;
   }
   return kTfLiteOk;
