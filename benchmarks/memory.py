@@ -240,8 +240,9 @@ def main() -> None:
     print()
     print("\n".join(rows))
     print(f"\nmemory over the paper's 100 KB MobileNetV2-w0.35 step: {png}")
-    print("peak SRAM = planned arena + trainable variables + TFLM bookkeeping estimate (x86-64 "
-          "sizes, an upper bound); TF host = RSS growth of model + one eager step")
+    print("peak SRAM = the converter's estimate of the arena TFLM needs on a 32-bit MCU: planned "
+          "arena + trainable variables + TFLM bookkeeping (its structs' Cortex-M sizes); TF host = "
+          "RSS growth of model + one eager step")
     if run_tflm:
         print("TFLM arena / used: TFLM on this host (x86-64) after one training step: the arena "
               "head (planned activations) and arena_used_bytes() (head + variables + bookkeeping)")

@@ -156,3 +156,60 @@ def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path, backwa
     assert {"TMT_CONV_WEIGHT_UPDATE", "TMT_BIAS_UPDATE", "TMT_SOFTMAX_CE_GRAD"} <= set(ops)
     assert all(calls >= 1 for calls, _ in ops.values())
     assert 0.9 * last <= total <= last
+
+
+def test_plan_predicts_the_cortex_m7_arena(residual_model, calib, tmp_path):
+    """memory_report().peak_sram_bytes is the arena TFLM needs on the Cortex-M7 (32-bit
+    bookkeeping): AllocateTensors() succeeds in exactly that arena, and the smallest arena in
+    which it succeeds (bisection) is at most 1 KB + 2% smaller (needs TFLM_DIR). For a residual
+    CNN (int8 and fp32 backward, sparse and full) and frozen fused blocks."""
+    import numpy as np
+    from test_checkpoint import tflm_train_sources
+    from test_fuse import irb_net
+
+    import tfmicro_train as tmt
+
+    tflm = cmbuild.find_tflm("cortex-m7")
+    if isinstance(tflm, str):
+        pytest.skip(tflm)
+    rng = np.random.default_rng(5)
+    calib16 = [rng.random((1, 16, 16, 3)).astype(np.float32) for _ in range(16)]
+    sparse = tmt.SparseUpdate(2, {2: 0.5, 3: 1})
+    arts = {
+        "sparse int8": tmt.convert(residual_model, calib, update=sparse),
+        "sparse fp32": tmt.convert(residual_model, calib, update=sparse, backward="fp32"),
+        "full int8": tmt.convert(residual_model, calib, update="full"),
+        "fused, last": tmt.convert(irb_net(), calib16, update="last", fuse=True),
+    }
+    lines = []
+    for name, art in arts.items():
+        peak = art.memory_report().peak_sram_bytes
+        work = tmp_path / name.replace(" ", "_").replace(",", "")
+        work.mkdir()
+        art.export_c(work / "model_data.h")
+        try:
+            elf = cmbuild.build_arm(
+                "tflm_train", "cortex-m7", [], cmbuild.DRIVER_FLAGS,
+                [*tflm_train_sources(), work / "model_data.cpp"],
+                defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={peak}",
+                         "TMT_STEPS_MAX_BYTES=12", "TMT_REGION_MAX_BYTES=65536"],
+                libs=[str(tflm.lib)], extra_flags=list(tflm.flags))
+        except cmbuild.BuildError as e:
+            pytest.fail(str(e))
+
+        def allocates(arena: int, elf=elf, region=work / "region.bin") -> dict | None:
+            res = cmbuild.run_qemu(elf, "cortex-m7", ["-", "-", str(region), f"arena={arena}"],
+                                   timeout=300)
+            out = cmbuild.parse_train_output(res.stdout)
+            return out if res.returncode == 0 and out.get("done") else None
+
+        out = allocates(peak)
+        assert out is not None, f"{name}: AllocateTensors() failed in the predicted {peak}-byte arena"
+        lo, hi = out["arena"] - 1, peak  # fails at lo (below what TFLM uses), works at hi
+        while hi - lo > 16:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if allocates(mid) else (mid, hi)
+        lines.append(f"{name}: plan {peak} B; smallest arena that allocates {hi} B (+-16), "
+                     f"arena_used_bytes() {out['arena']} B")
+        assert hi <= peak <= hi + 1024 + hi // 50, lines[-1]
+    print("\n" + "\n".join(lines))

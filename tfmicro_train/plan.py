@@ -10,8 +10,11 @@ keeping the smaller, and the offsets are written into the artifact as "OfflineMe
 metadata, so TFLM uses exactly this plan (its kernels' scratch buffers it places itself, around it).
 Peak SRAM = arena + variable tensors (persistent: trainable parameters and the training state)
 + TFLM's own bookkeeping (tensor structs, nodes, op data such as the per-channel multipliers of
-every builtin convolution; TMT_CONV reads them from flash instead), estimated from measurements
-of TFLM on x86-64: 64-bit pointers, so an upper bound for a 32-bit microcontroller. The
+every builtin convolution; TMT_CONV reads them from flash instead), counted with the sizes of
+TFLM's structs on a 32-bit microcontroller (and the planner's temporary memory during
+AllocateTensors() when it exceeds the arena): the arena a MicroInterpreter on a Cortex-M needs,
+checked on the Cortex-M7 (tests/test_cortex_m.py). `host_peak_sram_bytes` is the same for a
+64-bit host (x86-64, fitted to TFLM there: an upper bound, tests/test_tflm_integration.py). The
 integration tests check the arena layout byte for byte.
 """
 
@@ -35,6 +38,25 @@ CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each builtin 
 # 72 fewer than a builtin conv's without its channels.
 CONV_OP_OVERHEAD = -72
 PLANNER_OVERHEAD = 48  # per planned buffer, temporarily, while AllocateTensors() plans the arena
+
+# TFLM's bookkeeping on a 32-bit microcontroller: sizeof of its structs compiled for Cortex-M, each
+# persistent allocation rounded up to 16 bytes (MicroArenaBufferAlignment).
+MCU_BASE = 384  # MicroAllocator, its buffer allocator and planner, subgraph structs (~280 measured)
+MCU_TENSOR = 12  # TfLiteEvalTensor per tensor
+MCU_NODE = 32  # NodeAndRegistration per operator
+MCU_IO_TENSOR = 48  # TfLiteTensor (32) and its quantization of each graph input and output
+MCU_SCRATCH = 16  # ScratchBufferHandle per kernel scratch buffer (with margin)
+# temporary, while AllocateTensors() plans: an AllocationInfo (24 bytes) per tensor and scratch
+# buffer, GreedyMemoryPlanner's lists (36 bytes) per planned buffer
+MCU_ALLOCATION_INFO = 24
+MCU_PLANNER_ENTRY = 36
+MCU_CHANNEL_ARRAY = 2  # builtin conv / fully-connected: multiplier and shift arrays of 4 * C bytes
+# op data per operator (the TMT_* training ops not listed: 32)
+MCU_OP_DATA = {"TMT_CONV": 32, "TMT_FUSED_IRB": 48, "TMT_MEAN": 32, "TMT_INIT": 0,
+               "TMT_MASK_GRAD": 0, "TMT_RESHAPE_GRAD": 0, "TMT_SOFTMAX_CE_GRAD": 0,
+               "CONV_2D": 64, "DEPTHWISE_CONV_2D": 64, "FULLY_CONNECTED": 48, "ADD": 64,
+               "SOFTMAX": 64, "MEAN": 48, "AVERAGE_POOL_2D": 32, "MAX_POOL_2D": 32, "RESHAPE": 0}
+MCU_OP_DATA_OTHER = 64  # any other builtin (PAD, CONCATENATION, ...: 48 or less)
 
 
 def _align(n: int) -> int:
@@ -73,15 +95,22 @@ class MemoryPlan:
     offsets: dict[int, int]  # tensor -> arena offset
     arena_bytes: int
     variable_bytes: int
-    overhead_bytes: int
+    overhead_bytes: int  # 32-bit MCU: bookkeeping + the planner's temporary memory past the arena
     live_bytes: list[int] = field(default_factory=list)  # per operator
+    host_overhead_bytes: int = 0  # the same on a 64-bit host (x86-64, an upper bound)
 
     @property
     def peak_sram_bytes(self) -> int:
-        """The arena a MicroInterpreter needs: planned head + variables + TFLM's persistent
-        bookkeeping + what the planner holds temporarily during AllocateTensors()."""
+        """The arena a MicroInterpreter on a 32-bit microcontroller needs: planned head +
+        variables + TFLM's persistent bookkeeping (+ what the planner holds temporarily during
+        AllocateTensors(), where that exceeds the planned head)."""
+        return self.arena_bytes + self.variable_bytes + self.overhead_bytes
+
+    @property
+    def host_peak_sram_bytes(self) -> int:
+        """The same for TFLM on a 64-bit host (x86-64; fitted there, an upper bound)."""
         planner = PLANNER_OVERHEAD * len(self.offsets)  # TFLM plans every tensor, aliased or not
-        return self.arena_bytes + self.variable_bytes + self.overhead_bytes + planner
+        return self.arena_bytes + self.variable_bytes + self.host_overhead_bytes + planner
 
 
 def fused_inplace_lag(g: Graph, node) -> int:
@@ -265,7 +294,25 @@ def plan_memory(g: Graph) -> MemoryPlan:
                    if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
     conv_ops = sum(n.op == "TMT_CONV" for n in g.nodes)
-    overhead = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
-                + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
+    host = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
+            + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
     live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
-    return MemoryPlan(buffers, offsets, arena, variables, overhead, live)
+    return MemoryPlan(buffers, offsets, arena, variables, mcu_overhead(g, arena, len(offsets)), live, host)
+
+
+def mcu_overhead(g: Graph, arena: int, planned: int) -> int:
+    """TFLM's bookkeeping for `g` on a 32-bit microcontroller, plus what AllocateTensors() holds
+    temporarily (allocation records for every tensor, planner lists for the `planned` arena
+    tensors) beyond the planned arena head of `arena` bytes, which it overlays."""
+    n_tensors = len(g.tensors)  # TFLM keeps an eval tensor for every tensor of the subgraph
+    scratch = len(kernel_scratch(g))  # (the converter sets no TMT_* op's use_scratch)
+    op_data = 0
+    for node in g.nodes:
+        op_data += MCU_OP_DATA.get(node.op, 32 if node.op.startswith("TMT_") else MCU_OP_DATA_OTHER)
+        if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            op_data += MCU_CHANNEL_ARRAY * _align(4 * int(g.tensors[node.outputs[0]].shape[-1]))
+    tail = (MCU_BASE + _align(MCU_TENSOR * n_tensors) + _align(MCU_NODE * len(g.nodes)) + op_data
+            + MCU_IO_TENSOR * (len(g.inputs) + len(g.outputs)) + MCU_SCRATCH * scratch)
+    temporary = (_align(MCU_ALLOCATION_INFO * (n_tensors + scratch))
+                 + _align(MCU_PLANNER_ENTRY * (planned + scratch)) + 2 * ALIGN)
+    return tail + max(0, temporary - arena)

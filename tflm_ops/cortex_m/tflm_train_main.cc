@@ -2,14 +2,15 @@
 // and saves / restores checkpoints. Used by tests/test_checkpoint.py, tests/test_cortex_m.py and
 // benchmarks/cortex_m.py.
 //
-//   tflm_train MODEL STEPS REGION [restore]
+//   tflm_train MODEL STEPS REGION [restore] [arena=N]
 //
 // MODEL: the artifact (or "-" when built with -DTMT_EMBEDDED_MODEL: the C array written by
 // TrainingModel.export_c). STEPS: "TMTS" | u32 steps | u32 n_inputs | u32 bytes per input |
 // the inputs of every step (image, label, learning rate) as raw bytes, or "-": only allocate
 // the tensors, print the arena and stop (sizing the arena). REGION: the checkpoint region file
 // (read if it exists, written back after the last step). With "restore" the newest checkpoint
-// in REGION is restored before the first step.
+// in REGION is restored before the first step. With "arena=N" the interpreter gets only the
+// first N bytes of the arena (finding the smallest arena that works without rebuilding).
 //
 // Output lines: "arena <bytes>", "inference insns <n>" (an lr = 0 call: forward pass only),
 // "restore <status> slot <k> seq <n>", "step <i> status <s> loss <float32 bits hex> insns <n>",
@@ -18,6 +19,7 @@
 // also "alloc <kind> <used bytes> <count>" per kind of TFLM's persistent allocations (its
 // RecordingMicroInterpreter), after "arena".
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -158,7 +160,7 @@ int main(int argc, char** argv) {
   RegisterDebugLogCallback(Log);
 #endif
   if (argc < 4) {
-    std::printf("usage: tflm_train MODEL STEPS REGION [restore]\n");
+    std::printf("usage: tflm_train MODEL STEPS REGION [restore] [arena=N]\n");
     return 2;
   }
 #if defined(TMT_EMBEDDED_MODEL)
@@ -193,11 +195,28 @@ int main(int argc, char** argv) {
     return 4;
   }
   static OpProfiler profiler;
+  size_t arena_bytes = sizeof(g_arena);
+  bool restore = false;
+  for (int i = 4; i < argc; ++i) {
+    if (std::strcmp(argv[i], "restore") == 0) {
+      restore = true;
+    } else if (std::strncmp(argv[i], "arena=", 6) == 0) {
+      const long n = std::strtol(argv[i] + 6, nullptr, 10);
+      if (n <= 0 || static_cast<size_t>(n) > sizeof(g_arena)) {
+        std::printf("%s: must be 1..%lu\n", argv[i], static_cast<unsigned long>(sizeof(g_arena)));
+        return 1;
+      }
+      arena_bytes = static_cast<size_t>(n);
+    } else {
+      std::printf("unknown argument '%s'\n", argv[i]);
+      return 1;
+    }
+  }
 #if defined(TMT_RECORD_ALLOCATIONS)
-  static tflite::RecordingMicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena),
+  static tflite::RecordingMicroInterpreter interpreter(model, resolver, g_arena, arena_bytes,
                                                        nullptr, &profiler);
 #else
-  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena), nullptr,
+  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, arena_bytes, nullptr,
                                               &profiler);
 #endif
   if (interpreter.AllocateTensors() != kTfLiteOk) return 5;
@@ -263,7 +282,7 @@ int main(int argc, char** argv) {
       tfmicro_train::checkpoint::MemoryStorage(g_region, static_cast<uint32_t>(region_len));
   uint32_t seq = 0;
   int slot = -1;
-  if (argc > 4 && std::strcmp(argv[4], "restore") == 0) {
+  if (restore) {
     const auto st = vars.Restore(storage, &seq, &slot);
     std::printf("restore %d slot %d seq %lu\n", static_cast<int>(st), slot,
                 static_cast<unsigned long>(seq));

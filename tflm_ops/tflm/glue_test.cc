@@ -633,6 +633,13 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (!(e = run()).empty()) return e;
     if (!(e = expect_i8(y, "out_y")).empty()) return e;
     if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest()).empty()) return e;
+    if (c.index < 3 && !use_scratch) {  // an option outside int32 is refused, not truncated
+      Options bad = o;
+      for (auto& kv : bad.ints) {
+        if (kv.first == "act") kv.second += int64_t{1} << 32;
+      }
+      if (RunOp(reg, t, in, out, bad).prepare == kTfLiteOk) return "an out-of-range option was accepted";
+    }
     if (c.index < 3 && !use_scratch) {  // a requant that disagrees with the scales is refused
       t.ptr<int32_t>(rq)[0] += 1;
       if (RunOp(reg, t, in, out, o).prepare == kTfLiteOk) return "a wrong requant was accepted";
@@ -970,6 +977,13 @@ void TestPrepareErrors() {
     o.ints = {{"pad_top", 2}, {"pad_left", 1}};
     Result(RunOp(tfmicro_train::Register_TMT_PAD_GRAD(), t, in, out, o).prepare == kTfLiteError,
            "prepare: pad past the end");
+    // geometry options are kept as int16: a larger value is refused, not wrapped (65537 -> 1)
+    o.ints = {{"pad_top", 65537}, {"pad_left", 1}};
+    Result(RunOp(tfmicro_train::Register_TMT_PAD_GRAD(), t, in, out, o).prepare == kTfLiteError,
+           "prepare: pad_top out of the int16 range");
+    o.ints = {{"pad_top", 1}, {"pad_left", -65535}};
+    Result(RunOp(tfmicro_train::Register_TMT_PAD_GRAD(), t, in, out, o).prepare == kTfLiteError,
+           "prepare: pad_left out of the int16 range");
   }
   {
     Tensors t;  // TMT_ACT_GRAD with a float32 gradient
