@@ -108,13 +108,39 @@ def test_offline_plan_is_valid(calib, update):
 
 def test_masks_are_packed_and_save_memory(calib):
     model = residual_cnn(pool="gap")
+    # the pack runs in the forward pass, right after the layer it masks (bias-only: the layers'
+    # inputs die there, so the pack stays an op of its own)
     art = tmt.convert(model, calib, update="bias")
     ops = [e.op for e in art.timeline]
     assert "TMT_MASK_PACK" in ops and "TMT_MASK_GRAD" in ops
-    # the pack runs in the forward pass, right after the layer it masks
     i = ops.index("TMT_MASK_PACK")
     assert art.timeline[i - 1].role == "forward" and art.timeline[i].role == "forward"
     _check_plan(art)
+
+
+def test_mask_packs_fold_into_their_conv(calib):
+    """Where a layer's input is kept for its weight gradient, its TMT_CONV writes the mask itself
+    (output 1 'bits'): one operator less per mask, no more arena, the same training bit for bit."""
+    model = residual_cnn(pool="avg")
+    update = tmt.SparseUpdate(bias_last_k=3, weight_ratios={0: 1, 3: 1})
+    plain = tmt.convert(model, calib, update=update, flash_requant=False)
+    n_packs = [e.op for e in plain.timeline].count("TMT_MASK_PACK")
+    art = tmt.convert(model, calib, update=update)
+    assert n_packs >= 2 and "TMT_MASK_PACK" not in [e.op for e in art.timeline]
+    m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
+    sg = m.subgraphs[0]
+    with_bits = [op for op in sg.operators if op_name(m, op) == "TMT_CONV" and len(op.outputs) == 2
+                 and any(int(op.outputs[1]) in o.inputs for o in sg.operators)]
+    assert len(with_bits) == n_packs
+    assert len(art.timeline) == len(plain.timeline) - n_packs
+    assert art.memory_report().arena_bytes <= plain.memory_report().arena_bytes
+    _check_plan(art)
+    sims = [tmt.HostSimulator(a, learning_rate=0.05) for a in (plain, art)]
+    for k in range(3):
+        losses = [s.train_step(calib[k], np.array([k % 10])) for s in sims]
+        assert losses[0] == losses[1]
+    w0, w1 = sims[0].weights(), sims[1].weights()
+    assert w0.keys() == w1.keys() and all(np.array_equal(w0[k], w1[k]) for k in w0)
 
 
 def test_memory_report_timeline_and_plot(tmp_path, calib):

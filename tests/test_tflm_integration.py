@@ -322,9 +322,10 @@ def test_arena_size_needed(driver, artifact, samples, main_run, tmp_path):
 # lacks (packed activation masks, zero pad + average pooling, global average pooling, the
 # MSE head) and every builtin of AddTrainingBuiltins a Keras CNN of this kind produces.
 VARIANTS = {
+    # (the masks written by the TMT_CONV of their layer, its output 1 'bits')
     "avgpool_masks": dict(pool="avg", update=dict(bias_last_k=3, weight_ratios={0: 1, 3: 1}),
-                          ops={"TMT_MASK_PACK", "TMT_MASK_GRAD", "TMT_AVGPOOL_GRAD", "TMT_PAD_GRAD",
-                               "PAD", "AVERAGE_POOL_2D"}),
+                          ops={"TMT_MASK_GRAD", "TMT_AVGPOOL_GRAD", "TMT_PAD_GRAD",
+                               "PAD", "AVERAGE_POOL_2D"}, conv_masks=True),
     "gap_biases": dict(pool="gap", update=dict(bias_last_k=4, weight_ratios={0: 1}),
                        ops={"TMT_MEAN_GRAD", "TMT_MASK_GRAD", "TMT_MEAN"}),
     "gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
@@ -336,8 +337,9 @@ VARIANTS = {
                       ops={"TMT_SOFTMAX_CE_GRAD", "TMT_MAXPOOL_GRAD", "TMT_CONV_INPUT_GRAD",
                            "TMT_DW_INPUT_GRAD", "TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE",
                            "TMT_BIAS_UPDATE", "TMT_GRAD_ADD"}),
+    # (builtin convolutions: the masks packed by TMT_MASK_PACK after them)
     "fp32_avgpool_masks": dict(pool="avg", update=dict(bias_last_k=3, weight_ratios={0: 1, 3: 1}),
-                               backward="fp32",
+                               backward="fp32", flash_requant=False,
                                ops={"TMT_MASK_PACK", "TMT_MASK_GRAD", "TMT_AVGPOOL_GRAD",
                                     "TMT_PAD_GRAD"}),
     "fp32_gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
@@ -354,10 +356,14 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
     v = VARIANTS[variant]
     backward = v.get("backward", "int8")
     art = tmt.convert(residual_cnn(pool=v["pool"]), calib, update=tmt.SparseUpdate(**v["update"]),
-                      loss=v.get("loss", "sparse_categorical_crossentropy"), backward=backward)
+                      loss=v.get("loss", "sparse_categorical_crossentropy"), backward=backward,
+                      flash_requant=v.get("flash_requant", True))
     m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
     ops = Counter(op_name(m, op) for op in m.subgraphs[0].operators)
     assert v["ops"] <= set(ops), f"{variant}: missing {v['ops'] - set(ops)} in {dict(ops)}"
+    if v.get("conv_masks"):
+        assert "TMT_MASK_PACK" not in ops and any(
+            op_name(m, op) == "TMT_CONV" and len(op.outputs) == 2 for op in m.subgraphs[0].operators)
     grad_types = _gradient_types(m)
     assert grad_types == {fb.TensorType.FLOAT32 if backward == "fp32" else fb.TensorType.INT8}, (
         f"{variant}: gradient tensor types {grad_types}")

@@ -15,7 +15,7 @@ from .graph import from_tflite
 from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
 from .plan import MemoryPlan, plan_memory
 from .requant import flash_requant as _flash_requant
-from .requant import split_weight_reads
+from .requant import fold_mask_packs, split_weight_reads
 from .schedule import schedule
 from .sparse import LayerTraining, SparseUpdate, resolve
 
@@ -218,6 +218,7 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
         fuse_frozen_blocks(graph)
     if flash_requant:  # per-channel multipliers of the builtin convolutions -> flash (TMT_CONV)
         _flash_requant(graph)
+        fold_mask_packs(graph)  # activation masks written by the TMT_CONV of their layer
     split_weight_reads(graph)  # sliced layers' weights read in two parts, never concatenated
     schedule(graph)
     mem = plan_memory(graph)

@@ -13,6 +13,9 @@ work as before. It runs after autodiff and fusion (`convert(..., conv_ops=True)`
 `restore_builtin_convs` (called by fuse.unfuse_model, so by export_tflite) turns the ops back
 into the builtins for any TFLite interpreter.
 
+`fold_mask_packs` then moves each TMT_MASK_PACK into the TMT_CONV writing its input, as that
+op's second output (one operator less: its node and op data in TFLM, and one pass over y).
+
 The same pass turns every int8 global-average MEAN (over H and W of a [1, H, W, C] tensor) into
 TMT_MEAN (kernels/conv_ops.py): the same output without the int32 scratch per output channel
 that TFLM's MEAN holds in the arena during its Eval.
@@ -97,6 +100,36 @@ def flash_requant(g: Graph) -> Graph:
     return g
 
 
+def fold_mask_packs(g: Graph) -> Graph:
+    """Make each TMT_MASK_PACK whose input y a TMT_CONV writes the second output (`bits`) of that
+    TMT_CONV, with the pack's bounds as its options mask_min / mask_max (in place; returns g).
+    The mask is then written with y, where the pack ran right after it. Only where the conv's
+    input x lives on after it (saved for a weight gradient, or read later): there x, y and the
+    mask were live together at the pack already, so no operator needs more arena; where x dies
+    at the conv, the pack stays (folded, x, y and the mask would meet at the conv)."""
+    producer = {t: n for n in g.nodes for t in n.outputs}
+    index = {id(n): i for i, n in enumerate(g.nodes)}
+    last_read: dict[int, int] = {}
+    for i, n in enumerate(g.nodes):
+        for t in n.inputs:
+            last_read[t] = i
+    keep = []
+    for n in g.nodes:
+        conv = producer.get(n.inputs[0]) if n.op == "TMT_MASK_PACK" else None
+        if conv is None or conv.op != conv_ops.OP_NAME or len(conv.outputs) != 1:
+            keep.append(n)
+            continue
+        x = conv.inputs[conv_ops.X]
+        if last_read.get(x, -1) <= index[id(conv)] and x not in g.outputs:
+            keep.append(n)
+            continue
+        conv.outputs.append(n.outputs[0])
+        conv.options = {**conv.options, "mask_min": int(n.options["act_min"]),
+                        "mask_max": int(n.options["act_max"])}
+    g.nodes = keep
+    return g
+
+
 def _mean_convertible(g: Graph, n: Node) -> bool:
     """An int8 MEAN over H and W of a [1, H, W, C] tensor (global average pooling) whose
     multiplier TMT_MEAN can hold."""
@@ -155,6 +188,7 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
             ins = ins[:conv_ops.B]
         op.opcodeIndex = code(name, int(o.get("version", 1)))
         op.inputs = np.array(ins, np.int32)
+        op.outputs = np.array(op.outputs[:1], np.int32)  # (a folded mask: training-only work)
         op.builtinOptionsType, op.builtinOptions = kind, opts
         op.customOptions, op.customOptionsFormat = None, 0
         rewritten += 1

@@ -24,7 +24,7 @@ from .fuse import fuse_frozen_blocks
 from .graph import Graph, from_tflite
 from .importer import WEIGHT_OPS, import_model
 from .plan import plan_memory
-from .requant import flash_requant, split_weight_reads
+from .requant import flash_requant, fold_mask_packs, split_weight_reads
 from .schedule import schedule
 from .sparse import SparseUpdate, resolve
 
@@ -223,6 +223,7 @@ class MemoryModel:
                 fuse_frozen_blocks(g)
             if self.requant:
                 flash_requant(g)
+                fold_mask_packs(g)
             split_weight_reads(g)
             schedule(g)
             mem = plan_memory(g)

@@ -1059,6 +1059,12 @@ def gen_conv_op(rng, i):
         case[k] = int(o.get(k, 1))
     if b is not None:
         case["b"] = b
+    if rng.random() < 0.4:  # output 1 'bits': the packed activation mask (TMT_MASK_PACK of y)
+        from tfmicro_train.kernels import training_ops as T
+
+        lo = int(rng.integers(-128, 128))
+        hi = min(128, lo + int(rng.integers(1, 120)))
+        case.update(mask_min=lo, mask_max=hi, out_bits=T.mask_pack(y, lo, hi))
     return case
 
 

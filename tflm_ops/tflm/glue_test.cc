@@ -622,6 +622,13 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
       in.push_back(r);
     }
     out = {y};
+    int bits = -1;
+    if (c.has("out_bits")) {  // output 1: the packed activation mask of y
+      bits = t.AddOutput(DimsOf(c.array("out_bits")), kTfLiteUInt8);
+      out.push_back(bits);
+      o.ints.push_back({"mask_min", c.i64("mask_min")});
+      o.ints.push_back({"mask_max", c.i64("mask_max")});
+    }
     o.ints.push_back({"kind", kind});
     o.ints.push_back({"act", c.i64("act")});
     o.ints.push_back({"version", 1});
@@ -632,6 +639,18 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     }
     if (!(e = run()).empty()) return e;
     if (!(e = expect_i8(y, "out_y")).empty()) return e;
+    if (bits >= 0 && !Same(c.array("out_bits"), t.ptr<uint8_t>(bits), t.elements(bits), &msg)) {
+      return "out_bits: " + msg;
+    }
+    if (bits >= 0 && c.index < 40 && !use_scratch) {  // 'bits' needs its bounds; the wrong size is refused
+      Options no_bounds = o;
+      no_bounds.ints.erase(std::remove_if(no_bounds.ints.begin(), no_bounds.ints.end(),
+                                          [](const auto& kv) { return kv.first == "mask_max"; }),
+                           no_bounds.ints.end());
+      if (RunOp(reg, t, in, out, no_bounds).prepare == kTfLiteOk) return "'bits' without mask_max accepted";
+      std::vector<int> wrong = {y, t.AddOutput({static_cast<int>(t.elements(bits)) + 1}, kTfLiteUInt8)};
+      if (RunOp(reg, t, in, wrong, o).prepare == kTfLiteOk) return "'bits' of the wrong size accepted";
+    }
     if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest()).empty()) return e;
     if (c.index < 3 && !use_scratch) {  // an option outside int32 is refused, not truncated
       Options bad = o;

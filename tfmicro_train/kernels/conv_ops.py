@@ -14,12 +14,15 @@ holds the first ones, typically the trained slice in SRAM, and the op computes w
 concatenation gives; 1x1 stride-1 convolutions and fully-connected layers only). x, w, b keep
 the builtin's slots, so the backward ops autodiff made (which read them) are unaffected; w and b
 may be variable tensors (trained in place) and w the output of a CONCATENATION (sliced weights
-of other convolutions). Output: y. A forward op: no learning-rate input, runs at
-inference too.
+of other convolutions). Output: y and, optionally, `bits`: TMT_MASK_PACK(y, mask_min, mask_max)
+(uint8 [ceil(N/8)], bit i set iff mask_min < y[i] < mask_max, LSB first), the packed
+activation mask the backward pass reads (the pack folded into the layer that writes y). A
+forward op: no learning-rate input, runs at inference too (the mask too).
 
 Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
 operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
-dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims.
+dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims; with `bits`,
+mask_min and mask_max (TMT_MASK_PACK's act_min / act_max).
 
 TMT_MEAN: TFLM's int8 MEAN over the H and W axes of a [1, H, W, C] tensor (Keras'
 GlobalAveragePooling2D), bit for bit, without the int32 accumulator per output element TFLM's MEAN
@@ -41,6 +44,7 @@ import numpy as np
 from ..schema import TensorInfo, fb
 from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers
 from .builtin_ops import mean_multiplier as builtin_mean_multiplier
+from .training_ops import mask_pack
 
 OP_NAME = "TMT_CONV"
 MEAN_OP_NAME = "TMT_MEAN"
@@ -109,6 +113,9 @@ def run_op(sg: Any, op: Any, values: dict) -> None:
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
     y_t = op.outputs[0]
     values[y_t] = conv_op(ins, infos, sg.infos[y_t], op.options)
+    if len(op.outputs) > 1:  # the packed activation mask (TMT_MASK_PACK of y)
+        bits = mask_pack(values[y_t], op.options["mask_min"], op.options["mask_max"])
+        values[op.outputs[1]] = bits.reshape(sg.infos[op.outputs[1]].shape)
 
 
 def mean_multiplier(x_scale: float, y_scale: float, count: int) -> tuple[int, int] | None:

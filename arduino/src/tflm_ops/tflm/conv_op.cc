@@ -5,13 +5,16 @@
 // `requant` holds exactly what TFLM's Prepare would compute from the scales, and keeps only the
 // geometry, offsets and activation clamp (ConvOpParams) in its op data.
 #include <cstdint>
+#include <limits>
 #include <new>
+#include <type_traits>
 
 #include "tensorflow/lite/c/common.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
 #include "tflm_ops/core/conv_op.h"
+#include "tflm_ops/core/training_ops.h"
 #include "tflm_ops/tflm/options.h"
 #include "tflm_ops/tflm/training_ops.h"
 
@@ -32,7 +35,9 @@ struct ConvOpData {
   int32_t w_split = -1;           // rows of 'w' when 'w_rest' (input 4) holds the others
   uint16_t options_length = 0;
   int16_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, pad_top = 0, pad_left = 0;
-  int16_t x_offset = 0, y_offset = 0, act_min = -128, act_max = 127;
+  int16_t x_offset = 0;
+  int16_t mask_min = 0, mask_max = 0;  // output 1 'bits' (options mask_min / mask_max)
+  int8_t y_offset = 0, act_min = -128, act_max = 127;
   int8_t kind = -1;
 };
 
@@ -76,9 +81,10 @@ core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
 bool StoreParams(const core::ConvOpParams& p, const TfLiteEvalTensor* x, const TfLiteEvalTensor* w,
                  const TfLiteEvalTensor* y, ConvOpData* d) {
   bool fits = true;
-  auto put = [&](int32_t v, int16_t* out) {
-    fits = fits && v >= INT16_MIN && v <= INT16_MAX;
-    *out = static_cast<int16_t>(v);
+  auto put = [&](int32_t v, auto* out) {
+    using T = std::remove_pointer_t<decltype(out)>;
+    fits = fits && v >= std::numeric_limits<T>::min() && v <= std::numeric_limits<T>::max();
+    *out = static_cast<T>(v);
   };
   d->kind = static_cast<int8_t>(p.kind);
   put(p.stride_h, &d->stride_h);
@@ -106,6 +112,7 @@ struct ConvOptions {
   int32_t kind = -1;
   int32_t act = 0;
   int32_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, padding = core::kPaddingValid;
+  int16_t mask_min = 0, mask_max = 0;  // with output 1 'bits' only
 };
 
 void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
@@ -119,8 +126,9 @@ void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
   return d;
 }
 
-// Reads the options; prints why and returns false when one is missing or out of range.
-bool ReadConvOptions(const ConvOpData* d, ConvOptions* o) {
+// Reads the options (mask_min / mask_max with output 1 'bits'); prints why and returns false when
+// one is missing or out of range.
+bool ReadConvOptions(const ConvOpData* d, bool mask, ConvOptions* o) {
   OptionReader r(d->options, d->options_length);
   if (r.unreadable()) {
     MicroPrintf("TMT_CONV: custom option '%s' missing", r.unreadable());
@@ -134,6 +142,10 @@ bool ReadConvOptions(const ConvOpData* d, ConvOptions* o) {
     r.Int("dil_h", &o->dil_h);
     r.Int("dil_w", &o->dil_w);
     r.Int("padding", &o->padding);
+  }
+  if (mask) {
+    r.Int16("mask_min", &o->mask_min);
+    r.Int16("mask_max", &o->mask_max);
   }
   if (r.bad()) {
     MicroPrintf("TMT_CONV: custom option '%s' %s", r.bad(),
@@ -156,7 +168,8 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   ConvOptions o;
-  if (!ReadConvOptions(d, &o)) return kTfLiteError;
+  const bool mask = node->outputs->size == 2;
+  if (!ReadConvOptions(d, mask, &o)) return kTfLiteError;
   if (o.kind < core::kConvOpConv2D || o.kind > core::kConvOpFullyConnected) {
     MicroPrintf("TMT_CONV: invalid options: kind %d (0 CONV_2D, 1 DEPTHWISE_CONV_2D, "
                 "2 FULLY_CONNECTED)", static_cast<int>(o.kind));
@@ -164,11 +177,13 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   }
   const char* op = kKindNames[o.kind];
   const bool split = node->inputs->size == kInputs + 1;
-  if ((node->inputs->size != kInputs && !split) || node->outputs->size != 1) {
-    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output, got %d and %d",
-                op, node->inputs->size, node->outputs->size);
+  if ((node->inputs->size != kInputs && !split) || (node->outputs->size != 1 && !mask)) {
+    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output (2 with 'bits'), "
+                "got %d and %d", op, node->inputs->size, node->outputs->size);
     return kTfLiteError;
   }
+  d->mask_min = o.mask_min;
+  d->mask_max = o.mask_max;
   tflite::MicroContext* mc = tflite::GetMicroContext(context);
   TfLiteTensor* in[kInputs + 1] = {};
   for (int i = 0; i < node->inputs->size; ++i) {
@@ -337,6 +352,15 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   if (status == kTfLiteOk && in[2] != nullptr && Elements(in[2]) != s.channels) {
     fail(2, "must have C elements");
   }
+  if (status == kTfLiteOk && mask) {  // output 1 'bits': the packed mask of y
+    TfLiteTensor* bits = mc->AllocateTempOutputTensor(node, 1);
+    if (bits == nullptr || bits->type != kTfLiteUInt8 || Elements(bits) != (Elements(y) + 7) / 8) {
+      MicroPrintf("TMT_CONV (%s): output 1 'bits' must be uint8 with ceil(N / 8) elements (N of "
+                  "y: %d)", op, Elements(y));
+      status = kTfLiteError;
+    }
+    if (bits) mc->DeallocateTempTfLiteTensor(bits);
+  }
   for (TfLiteTensor* t : in) {
     if (t) mc->DeallocateTempTfLiteTensor(t);
   }
@@ -364,8 +388,15 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
       tflite::micro::GetTensorData<int8_t>(w),
       b ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
       tflite::micro::GetTensorData<int8_t>(y), split);
-  if (s != core::Status::kOk) {
-    MicroPrintf("TMT_CONV (%s): %s", kKindNames[params.kind], core::StatusString(s));
+  core::Status st = s;
+  if (st == core::Status::kOk && node->outputs->size == 2) {  // TMT_MASK_PACK of y
+    st = core::MaskPack(tflite::micro::GetTensorData<int8_t>(y), ElementsOf(y), d->mask_min,
+                        d->mask_max,
+                        tflite::micro::GetTensorData<uint8_t>(
+                            tflite::micro::GetEvalOutput(context, node, 1)));
+  }
+  if (st != core::Status::kOk) {
+    MicroPrintf("TMT_CONV (%s): %s", kKindNames[params.kind], core::StatusString(st));
     return kTfLiteError;
   }
   return kTfLiteOk;

@@ -1063,14 +1063,18 @@ bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec) {
   auto get_quant = [&](const char* scale, const char* zp, core::TensorQuant* q) {
     if (r.Float(scale, &q->scale)) r.Int(zp, &q->zero_point);
   };
+  // the geometry and activation of the expansion ("e_...") and the depthwise ("d_...") stage
+  auto get_conv = [&](const char* const (&keys)[6], core::ConvSpec* c) {
+    int32_t* fields[6] = {&c->stride_h, &c->stride_w, &c->dil_h, &c->dil_w, &c->padding, &c->act};
+    for (int i = 0; i < 6; ++i) get_int(keys[i], fields[i]);
+  };
+  static const char* const kExpand[6] = {"e_stride_h", "e_stride_w", "e_dil_h", "e_dil_w",
+                                         "e_padding", "e_act"};
+  static const char* const kDepthwise[6] = {"d_stride_h", "d_stride_w", "d_dil_h", "d_dil_w",
+                                            "d_padding", "d_act"};
   core::FusedIrbSpec& s = *spec;
   if (r.Has("e_scale")) {
-    get_int("e_stride_h", &s.expand.stride_h);
-    get_int("e_stride_w", &s.expand.stride_w);
-    get_int("e_dil_h", &s.expand.dil_h);
-    get_int("e_dil_w", &s.expand.dil_w);
-    get_int("e_padding", &s.expand.padding);
-    get_int("e_act", &s.expand.act);
+    get_conv(kExpand, &s.expand);
     get_quant("e_scale", "e_zp", &s.e_q);
   }
   get_int("pad_top", &s.pad_top);
@@ -1079,12 +1083,7 @@ bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec) {
   get_int("pad_right", &s.pad_right);
   get_int("pad_value", &s.pad_value);
   get_quant("d_in_scale", "d_in_zp", &s.d_in_q);
-  get_int("d_stride_h", &s.dw.stride_h);
-  get_int("d_stride_w", &s.dw.stride_w);
-  get_int("d_dil_h", &s.dw.dil_h);
-  get_int("d_dil_w", &s.dw.dil_w);
-  get_int("d_padding", &s.dw.padding);
-  get_int("d_act", &s.dw.act);
+  get_conv(kDepthwise, &s.dw);
   get_quant("d_scale", "d_zp", &s.d_q);
   get_int("p_act", &s.project_act);
   get_quant("p_scale", "p_zp", &s.p_q);
