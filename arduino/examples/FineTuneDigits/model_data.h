@@ -2,7 +2,7 @@
 #ifndef MODEL_DATA_H_
 #define MODEL_DATA_H_
 
-// The training artifact (28048 bytes), 16-byte aligned, in flash (const).
+// The training artifact (28000 bytes), 16-byte aligned, in flash (const).
 extern const unsigned char g_model[];
 extern const unsigned int g_model_len;
 

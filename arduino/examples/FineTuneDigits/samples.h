@@ -10,7 +10,7 @@
 #define kNumTest 100
 #define kImageBytes 64
 #define kEpochs 3
-#define kArenaBytes 28848
+#define kArenaBytes 20912
 #define kCheckpointBytes 15328
 extern const int8_t kTrainImages[9600];  // shape (150, 64)
 extern const int32_t kTrainLabels[150];  // shape (150,)
