@@ -228,7 +228,8 @@ def main() -> None:
                 m7 = run_m7(mm.flatbuffer(update), g_peak.variable_bytes)
                 row += f" {m7[0] / 1024:>7.1f}KB" if isinstance(m7, tuple) else f" {m7}"
                 if isinstance(m7, tuple) and name == "mobilenetv2_w035" and label == "paper 99 KB":
-                    m7_split = m7_breakdown(*m7)
+                    m7_split = m7_breakdown(*m7) + "\n  the plan's bookkeeping estimate: " + ", ".join(
+                        f"{k} {v / 1024:.1f} KB" for k, v in g_peak.overhead_parts.items())
             rows.append(row)
             print(rows[-1], flush=True)
         if name == "mobilenetv2_w035":

@@ -212,4 +212,32 @@ def test_plan_predicts_the_cortex_m7_arena(residual_model, calib, tmp_path):
         lines.append(f"{name}: plan {peak} B; smallest arena that allocates {hi} B (+-16), "
                      f"arena_used_bytes() {out['arena']} B")
         assert hi <= peak <= hi + 1024 + hi // 50, lines[-1]
+        if name in ("sparse int8", "fused, last"):  # the bookkeeping by kind
+            _check_bookkeeping(name, art, work, tflm, tflm_train_sources())
     print("\n" + "\n".join(lines))
+
+
+def _check_bookkeeping(name, art, work, tflm, sources):
+    """memory_report().bookkeeping against TFLM's RecordingMicroInterpreter on the M7: the eval
+    tensors and nodes exactly (but for the 16-byte rounding), the op data (TFLM's persistent
+    buffers) as an upper bound within 64 bytes + 10%."""
+    rep = art.memory_report()
+    try:
+        elf = cmbuild.build_arm(
+            "tflm_train_rec", "cortex-m7", [], cmbuild.DRIVER_FLAGS,
+            [*sources, work / "model_data.cpp"],
+            defines=["TMT_EMBEDDED_MODEL=g_model", "TMT_ARENA_BYTES=262144", "TMT_STEPS_MAX_BYTES=12",
+                     "TMT_REGION_MAX_BYTES=65536", "TMT_RECORD_ALLOCATIONS"],
+            libs=[str(tflm.lib)], extra_flags=list(tflm.flags))
+    except cmbuild.BuildError as e:
+        pytest.fail(str(e))
+    res = cmbuild.run_qemu(elf, "cortex-m7", ["-", "-", str(work / "region.bin")], timeout=300)
+    allocs = cmbuild.parse_train_output(res.stdout).get("allocs", {})
+    assert res.returncode == 0 and allocs, res.stdout[-2000:]
+    got = {k: allocs[k][0] for k in ("eval_tensors", "nodes", "persistent_buffers")}
+    want = rep.bookkeeping
+    print(f"{name}: TFLM {got}; plan {want}")
+    for k in ("eval_tensors", "nodes"):  # (the plan's counts rounded up to 16 bytes)
+        assert 0 <= want[k] - got[k] < 16, k
+    assert got["persistent_buffers"] <= want["op_data"] + want["interpreter"]
+    assert want["op_data"] <= got["persistent_buffers"] + 64 + got["persistent_buffers"] // 10

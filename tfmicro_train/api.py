@@ -75,6 +75,9 @@ class MemoryReport:
     variable_bytes: int
     overhead_bytes: int
     timeline: list[TimelineEntry] = field(default_factory=list)
+    # overhead_bytes by kind on a 32-bit MCU: eval_tensors, nodes, op_data, interpreter (TFLM's
+    # own structs) and planning (AllocateTensors' temporary memory beyond the arena)
+    bookkeeping: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         kb = 1024
@@ -143,7 +146,7 @@ class TrainingModel:
         p = self.plan
         return MemoryReport(p.peak_sram_bytes, len(self.flatbuffer), p.arena_bytes,
                             p.variable_bytes, p.peak_sram_bytes - p.arena_bytes - p.variable_bytes,
-                            list(self.timeline))
+                            list(self.timeline), dict(p.overhead_parts))
 
     def export_c(self, path: str | os.PathLike, name: str = "g_model") -> list[str]:
         """Write the artifact as an aligned constant C array for a device build: `path` (.h,

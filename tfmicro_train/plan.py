@@ -98,6 +98,7 @@ class MemoryPlan:
     overhead_bytes: int  # 32-bit MCU: bookkeeping + the planner's temporary memory past the arena
     live_bytes: list[int] = field(default_factory=list)  # per operator
     host_overhead_bytes: int = 0  # the same on a 64-bit host (x86-64, an upper bound)
+    overhead_parts: dict[str, int] = field(default_factory=dict)  # overhead_bytes by kind
 
     @property
     def peak_sram_bytes(self) -> int:
@@ -297,22 +298,27 @@ def plan_memory(g: Graph) -> MemoryPlan:
     host = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
             + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
     live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
-    return MemoryPlan(buffers, offsets, arena, variables, mcu_overhead(g, arena, len(offsets)), live, host)
+    parts = mcu_overhead(g, arena, len(offsets), len(used - {-1}))
+    return MemoryPlan(buffers, offsets, arena, variables, sum(parts.values()), live, host, parts)
 
 
-def mcu_overhead(g: Graph, arena: int, planned: int) -> int:
-    """TFLM's bookkeeping for `g` on a 32-bit microcontroller, plus what AllocateTensors() holds
-    temporarily (allocation records for every tensor, planner lists for the `planned` arena
-    tensors) beyond the planned arena head of `arena` bytes, which it overlays."""
-    n_tensors = len(g.tensors)  # TFLM keeps an eval tensor for every tensor of the subgraph
+def mcu_overhead(g: Graph, arena: int, planned: int, n_tensors: int) -> dict[str, int]:
+    """TFLM's bookkeeping for `g` on a 32-bit microcontroller, by kind (the kinds of TFLM's
+    RecordingMicroAllocator where they match), plus what AllocateTensors() holds temporarily
+    (allocation records for every tensor, planner lists for the `planned` arena tensors) beyond
+    the planned arena head of `arena` bytes, which it overlays. `n_tensors`: the tensors the
+    artifact keeps (those an operator or the subgraph reads or writes), each an eval tensor."""
     scratch = len(kernel_scratch(g))  # (the converter sets no TMT_* op's use_scratch)
     op_data = 0
     for node in g.nodes:
         op_data += MCU_OP_DATA.get(node.op, 32 if node.op.startswith("TMT_") else MCU_OP_DATA_OTHER)
         if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             op_data += MCU_CHANNEL_ARRAY * _align(4 * int(g.tensors[node.outputs[0]].shape[-1]))
-    tail = (MCU_BASE + _align(MCU_TENSOR * n_tensors) + _align(MCU_NODE * len(g.nodes)) + op_data
-            + MCU_IO_TENSOR * (len(g.inputs) + len(g.outputs)) + MCU_SCRATCH * scratch)
+    parts = {"eval_tensors": _align(MCU_TENSOR * n_tensors), "nodes": _align(MCU_NODE * len(g.nodes)),
+             "op_data": op_data,
+             "interpreter": (MCU_BASE + MCU_IO_TENSOR * (len(g.inputs) + len(g.outputs))
+                             + MCU_SCRATCH * scratch)}
     temporary = (_align(MCU_ALLOCATION_INFO * (n_tensors + scratch))
                  + _align(MCU_PLANNER_ENTRY * (planned + scratch)) + 2 * ALIGN)
-    return tail + max(0, temporary - arena)
+    parts["planning"] = max(0, temporary - arena)
+    return parts
