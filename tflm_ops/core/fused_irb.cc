@@ -112,24 +112,12 @@ inline int8_t AddResidual(const FusedIrbParams& p, int32_t xv, int32_t pv) {
   return static_cast<int8_t>(v);
 }
 
-using tflm_ref::DotOffset;
-
-inline int8_t RequantizeInt32(int32_t acc, const Requant& rq, int32_t c) {
-  int32_t v = MultiplyByQuantizedMultiplier(acc, rq.multiplier[c], rq.shift[c]) + rq.output_offset;
-  v = v < rq.act_min ? rq.act_min : v;
-  v = v > rq.act_max ? rq.act_max : v;
-  return static_cast<int8_t>(v);
-}
-
 // One pixel of a 1x1 convolution: in [in_c] -> out [out_c] (reference FullyConnectedPerChannel /
 // ConvPerChannel with a 1x1 kernel), w [out_c, in_c].
 inline void Pointwise(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                       const int32_t* b, const Requant& rq, int32_t out_c, int8_t* out) {
-  for (int32_t co = 0; co < out_c; ++co) {
-    uint32_t acc = static_cast<uint32_t>(DotOffset(in, w + co * in_c, in_c, in_offset));
-    if (b) acc += static_cast<uint32_t>(b[co]);
-    out[co] = RequantizeInt32(static_cast<int32_t>(acc), rq, co);
-  }
+  tflm_ref::PointwisePixel(in, in_c, in_offset, w, b, rq, out_c,
+                           [out](int32_t co, int8_t v) { out[co] = v; });
 }
 
 // Expansion row r into out [e.w, c_exp]: a 1x1 unpadded expansion reads one input pixel per
@@ -445,14 +433,11 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
       const int64_t pix = static_cast<int64_t>(oy) * p.y.w + ox;
       int8_t* yp = y + pix * p.c_out;
       if (p.residual) {
+        // x[co] is read right before y[co] is written, channel by channel, as FusedIrbInPlaceLag
+        // assumes (the dot products read only dpix and the weights)
         const int8_t* xp = x + pix * p.x.c;  // same dims as y then
-        for (int32_t co = 0; co < p.c_out; ++co) {
-          uint32_t acc =
-              static_cast<uint32_t>(DotOffset(dpix, w_p + co * C, C, p.p_in_offset));
-          if (b_p) acc += static_cast<uint32_t>(b_p[co]);
-          const int8_t pv = RequantizeInt32(static_cast<int32_t>(acc), p.p_rq, co);
-          yp[co] = AddResidual(p, xp[co], pv);
-        }
+        tflm_ref::PointwisePixel(dpix, C, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out,
+                                 [&](int32_t co, int8_t pv) { yp[co] = AddResidual(p, xp[co], pv); });
       } else {
         Pointwise(dpix, C, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out, yp);
       }
