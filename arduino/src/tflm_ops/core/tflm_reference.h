@@ -73,12 +73,14 @@ constexpr int32_t kQMax = 127;
 // Two's-complement wrap to int32 (TFLM's int32 accumulators wrap in practice).
 inline int32_t Wrap32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v)); }
 
-// gemmlowp SaturatingRoundingDoublingHighMul.
+// gemmlowp SaturatingRoundingDoublingHighMul: (ab + nudge) / 2^31 truncated toward zero, nudge
+// 2^30 (ab >= 0) or 1 - 2^30 (ab < 0). Both cases equal floor((ab + 2^30) / 2^31), one
+// arithmetic shift: for ab < 0, v = ab + 1 - 2^30 < 0 and trunc(v / 2^31) = floor((v + 2^31 - 1)
+// / 2^31) = floor((ab + 2^30) / 2^31). (|ab| <= 2^62: no int64 overflow.)
 inline int32_t Srdhm(int32_t a, int32_t b) {
   const bool overflow = a == b && a == INT32_MIN;
   const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
-  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
-  const int32_t high = static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
+  const int32_t high = static_cast<int32_t>((ab + (int64_t{1} << 30)) >> 31);
   return overflow ? INT32_MAX : high;
 }
 
