@@ -10,13 +10,10 @@ from dataclasses import dataclass, field
 
 from .autodiff import differentiate
 from .emit import emit
-from .fuse import fuse_frozen_blocks
 from .graph import from_tflite
 from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
 from .plan import MemoryPlan, plan_memory
-from .requant import flash_requant as _flash_requant
-from .requant import fold_mask_packs, split_weight_reads
-from .schedule import schedule
+from .schedule import lower
 from .sparse import LayerTraining, SparseUpdate, resolve
 
 BACKWARDS = ("int8", "fp32")
@@ -217,13 +214,7 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
                     for r in imported.layers]
     trainable = resolve(update, imported.layers, out_channels)
     differentiate(graph, trainable, head, qas, seed, fp32=backward == "fp32")
-    if fuse:  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
-        fuse_frozen_blocks(graph)
-    if flash_requant:  # per-channel multipliers of the builtin convolutions -> flash (TMT_CONV)
-        _flash_requant(graph)
-        fold_mask_packs(graph)  # activation masks written by the TMT_CONV of their layer
-    split_weight_reads(graph)  # sliced layers' weights read in two parts, never concatenated
-    schedule(graph)
+    lower(graph, fuse=fuse, flash_requant=flash_requant)
     mem = plan_memory(graph)
     metadata = {
         "format": 1, "head": head, "qas": qas, "backward": backward, "learning_rate": optimizer.learning_rate,

@@ -291,14 +291,15 @@ def plan_memory(g: Graph) -> MemoryPlan:
     offsets = {t: b.offset + b.rel.get(t, 0) for b in buffers for t in (b.tensor, *b.aliases)}
     variables = sum(_align(t.nbytes) for t in g.tensors if t.variable)
     used = set(g.inputs) | set(g.outputs) | {t for n in g.nodes for t in (*n.inputs, *n.outputs)}
+    n_tensors = len(used - {-1})  # the tensors the artifact keeps
     channels = sum(g.tensors[n.outputs[0]].shape[-1] for n in g.nodes
                    if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
     conv_ops = sum(n.op == "TMT_CONV" for n in g.nodes)
-    host = (BASE_OVERHEAD + TENSOR_OVERHEAD * len(used - {-1}) + NODE_OVERHEAD * len(g.nodes)
+    host = (BASE_OVERHEAD + TENSOR_OVERHEAD * n_tensors + NODE_OVERHEAD * len(g.nodes)
             + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
     live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
-    parts = mcu_overhead(g, arena, len(offsets), len(used - {-1}))
+    parts = mcu_overhead(g, arena, len(offsets), n_tensors)
     return MemoryPlan(buffers, offsets, arena, variables, sum(parts.values()), live, host, parts)
 
 

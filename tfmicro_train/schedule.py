@@ -3,12 +3,16 @@
 TMT_INIT first (it fills the variable tensors once, from flash); then the forward operators in the
 converter's order; then the loss and the backward nodes in the order autodiff made them: reverse
 execution order, a layer's input gradient before its update, each update as soon as the layer's
-output gradient exists, so no gradient buffer outlives the update that consumes it.
+output gradient exists, so no gradient buffer outlives the update that consumes it. `lower` runs
+the graph passes between autodiff and this (fusion, TMT_CONV, sliced weights) and then it.
 """
 
 from __future__ import annotations
 
+from .fuse import fuse_frozen_blocks
 from .graph import Graph
+from .requant import flash_requant as to_tmt_conv
+from .requant import fold_mask_packs, split_weight_reads
 
 ROLE_ORDER = {"variable": 0, "forward": 1, "loss": 2, "backward": 3, "update": 3}
 
@@ -25,3 +29,16 @@ def schedule(g: Graph) -> Graph:
                              f"'{g.tensors[missing[0]].name}' before it is written")
         seen.update(node.outputs)
     return g
+
+
+def lower(g: Graph, fuse: bool = True, flash_requant: bool = True) -> Graph:
+    """The graph passes between autodiff and the memory plan, then the schedule: what convert()
+    and the sparse-update search's memory model both run (so the search measures the artifact
+    convert() makes)."""
+    if fuse:  # frozen inverted-residual blocks -> row-streamed TMT_FUSED_IRB
+        fuse_frozen_blocks(g)
+    if flash_requant:  # per-channel multipliers of the builtin convolutions -> flash (TMT_CONV)
+        to_tmt_conv(g)
+        fold_mask_packs(g)  # activation masks written by the TMT_CONV of their layer
+    split_weight_reads(g)  # sliced layers' weights read in two parts, never concatenated
+    return schedule(g)

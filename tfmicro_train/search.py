@@ -20,12 +20,10 @@ import numpy as np
 
 from .autodiff import differentiate
 from .emit import emit
-from .fuse import fuse_frozen_blocks
 from .graph import Graph, from_tflite
 from .importer import WEIGHT_OPS, import_model
 from .plan import plan_memory
-from .requant import flash_requant, fold_mask_packs, split_weight_reads
-from .schedule import schedule
+from .schedule import lower
 from .sparse import SparseUpdate, resolve
 
 RATIOS = (0.125, 0.25, 0.5, 1.0)
@@ -219,13 +217,7 @@ class MemoryModel:
             g = copy.deepcopy(self.base)
             plan = resolve(update, self.imported.layers, self.channels)
             differentiate(g, plan, self.head, True, 0)
-            if self.fuse:
-                fuse_frozen_blocks(g)
-            if self.requant:
-                flash_requant(g)
-                fold_mask_packs(g)
-            split_weight_reads(g)
-            schedule(g)
+            lower(g, fuse=self.fuse, flash_requant=self.requant)
             mem = plan_memory(g)
             self.plans[key] = mem
             data = emit(g, {"head": self.head}, mem.offsets)
