@@ -306,6 +306,18 @@ inline int32_t Sxtb16Odd(int32_t v) {
   __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
   return r;
 }
+
+// v (|v| < 2^15) in both int16 lanes: the SADD16 / SMLAxy operand of an offset or a constant.
+inline int32_t Dup16(int32_t v) {
+  return static_cast<int32_t>((static_cast<uint32_t>(v) & 0xFFFFu) * 0x10001u);
+}
+
+// The 4 int8 of `word` as int16 lanes plus the lanes of off2 (Dup16 of the input offset; the
+// sums fit a lane): bytes 0 and 2 into *even, 1 and 3 into *odd.
+inline void SplitOffset(int32_t word, int32_t off2, int32_t* even, int32_t* odd) {
+  *even = __sadd16(__sxtb16(word), off2);
+  *odd = __sadd16(Sxtb16Odd(word), off2);
+}
 #endif
 
 // int32 (wrapping) sum of (in[c] + in_offset) * w[c], c < n: the int32 accumulator of the
@@ -317,15 +329,13 @@ inline int32_t DotOffset(const int8_t* in, const int8_t* w, int32_t n, int32_t i
   uint32_t acc = 0;
   int32_t c = 0;
 #if TMT_REFERENCE_DSP
-  const int32_t off2 =
-      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
+  const int32_t off2 = Dup16(in_offset);
   int32_t sacc = 0;
   for (; c + 4 <= n; c += 4) {
-    int32_t a, b;
+    int32_t a, b, a02, a13;
     std::memcpy(&a, in + c, 4);  // LDR: unaligned access is allowed on ARMv7-M
     std::memcpy(&b, w + c, 4);
-    const int32_t a02 = __sadd16(__sxtb16(a), off2);
-    const int32_t a13 = __sadd16(Sxtb16Odd(a), off2);
+    SplitOffset(a, off2, &a02, &a13);
     sacc = __smlad(a02, __sxtb16(b), sacc);
     sacc = __smlad(a13, Sxtb16Odd(b), sacc);
   }
@@ -344,16 +354,14 @@ inline void DotOffset2(const int8_t* in, const int8_t* w0, const int8_t* w1, int
   uint32_t acc0 = 0, acc1 = 0;
   int32_t c = 0;
 #if TMT_REFERENCE_DSP
-  const int32_t off2 =
-      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
+  const int32_t off2 = Dup16(in_offset);
   int32_t s0 = 0, s1 = 0;
   for (; c + 4 <= n; c += 4) {
-    int32_t a, b0, b1;
+    int32_t a, b0, b1, a02, a13;
     std::memcpy(&a, in + c, 4);
     std::memcpy(&b0, w0 + c, 4);
     std::memcpy(&b1, w1 + c, 4);
-    const int32_t a02 = __sadd16(__sxtb16(a), off2);
-    const int32_t a13 = __sadd16(Sxtb16Odd(a), off2);
+    SplitOffset(a, off2, &a02, &a13);
     s0 = __smlad(a02, __sxtb16(b0), s0);
     s0 = __smlad(a13, Sxtb16Odd(b0), s0);
     s1 = __smlad(a02, __sxtb16(b1), s1);
@@ -426,17 +434,16 @@ inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_
                           int8_t* out) {
   int32_t c = 0;
 #if TMT_REFERENCE_DSP
-  const int32_t off2 =
-      static_cast<int32_t>((static_cast<uint32_t>(in_offset) & 0xFFFFu) * 0x10001u);
-  const int32_t pad2 = static_cast<int32_t>((static_cast<uint32_t>(pad_in) & 0xFFFFu) * 0x10001u);
+  const int32_t off2 = Dup16(in_offset);
+  const int32_t pad2 = Dup16(pad_in);
   for (; c + 4 <= channels; c += 4) {
     int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
     int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
     for (int32_t t = 0; t < n_src; ++t) {
-      int32_t v, wv;
+      int32_t v, wv, v02, v13;
       std::memcpy(&v, src[t] + c, 4);
       std::memcpy(&wv, w + src_w[t] + c, 4);
-      const int32_t v02 = __sadd16(__sxtb16(v), off2), v13 = __sadd16(Sxtb16Odd(v), off2);
+      SplitOffset(v, off2, &v02, &v13);
       const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
       a0 = __smlabb(v02, w02, a0);
       a2 = __smlatt(v02, w02, a2);

@@ -13,6 +13,7 @@
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
+#include "tensorflow/lite/micro/micro_utils.h"
 #include "tflm_ops/core/conv_op.h"
 #include "tflm_ops/core/training_ops.h"
 #include "tflm_ops/tflm/options.h"
@@ -41,10 +42,10 @@ struct ConvOpData {
   int8_t kind = -1;
 };
 
-int ElementsOf(const TfLiteEvalTensor* t) {
-  int n = 1;
-  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
-  return n;
+// Elements of a TfLiteTensor or a TfLiteEvalTensor.
+template <typename Tensor>
+int Elements(const Tensor* t) {
+  return tflite::ElementCount(*t->dims);
 }
 
 // The op's parameters from its op data and tensors (as PrepareConvOp computed them).
@@ -54,9 +55,9 @@ core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
   p.kind = d.kind;
   if (d.kind == core::kConvOpFullyConnected) {
     const int32_t in_c = w->dims->data[1];
-    const int32_t rows = in_c > 0 ? ElementsOf(x) / in_c : 0;
+    const int32_t rows = in_c > 0 ? Elements(x) / in_c : 0;
     p.x = {1, rows, in_c};
-    p.y = {1, rows, rows > 0 ? ElementsOf(y) / rows : 0};
+    p.y = {1, rows, rows > 0 ? Elements(y) / rows : 0};
   } else {
     p.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
     p.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
@@ -153,12 +154,6 @@ bool ReadConvOptions(const ConvOpData* d, bool mask, ConvOptions* o) {
     return false;
   }
   return true;
-}
-
-int Elements(const TfLiteTensor* t) {
-  int n = 1;
-  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
-  return n;
 }
 
 TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
@@ -383,14 +378,13 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
     split.rest = tflite::micro::GetTensorData<int8_t>(tflite::micro::GetEvalInput(context, node, 4));
     split.split = d->w_split;
   }
-  const core::Status s = core::ConvOp(
+  core::Status st = core::ConvOp(
       params, mult, mult + params.y.c, tflite::micro::GetTensorData<int8_t>(x),
       tflite::micro::GetTensorData<int8_t>(w),
       b ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
       tflite::micro::GetTensorData<int8_t>(y), split);
-  core::Status st = s;
   if (st == core::Status::kOk && node->outputs->size == 2) {  // TMT_MASK_PACK of y
-    st = core::MaskPack(tflite::micro::GetTensorData<int8_t>(y), ElementsOf(y), d->mask_min,
+    st = core::MaskPack(tflite::micro::GetTensorData<int8_t>(y), Elements(y), d->mask_min,
                         d->mask_max,
                         tflite::micro::GetTensorData<uint8_t>(
                             tflite::micro::GetEvalOutput(context, node, 1)));

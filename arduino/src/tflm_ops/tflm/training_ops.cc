@@ -12,6 +12,7 @@
 #include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
+#include "tensorflow/lite/micro/micro_utils.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tflm_ops/core/fused_irb.h"
 #include "tflm_ops/core/training_ops.h"
@@ -250,10 +251,10 @@ class PrepareTensors {
   TfLiteTensor* out_[kMaxTensors] = {};
 };
 
-int Elements(const TfLiteTensor* t) {
-  int n = 1;
-  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
-  return n;
+// Elements of a TfLiteTensor or a TfLiteEvalTensor.
+template <typename Tensor>
+int Elements(const Tensor* t) {
+  return tflite::ElementCount(*t->dims);
 }
 
 int Dim(const TfLiteTensor* t, int i) { return t->dims->data[i]; }
@@ -613,12 +614,6 @@ core::Hwc HwcOf(const TfLiteEvalTensor* t) {
   return r;
 }
 
-int ElementsOf(const TfLiteEvalTensor* t) {
-  int n = 1;
-  for (int i = 0; i < t->dims->size; ++i) n *= t->dims->data[i];
-  return n;
-}
-
 core::ConvGeom GeomOf(const OpData* d) {
   core::ConvGeom g;
   g.stride_h = d->stride_h;
@@ -670,27 +665,27 @@ core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, 
   auto mf = [](TfLiteEvalTensor* t) { return tflite::micro::GetTensorData<float>(t); };
   switch (K) {
     case kSoftmaxCeGrad:
-      return core::SoftmaxCeGradF32(i8(in(0)), ElementsOf(in(0)),
+      return core::SoftmaxCeGradF32(i8(in(0)), Elements(in(0)),
                                     tflite::micro::GetTensorData<int32_t>(in(1))[0], cf(in(3)),
                                     mf(out(0)), mf(out(1)));
     case kMseGrad:
-      return core::MseGradF32(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->y_scale, mf(out(0)),
+      return core::MseGradF32(i8(in(0)), i8(in(1)), Elements(in(0)), d->y_scale, mf(out(0)),
                               mf(out(1)));
     case kActGrad:
-      return core::ActGradF32(cf(in(0)), i8(in(1)), ElementsOf(in(0)), d->act_min, d->act_max,
+      return core::ActGradF32(cf(in(0)), i8(in(1)), Elements(in(0)), d->act_min, d->act_max,
                               mf(out(0)));
     case kMaskGrad:
       return core::MaskGradF32(cf(in(0)), tflite::micro::GetTensorData<uint8_t>(in(1)),
-                               ElementsOf(in(0)), mf(out(0)));
+                               Elements(in(0)), mf(out(0)));
     case kGradAdd:
-      return core::GradAddF32(cf(in(0)), cf(in(2)), ElementsOf(in(0)), mf(out(0)));
+      return core::GradAddF32(cf(in(0)), cf(in(2)), Elements(in(0)), mf(out(0)));
     case kMeanGrad:
       return core::MeanGradF32(cf(in(0)), HwcOf(out(0)), d->inv_count, mf(out(0)));
     case kPadGrad:
       return core::PadGradF32(cf(in(0)), HwcOf(in(0)), HwcOf(out(0)), d->pad_top, d->pad_left,
                               mf(out(0)));
     case kReshapeGrad:
-      return core::ReshapeGradF32(cf(in(0)), ElementsOf(in(0)), mf(out(0)));
+      return core::ReshapeGradF32(cf(in(0)), Elements(in(0)), mf(out(0)));
     case kAvgPoolGrad:
     case kMaxPoolGrad: {
       core::PoolParams p;
@@ -727,8 +722,8 @@ core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, 
     }
     case kBiasUpdate: {
       TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
-      const int32_t ch = ElementsOf(b);
-      const int32_t positions = ch ? ElementsOf(in(0)) / ch : 0;
+      const int32_t ch = Elements(b);
+      const int32_t positions = ch ? Elements(in(0)) / ch : 0;
       return core::BiasUpdateF32(cf(in(0)), positions, ch, tflite::micro::GetTensorData<int32_t>(b),
                                  cf(in(3)), lr, UpdateOf(d), counter);
     }
@@ -770,7 +765,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   if (K == kSoftmaxCeGrad) {
-    const int32_t n = ElementsOf(in(0));
+    const int32_t n = Elements(in(0));
     const int32_t label = tflite::micro::GetTensorData<int32_t>(in(1))[0];
     if (label < 0 || label >= n) {
       MicroPrintf("%s: input 1 'label' = %d is outside [0, %d)", info.name, static_cast<int>(label),
@@ -790,7 +785,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   core::Status s = core::Status::kOk;
   switch (K) {
     case kSoftmaxCeGrad: {
-      const int32_t n = ElementsOf(in(0));
+      const int32_t n = Elements(in(0));
       const int32_t label = tflite::micro::GetTensorData<int32_t>(in(1))[0];
       s = core::SoftmaxCeGrad(i8(in(0)), n, label, tflite::micro::GetTensorData<float>(in(3)),
                               mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)),
@@ -798,24 +793,24 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kMseGrad:
-      s = core::MseGrad(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->y_scale, mut_i8(out(0)),
+      s = core::MseGrad(i8(in(0)), i8(in(1)), Elements(in(0)), d->y_scale, mut_i8(out(0)),
                         tflite::micro::GetTensorData<float>(out(1)),
                         tflite::micro::GetTensorData<float>(out(2)));
       break;
     case kActGrad:
-      s = core::ActGrad(i8(in(0)), i8(in(1)), ElementsOf(in(0)), d->act_min, d->act_max,
+      s = core::ActGrad(i8(in(0)), i8(in(1)), Elements(in(0)), d->act_min, d->act_max,
                         mut_i8(out(0)));
       break;
     case kMaskPack:
-      s = core::MaskPack(i8(in(0)), ElementsOf(in(0)), d->act_min, d->act_max,
+      s = core::MaskPack(i8(in(0)), Elements(in(0)), d->act_min, d->act_max,
                          tflite::micro::GetTensorData<uint8_t>(out(0)));
       break;
     case kMaskGrad:
-      s = core::MaskGrad(i8(in(0)), tflite::micro::GetTensorData<uint8_t>(in(1)), ElementsOf(in(0)),
+      s = core::MaskGrad(i8(in(0)), tflite::micro::GetTensorData<uint8_t>(in(1)), Elements(in(0)),
                          mut_i8(out(0)));
       break;
     case kGradAdd:
-      s = core::GradAdd(i8(in(0)), f32(in(1)), i8(in(2)), f32(in(3)), ElementsOf(in(0)),
+      s = core::GradAdd(i8(in(0)), f32(in(1)), i8(in(2)), f32(in(3)), Elements(in(0)),
                         mut_i8(out(0)), tflite::micro::GetTensorData<float>(out(1)), scratch);
       break;
     case kMeanGrad:
@@ -827,7 +822,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
                         mut_i8(out(0)));
       break;
     case kReshapeGrad:
-      s = core::ReshapeGrad(i8(in(0)), ElementsOf(in(0)), mut_i8(out(0)));
+      s = core::ReshapeGrad(i8(in(0)), Elements(in(0)), mut_i8(out(0)));
       break;
     case kAvgPoolGrad:
     case kMaxPoolGrad: {
@@ -875,8 +870,8 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     }
     case kBiasUpdate: {
       TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
-      const int32_t ch = ElementsOf(b);
-      const int32_t positions = ch ? ElementsOf(in(0)) / ch : 0;
+      const int32_t ch = Elements(b);
+      const int32_t positions = ch ? Elements(in(0)) / ch : 0;
       s = core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
                            tflite::micro::GetTensorData<int32_t>(b),
                            tflite::micro::GetTensorData<float>(in(3)), lr, UpdateOf(d), *step);
