@@ -251,7 +251,7 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
             "checkpoint": (work / "region.bin").read_bytes(),
             "arena": out["arena"], "arena_reserved": arena, "size": cmbuild.elf_size(elf),
             "model_bytes": len(art.flatbuffer), "save": out.get("save_insns", 0),
-            "ops": out.get("ops", {})}
+            "ops": out.get("ops", {}), "stack": out.get("stack", 0)}
 
 
 PAPER_MODEL = "MobileNetV2-w0.35"
@@ -306,13 +306,14 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
               f"{n_steps} steps; kernels = our backward/update kernels with the artifact's shapes "
               "(random data), input grads = their share spent on input gradients")
         print(f"{'update':<10} {'variables B':>11} {'step':>11} {'forward':>11} {'bwd+update':>11} "
-              f"{'kernels':>11} {'input grads':>11} {'arena B':>10} {'flash B':>10} {'RAM B':>10}")
+              f"{'kernels':>11} {'input grads':>11} {'arena B':>10} {'stack B':>8} {'flash B':>10} "
+              f"{'RAM B':>10}")
         for name in arts:
             st = steps[name]
             print(f"{name:<10} {variables[name]:>11,} {_fmt(st['step']):>11} {_fmt(st['forward']):>11} "
                   f"{_fmt(st['step'] - st['forward']):>11} {_fmt(kernels[name]):>11} "
-                  f"{input_share[name]:>11.0%} {st['arena']:>10,} {st['size']['flash']:>10,} "
-                  f"{st['size']['ram']:>10,}")
+                  f"{input_share[name]:>11.0%} {st['arena']:>10,} {st['stack']:>8,} "
+                  f"{st['size']['flash']:>10,} {st['size']['ram']:>10,}")
         whole = {name: float(st["step"]) for name, st in steps.items()}
         backward = {name: float(st["step"] - st["forward"]) for name, st in steps.items()}
         print_op_profile({name: st["ops"] for name, st in steps.items()})
@@ -438,15 +439,17 @@ def main(argv: list[str] | None = None) -> int:
               "TMT_CONV / TMT_FUSED_IRB and TFLM's reference kernels for the other builtins; our ops "
               "backward; flash/RAM of the linked program from arm-none-eabi-size)")
         print(f"{'update':<10} {'step':>11} {'forward':>11} {'bwd+update':>11} {'step DSP':>11} "
-              f"{'arena B':>8} {'flash B':>9} {'RAM B':>8} {'model B':>8} {'ckpt save':>10}")
+              f"{'arena B':>8} {'stack B':>8} {'flash B':>9} {'RAM B':>8} {'model B':>8} "
+              f"{'ckpt save':>10}")
         for k in arts:
             s, d = steps[k], steps_dsp[k]
             print(f"{k:<10} {_fmt(s['step']):>11} {_fmt(s['forward']):>11} "
                   f"{_fmt(s['step'] - s['forward']):>11} {_fmt(d['step']):>11} {s['arena']:>8,} "
-                  f"{s['size']['flash']:>9,} {s['size']['ram']:>8,} {s['model_bytes']:>8,} "
-                  f"{_fmt(s['save']):>10}")
+                  f"{d['stack']:>8,} {s['size']['flash']:>9,} {s['size']['ram']:>8,} "
+                  f"{s['model_bytes']:>8,} {_fmt(s['save']):>10}")
         print("(RAM = .data + .bss: the arena plus newlib/semihosting buffers and the test driver's "
-              "step and checkpoint buffers; flash includes newlib's stdio)")
+              "step and checkpoint buffers; flash includes newlib's stdio; stack = the deepest stack "
+              "of a training step, DSP build, from the top of the stack, main's frame included)")
         same = all(steps[k]["losses"] == steps_dsp[k]["losses"]
                    and steps[k]["checkpoint"] == steps_dsp[k]["checkpoint"] for k in arts)
         print(f"DSP build: losses and checkpoint bytes identical to the portable build: "

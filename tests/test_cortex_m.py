@@ -156,6 +156,11 @@ def test_tflm_training_step_on_cortex_m7(residual_model, calib, tmp_path, backwa
     assert {"TMT_CONV_WEIGHT_UPDATE", "TMT_BIAS_UPDATE", "TMT_SOFTMAX_CE_GRAD"} <= set(ops)
     assert all(calls >= 1 for calls, _ in ops.values())
     assert 0.9 * last <= total <= last
+    # the stack high-water mark of the steps (painted stack, tflm_train_main.cc): printed, and
+    # within what a microcontroller's stack holds (the kernels keep at most a few hundred bytes of
+    # tap pointers and patches on it)
+    print(f"stack: {r['stack']} B")
+    assert 512 <= r["stack"] <= 8192
 
 
 def test_plan_predicts_the_cortex_m7_arena(residual_model, calib, tmp_path):

@@ -84,21 +84,24 @@ inline int32_t Srdhm(int32_t a, int32_t b) {
   return overflow ? INT32_MAX : high;
 }
 
-// gemmlowp RoundingDivideByPOT, exponent in [0, 31].
+// gemmlowp RoundingDivideByPOT, exponent in [0, 31] (mask, remainder and threshold as unsigned
+// values: the same numbers, all in [0, 2^31)).
 inline int32_t RoundingDivideByPot(int32_t x, int exponent) {
-  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
-  const int32_t remainder = x & mask;
-  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  const uint32_t mask = (uint32_t{1} << exponent) - 1u;
+  const uint32_t remainder = static_cast<uint32_t>(x) & mask;
+  const uint32_t threshold = (mask >> 1) + (static_cast<uint32_t>(x) >> 31);
   return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-// TFLM MultiplyByQuantizedMultiplier (double-rounding variant).
+// TFLM MultiplyByQuantizedMultiplier (double-rounding variant). A left shift leaves nothing to
+// divide (RoundingDivideByPOT by 2^0 is the identity).
 inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
-  const int left = shift > 0 ? shift : 0;
-  const int right = shift > 0 ? 0 : -shift;
-  const int32_t shifted =
-      left >= 32 ? 0 : static_cast<int32_t>(static_cast<uint32_t>(x) << left);
-  return RoundingDivideByPot(Srdhm(shifted, multiplier), right);
+  if (shift > 0) {
+    const int32_t shifted =
+        shift >= 32 ? 0 : static_cast<int32_t>(static_cast<uint32_t>(x) << shift);
+    return Srdhm(shifted, multiplier);
+  }
+  return RoundingDivideByPot(Srdhm(x, multiplier), -shift);
 }
 
 // QuantizeMultiplier's last steps: a significand rounded up to 2^31 becomes 2^30 with the

@@ -307,7 +307,8 @@ def steps_file(sim, xs, ys, lrs) -> bytes:
 def parse_train_output(stdout: str) -> dict:
     """The lines of tflm_train_main.cc as a dict: arena, inference, restore, steps, save, ops
     (operator type -> (calls, instructions) in the last step, when counting instructions), allocs
-    (kind -> (used bytes, count) of TFLM's persistent allocations, with TMT_RECORD_ALLOCATIONS)."""
+    (kind -> (used bytes, count) of TFLM's persistent allocations, with TMT_RECORD_ALLOCATIONS),
+    stack (the deepest stack of a training step on Cortex-M, bytes from the top of the stack)."""
     r: dict = {"steps": []}
     for line in stdout.splitlines():
         w = line.split()
@@ -328,6 +329,8 @@ def parse_train_output(stdout: str) -> dict:
             r.setdefault("ops", {})[w[1]] = (int(w[3]), int(w[5]))
         elif w[0] == "alloc" and len(w) == 4:
             r.setdefault("allocs", {})[w[1]] = (int(w[2]), int(w[3]))
+        elif w[0] == "stack" and len(w) == 2:
+            r["stack"] = int(w[1])
         elif w[0] == "done":
             r["done"] = True
     return r

@@ -15,7 +15,9 @@
 // Output lines: "arena <bytes>", "inference insns <n>" (an lr = 0 call: forward pass only),
 // "restore <status> slot <k> seq <n>", "step <i> status <s> loss <float32 bits hex> insns <n>",
 // "save <status> slot <k> seq <n>", "done". Instruction counts are printed on Cortex-M (QEMU
-// -icount shift=0, see cm_timer.h) and are 0 on the host. Built with -DTMT_RECORD_ALLOCATIONS,
+// -icount shift=0, see cm_timer.h) and are 0 on the host; there, after the steps, also
+// "stack <bytes>": the deepest stack any training step's Invoke reached, measured from the top
+// of the stack (main's frame included; see PaintStack). Built with -DTMT_RECORD_ALLOCATIONS,
 // also "alloc <kind> <used bytes> <count>" per kind of TFLM's persistent allocations (its
 // RecordingMicroInterpreter), after "arena".
 #include <cstdint>
@@ -56,6 +58,33 @@ extern const unsigned char TMT_EMBEDDED_MODEL[];
 alignas(16) static uint8_t g_model[TMT_MODEL_MAX_BYTES];
 #endif
 alignas(16) static uint8_t g_arena[TMT_ARENA_BYTES];
+
+#if defined(__arm__)
+// Stack high-water mark: PaintStack fills the kStackPaintWords words below the caller's frame
+// with a pattern; after a step, StackDepth finds the lowest word that no longer holds it (the
+// deepest the step wrote) and returns its distance from the top of the stack (__stack,
+// mps2.ld), or 0 when the step went below the painted words.
+extern "C" uint32_t __stack;
+constexpr uint32_t kStackPaint = 0xC5AC5AC5u;
+constexpr uint32_t kStackPaintWords = 16 * 1024;  // 64 KB
+
+__attribute__((noinline)) static volatile uint32_t* PaintStack() {
+  uintptr_t sp;
+  __asm__ volatile("mov %0, sp" : "=r"(sp));
+  volatile uint32_t* top = reinterpret_cast<volatile uint32_t*>((sp & ~uintptr_t{7}) - 256);
+  volatile uint32_t* bottom = top - kStackPaintWords;
+  for (volatile uint32_t* w = bottom; w < top; ++w) *w = kStackPaint;
+  return bottom;
+}
+
+static unsigned long StackDepth(volatile const uint32_t* bottom) {
+  if (*bottom != kStackPaint) return 0;
+  volatile const uint32_t* w = bottom;
+  while (*w == kStackPaint) ++w;
+  return static_cast<unsigned long>(reinterpret_cast<uintptr_t>(&__stack) -
+                                    reinterpret_cast<uintptr_t>(w));
+}
+#endif
 alignas(4) static uint8_t g_region[TMT_REGION_MAX_BYTES];
 #ifndef TMT_STEPS_MAX_BYTES
 #define TMT_STEPS_MAX_BYTES (256 * 1024)
@@ -287,6 +316,10 @@ int main(int argc, char** argv) {
     std::printf("restore %d slot %d seq %lu\n", static_cast<int>(st), slot,
                 static_cast<unsigned long>(seq));
   }
+#if defined(__arm__)
+  unsigned long stack_depth = 0;
+  bool stack_overflow = false;
+#endif
   for (uint32_t s = 0; s < n_steps; ++s) {
     for (uint32_t k = 0; k < n_inputs; ++k) {
       const uint32_t n = U32(g_steps + 12 + 4 * k);
@@ -294,9 +327,20 @@ int main(int argc, char** argv) {
       p += n;
     }
     profiler.Enable(s + 1 == n_steps);  // the last step, by operator type
+#if defined(__arm__)
+    volatile const uint32_t* painted = PaintStack();
+#endif
     StartCount();
     const TfLiteStatus st = interpreter.Invoke();
     insns = Count();
+#if defined(__arm__)
+    const unsigned long depth = StackDepth(painted);
+    if (depth == 0) {
+      stack_overflow = true;
+    } else if (depth > stack_depth) {
+      stack_depth = depth;
+    }
+#endif
     profiler.Enable(false);
     float loss = 0.0f;
     if (interpreter.outputs_size() > 1) loss = interpreter.output(1)->data.f[0];
@@ -305,6 +349,14 @@ int main(int argc, char** argv) {
     std::printf("step %lu status %d loss %08lx insns %llu\n", static_cast<unsigned long>(s),
                 static_cast<int>(st), static_cast<unsigned long>(bits), insns);
   }
+#if defined(__arm__)
+  if (stack_overflow) {
+    std::printf("stack deeper than %lu bytes below main\n",
+                static_cast<unsigned long>(4 * kStackPaintWords));
+  } else if (n_steps > 0) {
+    std::printf("stack %lu\n", stack_depth);
+  }
+#endif
 #if defined(TMT_COUNT_INSNS)
   profiler.Print();
 #endif
