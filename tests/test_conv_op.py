@@ -152,6 +152,7 @@ def test_integer_multipliers_match_double_precision():
     res = subprocess.run([str(exe), "2000000"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:]
     assert "2000000 checked, 0 mismatches" in res.stdout
+    assert "requantize_test: 8000000 checked, 0 mismatches" in res.stdout
 
 
 # --------------------------------------------------------------------------- TMT_MEAN

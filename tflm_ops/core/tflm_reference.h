@@ -93,15 +93,29 @@ inline int32_t RoundingDivideByPot(int32_t x, int exponent) {
   return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-// TFLM MultiplyByQuantizedMultiplier (double-rounding variant). A left shift leaves nothing to
-// divide (RoundingDivideByPOT by 2^0 is the identity).
+// TFLM MultiplyByQuantizedMultiplier (double-rounding variant): RoundingDivideByPot(Srdhm(x <<
+// left, multiplier), right), shift = left or -right. For a right shift e >= 1 both roundings are
+// done in one 64-bit sum: with P = x * multiplier + 2^30, Srdhm = h = floor(P / 2^31), and
+// RoundingDivideByPot(h, e) = floor((h + 2^(e-1) - [h < 0]) / 2^e) (the remainder h mod 2^e
+// exceeds the threshold 2^(e-1) - 1 + [h < 0] exactly when adding 2^(e-1) - [h < 0] carries),
+// so by floor((floor(P / A) + k) / B) = floor((P + k A) / (A B)) and [h < 0] = [P < 0] the
+// result is the high word of P + (2^(e-1) - [P < 0]) * 2^31, shifted right by e - 1.
+// (|P| < 2^62 + 2^30: no int64 overflow; Srdhm's one saturating case keeps its own path.)
+// tflm_ops/tests/multiplier_test.cc checks it against TFLM's formulation.
 inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
-  if (shift > 0) {
+  if (shift > 0) {  // nothing to divide after a left shift (RoundingDivideByPot by 2^0)
     const int32_t shifted =
         shift >= 32 ? 0 : static_cast<int32_t>(static_cast<uint32_t>(x) << shift);
     return Srdhm(shifted, multiplier);
   }
-  return RoundingDivideByPot(Srdhm(x, multiplier), -shift);
+  const int32_t e = -shift;
+  if (e == 0 || (x == INT32_MIN && multiplier == INT32_MIN)) {
+    return RoundingDivideByPot(Srdhm(x, multiplier), e);
+  }
+  const int64_t p = static_cast<int64_t>(x) * multiplier + (int64_t{1} << 30);
+  const int32_t k = (int32_t{1} << (e - 1)) - (p < 0 ? 1 : 0);
+  const int64_t q = p + static_cast<int64_t>(k) * (int64_t{1} << 31);
+  return static_cast<int32_t>(q >> 32) >> (e - 1);
 }
 
 // QuantizeMultiplier's last steps: a significand rounded up to 2^31 becomes 2^30 with the

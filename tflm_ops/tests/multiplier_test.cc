@@ -2,8 +2,11 @@
 // ScaleRatioMultiplier(a, b, c) == QuantizeMultiplier(double(a) * double(b) / double(c)) with
 // the libm frexp / round decoding (TFLM's QuantizeMultiplier), QuantizeMultiplier's bit decoding
 // == the libm one, ValidScale == isfinite && > 0, on random floats (normal scales near the usual
-// ranges, any exponent, significands with few bits set: exact quotients and rounding ties).
-// Usage: multiplier_test [N]; prints "multiplier_test: N checked, 0 mismatches".
+// ranges, any exponent, significands with few bits set: exact quotients and rounding ties), and
+// MultiplyByQuantizedMultiplier (one 64-bit rounding step) == TFLM's SaturatingRoundingDoublingHighMul
+// then RoundingDivideByPOT on random and edge accumulators, multipliers and shifts.
+// Usage: multiplier_test [N]; prints "multiplier_test: N checked, 0 mismatches" and
+// "requantize_test: M checked, 0 mismatches".
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +17,7 @@
 
 namespace {
 
+using tfmicro_train::core::tflm_ref::MultiplyByQuantizedMultiplier;
 using tfmicro_train::core::tflm_ref::QuantizeMultiplier;
 using tfmicro_train::core::tflm_ref::ScaleRatioMultiplier;
 using tfmicro_train::core::tflm_ref::ValidScale;
@@ -52,6 +56,60 @@ void Reference(double real, int32_t* m, int32_t* s) {
   }
   *m = static_cast<int32_t>(q_fixed);
   *s = e;
+}
+
+// TFLM's MultiplyByQuantizedMultiplier (kernels/internal/common.h, gemmlowp fixedpoint), written
+// as there (the left shift as a wrapping multiply: TFLM's signed overflow is undefined).
+int32_t ReferenceSrdhm(int32_t a, int32_t b) {
+  const bool overflow = a == b && a == INT32_MIN;
+  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
+  const int32_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+  const int32_t high = static_cast<int32_t>((ab + nudge) / (1ll << 31));
+  return overflow ? INT32_MAX : high;
+}
+
+int32_t ReferenceDivideByPot(int32_t x, int exponent) {
+  const int32_t mask = static_cast<int32_t>((1ll << exponent) - 1);
+  const int32_t remainder = x & mask;
+  const int32_t threshold = (mask >> 1) + ((x < 0) ? 1 : 0);
+  return (x >> exponent) + ((remainder > threshold) ? 1 : 0);
+}
+
+int32_t ReferenceRequant(int32_t x, int32_t m, int32_t shift) {
+  const int left = shift > 0 ? shift : 0;
+  const int right = shift > 0 ? 0 : -shift;
+  const int32_t shifted = static_cast<int32_t>(static_cast<uint32_t>(x) * (1u << left));
+  return ReferenceDivideByPot(ReferenceSrdhm(shifted, m), right);
+}
+
+int32_t Pick(const int32_t* edges, int n_edges) {
+  return (Next() & 3) ? static_cast<int32_t>(Next() << 16 ^ Next()) : edges[Next() % n_edges];
+}
+
+long RequantizeMismatches(long n, long* checked) {
+  static const int32_t xs[] = {0, 1, -1, 2, -2, 127, -128, 1 << 30, -(1 << 30), INT32_MAX,
+                               INT32_MIN, INT32_MAX - 1, INT32_MIN + 1, 0x40000001, -0x40000001};
+  static const int32_t ms[] = {0, 1, 1 << 30, (1 << 30) + 1, INT32_MAX, INT32_MAX - 1,
+                               INT32_MIN, -1, 0x5A827999};
+  long bad = 0;
+  for (long i = 0; i < n; ++i) {
+    const int32_t x = Pick(xs, sizeof(xs) / sizeof(xs[0]));
+    int32_t m = Pick(ms, sizeof(ms) / sizeof(ms[0]));
+    if (i % 2) m = static_cast<int32_t>((1u << 30) | (Next() << 15 ^ Next()) >> 2);  // [2^30, 2^31)
+    const int32_t shift = static_cast<int32_t>(Next() % 42) - 31;  // [-31, 10]
+    const int32_t got = MultiplyByQuantizedMultiplier(x, m, shift);
+    const int32_t want = ReferenceRequant(x, m, shift);
+    ++*checked;
+    if (got != want) {
+      if (bad < 10) {
+        std::printf("requantize mismatch x %ld m %ld shift %ld: %ld, expected %ld\n",
+                    static_cast<long>(x), static_cast<long>(m), static_cast<long>(shift),
+                    static_cast<long>(got), static_cast<long>(want));
+      }
+      ++bad;
+    }
+  }
+  return bad;
 }
 
 }  // namespace
@@ -96,5 +154,8 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("multiplier_test: %ld checked, %ld mismatches\n", checked, bad);
-  return bad ? 1 : 0;
+  long rq_checked = 0;
+  const long rq_bad = RequantizeMismatches(4 * n, &rq_checked);
+  std::printf("requantize_test: %ld checked, %ld mismatches\n", rq_checked, rq_bad);
+  return bad || rq_bad ? 1 : 0;
 }
