@@ -33,8 +33,10 @@ Printed, in one run (about 5 minutes on 2 cores with TFLM):
 2. with TFLM (TFLM_DIR, cortex-m7 library built): the whole training step in TFLM on the
    Cortex-M7 (model in flash via TrainingModel.export_c; forward: our TMT_CONV / TMT_FUSED_IRB
    and TFLM's reference kernels for the other builtins; our ops backward), the forward pass
-   alone (an lr = 0 call), arena bytes, and flash / RAM of the linked program from
-   arm-none-eabi-size; portable (-DTMT_PORTABLE_ONLY) and default (DSP) builds;
+   alone (an lr = 0 call), arena bytes, the deepest stack of a step, and flash / RAM of the
+   linked program from arm-none-eabi-size; the default build (DSP paths of the weight gradients
+   and forward convolutions) and the portable one (every kernel core with -DTMT_PORTABLE_ONLY),
+   whose losses and checkpoints must be identical; the ratios use the default build;
 3. instructions per multiply-accumulate of our backward kernels per layer, next to TFLM's
    reference int8 convolution forward (needs TFLM's headers: TFLM_DIR); then both ratios for the
    digits model: whole training step and backward + update pass (the part of a step the update
@@ -42,7 +44,10 @@ Printed, in one run (about 5 minutes on 2 cores with TFLM):
 4. the paper-scale model (unless --paper-res 0): per update, the trainable variables, the
    whole step, forward pass and backward + update pass in TFLM (default build, median of
    --paper-steps steps), the sum of our kernels with its shapes and the share of it spent on
-   input gradients, arena, flash and RAM; then both ratios as in 3 (whole step with TFLM);
+   input gradients, arena, stack, flash and RAM; then both ratios as in 3 (whole step with
+   TFLM), and the paper's kind of comparison: the sparse step against a full update whose
+   forward pass runs on TFLM's reference kernels (convert(fuse=False, flash_requant=False)),
+   backward portable;
 5. last line: `sparse vs full: <N>x fewer instructions (<what>; <model>, sparse = <scheme>;
    Cortex-M7)`: the whole training step when TFLM is configured, else the backward + update
    pass (sum of our kernels), on the paper-scale model, or on --model with --paper-res 0. The
@@ -231,10 +236,10 @@ def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
     sim = HostSimulator(art)
     steps = work / "steps.bin"
     steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * len(xs)))
-    # core::ConvWeightUpdate (what the glue calls) is the DSP path on DSP targets by default;
-    # the portable build compiles tflm_ops/core/training_ops.cc with -DTMT_PORTABLE_ONLY.
-    source_flags = None if dsp else {str(ROOT / "tflm_ops/core/training_ops.cc"):
-                                     ["-DTMT_PORTABLE_ONLY"]}
+    # The kernel cores take their DSP paths on DSP targets by default (the weight gradients in
+    # training_ops.cc, the forward convolutions of TMT_CONV / TMT_FUSED_IRB in tflm_reference.h);
+    # the portable build compiles every core source with -DTMT_PORTABLE_ONLY.
+    source_flags = None if dsp else {str(p): ["-DTMT_PORTABLE_ONLY"] for p in CORE_SOURCES}
     region_bytes = 2 * ((32 + sum(int(v.nbytes) for v in sim.variables.values()) + 3) & ~3)
     steps_bytes = len(steps.read_bytes())
 
@@ -437,16 +442,19 @@ def main(argv: list[str] | None = None) -> int:
         steps_dsp = {k: tflm_step(a, tflm, work / f"{k}_dsp", True, xs, ys) for k, a in arts.items()}
         print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {len(xs)} steps; forward: our "
               "TMT_CONV / TMT_FUSED_IRB and TFLM's reference kernels for the other builtins; our ops "
-              "backward; flash/RAM of the linked program from arm-none-eabi-size)")
-        print(f"{'update':<10} {'step':>11} {'forward':>11} {'bwd+update':>11} {'step DSP':>11} "
-              f"{'arena B':>8} {'stack B':>8} {'flash B':>9} {'RAM B':>8} {'model B':>8} "
-              f"{'ckpt save':>10}")
+              "backward; step / forward / bwd+update: the default build, with the Cortex-M DSP "
+              "paths; portable / fwd port.: every kernel core built with -DTMT_PORTABLE_ONLY; "
+              "flash/RAM of the linked program from arm-none-eabi-size)")
+        print(f"{'update':<10} {'step':>11} {'forward':>11} {'bwd+update':>11} {'portable':>11} "
+              f"{'fwd port.':>11} {'arena B':>8} {'stack B':>8} {'flash B':>9} {'RAM B':>8} "
+              f"{'model B':>8} {'ckpt save':>10}")
         for k in arts:
             s, d = steps[k], steps_dsp[k]
-            print(f"{k:<10} {_fmt(s['step']):>11} {_fmt(s['forward']):>11} "
-                  f"{_fmt(s['step'] - s['forward']):>11} {_fmt(d['step']):>11} {s['arena']:>8,} "
-                  f"{d['stack']:>8,} {s['size']['flash']:>9,} {s['size']['ram']:>8,} "
-                  f"{s['model_bytes']:>8,} {_fmt(s['save']):>10}")
+            print(f"{k:<10} {_fmt(d['step']):>11} {_fmt(d['forward']):>11} "
+                  f"{_fmt(d['step'] - d['forward']):>11} {_fmt(s['step']):>11} "
+                  f"{_fmt(s['forward']):>11} {d['arena']:>8,} {d['stack']:>8,} "
+                  f"{d['size']['flash']:>9,} {d['size']['ram']:>8,} {d['model_bytes']:>8,} "
+                  f"{_fmt(d['save']):>10}")
         print("(RAM = .data + .bss: the arena plus newlib/semihosting buffers and the test driver's "
               "step and checkpoint buffers; flash includes newlib's stdio; stack = the deepest stack "
               "of a training step, DSP build, from the top of the stack, main's frame included)")
@@ -454,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                    and steps[k]["checkpoint"] == steps_dsp[k]["checkpoint"] for k in arts)
         print(f"DSP build: losses and checkpoint bytes identical to the portable build: "
               f"{'yes' if same else 'NO'}")
-        backward = {k: float(steps[k]["step"] - steps[k]["forward"]) for k in arts}
-        whole = {k: float(steps[k]["step"]) for k in arts}
+        backward = {k: float(steps_dsp[k]["step"] - steps_dsp[k]["forward"]) for k in arts}
+        whole = {k: float(steps_dsp[k]["step"]) for k in arts}
 
     # 3. cost per MAC, per layer of the full-update artifact
     full = calls["full"]
