@@ -501,6 +501,33 @@ inline void DotOffset3(const int8_t* in, const int8_t* w, int32_t stride, int32_
   out[2] = static_cast<int32_t>(acc2);
 }
 
+#if TMT_REFERENCE_DSP
+// PointwisePixel for in_c = 4 * N (N <= 4): the input's N words split and offset once, kept in
+// registers for every output channel; the same wrapping sums (bias first, then the SMLADs).
+template <int N, typename Store>
+inline void PointwisePixelNarrow(const int8_t* in, int32_t in_offset, const int8_t* w,
+                                 const int32_t* b, const Requant& rq, int32_t out_c, Store store) {
+  const int32_t off2 = Dup16(in_offset);
+  int32_t even[N], odd[N];
+  for (int k = 0; k < N; ++k) {
+    int32_t a;
+    std::memcpy(&a, in + 4 * k, 4);
+    SplitOffset(a, off2, &even[k], &odd[k]);
+  }
+  for (int32_t co = 0; co < out_c; ++co) {
+    const int8_t* wc = w + static_cast<int64_t>(co) * (4 * N);
+    int32_t acc = b ? b[co] : 0;
+    for (int k = 0; k < N; ++k) {
+      int32_t wv;
+      std::memcpy(&wv, wc + 4 * k, 4);
+      acc = __smlad(even[k], __sxtb16(wv), acc);
+      acc = __smlad(odd[k], Sxtb16Odd(wv), acc);
+    }
+    store(co, Requantize(acc, rq, co));
+  }
+}
+#endif
+
 // One pixel of a 1x1 convolution (or a fully-connected layer): in [in_c] -> output channel
 // values store(co, v), co ascending, with w [out_c, in_c]
 // (reference_integer_ops::FullyConnectedPerChannel for one batch row).
@@ -513,6 +540,19 @@ inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, co
   // fields stay in registers instead of being reloaded per output value)
   const Requant rq = rq_in;
   int32_t co = 0;
+#if TMT_REFERENCE_DSP
+  if (in_c == 8 || in_c == 16) {
+    // Narrow inputs (MobileNetV2's early expansions): the input split and offset once per pixel
+    // into in_c / 2 words that stay in registers; per output channel in_c / 4 weight words and
+    // in_c / 2 SMLADs.
+    if (in_c == 8) {
+      PointwisePixelNarrow<2>(in, in_offset, w, b, rq, out_c, store);
+    } else {
+      PointwisePixelNarrow<4>(in, in_offset, w, b, rq, out_c, store);
+    }
+    return;
+  }
+#endif
   for (; co + 3 <= out_c; co += 3) {
     int32_t d[3];
     DotOffset3(in, w + static_cast<int64_t>(co) * in_c, in_c, in_c, in_offset, d);
