@@ -531,8 +531,9 @@ inline void PointwisePixelNarrow(const int8_t* in, int32_t in_offset, const int8
 // One pixel of a 1x1 convolution (or a fully-connected layer): in [in_c] -> output channel
 // values store(co, v), co ascending, with w [out_c, in_c]
 // (reference_integer_ops::FullyConnectedPerChannel for one batch row).
-// Three output channels at a time (DotOffset3), then a pair (DotOffset2), then one; store(co,
-// v) is still called once per channel, in ascending order, after the whole group is computed.
+// Three output channels at a time (DotOffset3), then a pair (DotOffset2), then one (with the DSP
+// extension, 8 or 16 input channels take PointwisePixelNarrow); store(co, v) is still called once
+// per channel, in ascending order, after the whole group is computed.
 template <typename Store>
 inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                            const int32_t* b, const Requant& rq_in, int32_t out_c, Store store) {
@@ -542,9 +543,7 @@ inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, co
   int32_t co = 0;
 #if TMT_REFERENCE_DSP
   if (in_c == 8 || in_c == 16) {
-    // Narrow inputs (MobileNetV2's early expansions): the input split and offset once per pixel
-    // into in_c / 2 words that stay in registers; per output channel in_c / 4 weight words and
-    // in_c / 2 SMLADs.
+    // MobileNetV2's early expansions (PointwisePixelNarrow)
     if (in_c == 8) {
       PointwisePixelNarrow<2>(in, in_offset, w, b, rq, out_c, store);
     } else {
