@@ -37,6 +37,9 @@ def test_golden_cases_cover_the_variants():
     assert {c["padding"] for c in conv} == {0, 1}
     assert {c["act"] for c in cases} == {0, 1, 2, 3}
     assert any("b" not in c for c in cases) and any(c["w_scales"].size == 1 for c in conv)
+    narrow = [c for c in cases if "bias_base" in c]  # int16 change + base and shifts
+    assert len(narrow) > 30 and any(c["bias_shift"].max() > 0 for c in narrow)
+    assert any((c["out_bias32"] == 2**31 - 1).any() for c in narrow)  # the int32 saturation
     assert any(c["x"].shape[0] > 1 for c in cases if c["kind"] == 2)  # FC with several rows
     varied = sum(int(c["out_y"].min() != c["out_y"].max()) for c in cases)
     assert varied > 0.8 * len(cases)
@@ -58,8 +61,8 @@ def _ops(art) -> list[str]:
 def pair(residual_model, calib):
     import tfmicro_train as tmt
 
-    up = tmt.SparseUpdate(**UPDATE)
-    return (tmt.convert(residual_model, calib, update=up),
+    up = tmt.SparseUpdate(**UPDATE)  # int32 biases in both (narrow ones: test_narrow_bias.py)
+    return (tmt.convert(residual_model, calib, update=up, narrow_biases=False),
             tmt.convert(residual_model, calib, update=up, flash_requant=False))
 
 
@@ -130,7 +133,7 @@ def test_fused_and_requant_together(calib):
 
     rng = np.random.default_rng(5)
     calib16 = [rng.random((1, 16, 16, 3)).astype(np.float32) for _ in range(8)]
-    a = tmt.convert(irb_net(), calib16, update="last")
+    a = tmt.convert(irb_net(), calib16, update="last", narrow_biases=False)
     b = tmt.convert(irb_net(), calib16, update="last", flash_requant=False)
     assert "TMT_FUSED_IRB" in _ops(a) and "TMT_CONV" in _ops(a)
     sa, sb = tmt.HostSimulator(a), tmt.HostSimulator(b)

@@ -236,8 +236,10 @@ def mobilenet():
 def test_mobilenet_v2_fused_identical_and_smaller(mobilenet, scheme):
     model, calib = mobilenet
     update = tmt.SparseUpdate(**PAPER) if scheme == "paper" else "last"
-    plain = tmt.convert(model, calib, update=update, fuse=False)
-    fused = tmt.convert(model, calib, update=update, fuse=True)
+    # int32 biases in both: which narrow bias widen_at_peak keeps int32 depends on the arena,
+    # which fusion changes (narrow biases: tests/test_narrow_bias.py)
+    plain = tmt.convert(model, calib, update=update, fuse=False, narrow_biases=False)
+    fused = tmt.convert(model, calib, update=update, fuse=True, narrow_biases=False)
     pa, fa = plain.memory_report(), fused.memory_report()
     n = _ops(fused).count("TMT_FUSED_IRB")
     print(f"\nMobileNetV2-w0.35 128x128, update={scheme}: {n} fused blocks\n"

@@ -344,6 +344,10 @@ VARIANTS = {
                                     "TMT_PAD_GRAD"}),
     "fp32_gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
                          backward="fp32", ops={"TMT_MSE_GRAD", "TMT_MEAN_GRAD"}),
+    # narrow biases (64-channel layers: int16 changes, TMT_CONV's bias32 output, the int16
+    # TMT_BIAS_UPDATE; test_narrow_bias.py), at a high learning rate so the changes grow
+    "narrow_biases": dict(model="wide", update=dict(bias_last_k=4, weight_ratios={3: 1}),
+                          ops={"TMT_CONV", "TMT_BIAS_UPDATE", "TMT_MEAN"}, narrow=True),
 }
 
 
@@ -355,12 +359,20 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
 
     v = VARIANTS[variant]
     backward = v.get("backward", "int8")
-    art = tmt.convert(residual_cnn(pool=v["pool"]), calib, update=tmt.SparseUpdate(**v["update"]),
+    if v.get("model") == "wide":
+        from test_narrow_bias import wide_cnn
+
+        model = wide_cnn()
+    else:
+        model = residual_cnn(pool=v["pool"])
+    art = tmt.convert(model, calib, update=tmt.SparseUpdate(**v["update"]),
                       loss=v.get("loss", "sparse_categorical_crossentropy"), backward=backward,
                       flash_requant=v.get("flash_requant", True))
     m = fb.ModelT.InitFromPackedBuf(art.flatbuffer, 0)
     ops = Counter(op_name(m, op) for op in m.subgraphs[0].operators)
     assert v["ops"] <= set(ops), f"{variant}: missing {v['ops'] - set(ops)} in {dict(ops)}"
+    if v.get("narrow"):
+        assert any(d["dtype"] == "int16" for d in art.metadata["variables"]), variant
     if v.get("conv_masks"):
         assert "TMT_MASK_PACK" not in ops and any(
             op_name(m, op) == "TMT_CONV" and len(op.outputs) == 2 for op in m.subgraphs[0].operators)

@@ -180,7 +180,8 @@ def _keras_out_channels(model) -> tuple[list[LayerRef], list[int]]:
 def convert(model, representative_data: Iterable, update: str | SparseUpdate = "last",
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
             qas: bool = True, seed: int = 0, fuse: bool = True,
-            backward: str = "int8", flash_requant: bool = True) -> TrainingModel:
+            backward: str = "int8", flash_requant: bool = True,
+            narrow_biases: bool = True) -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
@@ -192,7 +193,9 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     flash_requant: run the remaining int8 convolutions and per-channel fully-connected layers as
     TMT_CONV ops reading their per-channel output multipliers from flash (bit-identical results;
     TFLM's builtins keep 8 bytes per output channel in SRAM), and global-average MEANs as TMT_MEAN
-    (bit-identical, without TFLM's int32 scratch per channel). Nothing is written to disk; call
+    (bit-identical, without TFLM's int32 scratch per channel). narrow_biases: with flash_requant
+    and int8 gradients, keep each trained bias as an int16 change in SRAM (2 bytes per channel
+    instead of 4; changes up to half the layer's int8 output range). Nothing is written to disk; call
     `.save()` on the result.
     """
     if backward not in BACKWARDS:
@@ -214,13 +217,14 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
                     for r in imported.layers]
     trainable = resolve(update, imported.layers, out_channels)
     differentiate(graph, trainable, head, qas, seed, fp32=backward == "fp32")
-    lower(graph, fuse=fuse, flash_requant=flash_requant)
+    lower(graph, fuse=fuse, flash_requant=flash_requant, narrow=narrow_biases)
     mem = plan_memory(graph)
     metadata = {
         "format": 1, "head": head, "qas": qas, "backward": backward, "learning_rate": optimizer.learning_rate,
         "inputs": [graph.tensors[t].name for t in graph.inputs],
         "outputs": [graph.tensors[t].name for t in graph.outputs],
         "variables": [{"name": v.name, "layer": v.layer, "kind": v.kind, "channels": v.channels,
+                       "dtype": graph.tensors[v.value].dtype.name,
                        "op_index": v.op_index, "slot": v.slot} for v in graph.variables],
     }
     timeline = [TimelineEntry(i + 1, n.op, n.role, n.layer, mem.live_bytes[i])

@@ -16,6 +16,9 @@ into the builtins for any TFLite interpreter.
 `fold_mask_packs` then moves each TMT_MASK_PACK into the TMT_CONV writing its input, as that
 op's second output (one operator less: its node and op data in TFLM, and one pass over y).
 
+`narrow_biases` then keeps each trained bias a TMT_CONV reads as an int16 change in SRAM instead
+of the int32 bias: 2 bytes per channel instead of 4 (kernels/conv_ops.py, "Narrow bias").
+
 The same pass turns every int8 global-average MEAN (over H and W of a [1, H, W, C] tensor) into
 TMT_MEAN (kernels/conv_ops.py): the same output without the int32 scratch per output channel
 that TFLM's MEAN holds in the arena during its Eval.
@@ -177,9 +180,11 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
         o = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
         name, kind, opts = conv_ops.builtin_of(o)
         rq = int(op.inputs[conv_ops.REQUANT])
+        ins = [int(t) for t in op.inputs[:conv_ops.REQUANT]]
+        if ins[conv_ops.B] >= 0 and sg.tensors[ins[conv_ops.B]].type == fb.TensorType.INT16:
+            ins[conv_ops.B] = _wide_bias(m, sg, ins[conv_ops.B], rq)
         if rq >= 0 and sg.tensors[rq].buffer > 0:  # its data is no longer needed
             m.buffers[sg.tensors[rq].buffer].data = None
-        ins = [int(t) for t in op.inputs[:conv_ops.REQUANT]]
         if len(op.inputs) > conv_ops.W_REST and op.inputs[conv_ops.W_REST] >= 0:
             # weights in two parts: the builtin reads their CONCATENATION (a new tensor)
             ins[conv_ops.W] = _insert_concat(m, sg, operators, code, ins[conv_ops.W],
@@ -194,6 +199,35 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
         rewritten += 1
     sg.operators = operators
     return rewritten
+
+
+def _wide_bias(m: fb.ModelT, sg, b: int, rq: int) -> int:
+    """A new int32 constant: the bias a narrow `b` stands for (its data, or no change when it
+    has none: the artifact's initial state), from the base and shifts in `requant`."""
+    t = sg.tensors[b]
+    channels = int(t.shape[0])
+    rows = np.frombuffer(bytes(bytearray(m.buffers[sg.tensors[rq].buffer].data)), "<i4")
+    rows = rows.reshape(4, channels)
+    data = m.buffers[t.buffer].data if t.buffer > 0 else None
+    delta = (np.frombuffer(bytes(bytearray(data)), "<i2") if data is not None and len(data)
+             else np.zeros(channels, np.int16))
+    wide = conv_ops.expand_bias(rows[2], delta, rows[3])
+    buf = fb.BufferT()
+    buf.data = np.frombuffer(wide.astype("<i4").tobytes(), np.uint8).copy()
+    m.buffers.append(buf)
+    out = fb.TensorT()
+    out.name = (t.name.decode() if isinstance(t.name, bytes) else t.name) + "/int32"
+    out.shape = np.array([channels], np.int32)
+    out.type = fb.TensorType.INT32
+    out.buffer = len(m.buffers) - 1
+    if t.quantization is not None and t.quantization.scale is not None:
+        q = fb.QuantizationParametersT()
+        q.scale = (np.asarray(t.quantization.scale, np.float64) / np.exp2(rows[3])).astype(np.float32)
+        q.zeroPoint = np.zeros(channels, np.int64)
+        q.quantizedDimension = 0
+        out.quantization = q
+    sg.tensors.append(out)
+    return len(sg.tensors) - 1
 
 
 def _insert_concat(m: fb.ModelT, sg, operators: list, code, head: int, rest: int) -> int:
@@ -283,3 +317,115 @@ def _rest_scales(g: Graph, full: int, head: int, rest: int) -> None:
         r.scale = scales[n_head:].copy()
         r.zero_point = np.zeros(scales.size - n_head, np.int64)
         r.qdim = 0
+
+
+# A narrow bias covers changes of up to NARROW_RANGE output steps (s_y) either way: half the int8
+# output range, far beyond what fine-tuning moves a bias, in steps of NARROW_RANGE / 32767 of an
+# output step (the int32 bias's own step is s_W s_x, typically 1e-4..1e-2 s_y).
+NARROW_RANGE = 128.0
+# A narrow bias adds a tensor (TFLM's eval tensor, 12 bytes, and the planner's entries while it
+# plans, 60 bytes): it must save more than that (2 bytes per channel, 16-byte aligned).
+NARROW_MIN_SAVING = 72
+
+
+def bias_shifts(bias_scale: np.ndarray, y_scale: float) -> np.ndarray:
+    """Per-channel k of a narrow bias: the smallest k in [0, 16] with 32767 * 2^k * s_b >=
+    NARROW_RANGE * s_y (s_b = s_W[c] s_x, the int32 bias's scale)."""
+    s_b = np.asarray(bias_scale, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.log2(NARROW_RANGE * float(y_scale) / (32767.0 * s_b))
+    k = np.where(np.isfinite(need), np.ceil(need), 0.0)
+    return np.clip(k, 0, conv_ops.MAX_BIAS_SHIFT).astype(np.int32)
+
+
+def narrow_biases(g: Graph) -> Graph:
+    """Each trained bias of more than a few channels (NARROW_MIN_SAVING) that only its TMT_CONV
+    and its int8 TMT_BIAS_UPDATE read (and TMT_INIT fills) becomes an
+    int16 variable holding the change since conversion, in units of 2^k[c] (`bias_shifts`): the
+    op's requant tensor gains the int32 bias (flash) and k as rows 2 and 3, the op an int32
+    `bias32` output (arena scratch during the op), and the update's bfactor is divided by 2^k
+    (the same step in the new unit; the change saturates at int16). In place; returns g."""
+    readers: dict[int, list[Node]] = {}
+    for n in g.nodes:
+        for t in n.inputs:
+            readers.setdefault(t, []).append(n)
+    for v in g.variables:
+        if v.kind != "bias":
+            continue
+        users = [n for n in readers.get(v.value, []) if n.op != "TMT_INIT"]
+        convs = [n for n in users if n.op == conv_ops.OP_NAME and n.inputs[conv_ops.B] == v.value]
+        updates = [n for n in users if n.op == "TMT_BIAS_UPDATE" and n.inputs[2] == v.value]
+        if len(convs) != 1 or len(updates) != 1 or len(users) != 2:
+            continue
+        conv, update = convs[0], updates[0]
+        if g.tensors[update.inputs[0]].dtype != np.int8:
+            continue  # the fp32 backward keeps int32 biases
+        value, init = g.tensors[v.value], g.tensors[v.init]
+        channels = value.shape[0]
+        if -(-4 * channels // 16) * 16 - -(-2 * channels // 16) * 16 <= NARROW_MIN_SAVING:
+            continue
+        s_b = np.broadcast_to(np.asarray(value.scale, np.float64), (channels,))
+        y_scale = float(np.ravel(g.tensors[conv.outputs[0]].scale)[0])
+        k = bias_shifts(s_b, y_scale)
+        rq = g.tensors[conv.inputs[conv_ops.REQUANT]]
+        rq.data = np.concatenate([np.asarray(rq.data, np.int32).reshape(2, channels),
+                                  np.asarray(init.data, np.int32).reshape(1, channels),
+                                  k.reshape(1, channels)]).astype(np.int32)
+        rq.shape = (4, channels)
+        init.dtype, init.data = np.dtype(np.int16), np.zeros(channels, np.int16)
+        value.dtype = np.dtype(np.int16)
+        value.scale = (s_b * np.exp2(k)).astype(np.float32)
+        value.zero_point = np.zeros(channels, np.int64)
+        bf = g.tensors[update.inputs[3]]
+        bf.data = (np.asarray(bf.data, np.float32) / np.exp2(k).astype(np.float32)).astype(np.float32)
+        conv.outputs.append(g.add(Tensor(f"{v.name}/int32", (channels,), np.dtype(np.int32))))
+    return g
+
+
+def _narrow_conv_bias(g: Graph, n: Node) -> bool:
+    b = n.inputs[conv_ops.B] if n.op == conv_ops.OP_NAME else -1
+    return b >= 0 and g.tensors[b].dtype == np.int16
+
+
+def _widen(g: Graph, conv: Node) -> None:
+    """Undo narrow_biases for the bias `conv` reads."""
+    v = next(v for v in g.variables if v.value == conv.inputs[conv_ops.B])
+    update = next(n for n in g.nodes if n.op == "TMT_BIAS_UPDATE" and n.inputs[2] == v.value)
+    value, init, rq = g.tensors[v.value], g.tensors[v.init], g.tensors[conv.inputs[conv_ops.REQUANT]]
+    channels = value.shape[0]
+    rows = np.asarray(rq.data, np.int32).reshape(4, channels)
+    k = rows[3].astype(np.float32)
+    rq.data, rq.shape = rows[:2].copy(), (2, channels)
+    init.dtype, init.data = np.dtype(np.int32), rows[2].copy()
+    value.dtype = np.dtype(np.int32)
+    value.scale = (np.asarray(value.scale, np.float64) / np.exp2(k)).astype(np.float32)
+    bf = g.tensors[update.inputs[3]]
+    bf.data = (np.asarray(bf.data, np.float32) * np.exp2(k)).astype(np.float32)
+    conv.outputs = [t for t in conv.outputs if g.tensors[t].dtype != np.int32]
+
+
+def widen_at_peak(g: Graph) -> Graph:
+    """Give a narrow bias back its int32 variable where its `bias32` scratch (4 bytes per
+    channel) sits at the step's busiest operator and costs more arena there than the narrow
+    variable saves (2 bytes per channel): MobileNetV2's last 1x1 convolution, 1280 channels,
+    runs where the forward pass peaks. Counts live bytes as the memory plan does; on the
+    scheduled graph, in place; returns g."""
+    from .plan import _align, _live_bytes, lifetimes  # the plan stage's live-byte count
+
+    while True:
+        buffers = lifetimes(g)
+        live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
+        if not live:
+            return g
+        best, best_gain = None, 0
+        for i, n in enumerate(g.nodes):
+            if not _narrow_conv_bias(g, n):
+                continue
+            channels = g.tensors[n.inputs[conv_ops.B]].shape[0]
+            others = max([x for j, x in enumerate(live) if j != i], default=0)
+            gain = max(live) - max(others, live[i] - _align(4 * channels)) - _align(2 * channels)
+            if gain > best_gain:
+                best, best_gain = n, gain
+        if best is None:
+            return g
+        _widen(g, best)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .fuse import fuse_frozen_blocks
 from .graph import Graph
 from .requant import flash_requant as to_tmt_conv
-from .requant import fold_mask_packs, split_weight_reads
+from .requant import fold_mask_packs, narrow_biases, split_weight_reads, widen_at_peak
 
 ROLE_ORDER = {"variable": 0, "forward": 1, "loss": 2, "backward": 3, "update": 3}
 
@@ -31,7 +31,7 @@ def schedule(g: Graph) -> Graph:
     return g
 
 
-def lower(g: Graph, fuse: bool = True, flash_requant: bool = True) -> Graph:
+def lower(g: Graph, fuse: bool = True, flash_requant: bool = True, narrow: bool = True) -> Graph:
     """The graph passes between autodiff and the memory plan, then the schedule: what convert()
     and the sparse-update search's memory model both run (so the search measures the artifact
     convert() makes)."""
@@ -40,5 +40,10 @@ def lower(g: Graph, fuse: bool = True, flash_requant: bool = True) -> Graph:
     if flash_requant:  # per-channel multipliers of the builtin convolutions -> flash (TMT_CONV)
         to_tmt_conv(g)
         fold_mask_packs(g)  # activation masks written by the TMT_CONV of their layer
+        if narrow:  # trained biases of TMT_CONV layers as int16 changes
+            narrow_biases(g)
     split_weight_reads(g)  # sliced layers' weights read in two parts, never concatenated
-    return schedule(g)
+    schedule(g)
+    if flash_requant and narrow:  # int32 again where a narrow bias's scratch sets the peak
+        widen_at_peak(g)
+    return g

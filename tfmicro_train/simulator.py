@@ -217,11 +217,27 @@ class HostSimulator:
         self.variables = {t: values[t] for t in self.variables}
 
     def weights(self) -> dict[str, np.ndarray]:
-        """Current values of the trainable parameters (int8 weights, int32 biases), by name."""
+        """Current values of the variable tensors by name: int8 weights, int32 biases and the int16
+        changes of narrow biases (`parameters()` gives those as int32 biases)."""
         self._initialise()
         infos = self.main.infos
         return {infos[t].name: v.copy() for t, v in self.variables.items()
                 if t != self.state_tensor}
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The trainable parameters as the forward pass uses them, by name: int8 weights and
+        int32 biases (a narrow bias, which `weights()` gives as its int16 change, as base +
+        change * 2^k)."""
+        from .kernels import conv_ops
+
+        values = self.weights()
+        infos, consts = self.main.infos, self.main.consts
+        for op in self.main.ops:
+            b = op.inputs[conv_ops.B] if op.name == conv_ops.OP_NAME else -1
+            if b >= 0 and infos[b].name in values and values[infos[b].name].dtype == np.int16:
+                rows = np.asarray(consts[op.inputs[conv_ops.REQUANT]]).reshape(4, -1)
+                values[infos[b].name] = conv_ops.expand_bias(rows[2], values[infos[b].name], rows[3])
+        return values
 
     def export_tflite(self) -> bytes:
         """The network with its current (fine-tuned) parameters as a plain int8 TFLite model."""

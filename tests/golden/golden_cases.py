@@ -459,6 +459,9 @@ def gen_bias_update(rng, i):
         b = rng.choice(np.array([-(2**31), 2**31 - 1, -(2**31) + 1, 2**31 - 2]), c).astype(np.int32)
     else:
         b = rng.integers(-(2**20), 2**20, c).astype(np.int32)
+    if rng.random() < 0.3:  # a narrow bias (TMT_CONV's int16 change), its saturation too
+        b = (rng.choice(np.array([-32768, 32767, -32767, 32766]), c) if u < 0.15
+             else rng.integers(-(2**15), 2**15, c)).astype(np.int16)
     seed, counter = seed_counter(rng)
     p = T.UpdateParams(update_channels(rng, c), seed)
     bf = tuned_factors(rng, factors(rng, c), lr, s, T.bias_grad_acc(g, p.update_channels))
@@ -1057,7 +1060,20 @@ def gen_conv_op(rng, i):
             "w_scales": ws, "y_scale": F32(y_scale), "y_zp": y_zp, "requant": requant, "out_y": y}
     for k in ("stride_h", "stride_w", "dil_h", "dil_w", "padding"):
         case[k] = int(o.get(k, 1))
-    if b is not None:
+    if b is not None and rng.random() < 0.3:  # a narrow bias: int16 change, base and shifts
+        k = rng.integers(0, CO.MAX_BIAS_SHIFT + 1, channels).astype(np.int32)
+        if rng.random() < 0.2:  # extreme bases and changes: the int32 saturation
+            b = rng.choice(np.array([-(2**31), 2**31 - 1, 0]), channels).astype(np.int32)
+            delta = rng.choice(np.array([-32768, 32767]), channels).astype(np.int16)
+            k[:] = CO.MAX_BIAS_SHIFT
+        else:
+            delta = rng.integers(-(2**15), 2**15, channels).astype(np.int16)
+            k = np.minimum(k, int(rng.integers(0, 6)))  # mostly small: the output stays in range
+        narrow_rq = np.concatenate([requant, b[None], k[None]]).astype(np.int32)
+        y = CO.conv_op([x, wt, delta, narrow_rq], [x_info, w_info, None, None], y_info, o)
+        case.update(b=delta, bias_base=b, bias_shift=k, out_bias32=CO.expand_bias(b, delta, k),
+                    out_y=y)
+    elif b is not None:
         case["b"] = b
     if rng.random() < 0.4:  # output 1 'bits': the packed activation mask (TMT_MASK_PACK of y)
         from tfmicro_train.kernels import training_ops as T

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tflm_ops/core/arith.h"
+
 namespace tfmicro_train {
 namespace core {
 
@@ -66,6 +68,19 @@ namespace {
 constexpr int32_t kMaxDepthwiseTaps = 49;  // windows up to 7x7 take the tap-list path
 
 }  // namespace
+
+Status ExpandBias(const int32_t* base, const int16_t* delta, const int32_t* shift,
+                  int32_t channels, int32_t* b) {
+  if (channels < 0) return Status::kBadShape;
+  for (int32_t c = 0; c < channels; ++c) {
+    if (shift[c] < 0 || shift[c] > kMaxBiasShift) return Status::kBadParams;
+  }
+  for (int32_t c = 0; c < channels; ++c) {
+    const int64_t change = static_cast<int64_t>(delta[c]) * (int64_t{1} << shift[c]);
+    b[c] = Sat32(static_cast<int64_t>(base[c]) + change);
+  }
+  return Status::kOk;
+}
 
 bool ConvOpTakesSplit(const ConvOpParams& p) {
   return p.kind == kConvOpFullyConnected ||

@@ -73,6 +73,14 @@ Status ConvOp(const ConvOpParams& params, const int32_t* multiplier, const int32
               const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y,
               const SplitWeights& split = SplitWeights());
 
+// A narrow bias (TMT_CONV with an int16 'b', the trained change of the bias): the int32 bias the
+// convolution uses, b[c] = Sat32(base[c] + delta[c] * 2^shift[c]) (int64 sum), shift[c] in
+// [0, kMaxBiasShift] (else kBadParams, nothing written). base and shift: rows 2 and 3 of the
+// op's int32 [4, C] requant tensor.
+constexpr int32_t kMaxBiasShift = 16;
+Status ExpandBias(const int32_t* base, const int16_t* delta, const int32_t* shift,
+                  int32_t channels, int32_t* b);
+
 // Whether ConvOp takes split weights for these parameters (pointwise or fully-connected).
 bool ConvOpTakesSplit(const ConvOpParams& params);
 

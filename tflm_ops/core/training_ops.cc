@@ -1020,6 +1020,15 @@ class ChannelStep {
     return Sat32(static_cast<int64_t>(b) - Step(a, base_ + index));
   }
 
+  // The updated narrow (int16) bias: clamp(b - step, -32768, 32767).
+  inline int16_t Bias(int16_t b, int32_t a, uint32_t index) const {
+    if (mode_ == kGeneric) {
+      return static_cast<int16_t>(UpdatedValue(b, a, m_, base_, index, INT16_MIN, INT16_MAX));
+    }
+    const int64_t v = static_cast<int64_t>(b) - Step(a, base_ + index);
+    return static_cast<int16_t>(v < INT16_MIN ? INT16_MIN : (v > INT16_MAX ? INT16_MAX : v));
+  }
+
  private:
   enum Mode : uint8_t { kGeneric, kLowAddend, kHighAddend };
   static constexpr int kMinFusedShift = 16;
@@ -1483,8 +1492,11 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
   return Status::kOk;
 }
 
-Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int32_t* b,
-                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
+namespace {
+
+template <typename Bias>
+Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channels, Bias* b,
+                    const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
   if (positions < 0 || channels < 0) return Status::kBadShape;
   if (p.update_channels < 0 || p.update_channels > channels) return Status::kBadParams;
   const uint32_t base = NoiseBase(p.seed, counter);
@@ -1504,6 +1516,18 @@ Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels,
     b[c] = up.Bias(b[c], Sat32(acc), static_cast<uint32_t>(c));
   }
   return Status::kOk;
+}
+
+}  // namespace
+
+Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int32_t* b,
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
+  return BiasUpdateOf(g, s, positions, channels, b, bfactor, lr, p, counter);
+}
+
+Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int16_t* b,
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
+  return BiasUpdateOf(g, s, positions, channels, b, bfactor, lr, p, counter);
 }
 
 }  // namespace core

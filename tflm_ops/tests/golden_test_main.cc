@@ -320,9 +320,11 @@ void CheckWeightUpdate(const Case& c, bool depthwise) {
   Expect(c, "out_w", w);
 }
 
-void CheckBiasUpdate(const Case& c) {
+// An int32 bias, or a narrow (int16) one: the same step, saturating at the type's range.
+template <typename Bias>
+void CheckBiasUpdateOf(const Case& c) {
   const Array& g = c.array_of<int8_t>("g");
-  std::vector<int32_t> b = c.array_of<int32_t>("b").vec<int32_t>();
+  std::vector<Bias> b = c.array_of<Bias>("b").template vec<Bias>();
   const int32_t ch = static_cast<int32_t>(b.size());
   const int32_t positions = ch ? static_cast<int32_t>(g.size() / ch) : 0;
   ExpectOk(core::BiasUpdate(g.data<int8_t>(), c.f32("s"), positions, ch, b.data(),
@@ -330,6 +332,14 @@ void CheckBiasUpdate(const Case& c) {
                             static_cast<uint32_t>(c.i64("counter"))),
            "BiasUpdate");
   Expect(c, "out_b", b);
+}
+
+void CheckBiasUpdate(const Case& c) {
+  if (c.array("b").dtype == tmt_golden::DType::kInt16) {
+    CheckBiasUpdateOf<int16_t>(c);
+  } else {
+    CheckBiasUpdateOf<int32_t>(c);
+  }
 }
 
 // ------------------------------------------------------------------ fp32 backward checkers
@@ -745,8 +755,22 @@ void CheckConvOp(const Case& c) {
   const size_t n = static_cast<size_t>(want.size());
   std::vector<int8_t> y(n + kGuard, 99);
   const int32_t* mult = rq.data<int32_t>();
-  ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(),
-                        OptionalBias(c, "b"), y.data(), SplitOfCase(c)),
+  const int32_t* bias = nullptr;
+  std::vector<int32_t> b32;
+  if (c.has("bias_base")) {  // a narrow bias: ExpandBias gives the int32 bias the op uses
+    b32.assign(static_cast<size_t>(s.channels), 0x5a5a5a5a);
+    ExpectOk(core::ExpandBias(c.array_of<int32_t>("bias_base").data<int32_t>(),
+                              c.array_of<int16_t>("b").data<int16_t>(),
+                              c.array_of<int32_t>("bias_shift").data<int32_t>(), s.channels,
+                              b32.data()),
+             "ExpandBias");
+    Expect(c, "out_bias32", b32);
+    bias = b32.data();
+  } else {
+    bias = OptionalBias(c, "b");
+  }
+  ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(), bias,
+                        y.data(), SplitOfCase(c)),
            "ConvOp");
   Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
   for (size_t i = n; i < y.size(); ++i) {

@@ -589,13 +589,16 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (!(e = expect_state(st, counter)).empty()) return "the update op changed the state: " + e;
     const char* before = bias ? "b" : "w";
     const char* after = bias ? "out_b" : "out_w";
+    const bool narrow = bias && c.array("b").dtype == tmt_golden::DType::kInt16;
+    auto same_as = [&](const char* key) {
+      return narrow ? Same(c.array(key), t.ptr<int16_t>(p), t.elements(p), &msg)
+             : bias ? Same(c.array(key), t.ptr<int32_t>(p), t.elements(p), &msg)
+                    : Same(c.array(key), t.ptr<int8_t>(p), t.elements(p), &msg);
+    };
     if (lr == 0.0f) {  // inference call: the parameter must be untouched
-      const bool same = bias ? Same(c.array(before), t.ptr<int32_t>(p), t.elements(p), &msg)
-                             : Same(c.array(before), t.ptr<int8_t>(p), t.elements(p), &msg);
-      return same ? "" : std::string("lr == 0 changed the parameter: ") + msg;
+      return same_as(before) ? "" : std::string("lr == 0 changed the parameter: ") + msg;
     }
-    const bool same = bias ? Same(c.array(after), t.ptr<int32_t>(p), t.elements(p), &msg)
-                           : Same(c.array(after), t.ptr<int8_t>(p), t.elements(p), &msg);
+    const bool same = same_as(after);
     return same ? "" : std::string(after) + ": " + msg;
   }
   if (op == "TMT_CONV") {
@@ -609,7 +612,19 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     t.QuantizeScales(w, ws.data<float>(), per_channel && c.has("w_rest") ? n_w : static_cast<int>(ws.size()),
                      kind == 1 ? 3 : 0);
     const int b = c.has("b") ? t.AddArray(c.array("b")) : -1;
-    const int rq = t.AddArray(c.array("requant"));
+    const bool narrow = c.has("bias_base");
+    int rq;
+    if (narrow) {  // requant [4, C]: multipliers, shifts, bias base, bias shifts
+      std::vector<int32_t> rows = c.array("requant").vec<int32_t>();
+      for (const char* k : {"bias_base", "bias_shift"}) {
+        const std::vector<int32_t> row = c.array(k).vec<int32_t>();
+        rows.insert(rows.end(), row.begin(), row.end());
+      }
+      rq = t.Add({4, static_cast<int>(rows.size() / 4)}, kTfLiteInt32, rows.data(),
+                 rows.size() * sizeof(int32_t));
+    } else {
+      rq = t.AddArray(c.array("requant"));
+    }
     t.SetConstant(rq);
     const int y = t.AddOutput(DimsOf(c.array("out_y")), kTfLiteInt8);
     t.Quantize(y, c.f32("y_scale"), static_cast<int>(c.i64("y_zp")));
@@ -629,6 +644,11 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
       o.ints.push_back({"mask_min", c.i64("mask_min")});
       o.ints.push_back({"mask_max", c.i64("mask_max")});
     }
+    int bias32 = -1;
+    if (narrow) {  // the last output: the int32 bias the op used
+      bias32 = t.AddOutput({static_cast<int>(t.elements(b))}, kTfLiteInt32);
+      out.push_back(bias32);
+    }
     o.ints.push_back({"kind", kind});
     o.ints.push_back({"act", c.i64("act")});
     o.ints.push_back({"version", 1});
@@ -641,6 +661,22 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (!(e = expect_i8(y, "out_y")).empty()) return e;
     if (bits >= 0 && !Same(c.array("out_bits"), t.ptr<uint8_t>(bits), t.elements(bits), &msg)) {
       return "out_bits: " + msg;
+    }
+    if (bias32 >= 0 &&
+        !Same(c.array("out_bias32"), t.ptr<int32_t>(bias32), t.elements(bias32), &msg)) {
+      return "out_bias32: " + msg;
+    }
+    if (narrow && c.index < 200 && !use_scratch) {  // refused: a wrong 'bias32', a shift of 17
+      std::vector<int> wrong = out;
+      wrong.back() = t.AddOutput({static_cast<int>(t.elements(b)) + 1}, kTfLiteInt32);
+      if (RunOp(reg, t, in, wrong, o).prepare == kTfLiteOk) return "'bias32' of the wrong size accepted";
+      std::vector<int32_t> rows(t.ptr<int32_t>(rq), t.ptr<int32_t>(rq) + t.elements(rq));
+      rows.back() = 17;
+      std::vector<int> bad_in = in;
+      bad_in[3] = t.Add({4, static_cast<int>(rows.size() / 4)}, kTfLiteInt32, rows.data(),
+                        rows.size() * sizeof(int32_t));
+      t.SetConstant(bad_in[3]);
+      if (RunOp(reg, t, bad_in, out, o).prepare == kTfLiteOk) return "a bias shift of 17 was accepted";
     }
     if (bits >= 0 && c.index < 40 && !use_scratch) {  // 'bits' needs its bounds; the wrong size is refused
       Options no_bounds = o;

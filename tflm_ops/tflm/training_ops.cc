@@ -564,7 +564,10 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kBiasUpdate: {
-      ok = c.Type(kIn, 0, gt) && c.ScaleIn(1) && c.Type(kIn, 2, kTfLiteInt32) && c.Variable(2) &&
+      // an int16 'b' is a narrow bias (TMT_CONV's trained change of the bias; int8 mode only)
+      const bool narrow = !f32 && c.In(2) != nullptr && c.In(2)->type == kTfLiteInt16;
+      ok = c.Type(kIn, 0, gt) && c.ScaleIn(1) &&
+           c.Type(kIn, 2, narrow ? kTfLiteInt16 : kTfLiteInt32) && c.Variable(2) &&
            c.Type(kIn, 3, kTfLiteFloat32);
       if (ok) {
         const int ch = Elements(c.In(2));
@@ -872,9 +875,13 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
       const int32_t ch = Elements(b);
       const int32_t positions = ch ? Elements(in(0)) / ch : 0;
-      s = core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
-                           tflite::micro::GetTensorData<int32_t>(b),
-                           tflite::micro::GetTensorData<float>(in(3)), lr, UpdateOf(d), *step);
+      const float* bf = tflite::micro::GetTensorData<float>(in(3));
+      s = b->type == kTfLiteInt16
+              ? core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
+                                 tflite::micro::GetTensorData<int16_t>(b), bf, lr, UpdateOf(d), *step)
+              : core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
+                                 tflite::micro::GetTensorData<int32_t>(b), bf, lr, UpdateOf(d),
+                                 *step);
       break;
     }
     default:

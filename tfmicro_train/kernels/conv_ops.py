@@ -19,6 +19,13 @@ of other convolutions). Output: y and, optionally, `bits`: TMT_MASK_PACK(y, mask
 activation mask the backward pass reads (the pack folded into the layer that writes y). A
 forward op: no learning-rate input, runs at inference too (the mask too).
 
+Narrow bias: `b` may be an int16 variable holding the trained change of the bias (delta, SRAM)
+instead of the int32 bias itself; `requant` is then int32 [4, C]: rows 2 and 3 the converter's
+int32 bias (flash) and a per-channel shift k in [0, 16], and the op uses
+b32[c] = sat32(base[c] + delta[c] * 2^k[c]) (int64 sum; `expand_bias`), written into an int32
+[C] output `bias32` (after `bits` when both are present: an arena scratch that lives during the
+op only) before the convolution runs with it.
+
 Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
 operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
 dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims; with `bits`,
@@ -50,6 +57,7 @@ OP_NAME = "TMT_CONV"
 MEAN_OP_NAME = "TMT_MEAN"
 # input slots (W_REST optional: rows [len(w), CO) of the weights, for a layer training a slice)
 X, W, B, REQUANT, W_REST = range(5)
+MAX_BIAS_SHIFT = 16  # narrow biases: delta * 2^k, k <= 16
 KINDS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 2}
 BUILTINS = {v: k for k, v in KINDS.items()}
 
@@ -94,12 +102,32 @@ def builtin_of(o: dict) -> tuple[str, int, Any]:
     return name, kind, opts
 
 
+def expand_bias(base: np.ndarray, delta: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """A narrow bias's int32 value: sat32(base + delta * 2^shift), shift in [0, 16]."""
+    shift = np.asarray(shift, np.int64)
+    if shift.size and (shift.min() < 0 or shift.max() > MAX_BIAS_SHIFT):
+        raise ValueError(f"TMT_CONV: bias shifts must lie in [0, {MAX_BIAS_SHIFT}]")
+    wide = np.asarray(base, np.int64) + (np.asarray(delta, np.int64) << shift)
+    return np.clip(wide, -(2**31), 2**31 - 1).astype(np.int32)
+
+
+def requant_rows(inputs: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """(int64 [2, C] multipliers and shifts, the int32 bias the op uses or None): `requant` has
+    4 rows when `b` is a narrow (int16) bias."""
+    b = inputs[B]
+    narrow = b is not None and np.asarray(b).dtype == np.int16
+    requant = np.asarray(inputs[REQUANT]).astype(np.int64).reshape(4 if narrow else 2, -1)
+    bias = expand_bias(requant[2], b, requant[3]) if narrow else b
+    return requant[:2], bias
+
+
 def conv_op(inputs: list[np.ndarray | None], infos: list[TensorInfo | None], y_info: TensorInfo,
             o: dict) -> np.ndarray:
     """The op's output y: the builtin kernel with the multipliers of the `requant` input."""
     name, _, opts = builtin_of(o)
-    requant = np.asarray(inputs[REQUANT]).reshape(2, -1).astype(np.int64)
+    requant, bias = requant_rows(inputs)
     ins = list(inputs[:REQUANT])
+    ins[B] = bias
     if len(inputs) > W_REST and inputs[W_REST] is not None:  # the weights in two parts
         ins[W] = np.concatenate([ins[W], inputs[W_REST]])
     y = BUILTIN_KERNELS[name](ins, list(infos[:REQUANT]), [y_info], opts,
@@ -113,9 +141,12 @@ def run_op(sg: Any, op: Any, values: dict) -> None:
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
     y_t = op.outputs[0]
     values[y_t] = conv_op(ins, infos, sg.infos[y_t], op.options)
-    if len(op.outputs) > 1:  # the packed activation mask (TMT_MASK_PACK of y)
-        bits = mask_pack(values[y_t], op.options["mask_min"], op.options["mask_max"])
-        values[op.outputs[1]] = bits.reshape(sg.infos[op.outputs[1]].shape)
+    for t in op.outputs[1:]:
+        if sg.infos[t].dtype == np.int32:  # `bias32`: the narrow bias the op used
+            values[t] = requant_rows(ins)[1]
+        else:  # `bits`: the packed activation mask (TMT_MASK_PACK of y)
+            bits = mask_pack(values[y_t], op.options["mask_min"], op.options["mask_max"])
+            values[t] = bits.reshape(sg.infos[t].shape)
 
 
 def mean_multiplier(x_scale: float, y_scale: float, count: int) -> tuple[int, int] | None:

@@ -455,14 +455,19 @@ def bias_update(b: np.ndarray, g: np.ndarray, g_scale: np.float32, bfactor: np.n
                 lr: np.float32, p: UpdateParams, counter: int) -> np.ndarray:
     """TMT_BIAS_UPDATE: b[c] -= floor((requant64(sum g[..., c], M_c, shift_c + 16) + r) / 2^16).
 
-    bfactor = 1 / (s_W[c] s_x) with QAS, s_W[c] s_x without; bias saturates to int32.
+    bfactor = 1 / (s_W[c] s_x) with QAS, s_W[c] s_x without; bias saturates to int32. A narrow
+    (int16) b is a bias change in units of 2^k[c] (TMT_CONV's narrow bias): the converter divides
+    bfactor by 2^k[c], and b saturates to int16.
     """
     n = p.update_channels
     acc = bias_grad_acc(g, n)
     mults = update_multipliers(lr, g_scale, bfactor[:n])
     noise = rounding_noise(p.seed, counter, n)
     out = b.copy()
-    out[:n] = apply_update(b[:n, None], acc[:, None], mults, noise, -(2**31), 2**31 - 1)[:, 0]
+    info = np.iinfo(b.dtype)
+    if b.dtype not in (np.int16, np.int32):
+        raise ValueError(f"TMT_BIAS_UPDATE: 'b' must be int32 or int16, got {b.dtype}")
+    out[:n] = apply_update(b[:n, None], acc[:, None], mults, noise, info.min, info.max)[:, 0]
     return out
 
 

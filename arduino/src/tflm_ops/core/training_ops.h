@@ -166,6 +166,10 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
 // TMT_BIAS_UPDATE: g has `positions` rows of `channels` values; b [channels], bfactor [channels].
 Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int32_t* b,
                   const float* bfactor, float lr, const UpdateParams& p, uint32_t counter);
+// The same for a narrow bias (TMT_CONV's int16 change of the bias, in units of 2^k[c]; the
+// converter divides bfactor by 2^k[c]): the same step, b saturates to int16.
+Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int16_t* b,
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter);
 
 }  // namespace core
 }  // namespace tfmicro_train

@@ -163,7 +163,13 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   ConvOptions o;
-  const bool mask = node->outputs->size == 2;
+  // A narrow bias: an int16 'b' (the trained change), its base and shifts in rows 2 and 3 of
+  // 'requant', the int32 bias the convolution uses written into the last output 'bias32'.
+  const bool narrow = node->inputs->size >= 3 && node->inputs->data[2] >= 0 &&
+                      context->GetEvalTensor(context, node->inputs->data[2])->type ==
+                          kTfLiteInt16;
+  const int n_out = node->outputs->size;
+  const bool mask = n_out - (narrow ? 1 : 0) == 2;
   if (!ReadConvOptions(d, mask, &o)) return kTfLiteError;
   if (o.kind < core::kConvOpConv2D || o.kind > core::kConvOpFullyConnected) {
     MicroPrintf("TMT_CONV: invalid options: kind %d (0 CONV_2D, 1 DEPTHWISE_CONV_2D, "
@@ -172,9 +178,9 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   }
   const char* op = kKindNames[o.kind];
   const bool split = node->inputs->size == kInputs + 1;
-  if ((node->inputs->size != kInputs && !split) || (node->outputs->size != 1 && !mask)) {
-    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output (2 with 'bits'), "
-                "got %d and %d", op, node->inputs->size, node->outputs->size);
+  if ((node->inputs->size != kInputs && !split) || (n_out - (narrow ? 1 : 0) != 1 && !mask)) {
+    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output (+1 'bits', "
+                "+1 'bias32' with an int16 'b'), got %d and %d", op, node->inputs->size, n_out);
     return kTfLiteError;
   }
   d->mask_min = o.mask_min;
@@ -206,7 +212,7 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   if (y == nullptr) fail(-1, "is missing");
   type(0, in[0], kTfLiteInt8);
   type(1, in[1], kTfLiteInt8);
-  type(2, in[2], kTfLiteInt32);
+  type(2, in[2], narrow ? kTfLiteInt16 : kTfLiteInt32);
   type(3, in[3], kTfLiteInt32);
   type(-1, y, kTfLiteInt8);
   const bool fc = o.kind == core::kConvOpFullyConnected;
@@ -313,10 +319,31 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   }
   const TfLiteTensor* rq = in[3];
   if (status == kTfLiteOk) {
-    if (rq->allocation_type != kTfLiteMmapRo || rq->dims->size != 2 || rq->dims->data[0] != 2 ||
-        rq->dims->data[1] != s.channels) {
-      fail(3, "must be a constant int32 [2, C] tensor (C output channels)");
+    if (rq->allocation_type != kTfLiteMmapRo || rq->dims->size != 2 ||
+        rq->dims->data[0] != (narrow ? 4 : 2) || rq->dims->data[1] != s.channels) {
+      fail(3, narrow ? "must be a constant int32 [4, C] tensor with an int16 'b' (C output "
+                       "channels; rows 2 and 3 the bias base and shifts)"
+                     : "must be a constant int32 [2, C] tensor (C output channels)");
     }
+  }
+  if (status == kTfLiteOk && narrow) {
+    const int32_t* k = tflite::GetTensorData<int32_t>(rq) + 3 * s.channels;
+    for (int32_t c = 0; c < s.channels && status == kTfLiteOk; ++c) {
+      if (k[c] < 0 || k[c] > core::kMaxBiasShift) {
+        MicroPrintf("TMT_CONV (%s): input 3 'requant' channel %d: bias shift %ld outside [0, %d]",
+                    op, static_cast<int>(c), static_cast<long>(k[c]),
+                    static_cast<int>(core::kMaxBiasShift));
+        status = kTfLiteError;
+      }
+    }
+    TfLiteTensor* b32 = mc->AllocateTempOutputTensor(node, n_out - 1);
+    if (status == kTfLiteOk &&
+        (b32 == nullptr || b32->type != kTfLiteInt32 || Elements(b32) != s.channels)) {
+      MicroPrintf("TMT_CONV (%s): output %d 'bias32' must be int32 with C = %d elements (the "
+                  "int16 'b' needs it)", op, n_out - 1, static_cast<int>(s.channels));
+      status = kTfLiteError;
+    }
+    if (b32) mc->DeallocateTempTfLiteTensor(b32);
   }
   if (status == kTfLiteOk) {
     // requant must hold what TFLM's Prepare computes from the scales (no memory needed).
@@ -373,17 +400,30 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
   const int32_t* mult = tflite::micro::GetTensorData<int32_t>(rq);
   const core::ConvOpParams params = ParamsOf(*d, x, w, y);
+  const int32_t channels = params.y.c;
+  const bool narrow = b != nullptr && b->type == kTfLiteInt16;
+  const int n_out = node->outputs->size - (narrow ? 1 : 0);  // y and 'bits'
+  const int32_t* bias = b != nullptr && !narrow ? tflite::micro::GetTensorData<int32_t>(b)
+                                                : nullptr;
+  core::Status st = core::Status::kOk;
+  if (narrow) {  // the int32 bias from its base, change and shifts, into 'bias32'
+    int32_t* b32 = tflite::micro::GetTensorData<int32_t>(
+        tflite::micro::GetEvalOutput(context, node, node->outputs->size - 1));
+    st = core::ExpandBias(mult + 2 * channels, tflite::micro::GetTensorData<int16_t>(b),
+                          mult + 3 * channels, channels, b32);
+    bias = b32;
+  }
   core::SplitWeights split;
   if (d->w_split >= 0) {
     split.rest = tflite::micro::GetTensorData<int8_t>(tflite::micro::GetEvalInput(context, node, 4));
     split.split = d->w_split;
   }
-  core::Status st = core::ConvOp(
-      params, mult, mult + params.y.c, tflite::micro::GetTensorData<int8_t>(x),
-      tflite::micro::GetTensorData<int8_t>(w),
-      b ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
-      tflite::micro::GetTensorData<int8_t>(y), split);
-  if (st == core::Status::kOk && node->outputs->size == 2) {  // TMT_MASK_PACK of y
+  if (st == core::Status::kOk) {
+    st = core::ConvOp(params, mult, mult + channels, tflite::micro::GetTensorData<int8_t>(x),
+                      tflite::micro::GetTensorData<int8_t>(w), bias,
+                      tflite::micro::GetTensorData<int8_t>(y), split);
+  }
+  if (st == core::Status::kOk && n_out == 2) {  // TMT_MASK_PACK of y
     st = core::MaskPack(tflite::micro::GetTensorData<int8_t>(y), Elements(y), d->mask_min,
                         d->mask_max,
                         tflite::micro::GetTensorData<uint8_t>(
