@@ -185,3 +185,12 @@ def test_bias_at_the_peak_stays_int32():
     assert np.array_equal(g.tensors[g.variables[0].init].data, np.arange(1024))
     g = widen_at_peak(narrow_biases(graph(1024, 64 * 1024)))  # peak elsewhere: stays narrow
     assert g.tensors[g.variables[0].value].dtype == np.int16
+
+
+def test_fp32_backward_and_builtin_convs_keep_int32(model, calib):
+    import tfmicro_train as tmt
+
+    up = tmt.SparseUpdate(**UPDATE)
+    for kw in (dict(backward="fp32"), dict(flash_requant=False)):
+        art = tmt.convert(model, calib, update=up, **kw)
+        assert {d for (_, k), d in _kinds(art).items() if k == "bias"} == {"int32"}, kw
