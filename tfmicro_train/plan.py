@@ -262,6 +262,11 @@ def _live_bytes(b: Buffer, i: int) -> int:
     return total
 
 
+def live_bytes(buffers: list[Buffer], n_ops: int) -> list[int]:
+    """Arena bytes in use at each of the n_ops operators (the regions of `buffers` live there)."""
+    return [sum(_live_bytes(b, i) for b in buffers) for i in range(n_ops)]
+
+
 def plan_memory(g: Graph) -> MemoryPlan:
     """Lay out the arena and compute the memory figures of a scheduled graph."""
     def layout(lags: dict[int, int], order) -> tuple[int, list[Buffer]]:
@@ -298,7 +303,7 @@ def plan_memory(g: Graph) -> MemoryPlan:
     conv_ops = sum(n.op == "TMT_CONV" for n in g.nodes)
     host = (BASE_OVERHEAD + TENSOR_OVERHEAD * n_tensors + NODE_OVERHEAD * len(g.nodes)
             + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
-    live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
+    live = live_bytes(buffers, len(g.nodes))
     parts = mcu_overhead(g, arena, len(offsets), n_tensors)
     return MemoryPlan(buffers, offsets, arena, variables, sum(parts.values()), live, host, parts)
 

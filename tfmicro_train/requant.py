@@ -30,6 +30,7 @@ import numpy as np
 
 from .graph import Graph, Node, Tensor
 from .kernels import conv_ops
+from .plan import _align, lifetimes, live_bytes
 from .schema import TensorInfo, fb
 
 I8, I32 = np.dtype(np.int8), np.dtype(np.int32)
@@ -362,7 +363,7 @@ def narrow_biases(g: Graph) -> Graph:
             continue  # the fp32 backward keeps int32 biases
         value, init = g.tensors[v.value], g.tensors[v.init]
         channels = value.shape[0]
-        if -(-4 * channels // 16) * 16 - -(-2 * channels // 16) * 16 <= NARROW_MIN_SAVING:
+        if _align(4 * channels) - _align(2 * channels) <= NARROW_MIN_SAVING:
             continue
         s_b = np.broadcast_to(np.asarray(value.scale, np.float64), (channels,))
         y_scale = float(np.ravel(g.tensors[conv.outputs[0]].scale)[0])
@@ -410,20 +411,19 @@ def widen_at_peak(g: Graph) -> Graph:
     variable saves (2 bytes per channel): MobileNetV2's last 1x1 convolution, 1280 channels,
     runs where the forward pass peaks. Counts live bytes as the memory plan does; on the
     scheduled graph, in place; returns g."""
-    from .plan import _align, _live_bytes, lifetimes  # the plan stage's live-byte count
-
     while True:
-        buffers = lifetimes(g)
-        live = [sum(_live_bytes(b, i) for b in buffers) for i in range(len(g.nodes))]
+        live = live_bytes(lifetimes(g), len(g.nodes))
         if not live:
             return g
+        top = sorted(live, reverse=True)
+        peak, second = top[0], (top[1] if len(top) > 1 else 0)
         best, best_gain = None, 0
         for i, n in enumerate(g.nodes):
             if not _narrow_conv_bias(g, n):
                 continue
             channels = g.tensors[n.inputs[conv_ops.B]].shape[0]
-            others = max([x for j, x in enumerate(live) if j != i], default=0)
-            gain = max(live) - max(others, live[i] - _align(4 * channels)) - _align(2 * channels)
+            others = second if live[i] == peak else peak  # the busiest operator but this one
+            gain = peak - max(others, live[i] - _align(4 * channels)) - _align(2 * channels)
             if gain > best_gain:
                 best, best_gain = n, gain
         if best is None:

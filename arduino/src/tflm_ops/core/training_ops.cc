@@ -1025,8 +1025,8 @@ class ChannelStep {
     if (mode_ == kGeneric) {
       return static_cast<int16_t>(UpdatedValue(b, a, m_, base_, index, INT16_MIN, INT16_MAX));
     }
-    const int64_t v = static_cast<int64_t>(b) - Step(a, base_ + index);
-    return static_cast<int16_t>(v < INT16_MIN ? INT16_MIN : (v > INT16_MAX ? INT16_MAX : v));
+    return static_cast<int16_t>(
+        Clamp64(static_cast<int64_t>(b) - Step(a, base_ + index), INT16_MIN, INT16_MAX));
   }
 
  private:
