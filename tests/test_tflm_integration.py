@@ -344,8 +344,9 @@ VARIANTS = {
                                     "TMT_PAD_GRAD"}),
     "fp32_gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
                          backward="fp32", ops={"TMT_MSE_GRAD", "TMT_MEAN_GRAD"}),
-    # narrow biases (64-channel layers: int16 changes, TMT_CONV's bias32 output, the int16
-    # TMT_BIAS_UPDATE; test_narrow_bias.py), at a high learning rate so the changes grow
+    # narrow biases (80- and 96-channel layers: int16 changes expanded in two 64-channel chunks
+    # by TMT_CONV, the int16 TMT_BIAS_UPDATE; test_narrow_bias.py), at a high learning rate so
+    # the changes grow
     "narrow_biases": dict(model="wide", update=dict(bias_last_k=4, weight_ratios={3: 1}),
                           ops={"TMT_CONV", "TMT_BIAS_UPDATE", "TMT_MEAN"}, narrow=True),
 }

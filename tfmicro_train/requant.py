@@ -30,7 +30,7 @@ import numpy as np
 
 from .graph import Graph, Node, Tensor
 from .kernels import conv_ops
-from .plan import _align, lifetimes, live_bytes
+from .plan import _align
 from .schema import TensorInfo, fb
 
 I8, I32 = np.dtype(np.int8), np.dtype(np.int32)
@@ -183,6 +183,14 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
         rq = int(op.inputs[conv_ops.REQUANT])
         ins = [int(t) for t in op.inputs[:conv_ops.REQUANT]]
         if ins[conv_ops.B] >= 0 and sg.tensors[ins[conv_ops.B]].type == fb.TensorType.INT16:
+            bt = sg.tensors[ins[conv_ops.B]]
+            if bt.isVariable and not (bt.buffer > 0 and m.buffers[bt.buffer].data is not None
+                                      and len(m.buffers[bt.buffer].data)):
+                name = bt.name.decode() if isinstance(bt.name, bytes) else bt.name
+                raise ValueError(
+                    f"narrow bias {name!r} is a trained int16 variable: a builtin convolution "
+                    "cannot read it (export_tflite() folds its value; to unfuse a training "
+                    "artifact, convert it with narrow_biases=False)")
             ins[conv_ops.B] = _wide_bias(m, sg, ins[conv_ops.B], rq)
         if rq >= 0 and sg.tensors[rq].buffer > 0:  # its data is no longer needed
             m.buffers[sg.tensors[rq].buffer].data = None
@@ -324,9 +332,9 @@ def _rest_scales(g: Graph, full: int, head: int, rest: int) -> None:
 # output range, far beyond what fine-tuning moves a bias, in steps of NARROW_RANGE / 32767 of an
 # output step (the int32 bias's own step is s_W s_x, typically 1e-4..1e-2 s_y).
 NARROW_RANGE = 128.0
-# A narrow bias adds a tensor (TFLM's eval tensor, 12 bytes, and the planner's entries while it
-# plans, 60 bytes): it must save more than that (2 bytes per channel, 16-byte aligned).
-NARROW_MIN_SAVING = 72
+# SRAM a narrow bias must save (its int16 variable against the int32 one, each 16-byte aligned):
+# it adds no tensor, only flash (6 bytes per channel: k and the zero change TMT_INIT copies).
+NARROW_MIN_SAVING = 0
 
 
 def bias_shifts(bias_scale: np.ndarray, y_scale: float) -> np.ndarray:
@@ -340,12 +348,12 @@ def bias_shifts(bias_scale: np.ndarray, y_scale: float) -> np.ndarray:
 
 
 def narrow_biases(g: Graph) -> Graph:
-    """Each trained bias of more than a few channels (NARROW_MIN_SAVING) that only its TMT_CONV
-    and its int8 TMT_BIAS_UPDATE read (and TMT_INIT fills) becomes an
-    int16 variable holding the change since conversion, in units of 2^k[c] (`bias_shifts`): the
-    op's requant tensor gains the int32 bias (flash) and k as rows 2 and 3, the op an int32
-    `bias32` output (arena scratch during the op), and the update's bfactor is divided by 2^k
-    (the same step in the new unit; the change saturates at int16). In place; returns g."""
+    """Each trained bias that only its TMT_CONV and its int8 TMT_BIAS_UPDATE read (and TMT_INIT
+    fills), where that saves SRAM (NARROW_MIN_SAVING), becomes an int16 variable holding the
+    change since conversion, in units of 2^k[c] (`bias_shifts`): the op's requant tensor gains
+    the int32 bias (flash) and k as rows 2 and 3 (the op expands the int32 bias a chunk of
+    channels at a time, on the stack), and the update's bfactor is divided by 2^k (the same
+    step in the new unit; the change saturates at int16). In place; returns g."""
     readers: dict[int, list[Node]] = {}
     for n in g.nodes:
         for t in n.inputs:
@@ -379,53 +387,4 @@ def narrow_biases(g: Graph) -> Graph:
         value.zero_point = np.zeros(channels, np.int64)
         bf = g.tensors[update.inputs[3]]
         bf.data = (np.asarray(bf.data, np.float32) / np.exp2(k).astype(np.float32)).astype(np.float32)
-        conv.outputs.append(g.add(Tensor(f"{v.name}/int32", (channels,), np.dtype(np.int32))))
     return g
-
-
-def _narrow_conv_bias(g: Graph, n: Node) -> bool:
-    b = n.inputs[conv_ops.B] if n.op == conv_ops.OP_NAME else -1
-    return b >= 0 and g.tensors[b].dtype == np.int16
-
-
-def _widen(g: Graph, conv: Node) -> None:
-    """Undo narrow_biases for the bias `conv` reads."""
-    v = next(v for v in g.variables if v.value == conv.inputs[conv_ops.B])
-    update = next(n for n in g.nodes if n.op == "TMT_BIAS_UPDATE" and n.inputs[2] == v.value)
-    value, init, rq = g.tensors[v.value], g.tensors[v.init], g.tensors[conv.inputs[conv_ops.REQUANT]]
-    channels = value.shape[0]
-    rows = np.asarray(rq.data, np.int32).reshape(4, channels)
-    k = rows[3].astype(np.float32)
-    rq.data, rq.shape = rows[:2].copy(), (2, channels)
-    init.dtype, init.data = np.dtype(np.int32), rows[2].copy()
-    value.dtype = np.dtype(np.int32)
-    value.scale = (np.asarray(value.scale, np.float64) / np.exp2(k)).astype(np.float32)
-    bf = g.tensors[update.inputs[3]]
-    bf.data = (np.asarray(bf.data, np.float32) * np.exp2(k)).astype(np.float32)
-    conv.outputs = [t for t in conv.outputs if g.tensors[t].dtype != np.int32]
-
-
-def widen_at_peak(g: Graph) -> Graph:
-    """Give a narrow bias back its int32 variable where its `bias32` scratch (4 bytes per
-    channel) sits at the step's busiest operator and costs more arena there than the narrow
-    variable saves (2 bytes per channel): MobileNetV2's last 1x1 convolution, 1280 channels,
-    runs where the forward pass peaks. Counts live bytes as the memory plan does; on the
-    scheduled graph, in place; returns g."""
-    while True:
-        live = live_bytes(lifetimes(g), len(g.nodes))
-        if not live:
-            return g
-        top = sorted(live, reverse=True)
-        peak, second = top[0], (top[1] if len(top) > 1 else 0)
-        best, best_gain = None, 0
-        for i, n in enumerate(g.nodes):
-            if not _narrow_conv_bias(g, n):
-                continue
-            channels = g.tensors[n.inputs[conv_ops.B]].shape[0]
-            others = second if live[i] == peak else peak  # the busiest operator but this one
-            gain = peak - max(others, live[i] - _align(4 * channels)) - _align(2 * channels)
-            if gain > best_gain:
-                best, best_gain = n, gain
-        if best is None:
-            return g
-        _widen(g, best)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .fuse import fuse_frozen_blocks
 from .graph import Graph
 from .requant import flash_requant as to_tmt_conv
-from .requant import fold_mask_packs, narrow_biases, split_weight_reads, widen_at_peak
+from .requant import fold_mask_packs, narrow_biases, split_weight_reads
 
 ROLE_ORDER = {"variable": 0, "forward": 1, "loss": 2, "backward": 3, "update": 3}
 
@@ -44,6 +44,4 @@ def lower(g: Graph, fuse: bool = True, flash_requant: bool = True, narrow: bool 
             narrow_biases(g)
     split_weight_reads(g)  # sliced layers' weights read in two parts, never concatenated
     schedule(g)
-    if flash_requant and narrow:  # int32 again where a narrow bias's scratch sets the peak
-        widen_at_peak(g)
     return g

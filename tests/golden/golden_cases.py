@@ -1018,10 +1018,12 @@ def gen_conv_op(rng, i):
     o: dict = {"kind": kind, "act": act, "version": 1}
     x_scale, x_zp = F32(2.0 ** rng.uniform(-8, 0)), zero_point(rng)
     mode = rng.choice(["full", "small", "sparse", "extreme", "const"], p=[0.7, 0.1, 0.05, 0.1, 0.05])
+    # wide layers (more output channels than a narrow bias's chunk, conv_op.h kBiasChunk = 64)
+    wide = i >= 3 and rng.random() < 0.15
     if kind == 2:
         rows = 1 if rng.random() < 0.8 else int(rng.integers(2, 4))
         ci = int(rng.integers(1, 65)) if rng.random() < 0.7 else int(rng.integers(1, 9))
-        co = int(rng.integers(2, 17))
+        co = int(rng.integers(65, 161)) if wide else int(rng.integers(2, 17))
         x = i8(rng, (rows, ci), mode)
         w_shape, taps, channels, qdim = (co, ci), ci, co, 0
         y_shape = (rows, co)
@@ -1030,16 +1032,24 @@ def gen_conv_op(rng, i):
         h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
         if rng.random() < 0.6:
             w = h
+        if wide:
+            h, w = min(h, 4), min(w, 4)
         cin = int(rng.choice([1, 2, 3, 4, 8, 16])) if rng.random() < 0.7 else int(rng.integers(1, 17))
+        if wide and kind == 1:
+            cin = int(rng.integers(65, 161))
         kh, kw, sh, sw, dh, dw, padding = _fused_conv_geom(rng, h, w, ks=(1, 1, 2, 3, 3, 5))
         if kind == 0 and rng.random() < 0.3:  # pointwise, as most of MobileNetV2's
             kh = kw = sh = sw = dh = dw = 1
+        if wide and kind == 1 and rng.random() < 0.35:  # windows over 7x7: the generic loop
+            kh, kw, sh, sw, dh, dw, padding = 8, 8, 1, 1, 1, 1, 0
         o.update(stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw, padding=padding)
         oh = FO.out_size(padding, h, kh, sh, dh)
         ow = FO.out_size(padding, w, kw, sw, dw)
         x = i8(rng, (1, h, w, cin), mode)
         if kind == 0:
             channels = int(rng.choice([1, 2, 4, 8, 16])) if rng.random() < 0.7 else int(rng.integers(1, 17))
+            if wide:
+                channels = int(rng.integers(65, 161))
             w_shape, taps, qdim = (channels, kh, kw, cin), kh * kw * cin, 0
         else:
             channels = cin
@@ -1060,7 +1070,8 @@ def gen_conv_op(rng, i):
             "w_scales": ws, "y_scale": F32(y_scale), "y_zp": y_zp, "requant": requant, "out_y": y}
     for k in ("stride_h", "stride_w", "dil_h", "dil_w", "padding"):
         case[k] = int(o.get(k, 1))
-    if b is not None and rng.random() < 0.3:  # a narrow bias: int16 change, base and shifts
+    if b is not None and rng.random() < (0.8 if wide else 0.3):  # a narrow bias: int16 change,
+        # its base and shifts (expanded_bias: the int32 bias the op uses, for ExpandBias)
         k = rng.integers(0, CO.MAX_BIAS_SHIFT + 1, channels).astype(np.int32)
         if rng.random() < 0.2:  # extreme bases and changes: the int32 saturation
             b = rng.choice(np.array([-(2**31), 2**31 - 1, 0]), channels).astype(np.int32)
@@ -1071,7 +1082,7 @@ def gen_conv_op(rng, i):
             k = np.minimum(k, int(rng.integers(0, 6)))  # mostly small: the output stays in range
         narrow_rq = np.concatenate([requant, b[None], k[None]]).astype(np.int32)
         y = CO.conv_op([x, wt, delta, narrow_rq], [x_info, w_info, None, None], y_info, o)
-        case.update(b=delta, bias_base=b, bias_shift=k, out_bias32=CO.expand_bias(b, delta, k),
+        case.update(b=delta, bias_base=b, bias_shift=k, expanded_bias=CO.expand_bias(b, delta, k),
                     out_y=y)
     elif b is not None:
         case["b"] = b
@@ -1131,7 +1142,7 @@ def _split_rows(gen, eligible=lambda case: True):
         case = gen(rng, i)
         r = np.random.default_rng(1_000_003 + i)
         w = case["w"]
-        if r.random() < 0.35 and w.shape[0] >= 2 and eligible(case):
+        if r.random() < (0.7 if w.shape[0] > 64 else 0.35) and w.shape[0] >= 2 and eligible(case):
             k = int(r.integers(1, w.shape[0]))
             case["w"], case["w_rest"] = w[:k].copy(), w[k:].copy()
         return case

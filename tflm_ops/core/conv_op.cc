@@ -88,27 +88,21 @@ bool ConvOpTakesSplit(const ConvOpParams& p) {
           p.stride_w == 1 && p.pad_top == 0 && p.pad_left == 0);
 }
 
-Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
-              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y,
-              const SplitWeights& split) {
-  if (!multiplier || !shift || !x || !w || !y) return Status::kBadParams;
-  if (split.rest != nullptr &&
-      (!ConvOpTakesSplit(p) || split.split < 0 || split.split > p.y.c)) {
-    return Status::kBadParams;
-  }
+namespace {
+
+// Output channels [c0, c1) of the op over every output pixel: b (null: no bias) holds their
+// biases (b[c - c0]); the multipliers, weights and y are the op's whole tensors.
+void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, const int8_t* w,
+                  const int32_t* b, int8_t* y, const SplitWeights& split, int32_t c0,
+                  int32_t c1) {
   const int32_t channels = p.y.c;
-  for (int32_t c = 0; c < channels; ++c) {
-    if (multiplier[c] < 0 || shift[c] < -31 || shift[c] > 31) return Status::kBadParams;
-  }
-  Requant rq;
-  rq.multiplier = multiplier;
-  rq.shift = shift;
-  rq.output_offset = p.y_offset;
-  rq.act_min = p.act_min;
-  rq.act_max = p.act_max;
+  const int32_t n_c = c1 - c0;
+  Requant rq_c = rq;  // channel c0 first
+  rq_c.multiplier = rq.multiplier + c0;
+  rq_c.shift = rq.shift + c0;
   if (p.kind == kConvOpDepthwise && p.kh * p.kw <= kMaxDepthwiseTaps) {
     // per output pixel, the window's in-image taps (out-of-image ones are skipped, as the
-    // reference does), then every channel over them
+    // reference does), then the channels over them
     const int8_t* src[kMaxDepthwiseTaps];
     int32_t src_w[kMaxDepthwiseTaps];
     for (int32_t oy = 0; oy < p.y.h; ++oy) {
@@ -122,15 +116,15 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
           for (int32_t kx = 0; kx < p.kw; ++kx) {
             const int32_t ix = ix0 + kx * p.dil_w;
             if (ix < 0 || ix >= p.x.w) continue;
-            src[n] = x + (static_cast<int64_t>(iy) * p.x.w + ix) * channels;
-            src_w[n++] = (ky * p.kw + kx) * channels;
+            src[n] = x + (static_cast<int64_t>(iy) * p.x.w + ix) * channels + c0;
+            src_w[n++] = (ky * p.kw + kx) * channels + c0;
           }
         }
-        tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, channels, p.x_offset, rq,
-                                y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels);
+        tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, n_c, p.x_offset, rq_c,
+                                y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels + c0);
       }
     }
-    return Status::kOk;
+    return;
   }
   if (p.kind == kConvOpDepthwise) {
     tflm_ref::DepthwiseLoop l;
@@ -147,6 +141,8 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
     l.d_pad_left = p.pad_left;
     l.in_offset = p.x_offset;
     l.rq = rq;
+    l.c_begin = c0;
+    l.c_end = c1;
     const int64_t row_bytes = static_cast<int64_t>(p.x.w) * p.x.c;
     auto row_of = [&](int32_t r) { return x + r * row_bytes; };
     for (int32_t oy = 0; oy < p.y.h; ++oy) {
@@ -155,34 +151,42 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
                                  y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels);
       }
     }
-    return Status::kOk;
+    return;
   }
   if (ConvOpTakesSplit(p)) {  // every output pixel (FC: row) reads the input pixel at one place
     const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
     // output channels [0, head) from w, [head, channels) from split.rest (rows of x.c weights)
     const int32_t head = split.rest != nullptr ? split.split : channels;
+    const int32_t h1 = c1 < head ? c1 : head;  // [c0, h1) from w, [r0, c1) from split.rest
+    const int32_t r0 = c0 > head ? c0 : head;
     Requant rq_rest = rq;
-    rq_rest.multiplier = multiplier + head;
-    rq_rest.shift = shift + head;
+    rq_rest.multiplier = rq.multiplier + r0;
+    rq_rest.shift = rq.shift + r0;
+    const int8_t* w_c = w + static_cast<int64_t>(c0) * p.x.c;
+    const int8_t* rest_c =
+        split.rest != nullptr ? split.rest + static_cast<int64_t>(r0 - head) * p.x.c : nullptr;
     for (int64_t i = 0; i < pixels; ++i) {
-      int8_t* yp = y + i * channels;
-      tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, w, b, rq, head,
-                               [yp](int32_t co, int8_t v) { yp[co] = v; });
-      if (head < channels) {
-        int8_t* yr = yp + head;
-        tflm_ref::PointwisePixel(x + i * p.x.c, p.x.c, p.x_offset, split.rest,
-                                 b ? b + head : nullptr, rq_rest, channels - head,
-                                 [yr](int32_t co, int8_t v) { yr[co] = v; });
+      const int8_t* xp = x + i * p.x.c;
+      if (h1 > c0) {
+        int8_t* yp = y + i * channels + c0;
+        tflm_ref::PointwisePixel(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0,
+                                 [yp](int32_t co, int8_t v) { yp[co] = v; });
+      }
+      if (c1 > r0) {
+        int8_t* yr = y + i * channels + r0;
+        tflm_ref::PointwisePixel(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
+                                 rq_rest, c1 - r0, [yr](int32_t co, int8_t v) { yr[co] = v; });
       }
     }
-    return Status::kOk;
+    return;
   }
   tflm_ref::ConvLoop l;
   l.in_h = p.x.h;
   l.in_w = p.x.w;
   l.in_c = p.x.c;
   l.out_w = p.y.w;
-  l.out_c = channels;
+  l.out_c = n_c;
+  l.out_stride = channels;
   l.kh = p.kh;
   l.kw = p.kw;
   l.stride_h = p.stride_h;
@@ -192,9 +196,63 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
   l.pad_top = p.pad_top;
   l.pad_left = p.pad_left;
   l.in_offset = p.x_offset;
-  l.rq = rq;
+  l.rq = rq_c;
+  const int8_t* w_c = w + static_cast<int64_t>(c0) * p.kh * p.kw * p.x.c;
   for (int32_t oy = 0; oy < p.y.h; ++oy) {
-    tflm_ref::ConvRow(l, x, w, b, oy, y + static_cast<int64_t>(oy) * p.y.w * channels);
+    tflm_ref::ConvRow(l, x, w_c, b, oy, y + static_cast<int64_t>(oy) * p.y.w * channels + c0);
+  }
+}
+
+Status CheckConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
+                   const int8_t* x, const int8_t* w, const int8_t* y, const SplitWeights& split) {
+  if (!multiplier || !shift || !x || !w || !y) return Status::kBadParams;
+  if (split.rest != nullptr &&
+      (!ConvOpTakesSplit(p) || split.split < 0 || split.split > p.y.c)) {
+    return Status::kBadParams;
+  }
+  for (int32_t c = 0; c < p.y.c; ++c) {
+    if (multiplier[c] < 0 || shift[c] < -31 || shift[c] > 31) return Status::kBadParams;
+  }
+  return Status::kOk;
+}
+
+Requant RequantOf(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift) {
+  Requant rq;
+  rq.multiplier = multiplier;
+  rq.shift = shift;
+  rq.output_offset = p.y_offset;
+  rq.act_min = p.act_min;
+  rq.act_max = p.act_max;
+  return rq;
+}
+
+}  // namespace
+
+Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
+              const int8_t* x, const int8_t* w, const int32_t* b, int8_t* y,
+              const SplitWeights& split) {
+  const Status st = CheckConvOp(p, multiplier, shift, x, w, y, split);
+  if (st != Status::kOk) return st;
+  ConvChannels(p, RequantOf(p, multiplier, shift), x, w, b, y, split, 0, p.y.c);
+  return Status::kOk;
+}
+
+Status ConvOpNarrowBias(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
+                        const int8_t* x, const int8_t* w, const NarrowBias& bias, int8_t* y,
+                        const SplitWeights& split) {
+  Status st = CheckConvOp(p, multiplier, shift, x, w, y, split);
+  if (st != Status::kOk) return st;
+  if (!bias.base || !bias.delta || !bias.shift) return Status::kBadParams;
+  for (int32_t c = 0; c < p.y.c; ++c) {
+    if (bias.shift[c] < 0 || bias.shift[c] > kMaxBiasShift) return Status::kBadParams;
+  }
+  const Requant rq = RequantOf(p, multiplier, shift);
+  int32_t b32[kBiasChunk];  // the int32 biases of one chunk of channels
+  for (int32_t c0 = 0; c0 < p.y.c; c0 += kBiasChunk) {
+    const int32_t c1 = p.y.c - c0 > kBiasChunk ? c0 + kBiasChunk : p.y.c;
+    st = ExpandBias(bias.base + c0, bias.delta + c0, bias.shift + c0, c1 - c0, b32);
+    if (st != Status::kOk) return st;
+    ConvChannels(p, rq, x, w, b32, y, split, c0, c1);
   }
   return Status::kOk;
 }

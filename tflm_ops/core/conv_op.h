@@ -81,6 +81,24 @@ constexpr int32_t kMaxBiasShift = 16;
 Status ExpandBias(const int32_t* base, const int16_t* delta, const int32_t* shift,
                   int32_t channels, int32_t* b);
 
+struct NarrowBias {
+  const int32_t* base = nullptr;   // [C], requant row 2
+  const int16_t* delta = nullptr;  // [C], the int16 variable
+  const int32_t* shift = nullptr;  // [C], requant row 3, each in [0, kMaxBiasShift]
+};
+
+// Output channels per ExpandBias chunk of ConvOpNarrowBias (its int32 biases on the stack).
+constexpr int32_t kBiasChunk = 64;
+
+// ConvOp with a narrow bias: the same outputs as ConvOp with the ExpandBias of `bias`, computed
+// kBiasChunk output channels at a time (each chunk's int32 biases expanded into a 256-byte
+// stack buffer, so no [C] scratch in the arena). kBadParams (nothing written) for a shift
+// outside [0, kMaxBiasShift] or what ConvOp rejects.
+Status ConvOpNarrowBias(const ConvOpParams& params, const int32_t* multiplier,
+                        const int32_t* shift, const int8_t* x, const int8_t* w,
+                        const NarrowBias& bias, int8_t* y,
+                        const SplitWeights& split = SplitWeights());
+
 // Whether ConvOp takes split weights for these parameters (pointwise or fully-connected).
 bool ConvOpTakesSplit(const ConvOpParams& params);
 

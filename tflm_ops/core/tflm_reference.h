@@ -310,6 +310,7 @@ inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
 struct ConvLoop {
   int32_t in_h = 1, in_w = 1, in_c = 1;  // input dims (batch 1)
   int32_t out_w = 1, out_c = 1;          // output row width and channels
+  int32_t out_stride = 0;  // int8 between output pixels (0: out_c; a channel chunk of a wider y)
   int32_t kh = 1, kw = 1, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int32_t pad_top = 0, pad_left = 0;
   int32_t in_offset = 0;  // -input zero point
@@ -593,6 +594,7 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
   const int32_t y0 = r * p.stride_h - p.pad_top;
   const int32_t window = p.kh * p.kw * in_c;
   const int32_t zero_point = -p.in_offset;
+  const int32_t out_px = p.out_stride > 0 ? p.out_stride : p.out_c;
   if (window <= kConvPatchMax && zero_point >= kQMin && zero_point <= kQMax) {
     // Small windows (a stem's 3x3x3): gather each output pixel's window into a patch, taps
     // outside the image as the input zero point (their products (zp + in_offset) * w are 0, as
@@ -625,7 +627,7 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
           }
         }
       }
-      int8_t* o = out + ox * p.out_c;
+      int8_t* o = out + ox * out_px;
       PointwisePixel(patch, window, p.in_offset, w, b, p.rq, p.out_c,
                      [o](int32_t co, int8_t v) { o[co] = v; });
     }
@@ -661,7 +663,7 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
               DotOffset(xr + static_cast<int64_t>(ix) * in_c, wr + kx * in_c, in_c, p.in_offset));
         }
       }
-      out[ox * p.out_c + co] = Requantize(static_cast<int32_t>(acc), p.rq, co);
+      out[ox * out_px + co] = Requantize(static_cast<int32_t>(acc), p.rq, co);
     }
   }
 }
@@ -678,16 +680,20 @@ struct DepthwiseLoop {
   int32_t d_pad_top = 0, d_pad_left = 0;
   int32_t in_offset = 0;  // -input zero point
   Requant rq;
+  int32_t c_begin = 0, c_end = -1;  // the channels computed: [c_begin, c_end) (-1: c)
 };
 
 // One output pixel (oy, ox) of the depthwise (reference_integer_ops::DepthwiseConvPerChannel)
-// into out [c]; w [1, kh, kw, c]. row_of(er) returns the source row er ([src_w, c]).
+// into out [c]; w [1, kh, kw, c]. row_of(er) returns the source row er ([src_w, c]). Only
+// channels [c_begin, c_end) are computed: out[c] and the multipliers of channel c as always, the
+// bias b[c - c_begin] (a chunk of it).
 template <typename RowOf>
 inline void DepthwisePixel(const DepthwiseLoop& p, RowOf row_of, int32_t oy, int32_t ox,
                            const int8_t* w, const int32_t* b, int8_t* out) {
   const int32_t base = oy * p.stride_h - p.d_pad_top;  // padded row of tap ky = 0
   const int32_t col0 = ox * p.stride_w - p.d_pad_left;
-  for (int32_t c = 0; c < p.c; ++c) {
+  const int32_t c_end = p.c_end < 0 ? p.c : p.c_end;
+  for (int32_t c = p.c_begin; c < c_end; ++c) {
     int64_t acc = 0;
     for (int32_t ky = 0; ky < p.kh; ++ky) {
       const int32_t pr = base + ky * p.dil_h;
@@ -704,7 +710,7 @@ inline void DepthwisePixel(const DepthwiseLoop& p, RowOf row_of, int32_t oy, int
         acc += static_cast<int64_t>(v + p.in_offset) * w[(ky * p.kw + kx) * p.c + c];
       }
     }
-    if (b) acc += b[c];
+    if (b) acc += b[c - p.c_begin];
     out[c] = Requantize(acc, p.rq, c);
   }
 }

@@ -755,23 +755,27 @@ void CheckConvOp(const Case& c) {
   const size_t n = static_cast<size_t>(want.size());
   std::vector<int8_t> y(n + kGuard, 99);
   const int32_t* mult = rq.data<int32_t>();
-  const int32_t* bias = nullptr;
-  std::vector<int32_t> b32;
-  if (c.has("bias_base")) {  // a narrow bias: ExpandBias gives the int32 bias the op uses
-    b32.assign(static_cast<size_t>(s.channels), 0x5a5a5a5a);
-    ExpectOk(core::ExpandBias(c.array_of<int32_t>("bias_base").data<int32_t>(),
-                              c.array_of<int16_t>("b").data<int16_t>(),
-                              c.array_of<int32_t>("bias_shift").data<int32_t>(), s.channels,
-                              b32.data()),
-             "ExpandBias");
-    Expect(c, "out_bias32", b32);
-    bias = b32.data();
+  if (c.has("bias_base")) {  // a narrow bias: ExpandBias, then the op a chunk at a time
+    core::NarrowBias nb;
+    nb.base = c.array_of<int32_t>("bias_base").data<int32_t>();
+    nb.delta = c.array_of<int16_t>("b").data<int16_t>();
+    nb.shift = c.array_of<int32_t>("bias_shift").data<int32_t>();
+    std::vector<int32_t> b32(static_cast<size_t>(s.channels), 0x5a5a5a5a);
+    ExpectOk(core::ExpandBias(nb.base, nb.delta, nb.shift, s.channels, b32.data()), "ExpandBias");
+    Expect(c, "expanded_bias", b32);
+    ExpectOk(core::ConvOpNarrowBias(p, mult, mult + s.channels, x.data<int8_t>(),
+                                    w.data<int8_t>(), nb, y.data(), SplitOfCase(c)),
+             "ConvOpNarrowBias");
+    Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
+    std::fill(y.begin(), y.end(), int8_t{99});  // and ConvOp with the expanded bias: the same
+    ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(),
+                          b32.data(), y.data(), SplitOfCase(c)),
+             "ConvOp");
   } else {
-    bias = OptionalBias(c, "b");
+    ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(),
+                          OptionalBias(c, "b"), y.data(), SplitOfCase(c)),
+             "ConvOp");
   }
-  ExpectOk(core::ConvOp(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(), bias,
-                        y.data(), SplitOfCase(c)),
-           "ConvOp");
   Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
   for (size_t i = n; i < y.size(); ++i) {
     if (y[i] != 99) throw Mismatch{"ConvOp wrote past y"};

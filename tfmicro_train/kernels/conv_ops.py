@@ -22,9 +22,9 @@ forward op: no learning-rate input, runs at inference too (the mask too).
 Narrow bias: `b` may be an int16 variable holding the trained change of the bias (delta, SRAM)
 instead of the int32 bias itself; `requant` is then int32 [4, C]: rows 2 and 3 the converter's
 int32 bias (flash) and a per-channel shift k in [0, 16], and the op uses
-b32[c] = sat32(base[c] + delta[c] * 2^k[c]) (int64 sum; `expand_bias`), written into an int32
-[C] output `bias32` (after `bits` when both are present: an arena scratch that lives during the
-op only) before the convolution runs with it.
+b32[c] = sat32(base[c] + delta[c] * 2^k[c]) (int64 sum; `expand_bias`) as its bias. The C++ op
+expands it 64 channels at a time into a stack buffer and computes those channels (no arena
+scratch); the results are the same.
 
 Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
 operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
@@ -141,12 +141,9 @@ def run_op(sg: Any, op: Any, values: dict) -> None:
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
     y_t = op.outputs[0]
     values[y_t] = conv_op(ins, infos, sg.infos[y_t], op.options)
-    for t in op.outputs[1:]:
-        if sg.infos[t].dtype == np.int32:  # `bias32`: the narrow bias the op used
-            values[t] = requant_rows(ins)[1]
-        else:  # `bits`: the packed activation mask (TMT_MASK_PACK of y)
-            bits = mask_pack(values[y_t], op.options["mask_min"], op.options["mask_max"])
-            values[t] = bits.reshape(sg.infos[t].shape)
+    for t in op.outputs[1:]:  # `bits`: the packed activation mask (TMT_MASK_PACK of y)
+        bits = mask_pack(values[y_t], op.options["mask_min"], op.options["mask_max"])
+        values[t] = bits.reshape(sg.infos[t].shape)
 
 
 def mean_multiplier(x_scale: float, y_scale: float, count: int) -> tuple[int, int] | None:

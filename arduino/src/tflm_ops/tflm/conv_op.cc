@@ -164,12 +164,12 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   }
   ConvOptions o;
   // A narrow bias: an int16 'b' (the trained change), its base and shifts in rows 2 and 3 of
-  // 'requant', the int32 bias the convolution uses written into the last output 'bias32'.
+  // 'requant' (core::ConvOpNarrowBias expands it a chunk of channels at a time, on the stack).
   const bool narrow = node->inputs->size >= 3 && node->inputs->data[2] >= 0 &&
                       context->GetEvalTensor(context, node->inputs->data[2])->type ==
                           kTfLiteInt16;
   const int n_out = node->outputs->size;
-  const bool mask = n_out - (narrow ? 1 : 0) == 2;
+  const bool mask = n_out == 2;
   if (!ReadConvOptions(d, mask, &o)) return kTfLiteError;
   if (o.kind < core::kConvOpConv2D || o.kind > core::kConvOpFullyConnected) {
     MicroPrintf("TMT_CONV: invalid options: kind %d (0 CONV_2D, 1 DEPTHWISE_CONV_2D, "
@@ -178,9 +178,9 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   }
   const char* op = kKindNames[o.kind];
   const bool split = node->inputs->size == kInputs + 1;
-  if ((node->inputs->size != kInputs && !split) || (n_out - (narrow ? 1 : 0) != 1 && !mask)) {
-    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output (+1 'bits', "
-                "+1 'bias32' with an int16 'b'), got %d and %d", op, node->inputs->size, n_out);
+  if ((node->inputs->size != kInputs && !split) || (n_out != 1 && !mask)) {
+    MicroPrintf("TMT_CONV (%s): expected 4 inputs (5 with 'w_rest') and 1 output (+1 'bits'), "
+                "got %d and %d", op, node->inputs->size, n_out);
     return kTfLiteError;
   }
   d->mask_min = o.mask_min;
@@ -336,14 +336,6 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
         status = kTfLiteError;
       }
     }
-    TfLiteTensor* b32 = mc->AllocateTempOutputTensor(node, n_out - 1);
-    if (status == kTfLiteOk &&
-        (b32 == nullptr || b32->type != kTfLiteInt32 || Elements(b32) != s.channels)) {
-      MicroPrintf("TMT_CONV (%s): output %d 'bias32' must be int32 with C = %d elements (the "
-                  "int16 'b' needs it)", op, n_out - 1, static_cast<int>(s.channels));
-      status = kTfLiteError;
-    }
-    if (b32) mc->DeallocateTempTfLiteTensor(b32);
   }
   if (status == kTfLiteOk) {
     // requant must hold what TFLM's Prepare computes from the scales (no memory needed).
@@ -402,28 +394,28 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   const core::ConvOpParams params = ParamsOf(*d, x, w, y);
   const int32_t channels = params.y.c;
   const bool narrow = b != nullptr && b->type == kTfLiteInt16;
-  const int n_out = node->outputs->size - (narrow ? 1 : 0);  // y and 'bits'
-  const int32_t* bias = b != nullptr && !narrow ? tflite::micro::GetTensorData<int32_t>(b)
-                                                : nullptr;
-  core::Status st = core::Status::kOk;
-  if (narrow) {  // the int32 bias from its base, change and shifts, into 'bias32'
-    int32_t* b32 = tflite::micro::GetTensorData<int32_t>(
-        tflite::micro::GetEvalOutput(context, node, node->outputs->size - 1));
-    st = core::ExpandBias(mult + 2 * channels, tflite::micro::GetTensorData<int16_t>(b),
-                          mult + 3 * channels, channels, b32);
-    bias = b32;
-  }
   core::SplitWeights split;
   if (d->w_split >= 0) {
     split.rest = tflite::micro::GetTensorData<int8_t>(tflite::micro::GetEvalInput(context, node, 4));
     split.split = d->w_split;
   }
-  if (st == core::Status::kOk) {
+  core::Status st = core::Status::kOk;
+  if (narrow) {  // the int32 bias from its base, change and shifts, a chunk at a time
+    core::NarrowBias nb;
+    nb.base = mult + 2 * channels;
+    nb.delta = tflite::micro::GetTensorData<int16_t>(b);
+    nb.shift = mult + 3 * channels;
+    st = core::ConvOpNarrowBias(params, mult, mult + channels,
+                                tflite::micro::GetTensorData<int8_t>(x),
+                                tflite::micro::GetTensorData<int8_t>(w), nb,
+                                tflite::micro::GetTensorData<int8_t>(y), split);
+  } else {
     st = core::ConvOp(params, mult, mult + channels, tflite::micro::GetTensorData<int8_t>(x),
-                      tflite::micro::GetTensorData<int8_t>(w), bias,
+                      tflite::micro::GetTensorData<int8_t>(w),
+                      b != nullptr ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
                       tflite::micro::GetTensorData<int8_t>(y), split);
   }
-  if (st == core::Status::kOk && n_out == 2) {  // TMT_MASK_PACK of y
+  if (st == core::Status::kOk && node->outputs->size == 2) {  // TMT_MASK_PACK of y
     st = core::MaskPack(tflite::micro::GetTensorData<int8_t>(y), Elements(y), d->mask_min,
                         d->mask_max,
                         tflite::micro::GetTensorData<uint8_t>(
