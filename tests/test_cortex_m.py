@@ -12,7 +12,8 @@ absent (.ci/run installs them: gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-sy
   `<op>_F32`: soft float on the M7, the FPU on the M4); its per-op report must equal
   the host build's, line for line, with 0 mismatches;
 * DSP: tflm_ops/cortex_m/dsp_kernels (SMLAD weight gradient) equals the portable core on every
-  case, on both CPUs, in fewer instructions;
+  case, on both CPUs, in fewer instructions; the requantization's SMMULR path equals TFLM's
+  rounding (tflm_ops/tests/multiplier_test.cc on the target);
 * checkpoints: the C++ core under QEMU writes the same bytes as tfmicro_train/checkpoint.py;
 * TFLM (TFLM_DIR with the cortex-m7 library built): an artifact trains in TFLM on the Cortex-M7,
   every loss and checkpoint byte equal to HostSimulator's, and a reboot restores and continues;
@@ -85,6 +86,18 @@ def test_golden_cases_on_cortex_m(cpu, golden_dir, host_golden_report):
     for op, n in written.items():
         assert f"golden {op}: {n} cases, 0 mismatches" in report, op
     assert report == host_golden_report, "the Cortex-M report differs from the host's"
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+def test_requantization_fast_path_bit_exact(cpu):
+    """tflm_reference.h's MultiplyByQuantizedMultiplier on the target (its SMMULR path for right
+    shifts of accumulators under 2^30 in magnitude) equals TFLM's two-step rounding on random and
+    edge accumulators, multipliers (negative ones too) and shifts."""
+    elf = _build("multiplier_test", cpu, [ROOT / "tflm_ops/tests/multiplier_test.cc"], [])
+    res = cmbuild.run_qemu(elf, cpu, ["20000"], timeout=600)
+    print(f"\n{cpu}: {res.stdout.strip()}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "requantize_test: 80000 checked, 0 mismatches (DSP path 1)" in res.stdout
 
 
 @pytest.mark.parametrize("cpu", CPUS)

@@ -4,7 +4,8 @@
 // == the libm one, ValidScale == isfinite && > 0, on random floats (normal scales near the usual
 // ranges, any exponent, significands with few bits set: exact quotients and rounding ties), and
 // MultiplyByQuantizedMultiplier (one 64-bit rounding step) == TFLM's SaturatingRoundingDoublingHighMul
-// then RoundingDivideByPOT on random and edge accumulators, multipliers and shifts.
+// then RoundingDivideByPOT on random and edge accumulators, multipliers and shifts (built for a
+// Cortex-M with the DSP extension, its SMMULR fast path too: tests/test_cortex_m.py).
 // Usage: multiplier_test [N]; prints "multiplier_test: N checked, 0 mismatches" and
 // "requantize_test: M checked, 0 mismatches".
 #include <cmath>
@@ -156,6 +157,7 @@ int main(int argc, char** argv) {
   std::printf("multiplier_test: %ld checked, %ld mismatches\n", checked, bad);
   long rq_checked = 0;
   const long rq_bad = RequantizeMismatches(4 * n, &rq_checked);
-  std::printf("requantize_test: %ld checked, %ld mismatches\n", rq_checked, rq_bad);
+  std::printf("requantize_test: %ld checked, %ld mismatches (DSP path %d)\n", rq_checked, rq_bad,
+              TMT_REFERENCE_DSP);
   return bad || rq_bad ? 1 : 0;
 }

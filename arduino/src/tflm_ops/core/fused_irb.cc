@@ -400,36 +400,39 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
         rows[ky] = row_used[ky] && er >= 0 && er < p.e.h ? row_of(er) : nullptr;
       }
     }
-    for (int32_t ox = 0; ox < p.y.w; ++ox) {
-      // depthwise for one pixel
-      if (fast_dw) {
-        // the window's taps: in-image taps (source pixel, weight offset), PAD taps (weight
-        // offset); the int32 sum over taps wraps as the reference's does, in any order
-        const int8_t* src[kMaxTaps];
-        int32_t src_w[kMaxTaps], pad_w[kMaxTaps];
-        int32_t n_src = 0, n_pad = 0;
-        const int32_t col0 = ox * p.d_stride_w - p.d_pad_left;
-        for (int32_t ky = 0; ky < p.d_kh; ++ky) {
-          if (!row_used[ky]) continue;
-          for (int32_t kx = 0; kx < p.d_kw; ++kx) {
-            const int32_t pc = col0 + kx * p.d_dil_w;
-            if (pc < 0 || pc >= p.pd.w) continue;
-            const int32_t ec = pc - p.pad_left;
-            const int32_t wo = (ky * p.d_kw + kx) * C;
-            if (rows[ky] && ec >= 0 && ec < p.e.w) {
-              src[n_src] = rows[ky] + ec * C;
-              src_w[n_src++] = wo;
-            } else {
-              pad_w[n_pad++] = wo;
-            }
+    // the window's taps of output pixel ox: in-image taps (source pixel, weight offset), PAD
+    // taps (weight offset); the int32 sum over taps wraps as the reference's does, in any order
+    const int8_t* src[kMaxTaps];
+    int32_t src_w[kMaxTaps], pad_w[kMaxTaps];
+    int32_t n_src = 0, n_pad = 0;
+    auto build_taps = [&](int32_t ox) {
+      n_src = n_pad = 0;
+      const int32_t col0 = ox * p.d_stride_w - p.d_pad_left;
+      for (int32_t ky = 0; ky < p.d_kh; ++ky) {
+        if (!row_used[ky]) continue;
+        for (int32_t kx = 0; kx < p.d_kw; ++kx) {
+          const int32_t pc = col0 + kx * p.d_dil_w;
+          if (pc < 0 || pc >= p.pd.w) continue;
+          const int32_t ec = pc - p.pad_left;
+          const int32_t wo = (ky * p.d_kw + kx) * C;
+          if (rows[ky] && ec >= 0 && ec < p.e.w) {
+            src[n_src] = rows[ky] + ec * C;
+            src_w[n_src++] = wo;
+          } else {
+            pad_w[n_pad++] = wo;
           }
         }
+      }
+    };
+    // depthwise (its taps built, src shifted by src_offset bytes), then project (1x1 CONV_2D)
+    // [+ residual ADD, interleaved per channel: see FusedIrbInPlaceLag] of output pixel ox
+    auto pixel = [&](int32_t ox, int32_t src_offset) {
+      if (fast_dw) {
         tflm_ref::DepthwiseTaps(src, src_w, n_src, pad_w, n_pad, pad_in, w_d, b_d, C,
-                                p.d_in_offset, p.d_rq, dpix);
+                                p.d_in_offset, p.d_rq, dpix, src_offset);
       } else {
         tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
       }
-      // project (1x1 CONV_2D) [+ residual ADD, interleaved per channel: see FusedIrbInPlaceLag]
       const int64_t pix = static_cast<int64_t>(oy) * p.y.w + ox;
       int8_t* yp = y + pix * p.c_out;
       if (p.residual) {
@@ -441,6 +444,31 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
       } else {
         Pointwise(dpix, C, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out, yp);
       }
+    };
+    // Interior pixels, [in0, in1): every column tap in the source (ec in [0, e.w)), so their
+    // taps are those of pixel in0 shifted by (ox - in0) * stride_w pixels: one tap list per row.
+    int32_t in0 = 0, in1 = 0;
+    if (fast_dw) {
+      const int32_t sw = p.d_stride_w;
+      const int32_t lo = p.d_pad_left + p.pad_left;  // ox * sw >= lo
+      const int32_t hi = p.e.w - 1 + lo - (p.d_kw - 1) * p.d_dil_w;  // ox * sw <= hi
+      in0 = (lo + sw - 1) / sw;
+      in1 = hi < 0 ? 0 : hi / sw + 1;
+      if (in1 > p.y.w) in1 = p.y.w;
+      if (in0 > in1) in0 = in1;
+    }
+    for (int32_t ox = 0; ox < in0; ++ox) {
+      if (fast_dw) build_taps(ox);
+      pixel(ox, 0);
+    }
+    if (in1 > in0) {
+      build_taps(in0);
+      const int32_t step = p.d_stride_w * C;
+      for (int32_t ox = in0, off = 0; ox < in1; ++ox, off += step) pixel(ox, off);
+    }
+    for (int32_t ox = in1 > in0 ? in1 : in0; ox < p.y.w; ++ox) {
+      if (fast_dw) build_taps(ox);
+      pixel(ox, 0);
     }
   }
   return Status::kOk;

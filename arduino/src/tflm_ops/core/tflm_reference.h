@@ -103,6 +103,20 @@ inline int32_t RoundingDivideByPot(int32_t x, int exponent) {
 // (|P| < 2^62 + 2^30: no int64 overflow; Srdhm's one saturating case keeps its own path.)
 // tflm_ops/tests/multiplier_test.cc checks it against TFLM's formulation.
 inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
+#if TMT_REFERENCE_DSP
+  // The common case of a convolution's requantization, a right shift of an accumulator with
+  // |x| < 2^30, in a few instructions: SMMULR(2x, m) = floor((2xm + 2^31) / 2^32) = Srdhm(x, m)
+  // (2x fits int32; Srdhm's saturating case needs x = INT32_MIN), and |h| < 2^30 for any m, so
+  // the rounding division's h + 2^(e-1) - [h < 0] fits int32 (RoundingDivideByPot as below).
+  if (shift < 0 &&
+      static_cast<uint32_t>(x) + ((uint32_t{1} << 30) - 1u) < (uint32_t{1} << 31) - 1u) {
+    int32_t h;
+    __asm__("smmulr %0, %1, %2" : "=r"(h) : "r"(x * 2), "r"(multiplier));
+    const int32_t e = -shift;
+    return (h + (int32_t{1} << (e - 1)) - static_cast<int32_t>(static_cast<uint32_t>(h) >> 31)) >>
+           e;
+  }
+#endif
   if (shift > 0) {  // nothing to divide after a left shift (RoundingDivideByPot by 2^0)
     const int32_t shifted =
         shift >= 32 ? 0 : static_cast<int32_t>(static_cast<uint32_t>(x) << shift);
@@ -398,7 +412,8 @@ inline void DotOffset2(const int8_t* in, const int8_t* w0, const int8_t* w1, int
 }
 
 // One depthwise output pixel (reference DepthwiseConvPerChannel, multiplier 1) from its window's
-// taps: in-image ones src[t] (a [channels] pixel, weights at w + src_w[t], t < n_src) and
+// taps: in-image ones src[t] + src_offset (a [channels] pixel, weights at w + src_w[t], t < n_src;
+// the offset lets the pixels of a row with the same window shape share one tap list) and
 // explicit-PAD ones (value pad_in = pad value + in_offset, weights at w + pad_w[t], t < n_pad):
 // out[c] = Requantize(b[c] + sum_t (src[t][c] + in_offset) * w[src_w[t] + c]
 // + sum_t pad_in * w[pad_w[t] + c]), the reference's wrapping int32 sum (order-free). With the
@@ -407,7 +422,7 @@ inline void DotOffset2(const int8_t* in, const int8_t* w0, const int8_t* w1, int
 inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_t n_src,
                           const int32_t* pad_w, int32_t n_pad, int32_t pad_in, const int8_t* w,
                           const int32_t* b, int32_t channels, int32_t in_offset,
-                          const Requant& rq_in, int8_t* out) {
+                          const Requant& rq_in, int8_t* out, int32_t src_offset = 0) {
   const Requant rq = rq_in;  // a local copy, as in PointwisePixel
   int32_t c = 0;
 #if TMT_REFERENCE_DSP
@@ -418,7 +433,7 @@ inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_
     int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
     for (int32_t t = 0; t < n_src; ++t) {
       int32_t v, wv, v02, v13;
-      std::memcpy(&v, src[t] + c, 4);
+      std::memcpy(&v, src[t] + (src_offset + c), 4);
       std::memcpy(&wv, w + src_w[t] + c, 4);
       SplitOffset(v, off2, &v02, &v13);
       const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
@@ -445,7 +460,7 @@ inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_
   for (; c < channels; ++c) {
     uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
     for (int32_t t = 0; t < n_src; ++t) {
-      acc += static_cast<uint32_t>((src[t][c] + in_offset) * w[src_w[t] + c]);
+      acc += static_cast<uint32_t>((src[t][src_offset + c] + in_offset) * w[src_w[t] + c]);
     }
     for (int32_t t = 0; t < n_pad; ++t) {
       acc += static_cast<uint32_t>(pad_in * w[pad_w[t] + c]);
