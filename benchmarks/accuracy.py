@@ -1,6 +1,6 @@
 """Does int8 on-device training match float fine-tuning? (The MIT paper's Table 1 question.)
 
-    python benchmarks/accuracy.py            # 4 transfer tasks, about 4 minutes on 2 cores
+    python benchmarks/accuracy.py            # 4 transfer tasks, about 5 minutes on 2 cores
     python benchmarks/accuracy.py --quick    # 1 task, 1 epoch
 
 A small CNN (tfmicro_train.demo.small_cnn) is pretrained in float on upright digits, then
@@ -10,7 +10,9 @@ schedule (SGD, cosine decay, no momentum) and the same sample order, four ways:
 
 * Keras/TensorFlow float32 SGD on the float model (BatchNormalization in inference mode; its beta
   trained in place of the folded bias);
-* tfmicro-train int8 backward with QAS (the default artifact), on HostSimulator;
+* tfmicro-train int8 backward with QAS (the default artifact: trained biases as int16 changes,
+  `narrow_biases=True`), on HostSimulator;
+* the same with int32 biases (`narrow_biases=False`);
 * the same without QAS (plain SGD on the integer weights);
 * tfmicro-train fp32 backward (`backward="fp32"`), QAS on.
 
@@ -73,13 +75,14 @@ def keras_finetune(model, xd, yd, xt, yt, epochs: int) -> float:
 
 
 def device_finetune(model, calib, xd, yd, xt, yt, epochs: int, qas: bool,
-                    backward: str) -> tuple[float, float]:
+                    backward: str, narrow: bool = True) -> tuple[float, float]:
     """(before, after) held-out accuracy of the simulated device."""
     import tfmicro_train as tmt
 
     steps = epochs * len(xd)
     art = tmt.convert(model, calib, update=tmt.SparseUpdate(**SPARSE), qas=qas, backward=backward,
-                      optimizer=tmt.SGD(LR, schedule="cosine", decay_steps=steps))
+                      optimizer=tmt.SGD(LR, schedule="cosine", decay_steps=steps),
+                      narrow_biases=narrow)
     sim = tmt.HostSimulator(art)
     before = sim.evaluate(xt, yt)
     sim.fit(xd, yd, epochs=epochs)
@@ -98,16 +101,18 @@ def main() -> None:
     (xp, yp), (xd, yd), (xt, yt) = digits_data()
     model = pretrain(small_cnn(), xp, yp)
     calib = [xp[i:i + 1] for i in range(100)]
-    cols = ["before", "Keras fp32", "int8+QAS", "int8 no QAS", "fp32 backward"]
+    cols = ["before", "Keras fp32", "int8+QAS", "int8+QAS int32 biases", "int8 no QAS",
+            "fp32 backward"]
     rows = []
     t0 = time.time()
     for name, fn in tasks.items():
         xd_t, xt_t = np.ascontiguousarray(fn(xd)), np.ascontiguousarray(fn(xt))
         before, qas = device_finetune(model, calib, xd_t, yd, xt_t, yt, epochs, True, "int8")
+        _, wide = device_finetune(model, calib, xd_t, yd, xt_t, yt, epochs, True, "int8", False)
         _, noqas = device_finetune(model, calib, xd_t, yd, xt_t, yt, epochs, False, "int8")
         _, fp32 = device_finetune(model, calib, xd_t, yd, xt_t, yt, epochs, True, "fp32")
         ref = keras_finetune(model, xd_t, yd, xt_t, yt, epochs)
-        rows.append((name, [before, ref, qas, noqas, fp32]))
+        rows.append((name, [before, ref, qas, wide, noqas, fp32]))
         print(f"  {name}: done ({time.time() - t0:.0f} s)", file=sys.stderr)
     mean = np.mean([r[1] for r in rows], axis=0)
     rows.append(("mean", list(mean)))
@@ -117,8 +122,9 @@ def main() -> None:
     print("|---" * (len(cols) + 1) + "|")
     for name, vals in rows:
         print(f"| {name} | " + " | ".join(f"{v:.1%}" for v in vals) + " |")
-    print(f"int8+QAS vs Keras fp32 (mean): {100 * (mean[2] - mean[1]):+.1f} points; "
-          f"fp32 backward vs Keras fp32: {100 * (mean[4] - mean[1]):+.1f} points")
+    print(f"int8+QAS vs Keras fp32 (mean): {100 * (mean[2] - mean[1]):+.1f} points; int16 vs int32 "
+          f"biases: {100 * (mean[2] - mean[3]):+.1f} points; fp32 backward vs Keras fp32: "
+          f"{100 * (mean[5] - mean[1]):+.1f} points")
     _plot(rows, cols, os.path.join(ROOT, "benchmarks", "out", "accuracy.png"))
 
 
