@@ -30,7 +30,7 @@ ALIGN = 16
 # TFLM bookkeeping, fitted to TFLM's RecordingMicroInterpreter on x86-64 (tests/test_tflm_integration.py)
 BASE_OVERHEAD = 1536  # interpreter, subgraph and allocator structs (with some margin)
 TENSOR_OVERHEAD = 24  # TfLiteEvalTensor per tensor
-NODE_OVERHEAD = 128  # node, registration and op data per operator (TMT ops: 48 bytes or none)
+NODE_OVERHEAD = 128  # node, registration and op data per operator (TMT training ops: none)
 FUSED_OVERHEAD = 32  # more op data of a TMT_FUSED_IRB (its quantization and weight scales)
 CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each builtin conv / fully-connected
 # A TMT_CONV keeps no per-channel data (its multipliers are a constant tensor, counted by
@@ -51,11 +51,13 @@ MCU_SCRATCH = 16  # ScratchBufferHandle per kernel scratch buffer (with margin)
 MCU_ALLOCATION_INFO = 24
 MCU_PLANNER_ENTRY = 36
 MCU_CHANNEL_ARRAY = 2  # builtin conv / fully-connected: multiplier and shift arrays of 4 * C bytes
-# op data per operator (the TMT_* training ops not listed: 32)
-MCU_OP_DATA = {"TMT_CONV": 32, "TMT_FUSED_IRB": 48, "TMT_MEAN": 32, "TMT_INIT": 0,
-               "TMT_MASK_GRAD": 0, "TMT_RESHAPE_GRAD": 0, "TMT_SOFTMAX_CE_GRAD": 0,
+# op data per operator. The TMT_* training ops not listed read their options from the model at
+# each Prepare and Eval and keep none; one that requests a scratch buffer (option use_scratch)
+# keeps 32 bytes.
+MCU_OP_DATA = {"TMT_CONV": 32, "TMT_FUSED_IRB": 48, "TMT_MEAN": 32, "TMT_MSE_GRAD": 32,
                "CONV_2D": 64, "DEPTHWISE_CONV_2D": 64, "FULLY_CONNECTED": 48, "ADD": 64,
                "SOFTMAX": 64, "MEAN": 48, "AVERAGE_POOL_2D": 32, "MAX_POOL_2D": 32, "RESHAPE": 0}
+MCU_OP_DATA_SCRATCH = 32  # a TMT_* training op with use_scratch
 MCU_OP_DATA_OTHER = 64  # any other builtin (PAD, CONCATENATION, ...: 48 or less)
 
 
@@ -317,7 +319,13 @@ def mcu_overhead(g: Graph, arena: int, planned: int, n_tensors: int) -> dict[str
     scratch = len(kernel_scratch(g))  # (the converter sets no TMT_* op's use_scratch)
     op_data = 0
     for node in g.nodes:
-        op_data += MCU_OP_DATA.get(node.op, 32 if node.op.startswith("TMT_") else MCU_OP_DATA_OTHER)
+        if node.op in MCU_OP_DATA:
+            op_data += MCU_OP_DATA[node.op]
+        elif node.op.startswith("TMT_"):
+            scratch_opt = isinstance(node.options, dict) and node.options.get("use_scratch")
+            op_data += MCU_OP_DATA_SCRATCH if scratch_opt else 0
+        else:
+            op_data += MCU_OP_DATA_OTHER
         if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             op_data += MCU_CHANNEL_ARRAY * _align(4 * int(g.tensors[node.outputs[0]].shape[-1]))
     parts = {"eval_tensors": _align(MCU_TENSOR * n_tensors), "nodes": _align(MCU_NODE * len(g.nodes)),

@@ -183,6 +183,28 @@ struct Run {
   TfLiteStatus invoke = kTfLiteError;
 };
 
+// The MicroInterpreter points each node's custom_initial_data at its options in the model (the
+// training ops read them there at each Prepare and Eval); KernelRunner passes them to init only.
+// RunOp's registration wraps prepare and invoke to set them as the interpreter does.
+struct NodeOptions {
+  const TFLMRegistration* reg = nullptr;
+  const std::vector<uint8_t>* buf = nullptr;
+};
+NodeOptions g_node_options;
+
+void SetNodeOptions(TfLiteNode* node) {
+  node->custom_initial_data = g_node_options.buf->data();
+  node->custom_initial_data_size = static_cast<int>(g_node_options.buf->size());
+}
+TfLiteStatus PrepareWithOptions(TfLiteContext* context, TfLiteNode* node) {
+  SetNodeOptions(node);
+  return g_node_options.reg->prepare(context, node);
+}
+TfLiteStatus InvokeWithOptions(TfLiteContext* context, TfLiteNode* node) {
+  SetNodeOptions(node);
+  return g_node_options.reg->invoke(context, node);
+}
+
 // Init + Prepare + `invokes` x Invoke of `reg` on the given tensors.
 Run RunOp(const TFLMRegistration& reg, Tensors& t, const std::vector<int>& inputs,
           const std::vector<int>& outputs, const Options& opts, int invokes = 1) {
@@ -190,10 +212,15 @@ Run RunOp(const TFLMRegistration& reg, Tensors& t, const std::vector<int>& input
   in_arr.insert(in_arr.end(), inputs.begin(), inputs.end());
   std::vector<int> out_arr = {static_cast<int>(outputs.size())};
   out_arr.insert(out_arr.end(), outputs.begin(), outputs.end());
-  tflite::micro::KernelRunner runner(reg, t.data(), t.size(),
+  const std::vector<uint8_t> buf = opts.Build();
+  g_node_options.reg = &reg;
+  g_node_options.buf = &buf;
+  TFLMRegistration wrapped = reg;
+  if (reg.prepare) wrapped.prepare = PrepareWithOptions;
+  if (reg.invoke) wrapped.invoke = InvokeWithOptions;
+  tflite::micro::KernelRunner runner(wrapped, t.data(), t.size(),
                                      tflite::testing::IntArrayFromInts(in_arr.data()),
                                      tflite::testing::IntArrayFromInts(out_arr.data()), nullptr);
-  const std::vector<uint8_t> buf = opts.Build();
   Run r;
   r.prepare = runner.InitAndPrepare(reinterpret_cast<const char*>(buf.data()), buf.size());
   if (r.prepare != kTfLiteOk) return r;

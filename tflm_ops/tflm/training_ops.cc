@@ -138,9 +138,12 @@ int IndexOf(const char* const* names, const char* want) {
 
 enum : uint8_t { kOptionsOk, kOptionsUnreadable, kOptionMissing, kOptionOutOfRange };
 
-// Kept per operator for the whole life of the interpreter (32 bytes on a 32-bit MCU, where TFLM
-// rounds each persistent allocation up to 16 bytes): options no op kind uses together share
-// storage, and the geometry options are int16 (Init refuses values out of range).
+// An op's options, read from its custom options in the model (flash) by Prepare and again by
+// each Eval: no per-operator memory. Only an op that keeps something Prepare computed
+// (TMT_MSE_GRAD's scale of y, a requested scratch buffer's index) keeps it in the persistent
+// arena (32 bytes on a 32-bit MCU, where TFLM rounds each persistent allocation up to 16 bytes).
+// Options no op kind uses together share storage; the geometry options are int16 (values out of
+// range are refused).
 struct OpData {
   union {
     float w_scale_max = 0.0f;  // TMT_CONV_INPUT_GRAD, TMT_DW_INPUT_GRAD
@@ -148,10 +151,7 @@ struct OpData {
     float y_scale;             // TMT_MSE_GRAD (set in Prepare: the scale of y / target)
     uint32_t seed;             // the update ops
   };
-  union {
-    int32_t w_split = -1;  // TMT_CONV_INPUT_GRAD (Prepare): rows of 'w' when 'w_rest' holds the others
-    int32_t update_channels;  // the update ops
-  };
+  int32_t update_channels = 0;  // the update ops
   const char* bad_option = nullptr;  // the option 'option_error' names (reported in Prepare)
   int16_t pad_top = 0, pad_left = 0;
   int16_t stride_h = 1, stride_w = 1;
@@ -182,21 +182,15 @@ bool ModeF32(const OpInfo& info, TfLiteContext* context, const TfLiteNode* node)
 
 // ------------------------------------------------------------------ Init
 
+// The options of op K from its flexbuffer (the problems for Prepare to report in the op data).
 template <int K>
-void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  // Ops with no options and nothing set in Prepare (TMT_MASK_GRAD, TMT_RESHAPE_GRAD,
-  // TMT_SOFTMAX_CE_GRAD) share one op data that is never written: no memory per operator.
-  static const OpData kShared;
-  if (kOps[K].options == 0 && K != kMseGrad) return const_cast<OpData*>(&kShared);
-  void* mem = context->AllocatePersistentBuffer(context, sizeof(OpData));
-  if (mem == nullptr) return nullptr;
-  OpData* d = new (mem) OpData();
+void ReadOptions(const char* buffer, size_t length, OpData* d) {
   const uint32_t opts = kOps[K].options;
   const uint32_t required = opts & ~kOptUseScratch;
   OptionReader r(buffer, length);
   if (r.unreadable()) {
     if (required != 0) d->option_error = kOptionsUnreadable;
-    return d;
+    return;
   }
   if (opts & kOptActMin) r.Int16("act_min", &d->act_min);
   if (opts & kOptActMax) r.Int16("act_max", &d->act_max);
@@ -220,7 +214,33 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
   if (opts & kOptUseScratch) d->use_scratch = r.Int64("use_scratch", &v, false) && v != 0;
   d->bad_option = r.bad();
   if (r.bad()) d->option_error = r.out_of_range() ? kOptionOutOfRange : kOptionMissing;
-  return d;
+}
+
+// user_data of the ops whose options are read from the model at each Prepare / Eval (never
+// written: its address is the marker).
+const OpData kInModel;
+
+template <int K>
+void* Init(TfLiteContext* context, const char* buffer, size_t length) {
+  // Ops with no options and nothing set in Prepare (TMT_MASK_GRAD, TMT_RESHAPE_GRAD,
+  // TMT_SOFTMAX_CE_GRAD) share one op data that is never written: no memory per operator.
+  static const OpData kShared;
+  if (kOps[K].options == 0 && K != kMseGrad) return const_cast<OpData*>(&kShared);
+  OpData d;
+  ReadOptions<K>(buffer, length, &d);
+  if (K != kMseGrad && !d.use_scratch) return const_cast<OpData*>(&kInModel);
+  void* mem = context->AllocatePersistentBuffer(context, sizeof(OpData));
+  if (mem == nullptr) return nullptr;
+  return new (mem) OpData(d);
+}
+
+// The node's op data: its persistent one, or its options read again from the model into *local.
+template <int K>
+OpData* OpDataOf(const TfLiteNode* node, OpData* local) {
+  if (node->user_data != &kInModel) return static_cast<OpData*>(node->user_data);
+  ReadOptions<K>(static_cast<const char*>(node->custom_initial_data),
+                 static_cast<size_t>(node->custom_initial_data_size), local);
+  return local;
 }
 
 // ------------------------------------------------------------------ Prepare
@@ -357,7 +377,12 @@ inline int LastDim(const TfLiteTensor* t) { return t->dims->data[t->dims->size -
 template <int K>
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   const OpInfo& info = kOps[K];
-  OpData* d = static_cast<OpData*>(node->user_data);
+  if (node->user_data == nullptr) {
+    MicroPrintf("%s: could not allocate op data", info.name);
+    return kTfLiteError;
+  }
+  OpData local;
+  OpData* d = OpDataOf<K>(node, &local);
   if (d == nullptr) {
     MicroPrintf("%s: could not allocate op data", info.name);
     return kTfLiteError;
@@ -516,8 +541,6 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
             MicroPrintf("%s: input 5 'w_rest' must hold the other CO - CO1 rows of input 2 'w' "
                         "(same row shape; CO = %d, the channels of 'g')", info.name, co);
             ok = false;
-          } else {
-            d->w_split = Dim(w, 0);
           }
         } else if (!((w->dims->size == 4 || w->dims->size == 2) && Dim(w, 0) == co &&
                      LastDim(w) == ci)) {
@@ -640,13 +663,14 @@ void KernelOf(const TfLiteEvalTensor* w, int32_t* kh, int32_t* kw) {
   *kw = w->dims->size == 4 ? w->dims->data[2] : 1;
 }
 
-// TMT_CONV_INPUT_GRAD's weights in two parts ('w_rest', input 5, holds rows [w_split, CO)).
+// TMT_CONV_INPUT_GRAD's weights in two parts ('w_rest', input 5, holds rows [CO1, CO); 'w' the
+// first CO1, as Prepare checked).
 template <typename In>
-core::SplitWeights SplitOf(const OpData* d, const TfLiteNode* node, In in) {
+core::SplitWeights SplitOf(const TfLiteNode* node, In in) {
   core::SplitWeights sw;
-  if (d->w_split >= 0 && node->inputs->size > 5) {
+  if (node->inputs->size > 5 && node->inputs->data[5] >= 0) {
     sw.rest = tflite::micro::GetTensorData<int8_t>(in(5));
-    sw.split = d->w_split;
+    sw.split = in(2)->dims->data[0];
   }
   return sw;
 }
@@ -707,7 +731,7 @@ core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, 
       KernelOf(in(2), &kh, &kw);
       if (K == kConvInputGrad) {
         return core::ConvInputGradF32(cf(in(0)), HwcOf(in(0)), i8(in(2)), kh, kw, cf(in(3)),
-                                      HwcOf(out(0)), GeomOf(d), mf(out(0)), SplitOf(d, node, in));
+                                      HwcOf(out(0)), GeomOf(d), mf(out(0)), SplitOf(node, in));
       }
       return core::DepthwiseInputGradF32(cf(in(0)), HwcOf(in(0)), i8(in(2)), kh, kw, cf(in(3)),
                                          HwcOf(out(0)), GeomOf(d), mf(out(0)));
@@ -738,7 +762,8 @@ core::Status EvalF32(TfLiteContext* context, TfLiteNode* node, const OpData* d, 
 template <int K>
 TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   const OpInfo& info = kOps[K];
-  const OpData* d = static_cast<const OpData*>(node->user_data);
+  OpData local;
+  const OpData* d = OpDataOf<K>(node, &local);
   const bool mode_f32 = ModeF32(info, context, node);
   auto in = [&](int i) { return tflite::micro::GetEvalInput(context, node, i); };
   auto out = [&](int i) { return tflite::micro::GetEvalOutput(context, node, i); };
@@ -852,7 +877,7 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
                                 tflite::micro::GetTensorData<int32_t>(in(3)), d->w_scale_max,
                                 HwcOf(out(0)), GeomOf(d), mut_i8(out(0)),
                                 tflite::micro::GetTensorData<float>(out(1)), scratch,
-                                SplitOf(d, node, in));
+                                SplitOf(node, in));
       } else {
         s = core::DepthwiseInputGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
                                      tflite::micro::GetTensorData<int32_t>(in(3)),

@@ -1,4 +1,4 @@
-// The flexbuffer custom options of a TMT_* op, read once in its Init (internal to the glue).
+// A TMT_* op's flexbuffer custom options, read in Init, Prepare or Eval (internal to the glue).
 // Remembers the first required key that is missing or out of range, for Prepare's error message.
 #ifndef TFLM_OPS_TFLM_OPTIONS_H_
 #define TFLM_OPS_TFLM_OPTIONS_H_
