@@ -14,9 +14,10 @@
 // A failed Invoke() (label out of range, lr < 0 or NaN) leaves every trainable parameter
 // and the step counter unchanged: the loss op validates before any update op runs.
 //
-// Each op parses its flexbuffer custom options in Init, checks tensor types and
-// shapes in Prepare (errors name the op and the tensor via MicroPrintf), and calls
-// the portable core (tflm_ops/core/) in Eval. Learning-rate gate: lr == 0 makes
+// Each op reads its flexbuffer custom options from the model (flash) in Prepare and again in
+// each Eval, keeping no op data (only TMT_MSE_GRAD and an op asking for scratch keep 32
+// bytes), checks tensor types and shapes in Prepare (errors name the op and the tensor via
+// MicroPrintf), and calls the portable core (tflm_ops/core/) in Eval. Learning-rate gate: lr == 0 makes
 // every op return at once (the loss ops write loss 0 and gradient scale 0); the loss
 // ops fail on lr < 0 or NaN. The stochastic-rounding counter is the training-step
 // counter in the artifact's `tmt/state` variable tensor: the loss op advances it after
