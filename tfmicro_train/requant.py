@@ -186,9 +186,9 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
             bt = sg.tensors[ins[conv_ops.B]]
             if bt.isVariable and not (bt.buffer > 0 and m.buffers[bt.buffer].data is not None
                                       and len(m.buffers[bt.buffer].data)):
-                name = bt.name.decode() if isinstance(bt.name, bytes) else bt.name
+                bias_name = bt.name.decode() if isinstance(bt.name, bytes) else bt.name
                 raise ValueError(
-                    f"narrow bias {name!r} is a trained int16 variable: a builtin convolution "
+                    f"narrow bias {bias_name!r} is a trained int16 variable: a builtin convolution "
                     "cannot read it (export_tflite() folds its value; to unfuse a training "
                     "artifact, convert it with narrow_biases=False)")
             ins[conv_ops.B] = _wide_bias(m, sg, ins[conv_ops.B], rq)

@@ -43,5 +43,4 @@ def lower(g: Graph, fuse: bool = True, flash_requant: bool = True, narrow: bool 
         if narrow:  # trained biases of TMT_CONV layers as int16 changes
             narrow_biases(g)
     split_weight_reads(g)  # sliced layers' weights read in two parts, never concatenated
-    schedule(g)
-    return g
+    return schedule(g)

@@ -466,7 +466,7 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
       const int32_t step = p.d_stride_w * C;
       for (int32_t ox = in0, off = 0; ox < in1; ++ox, off += step) pixel(ox, off);
     }
-    for (int32_t ox = in1 > in0 ? in1 : in0; ox < p.y.w; ++ox) {
+    for (int32_t ox = in1; ox < p.y.w; ++ox) {  // (in0 <= in1)
       if (fast_dw) build_taps(ox);
       pixel(ox, 0);
     }

@@ -69,16 +69,31 @@ constexpr int32_t kMaxDepthwiseTaps = 49;  // windows up to 7x7 take the tap-lis
 
 }  // namespace
 
-Status ExpandBias(const int32_t* base, const int16_t* delta, const int32_t* shift,
-                  int32_t channels, int32_t* b) {
-  if (channels < 0) return Status::kBadShape;
+namespace {
+
+bool ValidBiasShifts(const int32_t* shift, int32_t channels) {
   for (int32_t c = 0; c < channels; ++c) {
-    if (shift[c] < 0 || shift[c] > kMaxBiasShift) return Status::kBadParams;
+    if (shift[c] < 0 || shift[c] > kMaxBiasShift) return false;
   }
+  return true;
+}
+
+// ExpandBias for shifts already checked.
+void ExpandChecked(const int32_t* base, const int16_t* delta, const int32_t* shift,
+                   int32_t channels, int32_t* b) {
   for (int32_t c = 0; c < channels; ++c) {
     const int64_t change = static_cast<int64_t>(delta[c]) * (int64_t{1} << shift[c]);
     b[c] = Sat32(static_cast<int64_t>(base[c]) + change);
   }
+}
+
+}  // namespace
+
+Status ExpandBias(const int32_t* base, const int16_t* delta, const int32_t* shift,
+                  int32_t channels, int32_t* b) {
+  if (channels < 0) return Status::kBadShape;
+  if (!ValidBiasShifts(shift, channels)) return Status::kBadParams;
+  ExpandChecked(base, delta, shift, channels, b);
   return Status::kOk;
 }
 
@@ -240,18 +255,15 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
 Status ConvOpNarrowBias(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
                         const int8_t* x, const int8_t* w, const NarrowBias& bias, int8_t* y,
                         const SplitWeights& split) {
-  Status st = CheckConvOp(p, multiplier, shift, x, w, y, split);
+  const Status st = CheckConvOp(p, multiplier, shift, x, w, y, split);
   if (st != Status::kOk) return st;
   if (!bias.base || !bias.delta || !bias.shift) return Status::kBadParams;
-  for (int32_t c = 0; c < p.y.c; ++c) {
-    if (bias.shift[c] < 0 || bias.shift[c] > kMaxBiasShift) return Status::kBadParams;
-  }
+  if (!ValidBiasShifts(bias.shift, p.y.c)) return Status::kBadParams;  // (before any output)
   const Requant rq = RequantOf(p, multiplier, shift);
   int32_t b32[kBiasChunk];  // the int32 biases of one chunk of channels
   for (int32_t c0 = 0; c0 < p.y.c; c0 += kBiasChunk) {
     const int32_t c1 = p.y.c - c0 > kBiasChunk ? c0 + kBiasChunk : p.y.c;
-    st = ExpandBias(bias.base + c0, bias.delta + c0, bias.shift + c0, c1 - c0, b32);
-    if (st != Status::kOk) return st;
+    ExpandChecked(bias.base + c0, bias.delta + c0, bias.shift + c0, c1 - c0, b32);
     ConvChannels(p, rq, x, w, b32, y, split, c0, c1);
   }
   return Status::kOk;

@@ -383,10 +383,6 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   }
   OpData local;
   OpData* d = OpDataOf<K>(node, &local);
-  if (d == nullptr) {
-    MicroPrintf("%s: could not allocate op data", info.name);
-    return kTfLiteError;
-  }
   if (d->option_error == kOptionsUnreadable) {
     MicroPrintf("%s: custom options missing or not a flexbuffer map", info.name);
     return kTfLiteError;
