@@ -328,8 +328,9 @@ VARIANTS = {
                                "PAD", "AVERAGE_POOL_2D"}, conv_masks=True),
     "gap_biases": dict(pool="gap", update=dict(bias_last_k=4, weight_ratios={0: 1}),
                        ops={"TMT_MEAN_GRAD", "TMT_MASK_GRAD", "TMT_MEAN"}),
+    # (the pooled gradient's broadcast folded into the bias update, its only reader: head.py)
     "gap_mse": dict(pool="gap", update=dict(bias_last_k=2, weight_ratios={3: 1}), loss="mse",
-                    ops={"TMT_MSE_GRAD", "TMT_MEAN_GRAD"}),
+                    ops={"TMT_MSE_GRAD", "TMT_MEAN", "TMT_BIAS_UPDATE"}),
     # backward="fp32" (float32 gradient tensors, docs/contract.md "fp32 backward"): the main
     # artifact's update (conv, depthwise, half a pointwise conv, dense, biases; max pool, the
     # residual's gradient sum) and the other heads / poolings.
@@ -348,7 +349,12 @@ VARIANTS = {
     # by TMT_CONV, the int16 TMT_BIAS_UPDATE; test_narrow_bias.py), at a high learning rate so
     # the changes grow
     "narrow_biases": dict(model="wide", update=dict(bias_last_k=4, weight_ratios={3: 1}),
-                          ops={"TMT_CONV", "TMT_BIAS_UPDATE", "TMT_MEAN"}, narrow=True),
+                          ops={"TMT_CONV", "TMT_BIAS_UPDATE"}, narrow=True, pooled=True),
+    # the pooled head without its H x W tensors (head.py): TMT_CONV in mean mode (two chunks of
+    # channels), the broadcast gradient read by the input gradient and the narrow bias update
+    "pooled_head": dict(model="head", update=dict(bias_last_k=3),
+                        ops={"TMT_CONV", "TMT_BIAS_UPDATE", "TMT_CONV_INPUT_GRAD"}, narrow=True,
+                        pooled=True),
 }
 
 
@@ -364,6 +370,10 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
         from test_narrow_bias import wide_cnn
 
         model = wide_cnn()
+    elif v.get("model") == "head":
+        from test_head import head_cnn
+
+        model = head_cnn()
     else:
         model = residual_cnn(pool=v["pool"])
     art = tmt.convert(model, calib, update=tmt.SparseUpdate(**v["update"]),
@@ -374,6 +384,8 @@ def test_more_artifacts_bit_exact(driver, calib, variant, tmp_path):
     assert v["ops"] <= set(ops), f"{variant}: missing {v['ops'] - set(ops)} in {dict(ops)}"
     if v.get("narrow"):
         assert any(d["dtype"] == "int16" for d in art.metadata["variables"]), variant
+    if v.get("pooled"):  # the head's pool and its gradient's broadcast folded (head.py)
+        assert not {"TMT_MEAN", "TMT_MEAN_GRAD"} & set(ops), dict(ops)
     if v.get("conv_masks"):
         assert "TMT_MASK_PACK" not in ops and any(
             op_name(m, op) == "TMT_CONV" and len(op.outputs) == 2 for op in m.subgraphs[0].operators)

@@ -206,8 +206,45 @@ def restore_builtin_convs(m: fb.ModelT, code) -> int:
         op.builtinOptionsType, op.builtinOptions = kind, opts
         op.customOptions, op.customOptionsFormat = None, 0
         rewritten += 1
+        if o.get("mean"):  # mean mode: the conv writes y again, a MEAN pools it
+            operators.append(_unfold_mean(m, sg, code, op, o))
     sg.operators = operators
     return rewritten
+
+
+def _unfold_mean(m: fb.ModelT, sg, code, op, o: dict):
+    """A TMT_CONV in mean mode back as CONV_2D -> y -> MEAN: a new y tensor (the options' shape
+    and quantization) becomes the conv's output; returns the MEAN operator writing the pooled
+    output."""
+    pooled = int(op.outputs[0])
+    channels = int(sg.tensors[int(op.inputs[conv_ops.W])].shape[0])
+
+    def tensor(name: str, shape, dtype: int, data: np.ndarray | None = None) -> int:
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, np.array(shape, np.int32), dtype, 0
+        if data is not None:
+            buf = fb.BufferT()
+            buf.data = np.frombuffer(data.tobytes(), np.uint8).copy()
+            m.buffers.append(buf)
+            t.buffer = len(m.buffers) - 1
+        sg.tensors.append(t)
+        return len(sg.tensors) - 1
+
+    y = tensor(f"tmt/unfolded_mean/{pooled}/y", (1, o["y_h"], o["y_w"], channels),
+               fb.TensorType.INT8)
+    q = fb.QuantizationParametersT()
+    q.scale, q.zeroPoint = np.array([o["y_scale"]], np.float32), np.array([o["y_zp"]], np.int64)
+    sg.tensors[y].quantization = q
+    axis = tensor(f"tmt/unfolded_mean/{pooled}/axis", (2,), fb.TensorType.INT32,
+                  np.array([1, 2], np.int32))
+    op.outputs = np.array([y], np.int32)
+    mean = fb.OperatorT()
+    mean.opcodeIndex = code("MEAN", int(o.get("mean_version", 1)))
+    mean.inputs, mean.outputs = np.array([y, axis], np.int32), np.array([pooled], np.int32)
+    ro = fb.ReducerOptionsT()
+    ro.keepDims = bool(o.get("mean_keep_dims", 0))
+    mean.builtinOptionsType, mean.builtinOptions = fb.BuiltinOptions.ReducerOptions, ro
+    return mean
 
 
 def _wide_bias(m: fb.ModelT, sg, b: int, rq: int) -> int:

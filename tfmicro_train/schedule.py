@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .fuse import fuse_frozen_blocks
 from .graph import Graph
+from .head import fold_broadcast_grads, fold_pooled_outputs
 from .requant import flash_requant as to_tmt_conv
 from .requant import fold_mask_packs, narrow_biases, split_weight_reads
 
@@ -43,4 +44,7 @@ def lower(g: Graph, fuse: bool = True, flash_requant: bool = True, narrow: bool 
         if narrow:  # trained biases of TMT_CONV layers as int16 changes
             narrow_biases(g)
     split_weight_reads(g)  # sliced layers' weights read in two parts, never concatenated
+    if flash_requant:  # a pooled head without its H x W tensors
+        fold_pooled_outputs(g)
+    fold_broadcast_grads(g)
     return schedule(g)

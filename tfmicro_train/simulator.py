@@ -321,6 +321,11 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
             values[op.outputs[-1]] = np.zeros(1, F32)
         return
     outs: list = []
+    if "g_bcast_h" in o:  # a folded TMT_MEAN_GRAD (+ TMT_MASK_GRAD): the gradient it stands for
+        hw = (o["g_bcast_h"], o["g_bcast_w"])
+        full, s = T.broadcast_grad(ins[0], ins[1][0], hw, ins[6] if len(ins) > 6 else None,
+                                   float(np.float32(1.0) / np.float32(hw[0] * hw[1])))
+        ins[0], ins[1] = full, np.array([s], F32)
     if name == "TMT_CONV_INPUT_GRAD" and len(ins) > 5 and ins[5] is not None:
         ins[2] = np.concatenate([ins[2], ins[5]])  # the weights in two parts: w, then w_rest
     # the gradient's type picks the mode (the loss ops: their output); masking, copying and the
@@ -417,8 +422,8 @@ def _advance_step(values: dict, state: int) -> None:
 def _run_update(sim: HostSimulator, sg: _Subgraph, op: _Op, ins: list, values: dict,
                 lr: np.float32) -> None:
     o = op.options
-    counter = int(np.uint32(ins[-1][1]))
     name = op.name
+    counter = int(np.uint32(ins[5 if name == "TMT_BIAS_UPDATE" else 6][1]))  # the state's [1]
     p = T.UpdateParams(o["update_channels"], o["seed"], o.get("x_zero_point", 0))
     g = ins[0]
     fp32 = g.dtype == np.float32

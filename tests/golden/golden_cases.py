@@ -1092,6 +1092,19 @@ def gen_conv_op(rng, i):
         lo = int(rng.integers(-128, 128))
         hi = min(128, lo + int(rng.integers(1, 120)))
         case.update(mask_min=lo, mask_max=hi, out_bits=T.mask_pack(y, lo, hi))
+    r = np.random.default_rng(2_000_003 + i)  # own rng: the other cases stay as they were
+    if kind == 0 and y.shape[1] * y.shape[2] <= 1024 and r.random() < 0.5:
+        # mean mode (head.fold_pooled_outputs): the op writes the mean of y over H, W instead
+        count = int(y.shape[1] * y.shape[2])
+        while True:
+            p_scale = F32(y_scale * r.choice([1.0, 2.0 ** r.uniform(-3, 3)]))
+            mm = CO.mean_multiplier(F32(y_scale), p_scale, count)
+            if mm is not None:
+                break
+        p_zp = zero_point(r)
+        pooled = CO.mean_op(y, qinfo(y.shape, y_scale, y_zp), qinfo((1, channels), p_scale, p_zp), 0)
+        case.update(mean_mult=mm[0], mean_shift=mm[1], pooled_scale=p_scale, pooled_zp=p_zp,
+                    out_pooled=pooled)
     return case
 
 
@@ -1157,6 +1170,43 @@ def _conv_op_splittable(case) -> bool:
             and case["stride_w"] == 1)
 
 
+def _broadcast_grads(gen):
+    """About a third of the cases with a [1, H, W, C] gradient read it as a folded TMT_MEAN_GRAD
+    (+ TMT_MASK_GRAD) (head.fold_broadcast_grads): 'g' becomes the pooled [C] values, with
+    bcast_h / bcast_w and, mostly, a packed 'mask'; the outputs are those of the gradient it
+    stands for (training_ops.broadcast_grad) at its scale (own rng: the other cases stay)."""
+    def wrapped(rng, i):
+        case = gen(rng, i)
+        r = np.random.default_rng(3_000_017 + i)
+        g = case["g"]
+        if g.ndim != 4 or r.random() >= 0.35:
+            return case
+        _, h, w, c = g.shape
+        gv = grad_i8(r, (1, c) if r.random() < 0.5 else (1, 1, 1, c))
+        bits = None
+        if r.random() < 0.8:
+            keep = r.random() < np.array([0.0, 0.3, 0.7, 1.0])[int(r.integers(0, 4))]
+            bits = np.packbits(r.random(h * w * c) < keep, bitorder="little")
+        inv = float(np.float32(1.0) / np.float32(h * w))
+        full, s_eff = T.broadcast_grad(gv, case["s"], (h, w), bits, inv)
+        case.update(g=gv, bcast_h=int(h), bcast_w=int(w))
+        if bits is not None:
+            case["mask"] = bits
+        if "out_g_in" in case:  # TMT_CONV_INPUT_GRAD
+            wt = case["w"] if "w_rest" not in case else np.concatenate([case["w"], case["w_rest"]])
+            geom = T.ConvGeom(case["stride_h"], case["stride_w"], case["pad_top"], case["pad_left"])
+            out, s_in = T.conv_input_grad(full, s_eff, wt, case["wmul"], case["w_scale_max"],
+                                          tuple(int(d) for d in case["in_shape"]), geom)
+            case.update(out_g_in=out, out_s_in=F32(s_in))
+        else:  # TMT_BIAS_UPDATE
+            p = T.UpdateParams(case["update_channels"], case["seed"])
+            case["out_b"] = T.bias_update(case["b"], full, s_eff, case["bfactor"], case["lr"], p,
+                                          case["counter"])
+        return case
+    wrapped.__name__ = gen.__name__
+    return wrapped
+
+
 for _name, _gen in (("TMT_CONV_INPUT_GRAD", gen_conv_input_grad),
                     ("TMT_CONV_INPUT_GRAD" + F32_SUFFIX, gen_conv_input_grad_f32)):
     if _name in GENERATORS:
@@ -1164,6 +1214,8 @@ for _name, _gen in (("TMT_CONV_INPUT_GRAD", gen_conv_input_grad),
     if _name in F32_GENERATORS:
         F32_GENERATORS[_name] = _split_rows(_gen)
 gen_conv_op = _split_rows(gen_conv_op, _conv_op_splittable)
+GENERATORS["TMT_CONV_INPUT_GRAD"] = _broadcast_grads(GENERATORS["TMT_CONV_INPUT_GRAD"])
+GENERATORS["TMT_BIAS_UPDATE"] = _broadcast_grads(GENERATORS["TMT_BIAS_UPDATE"])
 
 FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}
 GENERATORS["TMT_CONV"] = gen_conv_op  # its TFLM glue replays it (tflm_ops/tflm/glue_test.cc)

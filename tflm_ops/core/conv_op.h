@@ -102,6 +102,29 @@ Status ConvOpNarrowBias(const ConvOpParams& params, const int32_t* multiplier,
 // Whether ConvOp takes split weights for these parameters (pointwise or fully-connected).
 bool ConvOpTakesSplit(const ConvOpParams& params);
 
+// Mean mode (tfmicro_train/head.py fold_pooled_outputs): a CONV_2D whose output y only a global
+// average pool (and its activation mask) read writes the pool instead of y.
+struct ConvMeanParams {
+  int32_t multiplier = 0;         // MeanOpMultiplier(y scale, pooled scale, H * W)
+  int32_t shift = 0;
+  int32_t pooled_zero_point = 0;
+  bool mask = false;              // also write TMT_MASK_PACK(y, mask_min, mask_max) to `bits`
+  int32_t mask_min = 0, mask_max = 0;
+};
+
+// y's pixels (H * W) times the channels of one chunk fit in this many bytes (the stack buffer).
+constexpr int32_t kMeanChunkBytes = 1024;
+
+// pooled [C] = MeanOp(ConvOp(x)) over y's H x W (params.y; kind CONV_2D, H * W <=
+// kMeanChunkBytes) and, with m.mask, bits [ceil(H * W * C / 8)] = MaskPack(y), bit for bit,
+// without y: the channels in chunks of min(kBiasChunk, kMeanChunkBytes / (H * W)), each over
+// every pixel into a stack buffer. The bias: b (int32, may be null) or, with `narrow`, a narrow
+// bias (b unused). params.y_offset is y's zero point (the mean's input offset).
+Status ConvOpMean(const ConvOpParams& params, const int32_t* multiplier, const int32_t* shift,
+                  const int8_t* x, const int8_t* w, const int32_t* b, const NarrowBias* narrow,
+                  const ConvMeanParams& mean, int8_t* pooled, uint8_t* bits,
+                  const SplitWeights& split = SplitWeights());
+
 // TMT_MEAN: TFLM's int8 MEAN over the H and W axes of a [1, H, W, C] tensor (global average
 // pooling), bit for bit (reference_ops::QuantizedMeanOrSum, compute_sum false), without the
 // int32 accumulator per output element that TFLM's MEAN asks of the arena for its whole Eval:

@@ -346,7 +346,18 @@ struct InputGradCtx {
   ConvGeom geom;
   int32_t w_co;  // w stride between output channels (conv)
   SplitWeights split = SplitWeights();  // conv: rows [split, CO) at split.rest
+  GradBroadcast bcast = GradBroadcast();  // conv: g [CO] broadcast over g_dims, masked
 };
+
+// Bit i (LSB first) of a packed mask (TMT_MASK_PACK's layout).
+inline bool MaskBit(const uint8_t* mask, int32_t i) { return (mask[i >> 3] >> (i & 7)) & 1; }
+
+// The gradient at element `off + co` of g_dims (off: a pixel's first element): g[off + co], or
+// with a broadcast g (GradBroadcast) g[co] where the mask bit off + co is set, else 0.
+inline int32_t GradAt(const int8_t* g, const GradBroadcast& bc, int32_t off, int32_t co) {
+  if (!bc.on) return g[off + co];
+  return (bc.mask == nullptr || MaskBit(bc.mask, off + co)) ? g[co] : 0;
+}
 
 inline void RowTaps(const InputGradCtx& k, int32_t ih, PixelTaps* t) {
   t->nr = TapsFor(ih, k.kh_size, k.geom.stride_h, k.geom.pad_top, k.g_dims.h,
@@ -514,9 +525,10 @@ TMT_NOINLINE void AccumulateTile(const GwEntry* list, int32_t cn, int64_t* acc) 
 // The nonzero g[co] * wmul[co] of one output pixel gp for co in [co0, co1), with their weight rows
 // RowOf(w, split, co, w_co) + at, then the end entry gw == 0 (every listed gw is nonzero:
 // wmul >= 1). Returns the count.
-inline int32_t BuildGwList(const int8_t* gp, const int32_t* wmul, const int8_t* w,
-                           const SplitWeights& split, int32_t at, int32_t w_co, int32_t co0,
-                           int32_t co1, GwEntry* list) {
+template <typename GAt>
+inline int32_t BuildGwListOf(GAt gp, const int32_t* wmul, const int8_t* w,
+                             const SplitWeights& split, int32_t at, int32_t w_co, int32_t co0,
+                             int32_t co1, GwEntry* list) {
   int32_t n = 0;
   // rows [co0, mid) at w, [mid, co1) at split.rest (no split: mid = co1)
   int32_t mid = co1;
@@ -538,6 +550,20 @@ inline int32_t BuildGwList(const int8_t* gp, const int32_t* wmul, const int8_t* 
   }
   list[n].gw = 0;
   return n;
+}
+
+// BuildGwListOf for output pixel `off` (its first element) of k's gradient.
+inline int32_t BuildGwList(const InputGradCtx& k, int32_t off, int32_t at, int32_t co0,
+                           int32_t co1, GwEntry* list) {
+  if (!k.bcast.on) return BuildGwListOf(k.g + off, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list);
+  const GradBroadcast bc = k.bcast;
+  const int8_t* g = k.g;
+  auto gat = [g, bc, off](int32_t co) { return GradAt(g, bc, off, co); };
+  struct Reader {
+    decltype(gat) f;
+    int32_t operator[](int32_t co) const { return f(co); }
+  };
+  return BuildGwListOf(Reader{gat}, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list);
 }
 
 // As AccumulateTile for the input channels idx[m], m in [0, nm): acc[m] += sum_e gw * w[idx[m]].
@@ -564,8 +590,6 @@ template <typename Emit>
 TMT_NOINLINE void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit emit) {
   const int32_t CO = k.g_dims.c;
   const int32_t CI = k.in.c;
-  const int32_t w_co = k.w_co;
-  const int32_t* wmul = k.wmul;
   int64_t acc[kCiTile];
   GwEntry list[kCoTile + 1];
   for (int32_t ci0 = 0; ci0 < CI; ci0 += kCiTile) {
@@ -573,11 +597,11 @@ TMT_NOINLINE void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit 
     for (int32_t j = 0; j < cn; ++j) acc[j] = 0;
     for (int32_t r = 0; r < t.nr; ++r) {
       for (int32_t c = 0; c < t.nc; ++c) {
-        const int8_t* gp = k.g + t.gr[r] + t.gc[c];
+        const int32_t off = t.gr[r] + t.gc[c];
         const int32_t at = t.wr[r] + t.wc[c] + ci0;
         for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
           const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-          if (BuildGwList(gp, wmul, k.w, k.split, at, w_co, co0, co1, list)) {
+          if (BuildGwList(k, off, at, co0, co1, list)) {
             AccumulateTile(list, cn, acc);
           }
         }
@@ -605,11 +629,11 @@ TMT_NOINLINE int32_t ConvFixGather(const InputGradCtx& k, const PixelTaps& t, in
   for (int32_t m = 0; m < nm; ++m) acc[m] = 0;
   for (int32_t r = 0; r < t.nr; ++r) {
     for (int32_t c = 0; c < t.nc; ++c) {
-      const int8_t* gp = k.g + t.gr[r] + t.gc[c];
+      const int32_t off = t.gr[r] + t.gc[c];
       const int32_t at = t.wr[r] + t.wc[c];
       for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
         const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-        if (BuildGwList(gp, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list)) {
+        if (BuildGwList(k, off, at, co0, co1, list)) {
           AccumulateGather(list, idx, nm, acc);
         }
       }
@@ -772,7 +796,7 @@ int InputGradNoScratch(const InputGradCtx& k, int8_t* g_in) {
 Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh_size,
                      int32_t kw_size, const int32_t* wmul, float w_scale_max, Hwc in,
                      const ConvGeom& geom, int8_t* g_in, float* s_in, int64_t* scratch,
-                     const SplitWeights& split) {
+                     const SplitWeights& split, const GradBroadcast& bcast) {
   if (!ValidHwc(g_dims) || !ValidHwc(in) || kh_size < 1 || kw_size < 1) return Status::kBadShape;
   if (!ValidGeom(geom)) return Status::kBadParams;
   const int32_t CO = g_dims.c;
@@ -796,12 +820,13 @@ Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int3
           const int32_t ih = oh * geom.stride_h - geom.pad_top + kh;
           for (int32_t ow = ow0; ow < ow1; ++ow) {
             const int32_t iw = ow * geom.stride_w - geom.pad_left + kw;
-            const int8_t* go = g + (oh * g_dims.w + ow) * CO;
+            const int32_t go = (oh * g_dims.w + ow) * CO;
             int64_t* acc = scratch + (ih * in.w + iw) * CI;
             for (int32_t co = 0; co < CO; ++co) {
-              if (go[co] == 0) continue;
+              const int32_t gv = GradAt(g, bcast, go, co);
+              if (gv == 0) continue;
               // |g * wmul| < 2^39 in general, so int64; the products with w accumulate in int64.
-              const int64_t gw = static_cast<int64_t>(go[co]) * wmul[co];
+              const int64_t gw = static_cast<int64_t>(gv) * wmul[co];
               const int8_t* wr = w_at(co, kh, kw);
               if (gw == static_cast<int32_t>(gw)) {
                 const int32_t gw32 = static_cast<int32_t>(gw);
@@ -816,7 +841,7 @@ Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int3
     }
     shift = DynQuantizeArray(scratch, n, g_in);
   } else if (kh_size <= kMaxTapsPerAxis && kw_size <= kMaxTapsPerAxis) {
-    const InputGradCtx k{g, g_dims, w, kh_size, kw_size, wmul, in, geom, w_co, split};
+    const InputGradCtx k{g, g_dims, w, kh_size, kw_size, wmul, in, geom, w_co, split, bcast};
     shift = InputGradNoScratch<false>(k, g_in);
   } else {
     auto acc_at = [&](int32_t i) -> int64_t {
@@ -830,9 +855,9 @@ Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int3
         for (int32_t kw = 0; kw < kw_size; ++kw) {
           const int32_t ow = OutputFor(iw, kw, geom.stride_w, geom.pad_left, g_dims.w);
           if (ow < 0) continue;
-          const int8_t* go = g + (oh * g_dims.w + ow) * CO;
+          const int32_t go = (oh * g_dims.w + ow) * CO;
           for (int32_t co = 0; co < CO; ++co) {
-            acc += static_cast<int64_t>(go[co]) * wmul[co] * w_at(co, kh, kw)[ci];
+            acc += static_cast<int64_t>(GradAt(g, bcast, go, co)) * wmul[co] * w_at(co, kh, kw)[ci];
           }
         }
       }
@@ -1496,7 +1521,8 @@ namespace {
 
 template <typename Bias>
 Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channels, Bias* b,
-                    const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
+                    const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
+                    const GradBroadcast& bc) {
   if (positions < 0 || channels < 0) return Status::kBadShape;
   if (p.update_channels < 0 || p.update_channels > channels) return Status::kBadParams;
   const uint32_t base = NoiseBase(p.seed, counter);
@@ -1504,7 +1530,14 @@ Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channel
   const bool narrow = positions < (1 << 24);  // int32 sums of |g| <= 128 cannot overflow
   for (int32_t c = 0; c < p.update_channels; ++c) {
     int64_t acc = 0;
-    if (narrow) {
+    if (bc.on) {  // g[c] at each position whose mask bit is set
+      int64_t n = positions;
+      if (bc.mask != nullptr) {
+        n = 0;
+        for (int32_t i = 0; i < positions; ++i) n += MaskBit(bc.mask, i * channels + c);
+      }
+      acc = n * g[c];
+    } else if (narrow) {
       int32_t a = 0;
       const int8_t* gp = g + c;
       for (int32_t i = 0; i < positions; ++i, gp += channels) a += *gp;
@@ -1521,13 +1554,20 @@ Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channel
 }  // namespace
 
 Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int32_t* b,
-                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
-  return BiasUpdateOf(g, s, positions, channels, b, bfactor, lr, p, counter);
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
+                  const GradBroadcast& bcast) {
+  return BiasUpdateOf(g, s, positions, channels, b, bfactor, lr, p, counter, bcast);
 }
 
 Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int16_t* b,
-                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter) {
-  return BiasUpdateOf(g, s, positions, channels, b, bfactor, lr, p, counter);
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
+                  const GradBroadcast& bcast) {
+  return BiasUpdateOf(g, s, positions, channels, b, bfactor, lr, p, counter, bcast);
+}
+
+float BroadcastScale(float s, int32_t h, int32_t w) {
+  const float inv = 1.0f / static_cast<float>(h * w);  // TMT_MEAN_GRAD's inv_count
+  return s * inv;
 }
 
 }  // namespace core

@@ -124,12 +124,25 @@ inline const int8_t* RowOf(const int8_t* w, const SplitWeights& sw, int32_t co, 
                                               : w + co * row_len;
 }
 
+// A gradient folded from TMT_MEAN_GRAD (and TMT_MASK_GRAD) into its readers
+// (tfmicro_train/head.py): `g` holds the C pooled values, and the gradient it stands for is g[c]
+// at every pixel of g_dims (H x W x C), 0 where the packed mask bit pixel * C + c (LSB first) is
+// clear (mask null: no mask). Its scale is BroadcastScale(s, H, W).
+struct GradBroadcast {
+  bool on = false;
+  const uint8_t* mask = nullptr;
+};
+
+// s * (1.0f / float(h * w)) in float32: TMT_MEAN_GRAD's scale (inv_count), h * w < 2^24.
+float BroadcastScale(float s, int32_t h, int32_t w);
+
 // TMT_CONV_INPUT_GRAD: g [g_dims] (g_dims.c = CO), w [CO, kh, kw, in.c] (split: see
 // SplitWeights), wmul [CO] (Q15) -> g_in [in], s_in. scratch: nullptr or in.size() int64s.
 Status ConvInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh,
                      int32_t kw, const int32_t* wmul, float w_scale_max, Hwc in,
                      const ConvGeom& geom, int8_t* g_in, float* s_in, int64_t* scratch,
-                     const SplitWeights& split = SplitWeights());
+                     const SplitWeights& split = SplitWeights(),
+                     const GradBroadcast& bcast = GradBroadcast());
 
 // TMT_DW_INPUT_GRAD: g [g_dims], w [1, kh, kw, C], wmul [C], C = g_dims.c = in.c.
 Status DepthwiseInputGrad(const int8_t* g, float s, Hwc g_dims, const int8_t* w, int32_t kh,
@@ -163,13 +176,16 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
                              int8_t* w, int32_t kh, int32_t kw, const float* wfactor, float lr,
                              const ConvGeom& geom, const UpdateParams& p, uint32_t counter);
 
-// TMT_BIAS_UPDATE: g has `positions` rows of `channels` values; b [channels], bfactor [channels].
+// TMT_BIAS_UPDATE: g has `positions` rows of `channels` values (broadcast: `channels` values
+// standing for `positions` rows, GradBroadcast); b [channels], bfactor [channels].
 Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int32_t* b,
-                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter);
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
+                  const GradBroadcast& bcast = GradBroadcast());
 // The same for a narrow bias (TMT_CONV's int16 change of the bias, in units of 2^k[c]; the
 // converter divides bfactor by 2^k[c]): the same step, b saturates to int16.
 Status BiasUpdate(const int8_t* g, float s, int32_t positions, int32_t channels, int16_t* b,
-                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter);
+                  const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
+                  const GradBroadcast& bcast = GradBroadcast());
 
 }  // namespace core
 }  // namespace tfmicro_train

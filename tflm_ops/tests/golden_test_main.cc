@@ -272,12 +272,29 @@ int32_t RestRows(const Case& c) {
   return c.has("w_rest") ? static_cast<int32_t>(c.array("w_rest").dim(0)) : 0;
 }
 
+// A folded TMT_MEAN_GRAD (+ TMT_MASK_GRAD): 'g' holds C values broadcast over bcast_h x
+// bcast_w, masked by 'mask' if present (core::GradBroadcast); the dims and scale it stands for.
+core::GradBroadcast BroadcastOf(const Case& c, const Array& g, Hwc* g_dims, float* s) {
+  core::GradBroadcast bc;
+  if (!c.has("bcast_h")) return bc;
+  bc.on = true;
+  bc.mask = c.has("mask") ? c.array_of<uint8_t>("mask").data<uint8_t>() : nullptr;
+  g_dims->h = static_cast<int32_t>(c.i64("bcast_h"));
+  g_dims->w = static_cast<int32_t>(c.i64("bcast_w"));
+  g_dims->c = static_cast<int32_t>(g.size());
+  *s = core::BroadcastScale(*s, g_dims->h, g_dims->w);
+  return bc;
+}
+
 void CheckInputGrad(const Case& c, bool depthwise) {
   const Array& g = c.array_of<int8_t>("g");
   const Array& w = c.array_of<int8_t>("w");
   const Hwc in = HwcOf(ShapeEntry(c, "in_shape"));
   int32_t kh, kw;
   KernelOf(w, &kh, &kw);
+  Hwc g_dims = HwcOf(g.dims);
+  float s_g = c.f32("s");
+  const core::GradBroadcast bc = BroadcastOf(c, g, &g_dims, &s_g);
   BothModes(in.size(), [&](int64_t* scratch) {
     std::vector<int8_t> out(in.size(), 99);
     float s = -1;
@@ -288,9 +305,9 @@ void CheckInputGrad(const Case& c, bool depthwise) {
                                         GeomOf(c), out.data(), &s, scratch),
                "DepthwiseInputGrad");
     } else {
-      ExpectOk(core::ConvInputGrad(g.data<int8_t>(), c.f32("s"), HwcOf(g.dims), w.data<int8_t>(),
-                                   kh, kw, wmul, c.f32("w_scale_max"), in, GeomOf(c), out.data(),
-                                   &s, scratch, SplitOfCase(c)),
+      ExpectOk(core::ConvInputGrad(g.data<int8_t>(), s_g, g_dims, w.data<int8_t>(), kh, kw,
+                                   wmul, c.f32("w_scale_max"), in, GeomOf(c), out.data(), &s,
+                                   scratch, SplitOfCase(c), bc),
                "ConvInputGrad");
     }
     Expect(c, "out_g_in", out);
@@ -326,10 +343,14 @@ void CheckBiasUpdateOf(const Case& c) {
   const Array& g = c.array_of<int8_t>("g");
   std::vector<Bias> b = c.array_of<Bias>("b").template vec<Bias>();
   const int32_t ch = static_cast<int32_t>(b.size());
-  const int32_t positions = ch ? static_cast<int32_t>(g.size() / ch) : 0;
-  ExpectOk(core::BiasUpdate(g.data<int8_t>(), c.f32("s"), positions, ch, b.data(),
+  int32_t positions = ch ? static_cast<int32_t>(g.size() / ch) : 0;
+  Hwc g_dims;
+  float s = c.f32("s");
+  const core::GradBroadcast bc = BroadcastOf(c, g, &g_dims, &s);
+  if (bc.on) positions = g_dims.h * g_dims.w;
+  ExpectOk(core::BiasUpdate(g.data<int8_t>(), s, positions, ch, b.data(),
                             c.array_of<float>("bfactor").data<float>(), c.f32("lr"), UpdateOf(c),
-                            static_cast<uint32_t>(c.i64("counter"))),
+                            static_cast<uint32_t>(c.i64("counter")), bc),
            "BiasUpdate");
   Expect(c, "out_b", b);
 }
@@ -779,6 +800,40 @@ void CheckConvOp(const Case& c) {
   Expect(c, "out_y", std::vector<int8_t>(y.begin(), y.begin() + static_cast<int64_t>(n)));
   for (size_t i = n; i < y.size(); ++i) {
     if (y[i] != 99) throw Mismatch{"ConvOp wrote past y"};
+  }
+  if (c.has("out_pooled")) {  // mean mode: the mean of y over H, W (and its mask), without y
+    core::ConvMeanParams m;
+    m.multiplier = static_cast<int32_t>(c.i64("mean_mult"));
+    m.shift = static_cast<int32_t>(c.i64("mean_shift"));
+    m.pooled_zero_point = static_cast<int32_t>(c.i64("pooled_zp"));
+    m.mask = c.has("out_bits");
+    if (m.mask) {
+      m.mask_min = static_cast<int32_t>(c.i64("mask_min"));
+      m.mask_max = static_cast<int32_t>(c.i64("mask_max"));
+    }
+    std::vector<int8_t> pooled(static_cast<size_t>(s.channels) + kGuard, 99);
+    std::vector<uint8_t> bits((n + 7) / 8 + kGuard, 0xA5);
+    core::NarrowBias nb;
+    const bool narrow = c.has("bias_base");
+    if (narrow) {
+      nb.base = c.array_of<int32_t>("bias_base").data<int32_t>();
+      nb.delta = c.array_of<int16_t>("b").data<int16_t>();
+      nb.shift = c.array_of<int32_t>("bias_shift").data<int32_t>();
+    }
+    ExpectOk(core::ConvOpMean(p, mult, mult + s.channels, x.data<int8_t>(), w.data<int8_t>(),
+                              narrow ? nullptr : OptionalBias(c, "b"), narrow ? &nb : nullptr, m,
+                              pooled.data(), m.mask ? bits.data() : nullptr, SplitOfCase(c)),
+             "ConvOpMean");
+    Expect(c, "out_pooled", std::vector<int8_t>(pooled.begin(), pooled.begin() + s.channels));
+    for (size_t i = static_cast<size_t>(s.channels); i < pooled.size(); ++i) {
+      if (pooled[i] != 99) throw Mismatch{"ConvOpMean wrote past pooled"};
+    }
+    if (m.mask) {
+      Expect(c, "out_bits", std::vector<uint8_t>(bits.begin(), bits.begin() + (n + 7) / 8));
+      for (size_t i = (n + 7) / 8; i < bits.size(); ++i) {
+        if (bits[i] != 0xA5) throw Mismatch{"ConvOpMean wrote past bits"};
+      }
+    }
   }
 }
 

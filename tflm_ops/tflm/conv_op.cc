@@ -48,9 +48,42 @@ int Elements(const Tensor* t) {
   return tflite::ElementCount(*t->dims);
 }
 
-// The op's parameters from its op data and tensors (as PrepareConvOp computed them).
+// Mean mode (option 'mean', tfmicro_train/head.py): output 0 is the mean over H and W of the
+// y the op no longer writes; y's shape and quantization and the mean's multiplier are options.
+struct MeanOptions {
+  bool on = false;
+  int32_t y_h = 0, y_w = 0, y_zp = 0;
+  float y_scale = 0.0f;
+  int32_t multiplier = 0, shift = 0, pooled_zp = 0;
+};
+
+// Reads the mean-mode options (all absent: off); prints why and returns false when one is
+// missing or out of range.
+bool ReadMeanOptions(const char* options, size_t length, MeanOptions* m) {
+  OptionReader r(options, length);
+  int32_t mean = 0;
+  if (r.unreadable() || !r.Has("mean") || !r.Int("mean", &mean) || mean == 0) return !r.bad();
+  m->on = true;
+  r.Int("y_h", &m->y_h);
+  r.Int("y_w", &m->y_w);
+  r.Float("y_scale", &m->y_scale);
+  r.Int("y_zp", &m->y_zp);
+  r.Int("mean_multiplier", &m->multiplier);
+  r.Int("mean_shift", &m->shift);
+  r.Int("pooled_zp", &m->pooled_zp);
+  if (r.bad()) {
+    MicroPrintf("TMT_CONV: custom option '%s' %s (mean mode)", r.bad(),
+                r.out_of_range() ? "out of range" : "missing");
+    return false;
+  }
+  return true;
+}
+
+// The op's parameters from its op data and tensors (as PrepareConvOp computed them); in mean
+// mode y's spatial dims come from the options (`mean`) and its channels from output 0.
 core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
-                            const TfLiteEvalTensor* w, const TfLiteEvalTensor* y) {
+                            const TfLiteEvalTensor* w, const TfLiteEvalTensor* y,
+                            const MeanOptions* mean = nullptr) {
   core::ConvOpParams p;
   p.kind = d.kind;
   if (d.kind == core::kConvOpFullyConnected) {
@@ -60,7 +93,11 @@ core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
     p.y = {1, rows, rows > 0 ? Elements(y) / rows : 0};
   } else {
     p.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
-    p.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
+    if (mean != nullptr && mean->on) {
+      p.y = {mean->y_h, mean->y_w, Elements(y)};
+    } else {
+      p.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
+    }
     p.kh = w->dims->data[1];
     p.kw = w->dims->data[2];
     p.stride_h = d.stride_h;
@@ -80,7 +117,7 @@ core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
 // Stores `p` (less its shapes) in `d`; false if a value does not fit or ParamsOf would not give
 // `p` back from these tensors.
 bool StoreParams(const core::ConvOpParams& p, const TfLiteEvalTensor* x, const TfLiteEvalTensor* w,
-                 const TfLiteEvalTensor* y, ConvOpData* d) {
+                 const TfLiteEvalTensor* y, const MeanOptions& mean, ConvOpData* d) {
   bool fits = true;
   auto put = [&](int32_t v, auto* out) {
     using T = std::remove_pointer_t<decltype(out)>;
@@ -99,7 +136,7 @@ bool StoreParams(const core::ConvOpParams& p, const TfLiteEvalTensor* x, const T
   put(p.act_min, &d->act_min);
   put(p.act_max, &d->act_max);
   if (!fits) return false;
-  const core::ConvOpParams q = ParamsOf(*d, x, w, y);
+  const core::ConvOpParams q = ParamsOf(*d, x, w, y, &mean);
   return q.kind == p.kind && q.x.h == p.x.h && q.x.w == p.x.w && q.x.c == p.x.c &&
          q.y.h == p.y.h && q.y.w == p.y.w && q.y.c == p.y.c && q.kh == p.kh && q.kw == p.kw &&
          q.stride_h == p.stride_h && q.stride_w == p.stride_w && q.dil_h == p.dil_h &&
@@ -171,6 +208,12 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   const int n_out = node->outputs->size;
   const bool mask = n_out == 2;
   if (!ReadConvOptions(d, mask, &o)) return kTfLiteError;
+  MeanOptions mean;
+  if (!ReadMeanOptions(d->options, d->options_length, &mean)) return kTfLiteError;
+  if (mean.on && o.kind != core::kConvOpConv2D) {
+    MicroPrintf("TMT_CONV: option 'mean' needs kind 0 (CONV_2D), got %d", static_cast<int>(o.kind));
+    return kTfLiteError;
+  }
   if (o.kind < core::kConvOpConv2D || o.kind > core::kConvOpFullyConnected) {
     MicroPrintf("TMT_CONV: invalid options: kind %d (0 CONV_2D, 1 DEPTHWISE_CONV_2D, "
                 "2 FULLY_CONNECTED)", static_cast<int>(o.kind));
@@ -195,13 +238,14 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   auto fail = [&](int i, const char* what) {
     if (status != kTfLiteOk) return;  // report the first problem only
     MicroPrintf("TMT_CONV (%s): %s %d '%s' %s", op, i < 0 ? "output" : "input", i < 0 ? 0 : i,
-                i < 0 ? "y" : kInputNames[i], what);
+                i < 0 ? (mean.on ? "pooled" : "y") : kInputNames[i], what);
     status = kTfLiteError;
   };
   auto type = [&](int i, const TfLiteTensor* t, TfLiteType want) {
     if (t != nullptr && t->type != want && status == kTfLiteOk) {
       MicroPrintf("TMT_CONV (%s): %s %d '%s' must be %s, not %s", op, i < 0 ? "output" : "input",
-                  i < 0 ? 0 : i, i < 0 ? "y" : kInputNames[i], TfLiteTypeGetName(want),
+                  i < 0 ? 0 : i, i < 0 ? (mean.on ? "pooled" : "y") : kInputNames[i],
+                  TfLiteTypeGetName(want),
                   TfLiteTypeGetName(t->type));
       status = kTfLiteError;
     }
@@ -228,7 +272,9 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     const int want_w = fc ? 2 : 4;
     if (w->dims->size != want_w) fail(1, fc ? "must be [CO, CI]" : "must be 4-D");
     if (!fc && (x->dims->size != 4 || x->dims->data[0] != 1)) fail(0, "must be [1, H, W, C]");
-    if (!fc && (y->dims->size != 4 || y->dims->data[0] != 1)) fail(-1, "must be [1, H, W, C]");
+    if (!fc && !mean.on && (y->dims->size != 4 || y->dims->data[0] != 1)) {
+      fail(-1, "must be [1, H, W, C]");
+    }
     if (w->quantization.type != kTfLiteAffineQuantization || w->quantization.params == nullptr) {
       fail(1, "must be quantized");
     } else {
@@ -243,8 +289,8 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     s.kind = o.kind;
     s.x_q.scale = x->params.scale;
     s.x_q.zero_point = x->params.zero_point;
-    s.y_q.scale = y->params.scale;
-    s.y_q.zero_point = y->params.zero_point;
+    s.y_q.scale = mean.on ? mean.y_scale : y->params.scale;
+    s.y_q.zero_point = mean.on ? mean.y_zp : y->params.zero_point;
     s.conv.act = o.act;
     if (status == kTfLiteOk && fc) {
       s.w_in_c = w->dims->data[1];
@@ -256,7 +302,8 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
       if (Elements(y) != rows * s.channels) fail(-1, "must hold rows * CO elements");
     } else if (status == kTfLiteOk) {
       s.x = {x->dims->data[1], x->dims->data[2], x->dims->data[3]};
-      s.y = {y->dims->data[1], y->dims->data[2], y->dims->data[3]};
+      s.y = mean.on ? core::Hwc{mean.y_h, mean.y_w, Elements(y)}
+                    : core::Hwc{y->dims->data[1], y->dims->data[2], y->dims->data[3]};
       const bool dw = o.kind == core::kConvOpDepthwise;
       if (dw && w->dims->data[0] != 1) fail(1, "must be [1, KH, KW, C] (depth multiplier 1)");
       s.conv.kh = w->dims->data[1];
@@ -304,7 +351,8 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
       status = kTfLiteError;
     } else if (!StoreParams(params, context->GetEvalTensor(context, node->inputs->data[0]),
                             context->GetEvalTensor(context, node->inputs->data[1]),
-                            context->GetEvalTensor(context, node->outputs->data[0]), d)) {
+                            context->GetEvalTensor(context, node->outputs->data[0]), mean,
+                            d)) {
       MicroPrintf("TMT_CONV (%s): strides, dilations, padding or offsets out of the int16 range",
                   op);
       status = kTfLiteError;
@@ -366,11 +414,35 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
   if (status == kTfLiteOk && in[2] != nullptr && Elements(in[2]) != s.channels) {
     fail(2, "must have C elements");
   }
+  // the elements of y (in mean mode the op does not write it)
+  const int y_elements = mean.on ? s.y.size() : Elements(y);
+  if (status == kTfLiteOk && mean.on && s.channels != s.y.c) {
+    fail(-1, "must have C elements (the output channels)");
+  }
+  if (status == kTfLiteOk && mean.on) {  // output 0 'pooled': the mean of y over H and W
+    int32_t m = 0, sh = 0;
+    if (s.y.h * s.y.w > core::kMeanChunkBytes) {
+      MicroPrintf("TMT_CONV (%s): mean mode: y has %d pixels, at most %d", op,
+                  static_cast<int>(s.y.h * s.y.w), static_cast<int>(core::kMeanChunkBytes));
+      status = kTfLiteError;
+    } else if (core::MeanOpMultiplier(mean.y_scale, y->params.scale, s.y.h * s.y.w, &m, &sh) !=
+                   core::Status::kOk ||
+               m != mean.multiplier || sh != mean.shift) {
+      MicroPrintf("TMT_CONV (%s): options 'mean_multiplier' %ld 'mean_shift' %ld: the scales of y "
+                  "(%f) and output 0 'pooled' (%f) give %ld %ld (re-convert the model)", op,
+                  static_cast<long>(mean.multiplier), static_cast<long>(mean.shift),
+                  static_cast<double>(mean.y_scale), static_cast<double>(y->params.scale),
+                  static_cast<long>(m), static_cast<long>(sh));
+      status = kTfLiteError;
+    } else if (mean.pooled_zp != y->params.zero_point) {
+      fail(-1, "has a zero point other than the option 'pooled_zp'");
+    }
+  }
   if (status == kTfLiteOk && mask) {  // output 1 'bits': the packed mask of y
     TfLiteTensor* bits = mc->AllocateTempOutputTensor(node, 1);
-    if (bits == nullptr || bits->type != kTfLiteUInt8 || Elements(bits) != (Elements(y) + 7) / 8) {
+    if (bits == nullptr || bits->type != kTfLiteUInt8 || Elements(bits) != (y_elements + 7) / 8) {
       MicroPrintf("TMT_CONV (%s): output 1 'bits' must be uint8 with ceil(N / 8) elements (N of "
-                  "y: %d)", op, Elements(y));
+                  "y: %d)", op, y_elements);
       status = kTfLiteError;
     }
     if (bits) mc->DeallocateTempTfLiteTensor(bits);
@@ -391,7 +463,9 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* rq = tflite::micro::GetEvalInput(context, node, 3);
   TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
   const int32_t* mult = tflite::micro::GetTensorData<int32_t>(rq);
-  const core::ConvOpParams params = ParamsOf(*d, x, w, y);
+  MeanOptions mean;  // (checked in Prepare)
+  if (!ReadMeanOptions(d->options, d->options_length, &mean)) return kTfLiteError;
+  const core::ConvOpParams params = ParamsOf(*d, x, w, y, &mean);
   const int32_t channels = params.y.c;
   const bool narrow = b != nullptr && b->type == kTfLiteInt16;
   core::SplitWeights split;
@@ -400,11 +474,29 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
     split.split = d->w_split;
   }
   core::Status st = core::Status::kOk;
-  if (narrow) {  // the int32 bias from its base, change and shifts, a chunk at a time
-    core::NarrowBias nb;
+  core::NarrowBias nb;
+  if (narrow) {
     nb.base = mult + 2 * channels;
     nb.delta = tflite::micro::GetTensorData<int16_t>(b);
     nb.shift = mult + 3 * channels;
+  }
+  if (mean.on) {  // output 0 the mean of y over H and W (and 1 y's mask), without y
+    core::ConvMeanParams m;
+    m.multiplier = mean.multiplier;
+    m.shift = mean.shift;
+    m.pooled_zero_point = mean.pooled_zp;
+    m.mask = node->outputs->size == 2;
+    m.mask_min = d->mask_min;
+    m.mask_max = d->mask_max;
+    st = core::ConvOpMean(
+        params, mult, mult + channels, tflite::micro::GetTensorData<int8_t>(x),
+        tflite::micro::GetTensorData<int8_t>(w),
+        b != nullptr && !narrow ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
+        narrow ? &nb : nullptr, m, tflite::micro::GetTensorData<int8_t>(y),
+        m.mask ? tflite::micro::GetTensorData<uint8_t>(tflite::micro::GetEvalOutput(context, node, 1))
+               : nullptr,
+        split);
+  } else if (narrow) {  // the int32 bias from its base, change and shifts, a chunk at a time
     st = core::ConvOpNarrowBias(params, mult, mult + channels,
                                 tflite::micro::GetTensorData<int8_t>(x),
                                 tflite::micro::GetTensorData<int8_t>(w), nb,
@@ -415,7 +507,7 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
                       b != nullptr ? tflite::micro::GetTensorData<int32_t>(b) : nullptr,
                       tflite::micro::GetTensorData<int8_t>(y), split);
   }
-  if (st == core::Status::kOk && node->outputs->size == 2) {  // TMT_MASK_PACK of y
+  if (st == core::Status::kOk && !mean.on && node->outputs->size == 2) {  // TMT_MASK_PACK of y
     st = core::MaskPack(tflite::micro::GetTensorData<int8_t>(y), Elements(y), d->mask_min,
                         d->mask_max,
                         tflite::micro::GetTensorData<uint8_t>(

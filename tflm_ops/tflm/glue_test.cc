@@ -259,6 +259,14 @@ void AddGeom(const Case& c, Options* o) {
 
 constexpr int kAbsent = -1;  // an optional input left out (kTfLiteOptionalTensor)
 
+// A folded TMT_MEAN_GRAD's gradient: options g_bcast_h / g_bcast_w and input 6, the mask (or
+// absent).
+void AddBroadcast(const Case& c, Tensors* t, std::vector<int>* in, Options* o) {
+  o->ints.push_back({"g_bcast_h", c.i64("bcast_h")});
+  o->ints.push_back({"g_bcast_w", c.i64("bcast_w")});
+  in->push_back(c.has("mask") ? t->AddArray(c.array("mask")) : kAbsent);
+}
+
 // The registration of the op named `op`, if any.
 bool FindRegistration(const std::string& op, TFLMRegistration* reg) {
   const tfmicro_train::TrainingOpEntry* ops = tfmicro_train::TrainingOps();
@@ -457,11 +465,11 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (r.invoke != kTfLiteOk) return "Invoke failed";
     return "";
   };
-  // Prepare must refuse the op once its last input, a constant 'w_rest', is not a constant.
-  auto refuses_non_constant_w_rest = [&]() -> std::string {
-    t.SetArenaTensor(in.back());
+  // Prepare must refuse the op once its constant 'w_rest' (input `slot`) is not a constant.
+  auto refuses_non_constant_w_rest = [&](size_t slot) -> std::string {
+    t.SetArenaTensor(in[slot]);
     const bool refused = RunOp(reg, t, in, out, o).prepare != kTfLiteOk;
-    t.SetConstant(in.back());
+    t.SetConstant(in[slot]);
     return refused ? "" : "a non-constant w_rest was accepted";
   };
   const uint32_t counter0 = LossCounter(c);
@@ -584,11 +592,15 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
       in.push_back(t.AddArray(c.array("w_rest")));
       t.SetConstant(in.back());
     }
+    if (c.has("bcast_h")) {  // a folded TMT_MEAN_GRAD: 'g' broadcast, its mask input 6
+      if (in.size() == 5) in.push_back(kAbsent);
+      AddBroadcast(c, &t, &in, &o);
+    }
     out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32)};
     o.floats.push_back({"w_scale_max", c.f32("w_scale_max")});
     AddGeom(c, &o);
     if (!(e = run()).empty()) return e;
-    if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest()).empty()) return e;
+    if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest(5)).empty()) return e;
     if (!(e = expect_i8(out[0], "out_g_in")).empty()) return e;
     return expect_f32(out[1], "out_s_in");
   }
@@ -602,6 +614,7 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     if (bias) {
       in = {t.AddArray(c.array("g")), t.AddF32(c.f32("s")), p = t.AddArray(c.array("b")),
             t.AddArray(c.array("bfactor")), t.AddF32(lr), st = t.AddState(counter)};
+      if (c.has("bcast_h")) AddBroadcast(c, &t, &in, &o);  // a folded TMT_MEAN_GRAD
     } else {
       in = {t.AddArray(c.array("g")), t.AddF32(c.f32("s")), t.AddArray(c.array("x")),
             p = t.AddArray(c.array("w")), t.AddArray(c.array("wfactor")), t.AddF32(lr),
@@ -702,13 +715,49 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
       std::vector<int> wrong = {y, t.AddOutput({static_cast<int>(t.elements(bits)) + 1}, kTfLiteUInt8)};
       if (RunOp(reg, t, in, wrong, o).prepare == kTfLiteOk) return "'bits' of the wrong size accepted";
     }
-    if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest()).empty()) return e;
+    if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest(4)).empty()) return e;
     if (c.index < 3 && !use_scratch) {  // an option outside int32 is refused, not truncated
       Options bad = o;
       for (auto& kv : bad.ints) {
         if (kv.first == "act") kv.second += int64_t{1} << 32;
       }
       if (RunOp(reg, t, in, out, bad).prepare == kTfLiteOk) return "an out-of-range option was accepted";
+    }
+    if (c.has("out_pooled")) {  // mean mode: output 0 the mean of y over H, W; y not written
+      const Array& want_y = c.array("out_y");
+      const int pooled = t.AddOutput({1, static_cast<int>(want_y.dim(3))}, kTfLiteInt8);
+      t.Quantize(pooled, c.f32("pooled_scale"), static_cast<int>(c.i64("pooled_zp")));
+      std::vector<int> mean_out = {pooled};
+      int mean_bits = -1;
+      if (bits >= 0) {
+        mean_bits = t.AddOutput(DimsOf(c.array("out_bits")), kTfLiteUInt8);
+        mean_out.push_back(mean_bits);
+      }
+      Options mo = o;
+      mo.ints.push_back({"mean", 1});
+      mo.ints.push_back({"y_h", want_y.dim(1)});
+      mo.ints.push_back({"y_w", want_y.dim(2)});
+      mo.floats.push_back({"y_scale", c.f32("y_scale")});
+      mo.ints.push_back({"y_zp", c.i64("y_zp")});
+      mo.ints.push_back({"mean_multiplier", c.i64("mean_mult")});
+      mo.ints.push_back({"mean_shift", c.i64("mean_shift")});
+      mo.ints.push_back({"pooled_zp", c.i64("pooled_zp")});
+      const Run r = RunOp(reg, t, in, mean_out, mo);
+      if (r.prepare != kTfLiteOk || r.invoke != kTfLiteOk) return "mean mode failed";
+      if (!(e = expect_i8(pooled, "out_pooled")).empty()) return "mean mode: " + e;
+      if (mean_bits >= 0 &&
+          !Same(c.array("out_bits"), t.ptr<uint8_t>(mean_bits), t.elements(mean_bits), &msg)) {
+        return "mean mode: out_bits: " + msg;
+      }
+      if (c.index < 300 && !use_scratch) {  // a multiplier the scales do not give is refused
+        Options bad = mo;
+        for (auto& kv : bad.ints) {
+          if (kv.first == "mean_multiplier") kv.second += 1;
+        }
+        if (RunOp(reg, t, in, mean_out, bad).prepare == kTfLiteOk) {
+          return "mean mode: a wrong mean_multiplier was accepted";
+        }
+      }
     }
     if (c.index < 3 && !use_scratch) {  // a requant that disagrees with the scales is refused
       t.ptr<int32_t>(rq)[0] += 1;

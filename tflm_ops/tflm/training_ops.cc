@@ -58,7 +58,11 @@ enum : uint32_t {
   kOptUpdateChannels = 1u << 9,
   kOptSeed = 1u << 10,
   kOptUseScratch = 1u << 11,  // optional
+  kOptBroadcast = 1u << 12,   // optional: g_bcast_h, g_bcast_w (a folded TMT_MEAN_GRAD)
 };
+
+// Input slot of the packed mask of a broadcast gradient (tfmicro_train/head.py GRAD_MASK).
+constexpr int kGradMaskInput = 6;
 constexpr uint32_t kOptGeom = kOptStride | kOptPadTop | kOptPadLeft;
 
 constexpr int kMaxTensors = 8;
@@ -101,7 +105,7 @@ const OpInfo kOps[kNumKinds] = {
      kOptFilter | kOptGeom | kOptUseScratch,
      kModeInput0, {"g", "s", "x", "y", "lr"}, 0b10, {"g_in"}},
     {"TMT_CONV_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
-     kOptGeom | kOptWScaleMax | kOptUseScratch,
+     kOptGeom | kOptWScaleMax | kOptUseScratch | kOptBroadcast,
      kModeInput0, {"g", "s", "w", "wscale", "lr"}, 0b10, {"g_in"}},
     {"TMT_DW_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
      kOptGeom | kOptWScaleMax | kOptUseScratch,
@@ -113,7 +117,7 @@ const OpInfo kOps[kNumKinds] = {
      kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed,
      kModeInput0, {"g", "s", "x", "w", "wfactor", "lr", "state"}, 0b10, {}},
     {"TMT_BIAS_UPDATE", {"g", "s", "b", "bfactor", "lr", "state"}, {},
-     kOptUpdateChannels | kOptSeed,
+     kOptUpdateChannels | kOptSeed | kOptBroadcast,
      kModeInput0, {"g", "s", "b", "bfactor", "lr", "state"}, 0b10, {}},
     {"TMT_MASK_PACK", {"y", "lr"}, {"bits"}, kOptActMin | kOptActMax, kNoF32, {}, 0, {}},
     {"TMT_MASK_GRAD", {"g", "bits", "lr"}, {"g_out"}, 0,
@@ -158,16 +162,21 @@ struct OpData {
   union {
     int16_t filter_h = 1;  // the pool gradients
     int16_t act_min;       // TMT_ACT_GRAD, TMT_MASK_PACK
+    int16_t bcast_h;       // TMT_CONV_INPUT_GRAD, TMT_BIAS_UPDATE with 'broadcast'
   };
   union {
     int16_t filter_w = 1;
     int16_t act_max;
+    int16_t bcast_w;
   };
   int16_t x_zero_point = 0;
   int16_t scratch_index = -1;  // set in Prepare
   bool use_scratch = false;
   bool missing_w_scale_max = false;  // required in int8 mode only
   uint8_t option_error = kOptionsOk;
+  // 'g' is a folded TMT_MEAN_GRAD's pooled gradient (+ TMT_MASK_GRAD's mask, input 6):
+  // core::GradBroadcast over bcast_h x bcast_w
+  bool broadcast = false;
 };
 
 // Whether the node runs the fp32 backward (float32 gradients, no scale tensors): its mode tensor
@@ -212,6 +221,11 @@ void ReadOptions(const char* buffer, size_t length, OpData* d) {
   int64_t v = 0;
   if ((opts & kOptSeed) && r.Int64("seed", &v)) d->seed = static_cast<uint32_t>(v);
   if (opts & kOptUseScratch) d->use_scratch = r.Int64("use_scratch", &v, false) && v != 0;
+  if ((opts & kOptBroadcast) && r.Has("g_bcast_h")) {
+    d->broadcast = true;
+    r.Int16("g_bcast_h", &d->bcast_h);
+    r.Int16("g_bcast_w", &d->bcast_w);
+  }
   d->bad_option = r.bad();
   if (r.bad()) d->option_error = r.out_of_range() ? kOptionOutOfRange : kOptionMissing;
 }
@@ -412,9 +426,16 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
                 info.name);
     return kTfLiteError;
   }
-  // TMT_CONV_INPUT_GRAD may take the weights in two parts: 'w_rest' (input 5) after 'lr'
-  const bool w_rest = K == kConvInputGrad && node->inputs->size == CountNames(info.inputs) + 1;
-  const int n_in = CountNames(info.inputs) + (w_rest ? 1 : 0);
+  // TMT_CONV_INPUT_GRAD may take the weights in two parts: 'w_rest' (input 5) after 'lr'; a
+  // broadcast gradient's mask is input 6 (-1 without a mask; 'w_rest' -1 or the weights' rest)
+  const bool bcast = d->broadcast && !f32;
+  const int n_base = CountNames(info.inputs);
+  const bool w_rest = K == kConvInputGrad && node->inputs->size > 5 && node->inputs->data[5] >= 0;
+  const int n_in = bcast ? kGradMaskInput + 1 : n_base + (w_rest ? 1 : 0);
+  if (d->broadcast && f32) {
+    MicroPrintf("%s: options 'g_bcast_h' / 'g_bcast_w' need an int8 gradient", info.name);
+    return kTfLiteError;
+  }
   const int n_out = CountNames(f32 ? info.outputs_f32 : info.outputs);
   if (node->inputs->size != n_in || node->outputs->size != n_out) {
     MicroPrintf("%s: expected %d inputs and %d outputs (%s gradients), got %d and %d", info.name,
@@ -423,6 +444,29 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   }
   PrepareTensors t(context, node, n_in, n_out);
   Checker c(K, t, f32);
+  // A broadcast gradient: 'g' holds the C pooled values of a bcast_h x bcast_w x C gradient, its
+  // mask (input 6, optional) ceil(H * W * C / 8) bytes.
+  const TfLiteTensor* mask = bcast ? t.in(kGradMaskInput) : nullptr;
+  if (bcast) {
+    if (d->bcast_h < 1 || d->bcast_w < 1 ||
+        static_cast<int32_t>(d->bcast_h) * d->bcast_w >= (1 << 24)) {
+      MicroPrintf("%s: options 'g_bcast_h' / 'g_bcast_w' must be >= 1 with a product < 2^24",
+                  info.name);
+      return kTfLiteError;
+    }
+    const TfLiteTensor* g = t.in(0);
+    if (g == nullptr || g->type != kTfLiteInt8 || LastDim(g) != Elements(g)) {
+      MicroPrintf("%s: input 0 'g' must be int8 [1, C] or [1, 1, 1, C] (a broadcast gradient)",
+                  info.name);
+      return kTfLiteError;
+    }
+    const int want = (d->bcast_h * d->bcast_w * Elements(g) + 7) / 8;
+    if (mask != nullptr && (mask->type != kTfLiteUInt8 || Elements(mask) != want)) {
+      MicroPrintf("%s: input 6 'mask' must be uint8 with %d elements (ceil(%d x %d x %d / 8))",
+                  info.name, want, d->bcast_h, d->bcast_w, Elements(g));
+      return kTfLiteError;
+    }
+  }
   const TfLiteType gt = c.Grad();
   constexpr bool kIn = true, kOut = false;
   const int lr = IndexOf(info.inputs, "lr");
@@ -671,6 +715,23 @@ core::SplitWeights SplitOf(const TfLiteNode* node, In in) {
   return sw;
 }
 
+// A folded TMT_MEAN_GRAD's gradient (options g_bcast_h / g_bcast_w): the dims and scale it
+// stands for, and its mask (input 6, if present). Off (dims and scale unchanged) otherwise.
+core::GradBroadcast BroadcastOf(TfLiteContext* context, const TfLiteNode* node, const OpData* d,
+                                core::Hwc* g_dims, float* g_scale) {
+  core::GradBroadcast bc;
+  if (!d->broadcast) return bc;
+  bc.on = true;
+  if (node->inputs->size > kGradMaskInput && node->inputs->data[kGradMaskInput] >= 0) {
+    bc.mask = tflite::micro::GetTensorData<uint8_t>(
+        tflite::micro::GetEvalInput(context, node, kGradMaskInput));
+  }
+  g_dims->h = d->bcast_h;
+  g_dims->w = d->bcast_w;
+  *g_scale = core::BroadcastScale(*g_scale, d->bcast_h, d->bcast_w);
+  return bc;
+}
+
 TfLiteStatus Report(int kind, core::Status s) {
   if (s == core::Status::kOk) return kTfLiteOk;
   MicroPrintf("%s: %s", kOps[kind].name, core::StatusString(s));
@@ -869,11 +930,14 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       int32_t kh, kw;
       KernelOf(in(2), &kh, &kw);
       if (K == kConvInputGrad) {
-        s = core::ConvInputGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
+        core::Hwc g_dims = HwcOf(in(0));
+        float g_scale = f32(in(1));
+        const core::GradBroadcast bc = BroadcastOf(context, node, d, &g_dims, &g_scale);
+        s = core::ConvInputGrad(i8(in(0)), g_scale, g_dims, i8(in(2)), kh, kw,
                                 tflite::micro::GetTensorData<int32_t>(in(3)), d->w_scale_max,
                                 HwcOf(out(0)), GeomOf(d), mut_i8(out(0)),
                                 tflite::micro::GetTensorData<float>(out(1)), scratch,
-                                SplitOf(node, in));
+                                SplitOf(node, in), bc);
       } else {
         s = core::DepthwiseInputGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
                                      tflite::micro::GetTensorData<int32_t>(in(3)),
@@ -895,14 +959,18 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     case kBiasUpdate: {
       TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
       const int32_t ch = Elements(b);
-      const int32_t positions = ch ? Elements(in(0)) / ch : 0;
+      core::Hwc g_dims = HwcOf(in(0));
+      float g_scale = f32(in(1));
+      const core::GradBroadcast bc = BroadcastOf(context, node, d, &g_dims, &g_scale);
+      const int32_t positions = bc.on ? g_dims.h * g_dims.w : (ch ? Elements(in(0)) / ch : 0);
       const float* bf = tflite::micro::GetTensorData<float>(in(3));
       s = b->type == kTfLiteInt16
-              ? core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
-                                 tflite::micro::GetTensorData<int16_t>(b), bf, lr, UpdateOf(d), *step)
-              : core::BiasUpdate(i8(in(0)), f32(in(1)), positions, ch,
+              ? core::BiasUpdate(i8(in(0)), g_scale, positions, ch,
+                                 tflite::micro::GetTensorData<int16_t>(b), bf, lr, UpdateOf(d),
+                                 *step, bc)
+              : core::BiasUpdate(i8(in(0)), g_scale, positions, ch,
                                  tflite::micro::GetTensorData<int32_t>(b), bf, lr, UpdateOf(d),
-                                 *step);
+                                 *step, bc);
       break;
     }
     default:

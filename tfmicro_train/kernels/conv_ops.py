@@ -26,6 +26,11 @@ b32[c] = sat32(base[c] + delta[c] * 2^k[c]) (int64 sum; `expand_bias`) as its bi
 expands it 64 channels at a time into a stack buffer and computes those channels (no arena
 scratch); the results are the same.
 
+Mean mode (head.fold_pooled_outputs; kind 0): with option `mean`, output 0 is TMT_MEAN of the y the
+op would write (y's shape and quantization in the options y_h, y_w, y_scale, y_zp; the mean's
+multiplier in mean_multiplier, mean_shift; pooled_zp) and `bits` the mask of that y; y itself
+is never written (the C++ op computes a chunk of channels over every pixel on the stack).
+
 Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
 operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
 dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims; with `bits`,
@@ -139,11 +144,23 @@ def run_op(sg: Any, op: Any, values: dict) -> None:
     """HostSimulator hook: run one TMT_CONV operator on the value table (no lr gate)."""
     ins = [values[t] if t >= 0 else None for t in op.inputs]
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
-    y_t = op.outputs[0]
-    values[y_t] = conv_op(ins, infos, sg.infos[y_t], op.options)
+    o = op.options
+    y_info = y_info_of(o, infos[W], sg.infos[op.outputs[0]]) if o.get("mean") else None
+    y = conv_op(ins, infos, y_info or sg.infos[op.outputs[0]], o)
+    if y_info is not None:  # mean mode: output 0 is the mean of y over H and W
+        p_t = op.outputs[0]
+        values[p_t] = mean_op(y, y_info, sg.infos[p_t], o.get("mean_keep_dims", 0))
+    else:
+        values[op.outputs[0]] = y
     for t in op.outputs[1:]:  # `bits`: the packed activation mask (TMT_MASK_PACK of y)
-        bits = mask_pack(values[y_t], op.options["mask_min"], op.options["mask_max"])
+        bits = mask_pack(y, o["mask_min"], o["mask_max"])
         values[t] = bits.reshape(sg.infos[t].shape)
+
+
+def y_info_of(o: dict, w_info: TensorInfo, pooled: TensorInfo) -> TensorInfo:
+    """Mean mode: the info of the y the op no longer writes (options y_h, y_w, y_scale, y_zp)."""
+    return TensorInfo("y", (1, o["y_h"], o["y_w"], int(w_info.shape[0])), pooled.dtype,
+                      np.array([o["y_scale"]], np.float32), np.array([o["y_zp"]], np.int64))
 
 
 def mean_multiplier(x_scale: float, y_scale: float, count: int) -> tuple[int, int] | None:

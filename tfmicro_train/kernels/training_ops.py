@@ -289,6 +289,19 @@ def mean_grad(g: np.ndarray, g_scale: np.float32, in_shape: tuple[int, ...], inv
     return out, F32(F32(g_scale) * F32(inv_count))
 
 
+def broadcast_grad(g: np.ndarray, g_scale: np.float32, hw: tuple[int, int],
+                   bits: np.ndarray | None, scale_mul: float):
+    """The gradient a reader with options g_bcast_h / g_bcast_w (head.fold_broadcast_grads)
+    stands for: mask_grad(mean_grad(g)) of the folded TMT_MEAN_GRAD (and TMT_MASK_GRAD), i.e.
+    g [C] broadcast over H x W, zero where the packed mask bit (pixel * C + c) is clear (bits
+    None: no mask); scale F32(g_scale * scale_mul), scale_mul = float32 1 / (H * W)."""
+    c = g.size
+    full, s = mean_grad(g, g_scale, (1, hw[0], hw[1], c), scale_mul)
+    if bits is not None:
+        full = mask_grad(full, bits)
+    return np.ascontiguousarray(full), s
+
+
 def pad_grad(g: np.ndarray, in_shape: tuple[int, ...], pad_top: int, pad_left: int) -> np.ndarray:
     """TMT_PAD_GRAD: backward of a spatial zero-pad: crop the gradient (scale unchanged)."""
     _, ih, iw, _ = in_shape

@@ -106,10 +106,12 @@ bool ConvOpTakesSplit(const ConvOpParams& p) {
 namespace {
 
 // Output channels [c0, c1) of the op over every output pixel: b (null: no bias) holds their
-// biases (b[c - c0]); the multipliers, weights and y are the op's whole tensors.
+// biases (b[c - c0]); the multipliers and weights are the op's whole tensors. Channel c of output
+// pixel i goes to y[i * y_stride + c - y_c0]: y the op's whole output (y_stride = channels,
+// y_c0 = 0), or, for CONV_2D, a buffer of the chunk (y_stride = c1 - c0, y_c0 = c0).
 void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, const int8_t* w,
                   const int32_t* b, int8_t* y, const SplitWeights& split, int32_t c0,
-                  int32_t c1) {
+                  int32_t c1, int32_t y_stride, int32_t y_c0) {
   const int32_t channels = p.y.c;
   const int32_t n_c = c1 - c0;
   Requant rq_c = rq;  // channel c0 first
@@ -183,12 +185,12 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
     for (int64_t i = 0; i < pixels; ++i) {
       const int8_t* xp = x + i * p.x.c;
       if (h1 > c0) {
-        int8_t* yp = y + i * channels + c0;
+        int8_t* yp = y + i * y_stride + (c0 - y_c0);
         tflm_ref::PointwisePixel(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0,
                                  [yp](int32_t co, int8_t v) { yp[co] = v; });
       }
       if (c1 > r0) {
-        int8_t* yr = y + i * channels + r0;
+        int8_t* yr = y + i * y_stride + (r0 - y_c0);
         tflm_ref::PointwisePixel(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
                                  rq_rest, c1 - r0, [yr](int32_t co, int8_t v) { yr[co] = v; });
       }
@@ -201,7 +203,7 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
   l.in_c = p.x.c;
   l.out_w = p.y.w;
   l.out_c = n_c;
-  l.out_stride = channels;
+  l.out_stride = y_stride;
   l.kh = p.kh;
   l.kw = p.kw;
   l.stride_h = p.stride_h;
@@ -214,7 +216,8 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
   l.rq = rq_c;
   const int8_t* w_c = w + static_cast<int64_t>(c0) * p.kh * p.kw * p.x.c;
   for (int32_t oy = 0; oy < p.y.h; ++oy) {
-    tflm_ref::ConvRow(l, x, w_c, b, oy, y + static_cast<int64_t>(oy) * p.y.w * channels + c0);
+    tflm_ref::ConvRow(l, x, w_c, b, oy,
+                      y + static_cast<int64_t>(oy) * p.y.w * y_stride + (c0 - y_c0));
   }
 }
 
@@ -248,7 +251,7 @@ Status ConvOp(const ConvOpParams& p, const int32_t* multiplier, const int32_t* s
               const SplitWeights& split) {
   const Status st = CheckConvOp(p, multiplier, shift, x, w, y, split);
   if (st != Status::kOk) return st;
-  ConvChannels(p, RequantOf(p, multiplier, shift), x, w, b, y, split, 0, p.y.c);
+  ConvChannels(p, RequantOf(p, multiplier, shift), x, w, b, y, split, 0, p.y.c, p.y.c, 0);
   return Status::kOk;
 }
 
@@ -264,7 +267,61 @@ Status ConvOpNarrowBias(const ConvOpParams& p, const int32_t* multiplier, const 
   for (int32_t c0 = 0; c0 < p.y.c; c0 += kBiasChunk) {
     const int32_t c1 = p.y.c - c0 > kBiasChunk ? c0 + kBiasChunk : p.y.c;
     ExpandChecked(bias.base + c0, bias.delta + c0, bias.shift + c0, c1 - c0, b32);
-    ConvChannels(p, rq, x, w, b32, y, split, c0, c1);
+    ConvChannels(p, rq, x, w, b32, y, split, c0, c1, p.y.c, 0);
+  }
+  return Status::kOk;
+}
+
+Status ConvOpMean(const ConvOpParams& p, const int32_t* multiplier, const int32_t* shift,
+                  const int8_t* x, const int8_t* w, const int32_t* b, const NarrowBias* narrow,
+                  const ConvMeanParams& m, int8_t* pooled, uint8_t* bits,
+                  const SplitWeights& split) {
+  const Status st = CheckConvOp(p, multiplier, shift, x, w, pooled, split);
+  if (st != Status::kOk) return st;
+  const int32_t pixels = p.y.h * p.y.w;
+  if (p.kind != kConvOpConv2D || pixels < 1 || pixels > kMeanChunkBytes) return Status::kBadParams;
+  if (m.multiplier < 0 || m.shift < -31 || m.shift > 31) return Status::kBadParams;
+  if (m.mask && m.mask_min > m.mask_max) return Status::kBadParams;
+  if (narrow != nullptr) {
+    if (!narrow->base || !narrow->delta || !narrow->shift) return Status::kBadParams;
+    if (!ValidBiasShifts(narrow->shift, p.y.c)) return Status::kBadParams;  // (before any output)
+  }
+  const int32_t channels = p.y.c;
+  if (bits != nullptr) {
+    const int32_t n_bytes = (pixels * channels + 7) / 8;
+    for (int32_t i = 0; i < n_bytes; ++i) bits[i] = 0;
+  }
+  const Requant rq = RequantOf(p, multiplier, shift);
+  int32_t chunk = kMeanChunkBytes / pixels;
+  if (chunk > kBiasChunk) chunk = kBiasChunk;
+  int8_t buf[kMeanChunkBytes];  // y of one chunk of channels: [pixels][c1 - c0]
+  int32_t b32[kBiasChunk];
+  // TFLM's MEAN: static_cast<int32_t>(temp_sum - y_zp * count), the product and difference in int64
+  const int64_t zp_total = static_cast<int64_t>(p.y_offset) * pixels;
+  for (int32_t c0 = 0; c0 < channels; c0 += chunk) {
+    const int32_t c1 = channels - c0 > chunk ? c0 + chunk : channels;
+    const int32_t n_c = c1 - c0;
+    const int32_t* bias = b != nullptr ? b + c0 : nullptr;
+    if (narrow != nullptr) {
+      ExpandChecked(narrow->base + c0, narrow->delta + c0, narrow->shift + c0, n_c, b32);
+      bias = b32;
+    }
+    ConvChannels(p, rq, x, w, bias, buf, split, c0, c1, n_c, c0);
+    for (int32_t j = 0; j < n_c; ++j) {
+      uint32_t sum = 0;  // wraps as TFLM's int32 accumulator would (no UB)
+      for (int32_t i = 0; i < pixels; ++i) {
+        const int32_t v = buf[i * n_c + j];
+        sum += static_cast<uint32_t>(v);
+        if (bits != nullptr && m.mask && v > m.mask_min && v < m.mask_max) {
+          const int32_t bit = i * channels + c0 + j;
+          bits[bit >> 3] = static_cast<uint8_t>(bits[bit >> 3] | (1u << (bit & 7)));
+        }
+      }
+      const int64_t shifted = static_cast<int64_t>(static_cast<int32_t>(sum)) - zp_total;
+      const int32_t v = tflm_ref::MultiplyByQuantizedMultiplier(
+                            tflm_ref::Wrap32(shifted), m.multiplier, m.shift) + m.pooled_zero_point;
+      pooled[c0 + j] = static_cast<int8_t>(v < -128 ? -128 : (v > 127 ? 127 : v));
+    }
   }
   return Status::kOk;
 }
