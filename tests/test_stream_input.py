@@ -105,7 +105,8 @@ def test_streamed_artifact_has_no_image_tensor(stem_pair):
     assert all("x_external" not in opts for _, opts in ops[1:])
     info = streamed.metadata["stream_input"]
     x = tmt.HostSimulator(plain).input_info
-    assert info["name"].startswith("serving_default") and info["shape"] == [1, 48, 48, 3] and info["bytes"] == 6912
+    assert info["name"].startswith("serving_default") and info["shape"] == [1, 48, 48, 3]
+    assert info["bytes"] == 6912
     assert info["dtype"] == "int8" and info["zero_point"] == int(x.zero_point[0])
     assert np.float32(info["scale"]) == np.float32(x.scale[0]) == np.float32(o["x_scale"])
     # no tensor of the artifact is the image any more
