@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .autodiff import differentiate
 from .emit import emit
+from .fuse import stream_input as stream_first_input
 from .graph import from_tflite
 from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
 from .plan import MemoryPlan, plan_memory
@@ -181,7 +182,7 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
             qas: bool = True, seed: int = 0, fuse: bool = True,
             backward: str = "int8", flash_requant: bool = True,
-            narrow_biases: bool = True) -> TrainingModel:
+            narrow_biases: bool = True, stream_input: bool = False) -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
@@ -195,8 +196,12 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     TFLM's builtins keep 8 bytes per output channel in SRAM), and global-average MEANs as TMT_MEAN
     (bit-identical, without TFLM's int32 scratch per channel). narrow_biases: with flash_requant
     and int8 gradients, keep each trained bias as an int16 change in SRAM (2 bytes per channel
-    instead of 4; changes up to half the layer's int8 output range). Nothing is written to disk; call
-    `.save()` on the result.
+    instead of 4; changes up to half the layer's int8 output range). stream_input: the int8 image
+    is no arena tensor: the first fused block (TMT_FUSED_IRB, which must be its only reader, else
+    ValueError) reads it from memory outside the arena (flash, PSRAM, a camera buffer) that the
+    application passes through TFLM's external context (tflm_ops/README.md); the artifact's
+    inputs are then (label, learning rate) and metadata["stream_input"] describes the image.
+    Nothing is written to disk; call `.save()` on the result.
     """
     if backward not in BACKWARDS:
         raise ValueError(f"backward {backward!r} is not supported; use one of {list(BACKWARDS)}")
@@ -218,6 +223,7 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     trainable = resolve(update, imported.layers, out_channels)
     differentiate(graph, trainable, head, qas, seed, fp32=backward == "fp32")
     lower(graph, fuse=fuse, flash_requant=flash_requant, narrow=narrow_biases)
+    streamed = stream_first_input(graph) if stream_input else None
     mem = plan_memory(graph)
     metadata = {
         "format": 1, "head": head, "qas": qas, "backward": backward, "learning_rate": optimizer.learning_rate,
@@ -227,6 +233,8 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
                        "dtype": graph.tensors[v.value].dtype.name,
                        "op_index": v.op_index, "slot": v.slot} for v in graph.variables],
     }
+    if streamed is not None:
+        metadata["stream_input"] = streamed
     timeline = [TimelineEntry(i + 1, n.op, n.role, n.layer, mem.live_bytes[i])
                 for i, n in enumerate(graph.nodes)]
     return TrainingModel(emit(graph, metadata, mem.offsets), imported.flatbuffer, imported.layers,

@@ -287,15 +287,59 @@ def fuse_frozen_blocks(g: Graph) -> Graph:
     return g
 
 
+def stream_input(g: Graph) -> dict:
+    """Streamed input: the graph's image input (input 0), read by exactly one TMT_FUSED_IRB,
+    leaves the graph. The fused node reads it from memory outside the arena (x_external: its
+    input 0 becomes absent, its options carry what the tensor did: x_h, x_w, x_c, x_scale, x_zp);
+    the other inputs keep their order. Returns the image's description for the metadata.
+    Raises ValueError naming the operator and layer when the image is read otherwise."""
+    if not g.inputs:
+        raise ValueError("stream_input: the graph has no input")
+    t = g.inputs[0]
+    x = g.tensors[t]
+    if x.dtype != I8 or x.scale is None or np.size(x.scale) != 1 or len(x.shape) != 4:
+        raise ValueError(f"stream_input: the input '{x.name}' must be a per-tensor quantized "
+                         f"int8 [1, H, W, C] image, got {x.dtype.name} {list(x.shape)}")
+    readers = [n for n in g.nodes if t in n.inputs]
+    if t in g.outputs:
+        raise ValueError(f"stream_input: the input '{x.name}' is also a graph output")
+    for n in readers:
+        if n.op != fused_ops.OP_NAME or n.inputs.index(t) != fused_ops.X:
+            raise ValueError(f"stream_input: the input '{x.name}' is read by {n.op} (layer "
+                             f"'{n.layer}'), not by a fused block (TMT_FUSED_IRB)")
+    if len(readers) != 1:
+        raise ValueError(f"stream_input: the input '{x.name}' must be read by exactly one "
+                         f"operator, a fused block (TMT_FUSED_IRB); it is read by {len(readers)}")
+    node = readers[0]
+    scale, zp = _q(x)
+    _, h, w, c = (int(d) for d in x.shape)
+    node.inputs[fused_ops.X] = -1
+    node.options.update(x_external=1, x_h=h, x_w=w, x_c=c, x_scale=scale, x_zp=zp)
+    g.inputs = g.inputs[1:]
+    return {"name": x.name, "shape": [1, h, w, c], "dtype": "int8", "scale": scale,
+            "zero_point": zp, "bytes": h * w * c, "layer": node.layer}
+
+
 # ------------------------------------------------------------------ back to builtin operators
 
 _BUILTIN_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "PADV2": 2, "ADD": 2}
 
 
+def _streamed_name(m: fb.ModelT) -> str:
+    """The name of an artifact's streamed input (its metadata), else "input"."""
+    from .emit import read_metadata
+
+    try:
+        return read_metadata(m).get("stream_input", {}).get("name", "input")
+    except ValueError:
+        return "input"
+
+
 def unfuse_model(m: fb.ModelT) -> int:
     """Rewrite every TMT_FUSED_IRB operator of subgraph 0 of `m` (in place) as the builtin chain it
     stands for: CONV_2D, PADV2, DEPTHWISE_CONV_2D, CONV_2D, ADD, with the intermediate tensors
-    recreated from the op's options, and every TMT_CONV as its builtin (requant.py). For
+    recreated from the op's options (a streamed input, x_external, as input 0 of the
+    subgraph again), and every TMT_CONV as its builtin (requant.py). For
     exporting a plain model (export.inference_model) or checking an artifact with any TFLite
     interpreter. Returns the number of operators rewritten."""
     from flatbuffers import flexbuffers
@@ -363,6 +407,10 @@ def unfuse_model(m: fb.ModelT) -> int:
         o = flexbuffers.Loads(bytes(bytearray(op.customOptions)))
         ins = [int(t) for t in op.inputs]
         x, y = ins[0], int(op.outputs[0])
+        if o.get("x_external"):  # streamed input: an input tensor again
+            x = tensor(_streamed_name(m), (1, o["x_h"], o["x_w"], o["x_c"]), fb.TensorType.INT8,
+                       o["x_scale"], o["x_zp"])
+            sg.inputs = np.array([x, *[int(t) for t in sg.inputs]], np.int32)
         shape = lambda t: tuple(int(d) for d in sg.tensors[t].shape)  # noqa: E731
         w_e = ins[fused_ops.W_EXPAND]
         s = fused_ops.shapes(shape(x), shape(ins[fused_ops.W_DW])[3],

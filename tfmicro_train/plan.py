@@ -281,7 +281,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
         # Streaming in place ties y's region to x's; a greedy layout is a heuristic and need
         # not gain from every tie. Start with every fused op in place, drop those whose removal
         # shrinks the arena, and never do worse than none in place.
-        lags = {i: fused_inplace_lag(g, n) for i, n in enumerate(g.nodes) if n.op == "TMT_FUSED_IRB"}
+        lags = {i: fused_inplace_lag(g, n) for i, n in enumerate(g.nodes)
+                if n.op == "TMT_FUSED_IRB" and n.inputs[0] >= 0}  # (not a streamed input)
         arena, buffers = layout(lags, order)
         if lags:
             for i in list(lags):

@@ -9,7 +9,7 @@ failing step raises and leaves every parameter and counter as it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flatbuffers import flexbuffers
@@ -18,6 +18,7 @@ from .emit import read_metadata
 from .export import inference_model
 from .graph import STATE_MAGIC
 from .importer import buffer_array, tensor_info
+from .kernels import fused_ops
 from .kernels import training_ops as T
 from .kernels.builtin_ops import BUILTIN_KERNELS
 from .schema import fb, op_name
@@ -70,6 +71,13 @@ class HostSimulator:
         self.variables: dict[int, np.ndarray] = {  # as TFLM resets them: zero point / zero
             t: np.full(info.shape, info.zero_point[0] if info.quantized else 0, info.dtype)
             for t, info in enumerate(sg.infos) if sg.is_variable[t]}
+        # a streamed input (convert(stream_input=True)): the image the first fused block reads
+        # from outside the arena; invoke() still takes it first
+        op = next((op for op in sg.ops if op.name == fused_ops.OP_NAME
+                   and op.options.get("x_external")), None)
+        self._streamed = None if op is None else replace(
+            fused_ops.external_x_info(op.options),
+            name=self.meta.get("stream_input", {}).get("name", "streamed input"))
         self.state_tensor = next(t for t in self.variables if sg.infos[t].name == "tmt/state")
         self.steps = 0
         self._record: dict | None = None
@@ -77,14 +85,20 @@ class HostSimulator:
     # ------------------------------------------------------------------ device-level interface
     def invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """One interpreter invocation on raw input tensors (int8 image, int32 label, float32 lr).
+        A streamed input (convert(stream_input=True)) comes first, as the image: the device
+        reads it from outside the arena.
 
         Transactional: if an operator fails, the variable tensors keep their previous values."""
         sg = self.main
-        if len(inputs) != len(sg.inputs):
-            raise ValueError(f"the artifact takes {len(sg.inputs)} inputs, got {len(inputs)}")
-        values: dict[int, np.ndarray] = dict(sg.consts)
-        for i, (t, arr) in enumerate(zip(sg.inputs, inputs)):
-            info = sg.infos[t]
+        n_inputs = len(sg.inputs) + (self._streamed is not None)
+        if len(inputs) != n_inputs:
+            raise ValueError(f"the artifact takes {n_inputs} inputs, got {len(inputs)}")
+        values: dict = dict(sg.consts)
+        tensors = sg.inputs
+        if self._streamed is not None:  # the image first, then the artifact's inputs
+            tensors = [fused_ops.EXTERNAL_X, *sg.inputs]
+        for i, (t, arr) in enumerate(zip(tensors, inputs)):
+            info = self._streamed if t == fused_ops.EXTERNAL_X else sg.infos[t]
             arr = np.asarray(arr)
             if arr.dtype != info.dtype:
                 raise ValueError(f"input {i} ('{info.name}') must be {info.dtype}, got {arr.dtype}")
@@ -118,7 +132,15 @@ class HostSimulator:
 
     # ------------------------------------------------------------------ user-level interface
     @property
+    def streamed_input(self):
+        """The image's TensorInfo when the artifact streams it (convert(stream_input=True)), else
+        None."""
+        return self._streamed
+
+    @property
     def input_info(self):
+        if self._streamed is not None:
+            return self._streamed
         return self.main.infos[self.main.inputs[0]]
 
     @property

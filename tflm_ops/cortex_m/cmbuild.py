@@ -292,6 +292,8 @@ def steps_file(sim, xs, ys, lrs) -> bytes:
     import numpy as np
 
     inputs = [sim.main.infos[t] for t in sim.main.inputs]
+    if sim.streamed_input is not None:  # the streamed image first (tflm_train_main.cc)
+        inputs.insert(0, sim.streamed_input)
     sizes = [int(np.prod(i.shape)) * np.dtype(i.dtype).itemsize for i in inputs]
     out = [b"TMTS", struct.pack("<II", len(xs), len(inputs)), struct.pack(f"<{len(sizes)}I", *sizes)]
     for x, y, lr in zip(xs, ys, lrs):

@@ -12,6 +12,13 @@
 // in REGION is restored before the first step. With "arena=N" the interpreter gets only the
 // first N bytes of the arena (finding the smallest arena that works without rebuilding).
 //
+// A streamed artifact (convert(stream_input=True), tfmicro_train::StreamedInputBytes > 0) has no
+// image input: STEPS still carries the image first, and the program hands it over in place (the
+// steps buffer, outside the arena, like samples in flash) through a tfmicro_train::StreamedInput,
+// set as TFLM's external context before AllocateTensors. (The two inference calls before the
+// steps read the first step's image, or with no steps the model's first bytes: lr = 0, any
+// image does.)
+//
 // Output lines: "arena <bytes>", "inference insns <n>" (an lr = 0 call: forward pass only),
 // "restore <status> slot <k> seq <n>", "step <i> status <s> loss <float32 bits hex> insns <n>",
 // "save <status> slot <k> seq <n>", "done". Instruction counts are printed on Cortex-M (QEMU
@@ -214,6 +221,8 @@ int main(int argc, char** argv) {
 
   const tflite::Model* model = tflite::GetModel(model_data);
   if (tfmicro_train::CheckModel(model) != kTfLiteOk) return 4;
+  const int32_t stream_bytes = tfmicro_train::StreamedInputBytes(model);
+  const uint32_t ext = stream_bytes > 0 ? 1 : 0;  // the streamed image: step input 0
   static tfmicro_train::CheckpointVariables vars;
   if (vars.Init(model) != kTfLiteOk) return 4;
   static tflite::MicroMutableOpResolver<tfmicro_train::kNumTrainingBuiltins +
@@ -248,6 +257,8 @@ int main(int argc, char** argv) {
   static tflite::MicroInterpreter interpreter(model, resolver, g_arena, arena_bytes, nullptr,
                                               &profiler);
 #endif
+  static tfmicro_train::StreamedInput streamed;
+  if (ext && tfmicro_train::SetStreamedInput(interpreter, &streamed) != kTfLiteOk) return 5;
   if (interpreter.AllocateTensors() != kTfLiteOk) return 5;
   std::printf("arena %lu\n", static_cast<unsigned long>(interpreter.arena_used_bytes()));
 #if defined(TMT_RECORD_ALLOCATIONS)
@@ -275,19 +286,25 @@ int main(int argc, char** argv) {
     std::printf("done\n");
     return 0;
   }
-  if (interpreter.inputs_size() != n_inputs) {
-    std::printf("the model has %u inputs, the steps file %lu\n",
-                static_cast<unsigned>(interpreter.inputs_size()), static_cast<unsigned long>(n_inputs));
+  if (interpreter.inputs_size() + ext != n_inputs) {
+    std::printf("the model has %u inputs (+%u streamed), the steps file %lu\n",
+                static_cast<unsigned>(interpreter.inputs_size()), static_cast<unsigned>(ext),
+                static_cast<unsigned long>(n_inputs));
     return 3;
   }
   for (uint32_t k = 0; k < n_inputs; ++k) {
-    if (interpreter.input(k)->bytes != U32(g_steps + 12 + 4 * k)) {
+    const uint32_t want =
+        k < ext ? static_cast<uint32_t>(stream_bytes) : interpreter.input(k - ext)->bytes;
+    if (want != U32(g_steps + 12 + 4 * k)) {
       std::printf("input %lu has %u bytes, the steps file %lu\n", static_cast<unsigned long>(k),
-                  static_cast<unsigned>(interpreter.input(k)->bytes),
-                  static_cast<unsigned long>(U32(g_steps + 12 + 4 * k)));
+                  static_cast<unsigned>(want), static_cast<unsigned long>(U32(g_steps + 12 + 4 * k)));
       return 3;
     }
-    std::memset(interpreter.input(k)->data.raw, 0, interpreter.input(k)->bytes);
+    if (k >= ext) std::memset(interpreter.input(k - ext)->data.raw, 0, want);
+  }
+  if (ext) {
+    streamed.data = reinterpret_cast<const int8_t*>(n_steps > 0 ? p : model_data);
+    streamed.bytes = stream_bytes;
   }
   // Two inference calls (lr = 0): the first runs TMT_INIT (and binds `vars`), the second is
   // the steady-state cost of a forward pass.
@@ -323,7 +340,11 @@ int main(int argc, char** argv) {
   for (uint32_t s = 0; s < n_steps; ++s) {
     for (uint32_t k = 0; k < n_inputs; ++k) {
       const uint32_t n = U32(g_steps + 12 + 4 * k);
-      std::memcpy(interpreter.input(k)->data.raw, p, n);
+      if (k < ext) {
+        streamed.data = reinterpret_cast<const int8_t*>(p);  // in place, outside the arena
+      } else {
+        std::memcpy(interpreter.input(k - ext)->data.raw, p, n);
+      }
       p += n;
     }
     profiler.Enable(s + 1 == n_steps);  // the last step, by operator type

@@ -1,6 +1,7 @@
 // train_driver: runs training steps of a tfmicro_train artifact in TFLite Micro.
 //
 //   train_driver MODEL.tflite STEPS.bin VARIABLES_OUT.bin [--arena BYTES] [--plain]
+//                [--no-external-context] [--stream-fault STEP:bytes|magic|null]
 //
 // MODEL.tflite  an artifact written by tfmicro_train.convert(...).save()
 // STEPS.bin     the input tensors of every step (format below)
@@ -9,6 +10,13 @@
 // --arena       tensor arena size in bytes (default 262144)
 // --plain       a plain tflite::MicroInterpreter instead of the RecordingMicroInterpreter
 //               (what an application uses; its arena_used_bytes() is the arena it needs)
+// A streamed artifact (convert(stream_input=True), tfmicro_train::StreamedInputBytes > 0) has
+// no image input: its steps still carry the image first, and the driver hands it to the model
+// through a tfmicro_train::StreamedInput (TFLM's external context) pointing at the step's bytes,
+// outside the arena. It prints "streamed input: <bytes> bytes outside the arena".
+// --no-external-context  (streamed artifact) do not set the StreamedInput (AllocateTensors fails)
+// --stream-fault K:KIND  (streamed artifact) step K hands over a bad StreamedInput: `bytes` one
+//               less than the image, a wrong `magic`, or null `data` (Invoke must fail)
 //
 // What it does: tfmicro_train::CheckModel, a resolver with AddTrainingBuiltins +
 // RegisterTrainingOps (no resource variables), a tflite::RecordingMicroInterpreter,
@@ -158,12 +166,24 @@ std::string Hex(const void* data, size_t n) {
 int main(int argc, char** argv) {
   std::vector<const char*> pos;
   size_t arena_size = 262144;
-  bool plain = false;
+  bool plain = false, external_context = true;
+  long fault_step = -1;
+  std::string fault_kind;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--arena") == 0 && i + 1 < argc) {
       arena_size = std::strtoul(argv[++i], nullptr, 10);
     } else if (std::strcmp(argv[i], "--plain") == 0) {
       plain = true;
+    } else if (std::strcmp(argv[i], "--no-external-context") == 0) {
+      external_context = false;
+    } else if (std::strcmp(argv[i], "--stream-fault") == 0 && i + 1 < argc) {
+      char* end = nullptr;
+      fault_step = std::strtol(argv[++i], &end, 10);
+      fault_kind = (end != nullptr && *end == ':') ? end + 1 : "";
+      if (fault_kind != "bytes" && fault_kind != "magic" && fault_kind != "null") {
+        std::fprintf(stderr, "--stream-fault STEP:bytes|magic|null, got %s\n", argv[i]);
+        return 2;
+      }
     } else {
       pos.push_back(argv[i]);
     }
@@ -194,6 +214,9 @@ int main(int argc, char** argv) {
     return 3;
   }
   const tflite::SubGraph* sg = model->subgraphs()->Get(0);
+  // a streamed input: the image, the first input of every step, stays outside the arena
+  const int32_t stream_bytes = tfmicro_train::StreamedInputBytes(model);
+  const uint32_t ext = stream_bytes > 0 ? 1 : 0;  // step inputs before the model's inputs
 
   // --- steps
   std::vector<uint8_t> steps_file;
@@ -253,6 +276,12 @@ int main(int argc, char** argv) {
     interp = recording = new tflite::RecordingMicroInterpreter(model, resolver, arena, arena_size);
   }
   tflite::MicroInterpreter& interpreter = *interp;
+  static tfmicro_train::StreamedInput streamed;
+  if (ext && external_context &&
+      tfmicro_train::SetStreamedInput(interpreter, &streamed) != kTfLiteOk) {
+    std::printf("SetStreamedInput failed (see stderr)\n");
+    return 5;
+  }
   if (interpreter.AllocateTensors() != kTfLiteOk) {
     std::printf("AllocateTensors() failed with a %zu-byte arena (see stderr)\n", arena_size);
     return 4;
@@ -289,10 +318,15 @@ int main(int argc, char** argv) {
     std::printf("arena: used %zu bytes of %zu (MicroInterpreter)\n", interpreter.arena_used_bytes(),
                 arena_size);
   }
+  if (ext) std::printf("streamed input: %d bytes outside the arena\n", static_cast<int>(stream_bytes));
   std::fflush(stdout);
-  if (interpreter.inputs_size() != n_inputs) {
-    std::printf("the model has %zu inputs, %s gives %u per step\n", interpreter.inputs_size(),
-                pos[1], n_inputs);
+  if (interpreter.inputs_size() + ext != n_inputs) {
+    std::printf("the model has %zu inputs%s, %s gives %u per step\n", interpreter.inputs_size(),
+                ext ? " and a streamed image" : "", pos[1], n_inputs);
+    return 2;
+  }
+  if (n_inputs == 0) {
+    std::printf("%s gives no inputs per step\n", pos[1]);
     return 2;
   }
 
@@ -301,20 +335,40 @@ int main(int argc, char** argv) {
   int first_good_step = -1;
   for (uint32_t k = 0; k < n_steps; ++k) {
     bool ok = true;
-    for (uint32_t i = 0; i < n_inputs && ok; ++i) {
-      TfLiteTensor* t = interpreter.input(i);
+    const StepInput& image = steps[k][0];  // (n_inputs >= 1: checked above)
+    if (ext && (image.type != kTfLiteInt8 ||
+                image.bytes.size() != static_cast<size_t>(stream_bytes))) {
+      std::printf("step %u rejected: the streamed image must be %s with %d bytes, got %s with %zu "
+                  "bytes\n",
+                  k, TypeName(kTfLiteInt8), static_cast<int>(stream_bytes), TypeName(image.type),
+                  image.bytes.size());
+      ok = false;
+    }
+    for (uint32_t i = ext; i < n_inputs && ok; ++i) {
+      TfLiteTensor* t = interpreter.input(i - ext);
       const StepInput& in = steps[k][i];
       if (in.type != t->type || in.bytes.size() != t->bytes) {
         std::printf("step %u rejected: input %u '%s' must be %s with %zu bytes, got %s with %zu "
                     "bytes\n",
-                    k, i, TensorName(sg, sg->inputs()->Get(i)).c_str(), TypeName(t->type),
+                    k, i, TensorName(sg, sg->inputs()->Get(i - ext)).c_str(), TypeName(t->type),
                     t->bytes, TypeName(in.type), in.bytes.size());
         ok = false;
       }
     }
     if (!ok) continue;
-    for (uint32_t i = 0; i < n_inputs; ++i) {
-      std::memcpy(interpreter.input(i)->data.raw, steps[k][i].bytes.data(), steps[k][i].bytes.size());
+    for (uint32_t i = ext; i < n_inputs; ++i) {
+      std::memcpy(interpreter.input(i - ext)->data.raw, steps[k][i].bytes.data(),
+                  steps[k][i].bytes.size());
+    }
+    if (ext) {  // the step's bytes in place: no copy into the arena
+      streamed = tfmicro_train::StreamedInput();
+      streamed.data = reinterpret_cast<const int8_t*>(image.bytes.data());
+      streamed.bytes = static_cast<int32_t>(image.bytes.size());
+      if (static_cast<long>(k) == fault_step) {
+        if (fault_kind == "bytes") streamed.bytes -= 1;
+        if (fault_kind == "magic") streamed.magic = 0;
+        if (fault_kind == "null") streamed.data = nullptr;
+      }
     }
     const bool had_vars = g_init.captured;
     const Snapshot before = had_vars ? TakeSnapshot() : Snapshot();
@@ -382,7 +436,7 @@ int main(int argc, char** argv) {
   // --- Reset(): ResetVariableTensors() zeroes the state, so the next invoke (an inference
   // call, lr = 0) restores every trainable parameter from its initial value.
   int lr_input = -1;
-  for (uint32_t i = 0; i < n_inputs; ++i) {
+  for (uint32_t i = 0; i < n_inputs - ext; ++i) {
     const TfLiteTensor* t = interpreter.input(i);
     if (t->type == kTfLiteFloat32 && t->bytes == 4) lr_input = static_cast<int>(i);
   }
@@ -396,9 +450,14 @@ int main(int argc, char** argv) {
   }
   const int32_t* state = tflite::micro::GetTensorData<int32_t>(g_init.var[0]);
   const bool zeroed = state[0] == 0 && state[1] == 0;
-  for (uint32_t i = 0; i < n_inputs; ++i) {
+  for (uint32_t i = ext; i < n_inputs; ++i) {
     const auto& b = steps[first_good_step][i].bytes;
-    std::memcpy(interpreter.input(i)->data.raw, b.data(), b.size());
+    std::memcpy(interpreter.input(i - ext)->data.raw, b.data(), b.size());
+  }
+  if (ext) {
+    streamed = tfmicro_train::StreamedInput();
+    streamed.data = reinterpret_cast<const int8_t*>(steps[first_good_step][0].bytes.data());
+    streamed.bytes = static_cast<int32_t>(steps[first_good_step][0].bytes.size());
   }
   const float zero = 0.0f;
   std::memcpy(interpreter.input(lr_input)->data.raw, &zero, 4);

@@ -1143,8 +1143,9 @@ void* FusedInit(TfLiteContext* context, const char* buffer, size_t length) {
 }
 
 // The options into `spec` (Prepare); prints why and returns false when one is missing or out of
-// range.
-bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec) {
+// range. *x_external: the op reads a streamed input (options x_external, x_h, x_w, x_c, x_scale,
+// x_zp, which then set spec->x and spec->x_q) instead of input 0.
+bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec, bool* x_external) {
   OptionReader r(d->options, d->options_length);
   if (r.unreadable()) {
     MicroPrintf("TMT_FUSED_IRB: custom option '%s' missing", r.unreadable());
@@ -1164,6 +1165,15 @@ bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec) {
   static const char* const kDepthwise[6] = {"d_stride_h", "d_stride_w", "d_dil_h", "d_dil_w",
                                             "d_padding", "d_act"};
   core::FusedIrbSpec& s = *spec;
+  int32_t external = 0;
+  r.Int("x_external", &external, /*required=*/false);
+  *x_external = external != 0;
+  if (*x_external) {
+    get_int("x_h", &s.x.h);
+    get_int("x_w", &s.x.w);
+    get_int("x_c", &s.x.c);
+    get_quant("x_scale", "x_zp", &s.x_q);
+  }
   if (r.Has("e_scale")) {
     get_conv(kExpand, &s.expand);
     get_quant("e_scale", "e_zp", &s.e_q);
@@ -1185,7 +1195,29 @@ bool ReadFusedOptions(const FusedOpData* d, core::FusedIrbSpec* spec) {
                 r.out_of_range() ? "out of range" : "missing");
     return false;
   }
+  if (*x_external && (s.x.h < 1 || s.x.w < 1 || s.x.c < 1 ||
+                      static_cast<int64_t>(s.x.h) * s.x.w * s.x.c > INT32_MAX)) {
+    MicroPrintf("TMT_FUSED_IRB: custom options x_h, x_w, x_c (%d, %d, %d) out of range",
+                static_cast<int>(s.x.h), static_cast<int>(s.x.w), static_cast<int>(s.x.c));
+    return false;
+  }
   return true;
+}
+
+// The application's StreamedInput (training_ops.h) for an op with x_external, from TFLM's
+// external context; prints what to call and returns nullptr when there is none.
+const StreamedInput* StreamedInputOf(TfLiteContext* context) {
+  const auto* in =
+      static_cast<const StreamedInput*>(tflite::GetMicroContext(context)->external_context());
+  if (in == nullptr || in->magic != kStreamedInputMagic) {
+    MicroPrintf("TMT_FUSED_IRB: the model streams its input image (x_external) but %s; call "
+                "tfmicro_train::SetStreamedInput(interpreter, &input) with a "
+                "tfmicro_train::StreamedInput before AllocateTensors()",
+                in == nullptr ? "no external context is set"
+                              : "the external context is no tfmicro_train::StreamedInput");
+    return nullptr;
+  }
+  return in;
 }
 
 // Scales of a (per-channel or per-tensor) quantized weight tensor, pointing into the model.
@@ -1208,13 +1240,15 @@ core::Hwc Hwc4(const TfLiteIntArray* dims) {
   return r;
 }
 
-// The spec's shapes from the tensors' (w_expand null without expansion) and the quantization
-// kept in `d`.
+// The spec's shapes from the tensors' (w_expand null without expansion; x null for a streamed
+// input, whose shape and quantization ReadFusedOptions set) and the quantization kept in `d`.
 void FillSpec(const FusedOpData* d, const TfLiteIntArray* x, const TfLiteIntArray* y,
               const TfLiteIntArray* w_expand, const TfLiteIntArray* w_dw,
               const TfLiteIntArray* w_project, core::FusedIrbSpec* s) {
-  s->x = Hwc4(x);
-  s->x_q = d->x_q;
+  if (x != nullptr) {
+    s->x = Hwc4(x);
+    s->x_q = d->x_q;
+  }
   s->y = Hwc4(y);
   s->y_q = d->y_q;
   s->c_exp = w_dw->data[3];
@@ -1238,12 +1272,18 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   core::FusedIrbSpec s;
-  if (!ReadFusedOptions(d, &s)) return kTfLiteError;
+  bool x_external = false;
+  if (!ReadFusedOptions(d, &s, &x_external)) return kTfLiteError;
   if (node->inputs->size != kFusedInputs || node->outputs->size != 2) {
     MicroPrintf("TMT_FUSED_IRB: expected 7 inputs and 2 outputs, got %d and %d",
                 node->inputs->size, node->outputs->size);
     return kTfLiteError;
   }
+  if (x_external && node->inputs->data[0] >= 0) {
+    MicroPrintf("TMT_FUSED_IRB: input 0 'x' must be absent (-1) with option x_external");
+    return kTfLiteError;
+  }
+  if (x_external && StreamedInputOf(context) == nullptr) return kTfLiteError;
   static const char* const kNames[kFusedInputs] = {"x", "w_expand", "b_expand", "w_dw", "b_dw",
                                                    "w_project", "b_project"};
   tflite::MicroContext* mc = tflite::GetMicroContext(context);
@@ -1261,7 +1301,7 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
   };
   const int required[] = {0, 3, 5};
   for (int i : required) {
-    if (in[i] == nullptr) fail("is missing", i);
+    if (in[i] == nullptr && !(i == 0 && x_external)) fail("is missing", i);
   }
   if (y == nullptr) fail("is missing", -1);
   if (scratch == nullptr) fail("is missing", -2);
@@ -1275,8 +1315,10 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
     fail("must be int8 [1, H, W, C]", -1);
   }
   if (status == kTfLiteOk) {
-    d->x_q.scale = in[0]->params.scale;
-    d->x_q.zero_point = in[0]->params.zero_point;
+    if (!x_external) {
+      d->x_q.scale = in[0]->params.scale;
+      d->x_q.zero_point = in[0]->params.zero_point;
+    }
     d->y_q.scale = y->params.scale;
     d->y_q.zero_point = y->params.zero_point;
     d->w_expand = core::WeightScales();
@@ -1285,7 +1327,8 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
     if (!WeightScalesOf(in[5], &d->w_project)) fail("must be quantized", 5);
   }
   if (status == kTfLiteOk) {
-    FillSpec(d, in[0]->dims, y->dims, in[1] ? in[1]->dims : nullptr, in[3]->dims, in[5]->dims, &s);
+    FillSpec(d, x_external ? nullptr : in[0]->dims, y->dims, in[1] ? in[1]->dims : nullptr,
+             in[3]->dims, in[5]->dims, &s);
     core::FusedIrbParams params;
     const core::Status cs = core::PrepareFusedIrb(s, nullptr, &params);
     if (cs != core::Status::kOk) {
@@ -1321,9 +1364,27 @@ TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
   size_t scratch_bytes = 0;
   TF_LITE_ENSURE_STATUS(tflite::TfLiteEvalTensorByteLength(scratch, &scratch_bytes));
   core::FusedIrbSpec spec;
-  if (!ReadFusedOptions(d, &spec)) return kTfLiteError;
-  FillSpec(d, in(0)->dims, y->dims, in(1) ? in(1)->dims : nullptr, in(3)->dims, in(5)->dims,
-           &spec);
+  bool x_external = false;
+  if (!ReadFusedOptions(d, &spec, &x_external)) return kTfLiteError;
+  const int8_t* x = nullptr;
+  if (x_external) {  // the application's buffer, checked again: it may change between invokes
+    const StreamedInput* image = StreamedInputOf(context);
+    if (image == nullptr) return kTfLiteError;
+    const int32_t want = spec.x.h * spec.x.w * spec.x.c;
+    if (image->bytes != want || image->data == nullptr) {
+      MicroPrintf("TMT_FUSED_IRB: the streamed input has %d bytes at %p (StreamedInput bytes, "
+                  "data); the model's image needs %d bytes (%dx%dx%d int8) at a non-null address",
+                  static_cast<int>(image->bytes), static_cast<const void*>(image->data),
+                  static_cast<int>(want), static_cast<int>(spec.x.h), static_cast<int>(spec.x.w),
+                  static_cast<int>(spec.x.c));
+      return kTfLiteError;
+    }
+    x = image->data;
+  } else {
+    x = i8(0);
+  }
+  FillSpec(d, x_external ? nullptr : in(0)->dims, y->dims, in(1) ? in(1)->dims : nullptr,
+           in(3)->dims, in(5)->dims, &spec);
   // The parameters, then the multipliers into the scratch tensor's tail.
   core::FusedIrbParams params;
   core::Status s = core::PrepareFusedIrb(spec, nullptr, &params);
@@ -1333,7 +1394,7 @@ TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
     s = core::FusedIrbMultipliers(core::FusedIrbScalesOf(spec), words, &params);
   }
   if (s == core::Status::kOk) {
-    s = core::FusedIrb(params, i8(0), i8(1), i32(2), i8(3), i32(4), i8(5), i32(6),
+    s = core::FusedIrb(params, x, i8(1), i32(2), i8(3), i32(4), i8(5), i32(6),
                        tflite::micro::GetTensorData<int8_t>(y), scratch_data,
                        static_cast<int32_t>(scratch_bytes));
   }
@@ -1348,6 +1409,33 @@ TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
 
 TFLMRegistration Register_TMT_FUSED_IRB() {
   return tflite::micro::RegisterOp(FusedInit, FusedPrepare, FusedEval);
+}
+
+int32_t StreamedInputBytes(const tflite::Model* model) {
+  if (model == nullptr || model->subgraphs() == nullptr || model->subgraphs()->size() == 0 ||
+      model->operator_codes() == nullptr) {
+    return 0;
+  }
+  const auto* ops = model->subgraphs()->Get(0)->operators();
+  for (unsigned int i = 0; ops != nullptr && i < ops->size(); ++i) {
+    const tflite::Operator* op = ops->Get(i);
+    if (op->opcode_index() >= model->operator_codes()->size()) continue;
+    const flatbuffers::String* name =
+        model->operator_codes()->Get(op->opcode_index())->custom_code();
+    if (name == nullptr || std::strcmp(name->c_str(), "TMT_FUSED_IRB") != 0 ||
+        op->custom_options() == nullptr) {
+      continue;
+    }
+    OptionReader r(reinterpret_cast<const char*>(op->custom_options()->data()),
+                   op->custom_options()->size());
+    int32_t external = 0, h = 0, w = 0, c = 0;
+    if (r.Int("x_external", &external, false) && external != 0 && r.Int("x_h", &h) &&
+        r.Int("x_w", &w) && r.Int("x_c", &c) && h > 0 && w > 0 && c > 0 &&
+        static_cast<int64_t>(h) * w * c <= INT32_MAX) {
+      return h * w * c;
+    }
+  }
+  return 0;
 }
 
 const TrainingOpEntry* TrainingOps() {

@@ -11,6 +11,7 @@
 //
 // Inputs of a training artifact: [image int8, label int32 [1] (or target int8 for MSE),
 // learning_rate float32 [1]]; outputs: [probabilities / prediction int8, loss float32 [1]].
+// An artifact converted with stream_input=True has no image input (see StreamedInput below).
 // A failed Invoke() (label out of range, lr < 0 or NaN) leaves every trainable parameter
 // and the step counter unchanged: the loss op validates before any update op runs.
 //
@@ -38,6 +39,8 @@
 // Results are identical.
 #ifndef TFLM_OPS_TFLM_TRAINING_OPS_H_
 #define TFLM_OPS_TFLM_TRAINING_OPS_H_
+
+#include <cstdint>
 
 #include "tensorflow/lite/c/common.h"
 #include "tensorflow/lite/micro/micro_common.h"
@@ -136,6 +139,40 @@ template <typename Resolver>
 TfLiteStatus AddTrainingBuiltins(Resolver* resolver) {
   return AddTrainingBuiltins(*resolver);
 }
+
+// Streamed input (convert(..., stream_input=True)): the int8 image is no tensor of the arena.
+// The first TMT_FUSED_IRB (option x_external) reads it from memory the application owns
+// (memory-mapped flash, external PSRAM, a camera driver's buffer), whose address it hands over
+// through TFLM's external context, once, before AllocateTensors():
+//
+//   static tfmicro_train::StreamedInput image;   // must outlive the interpreter
+//   tfmicro_train::SetStreamedInput(interpreter, &image);
+//   interpreter.AllocateTensors();
+//   image.data = sample; image.bytes = tfmicro_train::StreamedInputBytes(model);  // each step
+//   // input(0): int32 label, input(1): float32 learning rate
+//   interpreter.Invoke();
+//
+// TFLM keeps one external context per interpreter, set once: change `data` (and `bytes`)
+// between invocations, not the pointer. Prepare fails when no StreamedInput is set (checked by
+// its magic); Eval fails, writing nothing, when `bytes` is not the image's H * W * C or `data`
+// is null. The image is read during the first operator of each Invoke only.
+constexpr uint32_t kStreamedInputMagic = 0x544D5349;  // "TMSI"
+
+struct StreamedInput {
+  uint32_t magic = kStreamedInputMagic;
+  const int8_t* data = nullptr;  // H * W * C int8 values, HWC order, the image's quantization
+  int32_t bytes = 0;             // must equal StreamedInputBytes(model)
+};
+
+// Sets `input` as the interpreter's external context (a tflite::MicroInterpreter).
+template <typename Interpreter>
+TfLiteStatus SetStreamedInput(Interpreter& interpreter, StreamedInput* input) {
+  return interpreter.SetMicroExternalContext(input);
+}
+
+// Bytes of the image an artifact streams (H * W * C of its TMT_FUSED_IRB with x_external), or 0
+// when its image is an ordinary input tensor.
+int32_t StreamedInputBytes(const tflite::Model* model);
 
 }  // namespace tfmicro_train
 

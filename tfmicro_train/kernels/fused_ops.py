@@ -11,7 +11,9 @@ the op's `scratch` output tensor, never the whole expanded tensor. This referenc
 builtin kernels of builtin_ops.py in sequence on full tensors (numpy memory does not matter).
 
 Inputs: x, w_expand, b_expand, w_dw, b_dw, w_project, b_project (-1 for an absent tensor: no
-expansion, or a bias the converter dropped). Outputs: y, scratch (int8 [scratch_bytes]).
+expansion, or a bias the converter dropped; x is absent for a streamed input, option
+x_external = 1: the op reads the image from memory outside the arena, whose shape and
+quantization are the options x_h x_w x_c x_scale (float) x_zp). Outputs: y, scratch (int8 [scratch_bytes]).
 It is a forward op: it always runs (also at inference) and has no learning-rate input.
 
 Options (flexbuffer map; ints unless noted; "padding" is TFLite's Padding enum, 0 SAME 1 VALID;
@@ -241,10 +243,25 @@ def fused_irb(inputs: list[np.ndarray | None], infos: list[TensorInfo | None],
     return BUILTIN_KERNELS["ADD"](pair[0], pair[1], [y_info], add_opts)[0].reshape(y_info.shape)
 
 
+# The value-table key of a streamed input (option x_external: x is no tensor of the model but
+# memory outside the arena the application hands over; HostSimulator puts the image here).
+EXTERNAL_X = "tmt/external_x"
+
+
+def external_x_info(o: dict) -> TensorInfo:
+    """The streamed input's shape and quantization, from the options of its TMT_FUSED_IRB."""
+    return _info("x", (1, o["x_h"], o["x_w"], o["x_c"]), o["x_scale"], o["x_zp"])
+
+
 def run_op(sg: Any, op: Any, values: dict) -> None:
     """HostSimulator hook: run one TMT_FUSED_IRB operator on the value table (no lr gate)."""
     ins = [values[t] if t >= 0 else None for t in op.inputs]
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
+    if op.options.get("x_external"):  # a streamed input: x from outside the arena
+        if EXTERNAL_X not in values:
+            raise ValueError("TMT_FUSED_IRB: the streamed input (x_external) was not given")
+        infos[X] = external_x_info(op.options)
+        ins[X] = np.asarray(values[EXTERNAL_X]).reshape(infos[X].shape)
     y_t, scratch_t = op.outputs
     values[y_t] = fused_irb(ins, infos, sg.infos[y_t], op.options)
     values[scratch_t] = np.zeros(sg.infos[scratch_t].shape, np.int8)
