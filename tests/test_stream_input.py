@@ -120,6 +120,19 @@ def test_streamed_artifact_has_no_image_tensor(stem_pair):
     assert b.peak_sram_bytes < a.peak_sram_bytes
 
 
+def test_search_memory_model_plans_the_streamed_artifact(stem_pair, calib48):
+    # plan_sparse_update(stream_input=True) budgets with the planner of the artifact convert()
+    # makes with stream_input=True
+    from tfmicro_train.search import MemoryModel
+
+    plain, streamed = stem_pair
+    m = stem_net()
+    last = tmt.SparseUpdate.preset("last", 4)
+    for art, flag in ((plain, False), (streamed, True)):
+        mm = MemoryModel(m, calib48, stream_input=flag)
+        assert mm.measure(last)[0] == art.memory_report().peak_sram_bytes
+
+
 @pytest.mark.parametrize("case", ["first layer not fused", "no fusion", "first layer trains"])
 def test_image_read_by_other_operators_is_refused(case, residual_model, calib, calib16):
     if case == "first layer not fused":  # c1's output also feeds the residual Add: c1 stays

@@ -37,6 +37,7 @@ CHANNEL_OVERHEAD = 8  # per-channel output multiplier and shift of each builtin 
 # TENSOR_OVERHEAD) and less op data than the builtin (no shapes, int16 parameters): 48 bytes,
 # 72 fewer than a builtin conv's without its channels.
 CONV_OP_OVERHEAD = -72
+CONV_OP_DATA_HOST = 48  # ... none when its options hold its runtime parameters (x_zp, ...)
 PLANNER_OVERHEAD = 48  # per planned buffer, temporarily, while AllocateTensors() plans the arena
 
 # TFLM's bookkeeping on a 32-bit microcontroller: sizeof of its structs compiled for Cortex-M, each
@@ -53,7 +54,8 @@ MCU_PLANNER_ENTRY = 36
 MCU_CHANNEL_ARRAY = 2  # builtin conv / fully-connected: multiplier and shift arrays of 4 * C bytes
 # op data per operator. The TMT_* training ops not listed read their options from the model at
 # each Prepare and Eval and keep none; one that requests a scratch buffer (option use_scratch)
-# keeps 32 bytes.
+# keeps 32 bytes. TMT_CONV keeps none either when its options hold x_zp, y_zp, act_min and act_max
+# (as the converter writes them), else 32 bytes.
 MCU_OP_DATA = {"TMT_CONV": 32, "TMT_FUSED_IRB": 48, "TMT_MEAN": 32, "TMT_MSE_GRAD": 32,
                "CONV_2D": 64, "DEPTHWISE_CONV_2D": 64, "FULLY_CONNECTED": 48, "ADD": 64,
                "SOFTMAX": 64, "MEAN": 48, "AVERAGE_POOL_2D": 32, "MAX_POOL_2D": 32, "RESHAPE": 0}
@@ -304,8 +306,11 @@ def plan_memory(g: Graph) -> MemoryPlan:
                    if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
     conv_ops = sum(n.op == "TMT_CONV" for n in g.nodes)
+    in_model = sum(n.op == "TMT_CONV" and isinstance(n.options, dict) and "x_zp" in n.options
+                   for n in g.nodes)
     host = (BASE_OVERHEAD + TENSOR_OVERHEAD * n_tensors + NODE_OVERHEAD * len(g.nodes)
-            + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops)
+            + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops
+            - CONV_OP_DATA_HOST * in_model)
     live = live_bytes(buffers, len(g.nodes))
     parts = mcu_overhead(g, arena, len(offsets), n_tensors)
     return MemoryPlan(buffers, offsets, arena, variables, sum(parts.values()), live, host, parts)
@@ -320,7 +325,9 @@ def mcu_overhead(g: Graph, arena: int, planned: int, n_tensors: int) -> dict[str
     scratch = len(kernel_scratch(g))  # (the converter sets no TMT_* op's use_scratch)
     op_data = 0
     for node in g.nodes:
-        if node.op in MCU_OP_DATA:
+        if node.op == "TMT_CONV" and isinstance(node.options, dict) and "x_zp" in node.options:
+            pass  # its runtime parameters in the options: no op data (tflm_ops/tflm/conv_op.cc)
+        elif node.op in MCU_OP_DATA:
             op_data += MCU_OP_DATA[node.op]
         elif node.op.startswith("TMT_"):
             scratch_opt = isinstance(node.options, dict) and node.options.get("use_scratch")

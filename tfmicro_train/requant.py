@@ -93,8 +93,9 @@ def flash_requant(g: Graph) -> Graph:
         name = f"tmt/conv{count}/requant"
         rq = g.add(Tensor(name, (2, channels), I32, data=data))
         b = n.inputs[2] if len(n.inputs) > 2 else -1
-        g.nodes[i] = Node(conv_ops.OP_NAME, [x, w, b, rq], [y],
-                          conv_ops.options_of(n.op, n.options[1], n.version), 1, n.layer, n.role)
+        o = conv_ops.options_of(n.op, n.options[1], n.version)
+        o.update(conv_ops.runtime_options(_info(g.tensors[x]), _info(g.tensors[y]), o["act"]))
+        g.nodes[i] = Node(conv_ops.OP_NAME, [x, w, b, rq], [y], o, 1, n.layer, n.role)
         count += 1
     for i, n in enumerate(g.nodes):
         if _mean_convertible(g, n):

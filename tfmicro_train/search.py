@@ -20,6 +20,7 @@ import numpy as np
 
 from .autodiff import differentiate
 from .emit import emit
+from .fuse import stream_input as stream_first_input
 from .graph import Graph, from_tflite
 from .importer import WEIGHT_OPS, import_model
 from .plan import plan_memory
@@ -180,8 +181,9 @@ class MemoryModel:
     """Peak SRAM and flash of any sparse scheme of one model, by the converter's own planner."""
 
     def __init__(self, model, representative_data, loss_head: str = "softmax", fuse: bool = True,
-                 requant: bool = True):
+                 requant: bool = True, stream_input: bool = False):
         self.fuse, self.requant = fuse, requant  # as convert(fuse=, flash_requant=)
+        self.stream_input = stream_input  # as convert(stream_input=)
         self.imported = import_model(model, representative_data, loss_head)
         self.base: Graph = from_tflite(self.imported.model)
         for ref in self.imported.layers:
@@ -218,6 +220,8 @@ class MemoryModel:
             plan = resolve(update, self.imported.layers, self.channels)
             differentiate(g, plan, self.head, True, 0)
             lower(g, fuse=self.fuse, flash_requant=self.requant)
+            if self.stream_input:
+                stream_first_input(g)
             mem = plan_memory(g)
             self.plans[key] = mem
             data = emit(g, {"head": self.head}, mem.offsets)
@@ -233,12 +237,15 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
                        learning_rate: float = 0.05, batch_size: int = 1,
                        population: int = 32, generations: int = 25,
                        seed: int = 0, cache_dir: str | None = None, verbose: bool = True,
-                       return_plan: bool = False) -> SparseUpdate | SparsePlan:
+                       return_plan: bool = False,
+                       stream_input: bool = False) -> SparseUpdate | SparsePlan:
     """The SparseUpdate with the largest summed contribution whose training step fits the budget.
 
     train_data / val_data: (x, y) arrays of the target task. The classifier always trains.
     Contribution runs fine-tune at batch 1 by default, as the device does. Seeded and
-    reproducible; contribution runs are cached in `cache_dir` when given.
+    reproducible; contribution runs are cached in `cache_dir` when given. stream_input: plan
+    the memory of artifacts converted with convert(..., stream_input=True) (the image outside
+    the arena; a scheme that cannot stream raises ValueError naming the reader of the image).
     """
     import keras
 
@@ -249,7 +256,7 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
                                     learning_rate, batch_size, seed, cache_dir, verbose)
     rep = representative_data if representative_data is not None else [
         x_train[i:i + 1] for i in range(min(64, len(x_train)))]
-    mem = MemoryModel(model, rep)
+    mem = MemoryModel(model, rep, stream_input=stream_input)
     n = len(mem.imported.layers)
     classifier = n - 1
     ks = sorted(contrib.bias)

@@ -114,6 +114,13 @@ core::ConvOpParams ParamsOf(const ConvOpData& d, const TfLiteEvalTensor* x,
   return p;
 }
 
+bool SameParams(const core::ConvOpParams& p, const core::ConvOpParams& q);
+
+// TFLite's ComputePaddingWithOffset (leading padding), as PrepareConvOp uses it.
+int32_t LeadingPadding(int32_t stride, int32_t dil, int32_t in, int32_t filt, int32_t out) {
+  return core::tflm_ref::LeadingPad(stride, dil, in, filt, out);
+}
+
 // Stores `p` (less its shapes) in `d`; false if a value does not fit or ParamsOf would not give
 // `p` back from these tensors.
 bool StoreParams(const core::ConvOpParams& p, const TfLiteEvalTensor* x, const TfLiteEvalTensor* w,
@@ -136,13 +143,7 @@ bool StoreParams(const core::ConvOpParams& p, const TfLiteEvalTensor* x, const T
   put(p.act_min, &d->act_min);
   put(p.act_max, &d->act_max);
   if (!fits) return false;
-  const core::ConvOpParams q = ParamsOf(*d, x, w, y, &mean);
-  return q.kind == p.kind && q.x.h == p.x.h && q.x.w == p.x.w && q.x.c == p.x.c &&
-         q.y.h == p.y.h && q.y.w == p.y.w && q.y.c == p.y.c && q.kh == p.kh && q.kw == p.kw &&
-         q.stride_h == p.stride_h && q.stride_w == p.stride_w && q.dil_h == p.dil_h &&
-         q.dil_w == p.dil_w && q.pad_top == p.pad_top && q.pad_left == p.pad_left &&
-         q.x_offset == p.x_offset && q.y_offset == p.y_offset && q.act_min == p.act_min &&
-         q.act_max == p.act_max;
+  return SameParams(p, ParamsOf(*d, x, w, y, &mean));
 }
 
 // TMT_CONV's custom options (Prepare).
@@ -153,7 +154,28 @@ struct ConvOptions {
   int16_t mask_min = 0, mask_max = 0;  // with output 1 'bits' only
 };
 
+// user_data of an op whose options hold its runtime parameters too (x_zp, y_zp, act_min,
+// act_max: artifacts of this converter): Prepare and each Eval read everything from the model,
+// no op data is kept (never written: its address is the marker).
+const ConvOpData kConvInModel;
+
+// Whether the options carry the runtime parameters (kConvInModel).
+bool RuntimeInOptions(const char* buffer, size_t length) {
+  OptionReader r(buffer, length);
+  return !r.unreadable() && r.Has("x_zp") && r.Has("y_zp") && r.Has("act_min") &&
+         r.Has("act_max");
+}
+
+// The op data of an op whose parameters are in its options (kConvInModel), into *d: what
+// Prepare stores (StoreParams) for these tensors, from the options, the dims of x, w and y (mean
+// mode: the options' y dims) and the inputs (w_rest). Prints why and returns false when an
+// option is missing or out of range.
+bool ConvDataFromOptions(const TfLiteNode* node, const TfLiteEvalTensor* x,
+                         const TfLiteEvalTensor* w, const TfLiteEvalTensor* y,
+                         const MeanOptions& mean, ConvOpData* d);
+
 void* ConvInit(TfLiteContext* context, const char* buffer, size_t length) {
+  if (RuntimeInOptions(buffer, length)) return const_cast<ConvOpData*>(&kConvInModel);
   void* mem = context->AllocatePersistentBuffer(context, sizeof(ConvOpData));
   if (mem == nullptr) return nullptr;
   ConvOpData* d = new (mem) ConvOpData();
@@ -193,12 +215,83 @@ bool ReadConvOptions(const ConvOpData* d, bool mask, ConvOptions* o) {
   return true;
 }
 
+bool ConvDataFromOptions(const TfLiteNode* node, const TfLiteEvalTensor* x,
+                         const TfLiteEvalTensor* w, const TfLiteEvalTensor* y,
+                         const MeanOptions& mean, ConvOpData* d) {
+  const size_t length = static_cast<size_t>(node->custom_initial_data_size);
+  d->options = static_cast<const char*>(node->custom_initial_data);
+  d->options_length = static_cast<uint16_t>(length <= UINT16_MAX ? length : 0);
+  ConvOptions o;
+  if (!ReadConvOptions(d, node->outputs->size == 2, &o)) return false;
+  OptionReader r(d->options, d->options_length);
+  int16_t x_zp = 0, y_zp = 0, act_min = 0, act_max = 0;
+  r.Int16("x_zp", &x_zp);
+  r.Int16("y_zp", &y_zp);
+  r.Int16("act_min", &act_min);
+  r.Int16("act_max", &act_max);
+  const bool fits = [&] {
+    for (int32_t v : {o.stride_h, o.stride_w, o.dil_h, o.dil_w}) {
+      if (v < 1 || v > INT16_MAX) return false;
+    }
+    return -x_zp >= INT16_MIN && y_zp >= INT8_MIN && y_zp <= INT8_MAX && act_min >= INT8_MIN &&
+           act_max <= INT8_MAX;
+  }();
+  if (r.bad() || !fits) {
+    MicroPrintf("TMT_CONV: custom option '%s' %s", r.bad() ? r.bad() : "x_zp / y_zp / act_*",
+                r.bad() && !r.out_of_range() ? "missing" : "out of range");
+    return false;
+  }
+  d->kind = static_cast<int8_t>(o.kind);
+  d->stride_h = static_cast<int16_t>(o.stride_h);
+  d->stride_w = static_cast<int16_t>(o.stride_w);
+  d->dil_h = static_cast<int16_t>(o.dil_h);
+  d->dil_w = static_cast<int16_t>(o.dil_w);
+  d->pad_top = d->pad_left = 0;
+  if (o.kind != core::kConvOpFullyConnected) {  // as PrepareConvOp: TFLite's leading padding
+    const int32_t out_h = mean.on ? mean.y_h : y->dims->data[1];
+    const int32_t out_w = mean.on ? mean.y_w : y->dims->data[2];
+    d->pad_top = static_cast<int16_t>(LeadingPadding(o.stride_h, o.dil_h, x->dims->data[1],
+                                                 w->dims->data[1], out_h));
+    d->pad_left = static_cast<int16_t>(LeadingPadding(o.stride_w, o.dil_w, x->dims->data[2],
+                                                  w->dims->data[2], out_w));
+  }
+  d->x_offset = static_cast<int16_t>(-x_zp);
+  d->y_offset = static_cast<int8_t>(y_zp);
+  d->act_min = static_cast<int8_t>(act_min);
+  d->act_max = static_cast<int8_t>(act_max);
+  d->mask_min = o.mask_min;
+  d->mask_max = o.mask_max;
+  d->w_split = node->inputs->size == kInputs + 1 && node->inputs->data[kInputs] >= 0
+                   ? w->dims->data[0]
+                   : -1;
+  return true;
+}
+
+// Whether two parameter sets are the same (every field ConvOp reads).
+bool SameParams(const core::ConvOpParams& p, const core::ConvOpParams& q) {
+  return q.kind == p.kind && q.x.h == p.x.h && q.x.w == p.x.w && q.x.c == p.x.c &&
+         q.y.h == p.y.h && q.y.w == p.y.w && q.y.c == p.y.c && q.kh == p.kh && q.kw == p.kw &&
+         q.stride_h == p.stride_h && q.stride_w == p.stride_w && q.dil_h == p.dil_h &&
+         q.dil_w == p.dil_w && q.pad_top == p.pad_top && q.pad_left == p.pad_left &&
+         q.x_offset == p.x_offset && q.y_offset == p.y_offset && q.act_min == p.act_min &&
+         q.act_max == p.act_max;
+}
+
 TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
-  ConvOpData* d = static_cast<ConvOpData*>(node->user_data);
-  if (d == nullptr) {
+  if (node->user_data == nullptr) {
     MicroPrintf("TMT_CONV: could not allocate op data");
     return kTfLiteError;
   }
+  // parameters in the options: Prepare checks them against the tensors (StoreParams into a local
+  // op data, compared with what Eval will read)
+  const bool in_model = node->user_data == &kConvInModel;
+  ConvOpData local;
+  if (in_model) {
+    const size_t length = static_cast<size_t>(node->custom_initial_data_size);
+    local.options = static_cast<const char*>(node->custom_initial_data);
+    local.options_length = static_cast<uint16_t>(length <= UINT16_MAX ? length : 0);
+  }
+  ConvOpData* d = in_model ? &local : static_cast<ConvOpData*>(node->user_data);
   ConvOptions o;
   // A narrow bias: an int16 'b' (the trained change), its base and shifts in rows 2 and 3 of
   // 'requant' (core::ConvOpNarrowBias expands it a chunk of channels at a time, on the stack).
@@ -451,11 +544,24 @@ TfLiteStatus ConvPrepare(TfLiteContext* context, TfLiteNode* node) {
     if (t) mc->DeallocateTempTfLiteTensor(t);
   }
   if (y) mc->DeallocateTempTfLiteTensor(y);
+  if (status == kTfLiteOk && in_model) {  // what Eval reads from the options == what Prepare computed
+    const TfLiteEvalTensor* ex = context->GetEvalTensor(context, node->inputs->data[0]);
+    const TfLiteEvalTensor* ew = context->GetEvalTensor(context, node->inputs->data[1]);
+    const TfLiteEvalTensor* ey = context->GetEvalTensor(context, node->outputs->data[0]);
+    ConvOpData from_options;
+    if (!ConvDataFromOptions(node, ex, ew, ey, mean, &from_options)) return kTfLiteError;
+    if (!SameParams(ParamsOf(local, ex, ew, ey, &mean), ParamsOf(from_options, ex, ew, ey, &mean)) ||
+        from_options.w_split != local.w_split || from_options.mask_min != local.mask_min ||
+        from_options.mask_max != local.mask_max) {
+      MicroPrintf("TMT_CONV (%s): options 'x_zp', 'y_zp', 'act_min', 'act_max' disagree with the "
+                  "tensors' quantization and the activation (re-convert the model)", op);
+      return kTfLiteError;
+    }
+  }
   return status;
 }
 
 TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
-  const ConvOpData* d = static_cast<const ConvOpData*>(node->user_data);
   const TfLiteEvalTensor* x = tflite::micro::GetEvalInput(context, node, 0);
   const TfLiteEvalTensor* w = tflite::micro::GetEvalInput(context, node, 1);
   const TfLiteEvalTensor* b =
@@ -463,8 +569,15 @@ TfLiteStatus ConvEval(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* rq = tflite::micro::GetEvalInput(context, node, 3);
   TfLiteEvalTensor* y = tflite::micro::GetEvalOutput(context, node, 0);
   const int32_t* mult = tflite::micro::GetTensorData<int32_t>(rq);
+  const bool in_model = node->user_data == &kConvInModel;
+  ConvOpData local;
+  const ConvOpData* d = in_model ? &local : static_cast<const ConvOpData*>(node->user_data);
+  const char* options = in_model ? static_cast<const char*>(node->custom_initial_data) : d->options;
+  const size_t options_length =
+      in_model ? static_cast<size_t>(node->custom_initial_data_size) : d->options_length;
   MeanOptions mean;  // (checked in Prepare)
-  if (!ReadMeanOptions(d->options, d->options_length, &mean)) return kTfLiteError;
+  if (!ReadMeanOptions(options, options_length, &mean)) return kTfLiteError;
+  if (in_model && !ConvDataFromOptions(node, x, w, y, mean, &local)) return kTfLiteError;
   const core::ConvOpParams params = ParamsOf(*d, x, w, y, &mean);
   const int32_t channels = params.y.c;
   const bool narrow = b != nullptr && b->type == kTfLiteInt16;

@@ -30,6 +30,7 @@
 #include "tensorflow/lite/micro/kernels/kernel_runner.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/micro/test_helpers.h"
+#include "tflm_ops/core/tflm_reference.h"
 #include "tflm_ops/core/training_ops.h"
 #include "tflm_ops/core/training_ops_f32.h"
 #include "tflm_ops/tests/golden_reader.h"
@@ -687,6 +688,21 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     o.ints.push_back({"kind", kind});
     o.ints.push_back({"act", c.i64("act")});
     o.ints.push_back({"version", 1});
+    // every other case with the runtime parameters in the options (the converter's artifacts:
+    // the op keeps no op data and reads them at each Eval), the others computed in Prepare
+    const bool runtime_in_options = c.index % 2 == 0;
+    if (runtime_in_options) {
+      tfmicro_train::core::TensorQuant yq;
+      yq.scale = c.f32("y_scale");
+      yq.zero_point = static_cast<int32_t>(c.i64("y_zp"));
+      int32_t act_min = 0, act_max = 0;
+      tfmicro_train::core::tflm_ref::ActivationRange(static_cast<int32_t>(c.i64("act")), yq,
+                                                     &act_min, &act_max);
+      o.ints.push_back({"x_zp", c.i64("x_zp")});
+      o.ints.push_back({"y_zp", c.i64("y_zp")});
+      o.ints.push_back({"act_min", act_min});
+      o.ints.push_back({"act_max", act_max});
+    }
     if (kind != 2) {
       for (const char* k : {"stride_h", "stride_w", "dil_h", "dil_w", "padding"}) {
         o.ints.push_back({k, c.i64(k)});
@@ -738,7 +754,7 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
       mo.ints.push_back({"y_h", want_y.dim(1)});
       mo.ints.push_back({"y_w", want_y.dim(2)});
       mo.floats.push_back({"y_scale", c.f32("y_scale")});
-      mo.ints.push_back({"y_zp", c.i64("y_zp")});
+      if (!runtime_in_options) mo.ints.push_back({"y_zp", c.i64("y_zp")});  // (else there)
       mo.ints.push_back({"mean_multiplier", c.i64("mean_mult")});
       mo.ints.push_back({"mean_shift", c.i64("mean_shift")});
       mo.ints.push_back({"pooled_zp", c.i64("pooled_zp")});
@@ -756,6 +772,17 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
         }
         if (RunOp(reg, t, in, mean_out, bad).prepare == kTfLiteOk) {
           return "mean mode: a wrong mean_multiplier was accepted";
+        }
+      }
+    }
+    if (runtime_in_options && c.index < 100 && !use_scratch) {  // options that disagree: refused
+      for (const char* key : {"x_zp", "act_max"}) {
+        Options bad = o;
+        for (auto& kv : bad.ints) {
+          if (kv.first == key) kv.second += kv.second > 0 ? -1 : 1;
+        }
+        if (RunOp(reg, t, in, out, bad).prepare == kTfLiteOk) {
+          return std::string("a wrong option '") + key + "' was accepted";
         }
       }
     }

@@ -32,7 +32,9 @@ multiplier in mean_multiplier, mean_shift; pooled_zp) and `bits` the mask of tha
 is never written (the C++ op computes a chunk of channels over every pixel on the stack).
 
 Options (flexbuffer map, ints): kind, act (TFLite ActivationFunctionType), version (the builtin's
-operator version, for turning the op back into it) and, for kind 0 and 1, stride_h stride_w
+operator version, for turning the op back into it), x_zp, y_zp, act_min, act_max (what TFLM's
+Prepare derives from the tensors' quantization: the C++ op reads them at each Eval and keeps no
+op data; Prepare checks them) and, for kind 0 and 1, stride_h stride_w
 dil_h dil_w padding (TFLite Padding, 0 SAME 1 VALID); for kind 2 keep_num_dims; with `bits`,
 mask_min and mask_max (TMT_MASK_PACK's act_min / act_max).
 
@@ -54,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from ..schema import TensorInfo, fb
-from .builtin_ops import BUILTIN_KERNELS, _conv_multipliers
+from .builtin_ops import BUILTIN_KERNELS, _activation_range, _conv_multipliers
 from .builtin_ops import mean_multiplier as builtin_mean_multiplier
 from .training_ops import mask_pack
 
@@ -86,6 +88,15 @@ def options_of(op: str, builtin_options: Any, version: int) -> dict:
                  dil_h=int(builtin_options.dilationHFactor),
                  dil_w=int(builtin_options.dilationWFactor), padding=int(builtin_options.padding))
     return o
+
+
+def runtime_options(x_info: TensorInfo, y_info: TensorInfo, act: int) -> dict:
+    """x_zp, y_zp, act_min, act_max: what TFLM's Prepare computes from the tensors'
+    quantization, in the options so that the C++ op keeps no op data (it reads them from the
+    model at each Eval; Prepare checks them against the tensors)."""
+    act_min, act_max = _activation_range(act, y_info)
+    return {"x_zp": int(np.ravel(x_info.zero_point)[0]), "y_zp": int(np.ravel(y_info.zero_point)[0]),
+            "act_min": int(act_min), "act_max": int(act_max)}
 
 
 def builtin_of(o: dict) -> tuple[str, int, Any]:
