@@ -13,8 +13,8 @@ core::ConvOpMean): its outputs become the pooled tensor and the packed mask; y n
 only TMT_CONV_INPUT_GRAD and int8 TMT_BIAS_UPDATE read is folded into those readers: they read
 the pooled gradient g [C] and its scale with the options g_bcast_h / g_bcast_w (the broadcast
 extent; TMT_MEAN_GRAD's inv_count is float32 1 / (h * w), `broadcast_inv`), and the packed mask
-as input GRAD_MASK (-1: none). They compute exactly what they computed on the broadcast, masked tensor
-(kernels/training_ops.py `broadcast_grad` is the contract).
+as input GRAD_MASK (-1: none). They compute exactly what they computed on the broadcast, masked
+tensor (kernels/training_ops.py `broadcast_grad` is the contract).
 
 Both run last in `schedule.lower` (after narrow biases, which read y's scale).
 """
@@ -34,11 +34,12 @@ _BCAST_READERS = ("TMT_CONV_INPUT_GRAD", "TMT_BIAS_UPDATE")
 
 
 def _readers(g: Graph) -> dict[int, list[Node]]:
+    """tensor -> the nodes reading it (each once)."""
     out: dict[int, list[Node]] = {}
     for n in g.nodes:
-        for t in n.inputs:
-            if t >= 0 and n not in out.setdefault(t, []):
-                out[t].append(n)
+        for t in dict.fromkeys(n.inputs):
+            if t >= 0:
+                out.setdefault(t, []).append(n)
     return out
 
 
@@ -119,7 +120,8 @@ def fold_broadcast_grads(g: Graph) -> Graph:
         if not users or any(u.op not in _BCAST_READERS or u.inputs[0] != grad
                             or u.inputs[1] != sb for u in users):
             continue
-        if any(u is not mg and u not in users for u in readers.get(sb, [])):
+        ids = {id(u) for u in users}
+        if any(id(u) not in ids for u in readers.get(sb, [])):  # the scale: these readers only
             continue
         if np.float32(mg.options["inv_count"]) != broadcast_inv(shape[1], shape[2]):
             continue
