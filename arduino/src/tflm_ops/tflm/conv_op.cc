@@ -233,8 +233,8 @@ bool ConvDataFromOptions(const TfLiteNode* node, const TfLiteEvalTensor* x,
     for (int32_t v : {o.stride_h, o.stride_w, o.dil_h, o.dil_w}) {
       if (v < 1 || v > INT16_MAX) return false;
     }
-    return -x_zp >= INT16_MIN && y_zp >= INT8_MIN && y_zp <= INT8_MAX && act_min >= INT8_MIN &&
-           act_max <= INT8_MAX;
+    return x_zp >= INT8_MIN && x_zp <= INT8_MAX && y_zp >= INT8_MIN && y_zp <= INT8_MAX &&
+           act_min >= INT8_MIN && act_max <= INT8_MAX;
   }();
   if (r.bad() || !fits) {
     MicroPrintf("TMT_CONV: custom option '%s' %s", r.bad() ? r.bad() : "x_zp / y_zp / act_*",
