@@ -540,13 +540,14 @@ def test_bad_model_or_device_setup(driver, artifact, samples, tmp_path, case):
     elif case == "state_not_variable":
         model = _patched(model, lambda m: setattr(_tensor(m, "tmt/state"), "isVariable", False))
         want, code = "'state' must be an int32 variable tensor", 4
-    elif case == "op_version":  # an artifact for another version of TMT_BIAS_UPDATE
+    elif case == "op_version":  # an artifact for another version of TMT_CONV_INPUT_GRAD
 
         def bump(m):
-            code = next(c for c in m.operatorCodes if c.customCode == b"TMT_BIAS_UPDATE")
+            code = next(c for c in m.operatorCodes if c.customCode == b"TMT_CONV_INPUT_GRAD")
             code.version = 99
         model = _patched(model, bump)
-        want, code = "TMT_BIAS_UPDATE version 99 is not supported (this build implements version 1)", 3
+        want, code = ("TMT_CONV_INPUT_GRAD version 99 is not supported (this build implements "
+                      "version 1)"), 3
     else:  # arena_too_small
         arena = 4096
         want, code = "AllocateTensors() failed with a 4096-byte arena", 4

@@ -14,6 +14,7 @@ from .graph import Graph
 from .head import fold_broadcast_grads, fold_pooled_outputs
 from .requant import flash_requant as to_tmt_conv
 from .requant import fold_mask_packs, narrow_biases, split_weight_reads
+from .updates import fold_bias_updates
 
 ROLE_ORDER = {"variable": 0, "forward": 1, "loss": 2, "backward": 3, "update": 3}
 
@@ -47,4 +48,5 @@ def lower(g: Graph, fuse: bool = True, flash_requant: bool = True, narrow: bool 
     if flash_requant:  # a pooled head without its H x W tensors
         fold_pooled_outputs(g)
     fold_broadcast_grads(g)
+    fold_bias_updates(g)  # each bias update inside the input gradient reading the same gradient
     return schedule(g)

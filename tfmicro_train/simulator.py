@@ -22,6 +22,7 @@ from .kernels import fused_ops
 from .kernels import training_ops as T
 from .kernels.builtin_ops import BUILTIN_KERNELS
 from .schema import fb, op_name
+from .updates import BFACTOR, BIAS, STATE
 
 F32 = np.float32
 
@@ -391,6 +392,13 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
         g, s = fn(ins[0], ins[1][0], ins[2], ins[3], o["w_scale_max"],
                   sg.infos[op.outputs[0]].shape, _geom(o))
         outs = [g, np.array([s], F32)]
+        if len(op.inputs) > BIAS and op.inputs[BIAS] >= 0:  # a folded TMT_BIAS_UPDATE (updates.py)
+            b_ins = [op.inputs[0], op.inputs[1], op.inputs[BIAS], op.inputs[BFACTOR],
+                     op.inputs[4], op.inputs[STATE]]
+            update = _Op("TMT_BIAS_UPDATE", b_ins, [], {"update_channels": o["b_update_channels"],
+                                                          "seed": o["b_seed"]})
+            _run_update(sim, sg, update, [ins[0], ins[1], *(values[t] for t in b_ins[2:])],
+                        values, lr)
     elif name in ("TMT_CONV_WEIGHT_UPDATE", "TMT_DW_WEIGHT_UPDATE", "TMT_BIAS_UPDATE"):
         _run_update(sim, sg, op, ins, values, lr)
     for t, arr in zip(op.outputs, outs):

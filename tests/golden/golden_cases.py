@@ -1217,6 +1217,43 @@ gen_conv_op = _split_rows(gen_conv_op, _conv_op_splittable)
 GENERATORS["TMT_CONV_INPUT_GRAD"] = _broadcast_grads(GENERATORS["TMT_CONV_INPUT_GRAD"])
 GENERATORS["TMT_BIAS_UPDATE"] = _broadcast_grads(GENERATORS["TMT_BIAS_UPDATE"])
 
+
+def _folded_bias_update(gen):
+    """About a third of the input-gradient cases also run a folded TMT_BIAS_UPDATE
+    (tfmicro_train/updates.py) on the same gradient: 'b' (int32, or a narrow int16), 'bfactor',
+    'lr' (> 0), update_channels, seed, counter and the expected 'out_b' (own rng: the other
+    cases stay)."""
+    def wrapped(rng, i):
+        case = gen(rng, i)
+        r = np.random.default_rng(4_000_037 + i)
+        if r.random() >= 0.35:
+            return case
+        g, s = case["g"], case["s"]
+        c = int(g.shape[-1])
+        full, s_eff = g, s
+        if "bcast_h" in case:
+            inv = float(np.float32(1.0) / np.float32(case["bcast_h"] * case["bcast_w"]))
+            full, s_eff = T.broadcast_grad(g, s, (case["bcast_h"], case["bcast_w"]),
+                                           case.get("mask"), inv)
+        lr = F32(2.0 ** r.uniform(-16, 2))
+        if r.random() < 0.3:
+            b = r.integers(-(2**15), 2**15, c).astype(np.int16)
+        else:
+            b = r.integers(-(2**20), 2**20, c).astype(np.int32)
+        seed, counter = seed_counter(r)
+        p = T.UpdateParams(update_channels(r, c), seed)
+        bf = tuned_factors(r, factors(r, c), lr, s_eff, T.bias_grad_acc(full, p.update_channels))
+        out = T.bias_update(b, full, s_eff, bf, lr, p, counter)
+        case.update(b=b, bfactor=bf, lr=lr, update_channels=p.update_channels, seed=p.seed,
+                    counter=counter, out_b=out)
+        return case
+    wrapped.__name__ = gen.__name__
+    return wrapped
+
+
+GENERATORS["TMT_CONV_INPUT_GRAD"] = _folded_bias_update(GENERATORS["TMT_CONV_INPUT_GRAD"])
+GENERATORS["TMT_DW_INPUT_GRAD"] = _folded_bias_update(GENERATORS["TMT_DW_INPUT_GRAD"])
+
 FORWARD_GENERATORS = {"TMT_FUSED_IRB": gen_fused_irb}
 GENERATORS["TMT_CONV"] = gen_conv_op  # its TFLM glue replays it (tflm_ops/tflm/glue_test.cc)
 GENERATORS["TMT_MEAN"] = gen_mean_op  # as TMT_CONV

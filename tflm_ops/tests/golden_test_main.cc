@@ -272,6 +272,32 @@ int32_t RestRows(const Case& c) {
   return c.has("w_rest") ? static_cast<int32_t>(c.array("w_rest").dim(0)) : 0;
 }
 
+UpdateParams UpdateOf(const Case& c);
+
+// An input-gradient case's folded TMT_BIAS_UPDATE (tfmicro_train/updates.py): the update of 'b'
+// from the same gradient (dims, scale and broadcast as the op read it).
+template <typename Bias>
+void CheckFoldedBiasUpdateOf(const Case& c, const Array& g, Hwc g_dims, float s,
+                             const core::GradBroadcast& bc) {
+  std::vector<Bias> b = c.array_of<Bias>("b").template vec<Bias>();
+  const int32_t ch = static_cast<int32_t>(b.size());
+  const int32_t positions = ch ? g_dims.size() / ch : 0;
+  ExpectOk(core::BiasUpdate(g.data<int8_t>(), s, positions, ch, b.data(),
+                            c.array_of<float>("bfactor").data<float>(), c.f32("lr"), UpdateOf(c),
+                            static_cast<uint32_t>(c.i64("counter")), bc),
+           "BiasUpdate (folded)");
+  Expect(c, "out_b", b);
+}
+
+void CheckFoldedBiasUpdate(const Case& c, const Array& g, Hwc g_dims, float s,
+                           const core::GradBroadcast& bc) {
+  if (c.array("b").dtype == tmt_golden::DType::kInt16) {
+    CheckFoldedBiasUpdateOf<int16_t>(c, g, g_dims, s, bc);
+  } else {
+    CheckFoldedBiasUpdateOf<int32_t>(c, g, g_dims, s, bc);
+  }
+}
+
 // A folded TMT_MEAN_GRAD (+ TMT_MASK_GRAD): 'g' holds C values broadcast over bcast_h x
 // bcast_w, masked by 'mask' if present (core::GradBroadcast); the dims and scale it stands for.
 core::GradBroadcast BroadcastOf(const Case& c, const Array& g, Hwc* g_dims, float* s) {
@@ -313,6 +339,7 @@ void CheckInputGrad(const Case& c, bool depthwise) {
     Expect(c, "out_g_in", out);
     ExpectF32(c, "out_s_in", s);
   });
+  if (c.has("out_b")) CheckFoldedBiasUpdate(c, g, g_dims, s_g, bc);
 }
 
 UpdateParams UpdateOf(const Case& c) {

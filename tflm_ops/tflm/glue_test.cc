@@ -587,8 +587,9 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
     return expect_f32(out[1], "out_s_in");
   }
   if (op == "TMT_CONV_INPUT_GRAD" || op == "TMT_DW_INPUT_GRAD") {
+    const bool folded = c.has("out_b");  // a folded TMT_BIAS_UPDATE (inputs 7-9), at its lr
     in = {t.AddArray(c.array("g")), t.AddF32(c.f32("s")), t.AddArray(c.array("w")),
-          t.AddArray(c.array("wmul")), t.AddF32(kLr)};
+          t.AddArray(c.array("wmul")), t.AddF32(folded ? c.f32("lr") : kLr)};
     if (c.has("w_rest")) {  // the weights in two parts: 'w_rest' (constant) after 'lr'
       in.push_back(t.AddArray(c.array("w_rest")));
       t.SetConstant(in.back());
@@ -597,13 +598,38 @@ std::string ReplayCase(const Case& c, bool use_scratch) {
       if (in.size() == 5) in.push_back(kAbsent);
       AddBroadcast(c, &t, &in, &o);
     }
+    int bias = -1, state = -1;
+    const uint32_t counter = folded ? static_cast<uint32_t>(c.i64("counter")) : 0u;
+    if (folded) {
+      while (in.size() < 7) in.push_back(kAbsent);
+      in.push_back(bias = t.AddArray(c.array("b")));
+      t.SetVariable(bias);
+      in.push_back(t.AddArray(c.array("bfactor")));
+      in.push_back(state = t.AddState(counter));
+      o.ints.push_back({"b_update_channels", c.i64("update_channels")});
+      o.ints.push_back({"b_seed", c.i64("seed")});
+    }
     out = {t.AddOutput(ShapeOf(c, "in_shape"), kTfLiteInt8), t.AddOutput({1}, kTfLiteFloat32)};
     o.floats.push_back({"w_scale_max", c.f32("w_scale_max")});
     AddGeom(c, &o);
     if (!(e = run()).empty()) return e;
     if (c.has("w_rest") && !use_scratch && !(e = refuses_non_constant_w_rest(5)).empty()) return e;
     if (!(e = expect_i8(out[0], "out_g_in")).empty()) return e;
-    return expect_f32(out[1], "out_s_in");
+    if (!(e = expect_f32(out[1], "out_s_in")).empty()) return e;
+    if (folded) {
+      if (!(e = expect_state(state, counter)).empty()) return "the folded update changed the state: " + e;
+      const bool narrow = c.array("b").dtype == tmt_golden::DType::kInt16;
+      const bool same = narrow ? Same(c.array("out_b"), t.ptr<int16_t>(bias), t.elements(bias), &msg)
+                               : Same(c.array("out_b"), t.ptr<int32_t>(bias), t.elements(bias), &msg);
+      if (!same) return "out_b (folded): " + msg;
+      if (c.index < 200 && !use_scratch) {  // 'b' must be a variable tensor
+        t.SetVariable(bias, false);
+        const bool refused = RunOp(reg, t, in, out, o).prepare != kTfLiteOk;
+        t.SetVariable(bias);
+        if (!refused) return "a folded update of a non-variable 'b' was accepted";
+      }
+    }
+    return "";
   }
   if (op == "TMT_CONV_WEIGHT_UPDATE" || op == "TMT_DW_WEIGHT_UPDATE" || op == "TMT_BIAS_UPDATE") {
     const bool bias = op == "TMT_BIAS_UPDATE";

@@ -59,13 +59,16 @@ enum : uint32_t {
   kOptSeed = 1u << 10,
   kOptUseScratch = 1u << 11,  // optional
   kOptBroadcast = 1u << 12,   // optional: g_bcast_h, g_bcast_w (a folded TMT_MEAN_GRAD)
+  kOptBiasUpdate = 1u << 13,  // optional: b_update_channels, b_seed (a folded TMT_BIAS_UPDATE)
 };
 
 // Input slot of the packed mask of a broadcast gradient (tfmicro_train/head.py GRAD_MASK).
 constexpr int kGradMaskInput = 6;
+// Input slots of a folded TMT_BIAS_UPDATE in an input gradient op (tfmicro_train/updates.py).
+constexpr int kBiasInput = 7, kBfactorInput = 8, kBiasStateInput = 9;
 constexpr uint32_t kOptGeom = kOptStride | kOptPadTop | kOptPadLeft;
 
-constexpr int kMaxTensors = 8;
+constexpr int kMaxTensors = 10;
 
 // Which tensor's type selects the fp32-backward variant (docs/contract.md, "fp32 backward"):
 // a float32 gradient (input 0, or the loss ops' output 0) runs it.
@@ -105,10 +108,10 @@ const OpInfo kOps[kNumKinds] = {
      kOptFilter | kOptGeom | kOptUseScratch,
      kModeInput0, {"g", "s", "x", "y", "lr"}, 0b10, {"g_in"}},
     {"TMT_CONV_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
-     kOptGeom | kOptWScaleMax | kOptUseScratch | kOptBroadcast,
+     kOptGeom | kOptWScaleMax | kOptUseScratch | kOptBroadcast | kOptBiasUpdate,
      kModeInput0, {"g", "s", "w", "wscale", "lr"}, 0b10, {"g_in"}},
     {"TMT_DW_INPUT_GRAD", {"g", "s", "w", "wmul", "lr"}, {"g_in", "s_in"},
-     kOptGeom | kOptWScaleMax | kOptUseScratch,
+     kOptGeom | kOptWScaleMax | kOptUseScratch | kOptBiasUpdate,
      kModeInput0, {"g", "s", "w", "wscale", "lr"}, 0b10, {"g_in"}},
     {"TMT_CONV_WEIGHT_UPDATE", {"g", "s", "x", "w", "wfactor", "lr", "state"}, {},
      kOptGeom | kOptXZeroPoint | kOptUpdateChannels | kOptSeed,
@@ -176,7 +179,11 @@ struct OpData {
   uint8_t option_error = kOptionsOk;
   // 'g' is a folded TMT_MEAN_GRAD's pooled gradient (+ TMT_MASK_GRAD's mask, input 6):
   // core::GradBroadcast over bcast_h x bcast_w
-  bool broadcast = false;
+  uint8_t broadcast : 1;
+  // an input gradient op running a folded TMT_BIAS_UPDATE after it (inputs 7-9; its channels
+  // in update_channels, its seed read from the model at each Eval)
+  uint8_t bias_update : 1;
+  constexpr OpData() : broadcast(0), bias_update(0) {}
 };
 
 // Whether the node runs the fp32 backward (float32 gradients, no scale tensors): its mode tensor
@@ -225,6 +232,11 @@ void ReadOptions(const char* buffer, size_t length, OpData* d) {
     d->broadcast = true;
     r.Int16("g_bcast_h", &d->bcast_h);
     r.Int16("g_bcast_w", &d->bcast_w);
+  }
+  if ((opts & kOptBiasUpdate) && r.Has("b_update_channels")) {
+    d->bias_update = true;
+    r.Int("b_update_channels", &d->update_channels);
+    r.Int64("b_seed", &v);  // (required; read again by Eval: BiasSeed)
   }
   d->bad_option = r.bad();
   if (r.bad()) d->option_error = r.out_of_range() ? kOptionOutOfRange : kOptionMissing;
@@ -388,6 +400,28 @@ class Checker {
 
 inline int LastDim(const TfLiteTensor* t) { return t->dims->data[t->dims->size - 1]; }
 
+// A folded TMT_BIAS_UPDATE's inputs (7 'b' int32 / int16 variable [C], 8 'bfactor' float32 [C],
+// 9 'state' int32 [2] variable; C the channels of 'g') and its channels; prints what is wrong.
+bool CheckFoldedBiasUpdate(const OpInfo& info, const PrepareTensors& t, int channels,
+                           const OpData* d) {
+  const TfLiteTensor* b = t.in(kBiasInput);
+  const TfLiteTensor* bf = t.in(kBfactorInput);
+  const TfLiteTensor* st = t.in(kBiasStateInput);
+  const char* what = nullptr;
+  if (b == nullptr || (b->type != kTfLiteInt32 && b->type != kTfLiteInt16) || !b->is_variable ||
+      Elements(b) != channels) {
+    what = "input 7 'b' must be an int32 or int16 variable tensor with the channels of 'g'";
+  } else if (bf == nullptr || bf->type != kTfLiteFloat32 || Elements(bf) != channels) {
+    what = "input 8 'bfactor' must be float32 with the channels of 'g'";
+  } else if (st == nullptr || st->type != kTfLiteInt32 || Elements(st) != 2 || !st->is_variable) {
+    what = "input 9 'state' must be an int32 variable tensor with 2 elements";
+  } else if (d->update_channels < 0 || d->update_channels > channels) {
+    what = "invalid options: b_update_channels outside [0, channels]";
+  }
+  if (what != nullptr) MicroPrintf("%s (folded TMT_BIAS_UPDATE): %s", info.name, what);
+  return what == nullptr;
+}
+
 template <int K>
 TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   const OpInfo& info = kOps[K];
@@ -431,9 +465,12 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   const bool bcast = d->broadcast && !f32;
   const int n_base = CountNames(info.inputs);
   const bool w_rest = K == kConvInputGrad && node->inputs->size > 5 && node->inputs->data[5] >= 0;
-  const int n_in = bcast ? kGradMaskInput + 1 : n_base + (w_rest ? 1 : 0);
-  if (d->broadcast && f32) {
-    MicroPrintf("%s: options 'g_bcast_h' / 'g_bcast_w' need an int8 gradient", info.name);
+  const int n_in = d->bias_update ? kBiasStateInput + 1
+                   : bcast          ? kGradMaskInput + 1
+                                    : n_base + (w_rest ? 1 : 0);
+  if ((d->broadcast || d->bias_update) && f32) {
+    MicroPrintf("%s: options '%s' need an int8 gradient", info.name,
+                d->broadcast ? "g_bcast_h' / 'g_bcast_w" : "b_update_channels' / 'b_seed");
     return kTfLiteError;
   }
   const int n_out = CountNames(f32 ? info.outputs_f32 : info.outputs);
@@ -590,6 +627,7 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
       }
       ok = ok && c.Option(d->stride_h >= 1 && d->stride_w >= 1, "stride < 1") &&
            c.Option(d->pad_top >= 0 && d->pad_left >= 0, "negative padding");
+      if (ok && d->bias_update) ok = CheckFoldedBiasUpdate(info, t, LastDim(c.In(0)), d);
       scratch_elems = ok ? Elements(c.Out(0)) : 0;
       break;
     }
@@ -730,6 +768,33 @@ core::GradBroadcast BroadcastOf(TfLiteContext* context, const TfLiteNode* node, 
   g_dims->w = d->bcast_w;
   *g_scale = core::BroadcastScale(*g_scale, d->bcast_h, d->bcast_w);
   return bc;
+}
+
+// An input gradient op's folded TMT_BIAS_UPDATE (inputs 7-9, checked in Prepare): the update
+// of 'b' from the same gradient (dims and scale as the op read it), its seed (option b_seed)
+// read from the model, the step counter from its 'state'.
+core::Status FoldedBiasUpdate(TfLiteContext* context, const TfLiteNode* node, const OpData* d,
+                              const int8_t* g, float g_scale, core::Hwc g_dims,
+                              const core::GradBroadcast& bc, float lr) {
+  TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, kBiasInput);
+  const float* bf =
+      tflite::micro::GetTensorData<float>(tflite::micro::GetEvalInput(context, node, kBfactorInput));
+  const uint32_t counter = static_cast<uint32_t>(tflite::micro::GetTensorData<int32_t>(
+      tflite::micro::GetEvalInput(context, node, kBiasStateInput))[1]);
+  OptionReader r(static_cast<const char*>(node->custom_initial_data),
+                 static_cast<size_t>(node->custom_initial_data_size));
+  int64_t seed = 0;
+  if (!r.Int64("b_seed", &seed)) return core::Status::kBadParams;  // (checked in Init/Prepare)
+  core::UpdateParams p;
+  p.update_channels = d->update_channels;
+  p.seed = static_cast<uint32_t>(seed);
+  const int32_t ch = tflite::ElementCount(*b->dims);
+  const int32_t positions = ch ? g_dims.size() / ch : 0;
+  return b->type == kTfLiteInt16
+             ? core::BiasUpdate(g, g_scale, positions, ch, tflite::micro::GetTensorData<int16_t>(b),
+                                bf, lr, p, counter, bc)
+             : core::BiasUpdate(g, g_scale, positions, ch, tflite::micro::GetTensorData<int32_t>(b),
+                                bf, lr, p, counter, bc);
 }
 
 TfLiteStatus Report(int kind, core::Status s) {
@@ -929,20 +994,23 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
     case kDwInputGrad: {
       int32_t kh, kw;
       KernelOf(in(2), &kh, &kw);
+      core::Hwc g_dims = HwcOf(in(0));
+      float g_scale = f32(in(1));
+      const core::GradBroadcast bc = BroadcastOf(context, node, d, &g_dims, &g_scale);
       if (K == kConvInputGrad) {
-        core::Hwc g_dims = HwcOf(in(0));
-        float g_scale = f32(in(1));
-        const core::GradBroadcast bc = BroadcastOf(context, node, d, &g_dims, &g_scale);
         s = core::ConvInputGrad(i8(in(0)), g_scale, g_dims, i8(in(2)), kh, kw,
                                 tflite::micro::GetTensorData<int32_t>(in(3)), d->w_scale_max,
                                 HwcOf(out(0)), GeomOf(d), mut_i8(out(0)),
                                 tflite::micro::GetTensorData<float>(out(1)), scratch,
                                 SplitOf(node, in), bc);
       } else {
-        s = core::DepthwiseInputGrad(i8(in(0)), f32(in(1)), HwcOf(in(0)), i8(in(2)), kh, kw,
+        s = core::DepthwiseInputGrad(i8(in(0)), g_scale, g_dims, i8(in(2)), kh, kw,
                                      tflite::micro::GetTensorData<int32_t>(in(3)),
                                      d->w_scale_max, HwcOf(out(0)), GeomOf(d), mut_i8(out(0)),
                                      tflite::micro::GetTensorData<float>(out(1)), scratch);
+      }
+      if (s == core::Status::kOk && d->bias_update) {  // the folded TMT_BIAS_UPDATE, after it
+        s = FoldedBiasUpdate(context, node, d, i8(in(0)), g_scale, g_dims, bc, lr);
       }
       break;
     }
