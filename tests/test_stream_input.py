@@ -123,6 +123,7 @@ def test_streamed_artifact_has_no_image_tensor(stem_pair):
 def test_search_memory_model_plans_the_streamed_artifact(stem_pair, calib48):
     # plan_sparse_update(stream_input=True) budgets with the planner of the artifact convert()
     # makes with stream_input=True
+    from tfmicro_train import search
     from tfmicro_train.search import MemoryModel
 
     plain, streamed = stem_pair
@@ -131,6 +132,9 @@ def test_search_memory_model_plans_the_streamed_artifact(stem_pair, calib48):
     for art, flag in ((plain, False), (streamed, True)):
         mm = MemoryModel(m, calib48, stream_input=flag)
         assert mm.measure(last)[0] == art.memory_report().peak_sram_bytes
+    # a scheme training the stem (which reads the image) cannot stream: it fits no budget
+    assert mm.measure(tmt.SparseUpdate.preset("full", 4))[0] == search.UNSTREAMABLE
+    assert MemoryModel(m, calib48).measure(tmt.SparseUpdate.preset("full", 4))[0] < 1 << 30
 
 
 @pytest.mark.parametrize("case", ["first layer not fused", "no fusion", "first layer trains"])

@@ -177,6 +177,11 @@ def contribution_analysis(model, train_data, val_data, bias_ks=None, layers=None
     return out
 
 
+# MemoryModel(stream_input=True)'s peak for a scheme that cannot stream its input (it trains the
+# first fused block): no budget admits it.
+UNSTREAMABLE = 1 << 62
+
+
 class MemoryModel:
     """Peak SRAM and flash of any sparse scheme of one model, by the converter's own planner."""
 
@@ -220,14 +225,18 @@ class MemoryModel:
             plan = resolve(update, self.imported.layers, self.channels)
             differentiate(g, plan, self.head, True, 0)
             lower(g, fuse=self.fuse, flash_requant=self.requant)
+            streams = True
             if self.stream_input:
-                stream_first_input(g)
+                try:
+                    stream_first_input(g)
+                except ValueError:  # the scheme trains what reads the image: convert() refuses it
+                    streams = False
             mem = plan_memory(g)
             self.plans[key] = mem
             data = emit(g, {"head": self.head}, mem.offsets)
             if self.keep_flatbuffers:
                 self.flatbuffers[key] = data
-            self.cache[key] = (mem.peak_sram_bytes, len(data))
+            self.cache[key] = (mem.peak_sram_bytes if streams else UNSTREAMABLE, len(data))
         return key
 
 
@@ -245,7 +254,8 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
     Contribution runs fine-tune at batch 1 by default, as the device does. Seeded and
     reproducible; contribution runs are cached in `cache_dir` when given. stream_input: plan
     the memory of artifacts converted with convert(..., stream_input=True) (the image outside
-    the arena; a scheme that cannot stream raises ValueError naming the reader of the image).
+    the arena; a scheme that trains the block reading the image cannot stream and fits no
+    budget).
     """
     import keras
 
