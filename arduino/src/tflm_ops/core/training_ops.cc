@@ -552,18 +552,22 @@ inline int32_t BuildGwListOf(GAt gp, const int32_t* wmul, const int8_t* w,
   return n;
 }
 
+// One output pixel's values of a broadcast gradient, as BuildGwListOf reads them.
+struct BroadcastPixel {
+  const int8_t* g;
+  GradBroadcast bc;
+  int32_t off;
+  int32_t operator[](int32_t co) const { return GradAt(g, bc, off, co); }
+};
+
 // BuildGwListOf for output pixel `off` (its first element) of k's gradient.
 inline int32_t BuildGwList(const InputGradCtx& k, int32_t off, int32_t at, int32_t co0,
                            int32_t co1, GwEntry* list) {
-  if (!k.bcast.on) return BuildGwListOf(k.g + off, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list);
-  const GradBroadcast bc = k.bcast;
-  const int8_t* g = k.g;
-  auto gat = [g, bc, off](int32_t co) { return GradAt(g, bc, off, co); };
-  struct Reader {
-    decltype(gat) f;
-    int32_t operator[](int32_t co) const { return f(co); }
-  };
-  return BuildGwListOf(Reader{gat}, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list);
+  if (!k.bcast.on) {
+    return BuildGwListOf(k.g + off, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list);
+  }
+  return BuildGwListOf(BroadcastPixel{k.g, k.bcast, off}, k.wmul, k.w, k.split, at, k.w_co, co0,
+                       co1, list);
 }
 
 // As AccumulateTile for the input channels idx[m], m in [0, nm): acc[m] += sum_e gw * w[idx[m]].

@@ -250,10 +250,10 @@ bool ConvDataFromOptions(const TfLiteNode* node, const TfLiteEvalTensor* x,
   if (o.kind != core::kConvOpFullyConnected) {  // as PrepareConvOp: TFLite's leading padding
     const int32_t out_h = mean.on ? mean.y_h : y->dims->data[1];
     const int32_t out_w = mean.on ? mean.y_w : y->dims->data[2];
-    d->pad_top = static_cast<int16_t>(LeadingPadding(o.stride_h, o.dil_h, x->dims->data[1],
-                                                 w->dims->data[1], out_h));
-    d->pad_left = static_cast<int16_t>(LeadingPadding(o.stride_w, o.dil_w, x->dims->data[2],
-                                                  w->dims->data[2], out_w));
+    d->pad_top = static_cast<int16_t>(
+        LeadingPadding(o.stride_h, o.dil_h, x->dims->data[1], w->dims->data[1], out_h));
+    d->pad_left = static_cast<int16_t>(
+        LeadingPadding(o.stride_w, o.dil_w, x->dims->data[2], w->dims->data[2], out_w));
   }
   d->x_offset = static_cast<int16_t>(-x_zp);
   d->y_offset = static_cast<int8_t>(y_zp);

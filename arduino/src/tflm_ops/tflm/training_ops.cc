@@ -236,7 +236,7 @@ void ReadOptions(const char* buffer, size_t length, OpData* d) {
   if ((opts & kOptBiasUpdate) && r.Has("b_update_channels")) {
     d->bias_update = true;
     r.Int("b_update_channels", &d->update_channels);
-    r.Int64("b_seed", &v);  // (required; read again by Eval: BiasSeed)
+    r.Int64("b_seed", &v);  // (required; Eval reads it again: FoldedBiasUpdate)
   }
   d->bad_option = r.bad();
   if (r.bad()) d->option_error = r.out_of_range() ? kOptionOutOfRange : kOptionMissing;
