@@ -26,6 +26,7 @@ import numpy as np
 from .fuse import _drop_tensors
 from .graph import Graph, Node
 from .kernels import conv_ops
+from .kernels.training_ops import broadcast_inv
 
 # C++ ConvOpMean's chunk buffer holds kMeanChunkBytes int8: at least one channel of every pixel
 MAX_MEAN_PIXELS = 1024
@@ -90,11 +91,6 @@ def fold_pooled_outputs(g: Graph) -> Graph:
     g.nodes = [n for n in g.nodes if id(n) not in drop]
     _drop_tensors(g, dead)
     return g
-
-
-def broadcast_inv(h: int, w: int) -> np.float32:
-    """The folded TMT_MEAN_GRAD's inv_count: float32 1 / (h * w) (C++ core::BroadcastScale)."""
-    return np.float32(1.0) / np.float32(h * w)
 
 
 def fold_broadcast_grads(g: Graph) -> Graph:

@@ -347,7 +347,7 @@ def _run_training_op(sim: HostSimulator, sg: _Subgraph, index: int, op: _Op, val
     if "g_bcast_h" in o:  # a folded TMT_MEAN_GRAD (+ TMT_MASK_GRAD): the gradient it stands for
         hw = (o["g_bcast_h"], o["g_bcast_w"])
         full, s = T.broadcast_grad(ins[0], ins[1][0], hw, ins[6] if len(ins) > 6 else None,
-                                   float(np.float32(1.0) / np.float32(hw[0] * hw[1])))
+                                   float(T.broadcast_inv(*hw)))
         ins[0], ins[1] = full, np.array([s], F32)
     if name == "TMT_CONV_INPUT_GRAD" and len(ins) > 5 and ins[5] is not None:
         ins[2] = np.concatenate([ins[2], ins[5]])  # the weights in two parts: w, then w_rest

@@ -1187,7 +1187,7 @@ def _broadcast_grads(gen):
         if r.random() < 0.8:
             keep = r.random() < np.array([0.0, 0.3, 0.7, 1.0])[int(r.integers(0, 4))]
             bits = np.packbits(r.random(h * w * c) < keep, bitorder="little")
-        inv = float(np.float32(1.0) / np.float32(h * w))
+        inv = float(T.broadcast_inv(h, w))
         full, s_eff = T.broadcast_grad(gv, case["s"], (h, w), bits, inv)
         case.update(g=gv, bcast_h=int(h), bcast_w=int(w))
         if bits is not None:
@@ -1232,7 +1232,7 @@ def _folded_bias_update(gen):
         c = int(g.shape[-1])
         full, s_eff = g, s
         if "bcast_h" in case:
-            inv = float(np.float32(1.0) / np.float32(case["bcast_h"] * case["bcast_w"]))
+            inv = float(T.broadcast_inv(case["bcast_h"], case["bcast_w"]))
             full, s_eff = T.broadcast_grad(g, s, (case["bcast_h"], case["bcast_w"]),
                                            case.get("mask"), inv)
         lr = F32(2.0 ** r.uniform(-16, 2))

@@ -289,6 +289,11 @@ def mean_grad(g: np.ndarray, g_scale: np.float32, in_shape: tuple[int, ...], inv
     return out, F32(F32(g_scale) * F32(inv_count))
 
 
+def broadcast_inv(h: int, w: int) -> np.float32:
+    """A folded TMT_MEAN_GRAD's inv_count: float32 1 / (h * w) (C++ core::BroadcastScale)."""
+    return np.float32(1.0) / np.float32(h * w)
+
+
 def broadcast_grad(g: np.ndarray, g_scale: np.float32, hw: tuple[int, int],
                    bits: np.ndarray | None, scale_mul: float):
     """The gradient a reader with options g_bcast_h / g_bcast_w (head.fold_broadcast_grads)
