@@ -63,6 +63,11 @@ MCU_OP_DATA_SCRATCH = 32  # a TMT_* training op with use_scratch
 MCU_OP_DATA_OTHER = 64  # any other builtin (PAD, CONCATENATION, ...: 48 or less)
 
 
+def _conv_without_op_data(n) -> bool:
+    """A TMT_CONV whose options carry its runtime parameters (x_zp, ...): TFLM keeps no op data."""
+    return n.op == "TMT_CONV" and isinstance(n.options, dict) and "x_zp" in n.options
+
+
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
@@ -306,8 +311,7 @@ def plan_memory(g: Graph) -> MemoryPlan:
                    if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     fused = sum(n.op == "TMT_FUSED_IRB" for n in g.nodes)
     conv_ops = sum(n.op == "TMT_CONV" for n in g.nodes)
-    in_model = sum(n.op == "TMT_CONV" and isinstance(n.options, dict) and "x_zp" in n.options
-                   for n in g.nodes)
+    in_model = sum(_conv_without_op_data(n) for n in g.nodes)
     host = (BASE_OVERHEAD + TENSOR_OVERHEAD * n_tensors + NODE_OVERHEAD * len(g.nodes)
             + CHANNEL_OVERHEAD * channels + FUSED_OVERHEAD * fused + CONV_OP_OVERHEAD * conv_ops
             - CONV_OP_DATA_HOST * in_model)
@@ -325,7 +329,7 @@ def mcu_overhead(g: Graph, arena: int, planned: int, n_tensors: int) -> dict[str
     scratch = len(kernel_scratch(g))  # (the converter sets no TMT_* op's use_scratch)
     op_data = 0
     for node in g.nodes:
-        if node.op == "TMT_CONV" and isinstance(node.options, dict) and "x_zp" in node.options:
+        if _conv_without_op_data(node):
             pass  # its runtime parameters in the options: no op data (tflm_ops/tflm/conv_op.cc)
         elif node.op in MCU_OP_DATA:
             op_data += MCU_OP_DATA[node.op]

@@ -277,6 +277,12 @@ int main(int argc, char** argv) {
   }
   tflite::MicroInterpreter& interpreter = *interp;
   static tfmicro_train::StreamedInput streamed;
+  // a step's image (its first input) handed over in place, outside the arena
+  auto hand_over = [](const StepInput& image) {
+    streamed = tfmicro_train::StreamedInput();
+    streamed.data = reinterpret_cast<const int8_t*>(image.bytes.data());
+    streamed.bytes = static_cast<int32_t>(image.bytes.size());
+  };
   if (ext && external_context &&
       tfmicro_train::SetStreamedInput(interpreter, &streamed) != kTfLiteOk) {
     std::printf("SetStreamedInput failed (see stderr)\n");
@@ -361,9 +367,7 @@ int main(int argc, char** argv) {
                   steps[k][i].bytes.size());
     }
     if (ext) {  // the step's bytes in place: no copy into the arena
-      streamed = tfmicro_train::StreamedInput();
-      streamed.data = reinterpret_cast<const int8_t*>(image.bytes.data());
-      streamed.bytes = static_cast<int32_t>(image.bytes.size());
+      hand_over(image);
       if (static_cast<long>(k) == fault_step) {
         if (fault_kind == "bytes") streamed.bytes -= 1;
         if (fault_kind == "magic") streamed.magic = 0;
@@ -454,11 +458,7 @@ int main(int argc, char** argv) {
     const auto& b = steps[first_good_step][i].bytes;
     std::memcpy(interpreter.input(i - ext)->data.raw, b.data(), b.size());
   }
-  if (ext) {
-    streamed = tfmicro_train::StreamedInput();
-    streamed.data = reinterpret_cast<const int8_t*>(steps[first_good_step][0].bytes.data());
-    streamed.bytes = static_cast<int32_t>(steps[first_good_step][0].bytes.size());
-  }
+  if (ext) hand_over(steps[first_good_step][0]);
   const float zero = 0.0f;
   std::memcpy(interpreter.input(lr_input)->data.raw, &zero, 4);
   const TfLiteStatus st = interpreter.Invoke();

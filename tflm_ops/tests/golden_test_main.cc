@@ -274,30 +274,6 @@ int32_t RestRows(const Case& c) {
 
 UpdateParams UpdateOf(const Case& c);
 
-// An input-gradient case's folded TMT_BIAS_UPDATE (tfmicro_train/updates.py): the update of 'b'
-// from the same gradient (dims, scale and broadcast as the op read it).
-template <typename Bias>
-void CheckFoldedBiasUpdateOf(const Case& c, const Array& g, Hwc g_dims, float s,
-                             const core::GradBroadcast& bc) {
-  std::vector<Bias> b = c.array_of<Bias>("b").template vec<Bias>();
-  const int32_t ch = static_cast<int32_t>(b.size());
-  const int32_t positions = ch ? g_dims.size() / ch : 0;
-  ExpectOk(core::BiasUpdate(g.data<int8_t>(), s, positions, ch, b.data(),
-                            c.array_of<float>("bfactor").data<float>(), c.f32("lr"), UpdateOf(c),
-                            static_cast<uint32_t>(c.i64("counter")), bc),
-           "BiasUpdate (folded)");
-  Expect(c, "out_b", b);
-}
-
-void CheckFoldedBiasUpdate(const Case& c, const Array& g, Hwc g_dims, float s,
-                           const core::GradBroadcast& bc) {
-  if (c.array("b").dtype == tmt_golden::DType::kInt16) {
-    CheckFoldedBiasUpdateOf<int16_t>(c, g, g_dims, s, bc);
-  } else {
-    CheckFoldedBiasUpdateOf<int32_t>(c, g, g_dims, s, bc);
-  }
-}
-
 // A folded TMT_MEAN_GRAD (+ TMT_MASK_GRAD): 'g' holds C values broadcast over bcast_h x
 // bcast_w, masked by 'mask' if present (core::GradBroadcast); the dims and scale it stands for.
 core::GradBroadcast BroadcastOf(const Case& c, const Array& g, Hwc* g_dims, float* s) {
@@ -310,6 +286,31 @@ core::GradBroadcast BroadcastOf(const Case& c, const Array& g, Hwc* g_dims, floa
   g_dims->c = static_cast<int32_t>(g.size());
   *s = core::BroadcastScale(*s, g_dims->h, g_dims->w);
   return bc;
+}
+
+// The case's TMT_BIAS_UPDATE step (its own, or one folded into an input gradient,
+// tfmicro_train/updates.py): 'b' (int32, or a narrow int16) from g standing for g_elements
+// values (a broadcast gradient's H * W * C, else its own) at scale s; compares 'out_b'.
+template <typename Bias>
+void CheckBiasStepOf(const Case& c, const Array& g, int64_t g_elements, float s,
+                     const core::GradBroadcast& bc, const char* what) {
+  std::vector<Bias> b = c.array_of<Bias>("b").template vec<Bias>();
+  const int32_t ch = static_cast<int32_t>(b.size());
+  const int32_t positions = ch ? static_cast<int32_t>(g_elements / ch) : 0;
+  ExpectOk(core::BiasUpdate(g.data<int8_t>(), s, positions, ch, b.data(),
+                            c.array_of<float>("bfactor").data<float>(), c.f32("lr"), UpdateOf(c),
+                            static_cast<uint32_t>(c.i64("counter")), bc),
+           what);
+  Expect(c, "out_b", b);
+}
+
+void CheckBiasStep(const Case& c, const Array& g, int64_t g_elements, float s,
+                   const core::GradBroadcast& bc, const char* what) {
+  if (c.array("b").dtype == tmt_golden::DType::kInt16) {
+    CheckBiasStepOf<int16_t>(c, g, g_elements, s, bc, what);
+  } else {
+    CheckBiasStepOf<int32_t>(c, g, g_elements, s, bc, what);
+  }
 }
 
 void CheckInputGrad(const Case& c, bool depthwise) {
@@ -339,7 +340,7 @@ void CheckInputGrad(const Case& c, bool depthwise) {
     Expect(c, "out_g_in", out);
     ExpectF32(c, "out_s_in", s);
   });
-  if (c.has("out_b")) CheckFoldedBiasUpdate(c, g, g_dims, s_g, bc);
+  if (c.has("out_b")) CheckBiasStep(c, g, g_dims.size(), s_g, bc, "BiasUpdate (folded)");
 }
 
 UpdateParams UpdateOf(const Case& c) {
@@ -365,29 +366,12 @@ void CheckWeightUpdate(const Case& c, bool depthwise) {
 }
 
 // An int32 bias, or a narrow (int16) one: the same step, saturating at the type's range.
-template <typename Bias>
-void CheckBiasUpdateOf(const Case& c) {
+void CheckBiasUpdate(const Case& c) {
   const Array& g = c.array_of<int8_t>("g");
-  std::vector<Bias> b = c.array_of<Bias>("b").template vec<Bias>();
-  const int32_t ch = static_cast<int32_t>(b.size());
-  int32_t positions = ch ? static_cast<int32_t>(g.size() / ch) : 0;
   Hwc g_dims;
   float s = c.f32("s");
   const core::GradBroadcast bc = BroadcastOf(c, g, &g_dims, &s);
-  if (bc.on) positions = g_dims.h * g_dims.w;
-  ExpectOk(core::BiasUpdate(g.data<int8_t>(), s, positions, ch, b.data(),
-                            c.array_of<float>("bfactor").data<float>(), c.f32("lr"), UpdateOf(c),
-                            static_cast<uint32_t>(c.i64("counter")), bc),
-           "BiasUpdate");
-  Expect(c, "out_b", b);
-}
-
-void CheckBiasUpdate(const Case& c) {
-  if (c.array("b").dtype == tmt_golden::DType::kInt16) {
-    CheckBiasUpdateOf<int16_t>(c);
-  } else {
-    CheckBiasUpdateOf<int32_t>(c);
-  }
+  CheckBiasStep(c, g, bc.on ? g_dims.size() : g.size(), s, bc, "BiasUpdate");
 }
 
 // ------------------------------------------------------------------ fp32 backward checkers

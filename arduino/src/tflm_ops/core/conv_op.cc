@@ -87,6 +87,28 @@ void ExpandChecked(const int32_t* base, const int16_t* delta, const int32_t* shi
   }
 }
 
+// A narrow bias the ops can expand: every part present, every shift in [0, kMaxBiasShift].
+bool ValidNarrowBias(const NarrowBias& bias, int32_t channels) {
+  return bias.base && bias.delta && bias.shift && ValidBiasShifts(bias.shift, channels);
+}
+
+// One channel of TFLM's int8 MEAN (MeanOp): the `count` values `stride` apart from x[0] summed
+// in a wrapping int32, less x_zero_point * count (in int64, truncated as TFLM's cast does),
+// requantized with the folded 1 / count, offset and clamped.
+int8_t MeanOfChannel(const int8_t* x, int32_t count, int32_t stride, int32_t x_zero_point,
+                     int32_t multiplier, int32_t shift, int32_t y_zero_point) {
+  uint32_t sum = 0;  // wraps as TFLM's int32 accumulator would (no UB)
+  for (int32_t i = 0; i < count; ++i, x += stride) {
+    sum += static_cast<uint32_t>(static_cast<int32_t>(*x));
+  }
+  // TFLM: static_cast<int32_t>(temp_sum - x_zp * count), the product and difference in int64
+  const int64_t shifted = static_cast<int64_t>(static_cast<int32_t>(sum)) -
+                          static_cast<int64_t>(x_zero_point) * count;
+  const int32_t v = tflm_ref::MultiplyByQuantizedMultiplier(tflm_ref::Wrap32(shifted), multiplier,
+                                                            shift) + y_zero_point;
+  return static_cast<int8_t>(v < -128 ? -128 : (v > 127 ? 127 : v));
+}
+
 }  // namespace
 
 Status ExpandBias(const int32_t* base, const int16_t* delta, const int32_t* shift,
@@ -260,8 +282,7 @@ Status ConvOpNarrowBias(const ConvOpParams& p, const int32_t* multiplier, const 
                         const SplitWeights& split) {
   const Status st = CheckConvOp(p, multiplier, shift, x, w, y, split);
   if (st != Status::kOk) return st;
-  if (!bias.base || !bias.delta || !bias.shift) return Status::kBadParams;
-  if (!ValidBiasShifts(bias.shift, p.y.c)) return Status::kBadParams;  // (before any output)
+  if (!ValidNarrowBias(bias, p.y.c)) return Status::kBadParams;  // (before any output)
   const Requant rq = RequantOf(p, multiplier, shift);
   int32_t b32[kBiasChunk];  // the int32 biases of one chunk of channels
   for (int32_t c0 = 0; c0 < p.y.c; c0 += kBiasChunk) {
@@ -282,10 +303,7 @@ Status ConvOpMean(const ConvOpParams& p, const int32_t* multiplier, const int32_
   if (p.kind != kConvOpConv2D || pixels < 1 || pixels > kMeanChunkBytes) return Status::kBadParams;
   if (m.multiplier < 0 || m.shift < -31 || m.shift > 31) return Status::kBadParams;
   if (m.mask && m.mask_min > m.mask_max) return Status::kBadParams;
-  if (narrow != nullptr) {
-    if (!narrow->base || !narrow->delta || !narrow->shift) return Status::kBadParams;
-    if (!ValidBiasShifts(narrow->shift, p.y.c)) return Status::kBadParams;  // (before any output)
-  }
+  if (narrow != nullptr && !ValidNarrowBias(*narrow, p.y.c)) return Status::kBadParams;
   const int32_t channels = p.y.c;
   if (bits != nullptr) {
     const int32_t n_bytes = (pixels * channels + 7) / 8;
@@ -296,8 +314,6 @@ Status ConvOpMean(const ConvOpParams& p, const int32_t* multiplier, const int32_
   if (chunk > kBiasChunk) chunk = kBiasChunk;
   int8_t buf[kMeanChunkBytes];  // y of one chunk of channels: [pixels][c1 - c0]
   int32_t b32[kBiasChunk];
-  // TFLM's MEAN: static_cast<int32_t>(temp_sum - y_zp * count), the product and difference in int64
-  const int64_t zp_total = static_cast<int64_t>(p.y_offset) * pixels;
   for (int32_t c0 = 0; c0 < channels; c0 += chunk) {
     const int32_t c1 = channels - c0 > chunk ? c0 + chunk : channels;
     const int32_t n_c = c1 - c0;
@@ -307,20 +323,19 @@ Status ConvOpMean(const ConvOpParams& p, const int32_t* multiplier, const int32_
       bias = b32;
     }
     ConvChannels(p, rq, x, w, bias, buf, split, c0, c1, n_c, c0);
-    for (int32_t j = 0; j < n_c; ++j) {
-      uint32_t sum = 0;  // wraps as TFLM's int32 accumulator would (no UB)
-      for (int32_t i = 0; i < pixels; ++i) {
+    for (int32_t j = 0; j < n_c; ++j) {  // y's zero point is the mean's input offset
+      pooled[c0 + j] = MeanOfChannel(buf + j, pixels, n_c, p.y_offset, m.multiplier, m.shift,
+                                     m.pooled_zero_point);
+    }
+    if (bits == nullptr || !m.mask) continue;
+    for (int32_t i = 0; i < pixels; ++i) {  // bit i * C + c of y, as TMT_MASK_PACK packs it
+      for (int32_t j = 0; j < n_c; ++j) {
         const int32_t v = buf[i * n_c + j];
-        sum += static_cast<uint32_t>(v);
-        if (bits != nullptr && m.mask && v > m.mask_min && v < m.mask_max) {
+        if (v > m.mask_min && v < m.mask_max) {
           const int32_t bit = i * channels + c0 + j;
           bits[bit >> 3] = static_cast<uint8_t>(bits[bit >> 3] | (1u << (bit & 7)));
         }
       }
-      const int64_t shifted = static_cast<int64_t>(static_cast<int32_t>(sum)) - zp_total;
-      const int32_t v = tflm_ref::MultiplyByQuantizedMultiplier(
-                            tflm_ref::Wrap32(shifted), m.multiplier, m.shift) + m.pooled_zero_point;
-      pooled[c0 + j] = static_cast<int8_t>(v < -128 ? -128 : (v > 127 ? 127 : v));
     }
   }
   return Status::kOk;
@@ -357,19 +372,9 @@ Status MeanOp(const MeanOpParams& p, const int8_t* x, int8_t* y) {
     return Status::kBadParams;
   }
   const int32_t count = p.x.h * p.x.w;
-  const int32_t channels = p.x.c;
-  // TFLM: static_cast<int32_t>(temp_sum - x_zp * count), the product and difference in int64
-  const int64_t zp_total = static_cast<int64_t>(p.x_zero_point) * count;
-  for (int32_t c = 0; c < channels; ++c) {
-    uint32_t sum = 0;  // wraps as TFLM's int32 accumulator would (no UB)
-    const int8_t* px = x + c;
-    for (int32_t i = 0; i < count; ++i, px += channels) {
-      sum += static_cast<uint32_t>(static_cast<int32_t>(*px));
-    }
-    const int64_t shifted = static_cast<int64_t>(static_cast<int32_t>(sum)) - zp_total;
-    const int32_t v = tflm_ref::MultiplyByQuantizedMultiplier(
-                          tflm_ref::Wrap32(shifted), p.multiplier, p.shift) + p.y_zero_point;
-    y[c] = static_cast<int8_t>(v < -128 ? -128 : (v > 127 ? 127 : v));
+  for (int32_t c = 0; c < p.x.c; ++c) {
+    y[c] = MeanOfChannel(x + c, count, p.x.c, p.x_zero_point, p.multiplier, p.shift,
+                         p.y_zero_point);
   }
   return Status::kOk;
 }

@@ -770,15 +770,27 @@ core::GradBroadcast BroadcastOf(TfLiteContext* context, const TfLiteNode* node, 
   return bc;
 }
 
+// The int8 bias step of TMT_BIAS_UPDATE and of a folded one: 'b' (int32, or a narrow int16)
+// updated from g, which stands for g_elements values (a broadcast gradient's H * W * C, else its
+// own), at scale g_scale.
+core::Status BiasStep(const int8_t* g, int32_t g_elements, float g_scale,
+                      const core::GradBroadcast& bc, TfLiteEvalTensor* b, const float* bfactor,
+                      float lr, const core::UpdateParams& p, uint32_t counter) {
+  const int32_t ch = tflite::ElementCount(*b->dims);
+  const int32_t positions = ch ? g_elements / ch : 0;
+  return b->type == kTfLiteInt16
+             ? core::BiasUpdate(g, g_scale, positions, ch, tflite::micro::GetTensorData<int16_t>(b),
+                                bfactor, lr, p, counter, bc)
+             : core::BiasUpdate(g, g_scale, positions, ch, tflite::micro::GetTensorData<int32_t>(b),
+                                bfactor, lr, p, counter, bc);
+}
+
 // An input gradient op's folded TMT_BIAS_UPDATE (inputs 7-9, checked in Prepare): the update
 // of 'b' from the same gradient (dims and scale as the op read it), its seed (option b_seed)
 // read from the model, the step counter from its 'state'.
 core::Status FoldedBiasUpdate(TfLiteContext* context, const TfLiteNode* node, const OpData* d,
                               const int8_t* g, float g_scale, core::Hwc g_dims,
                               const core::GradBroadcast& bc, float lr) {
-  TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, kBiasInput);
-  const float* bf =
-      tflite::micro::GetTensorData<float>(tflite::micro::GetEvalInput(context, node, kBfactorInput));
   const uint32_t counter = static_cast<uint32_t>(tflite::micro::GetTensorData<int32_t>(
       tflite::micro::GetEvalInput(context, node, kBiasStateInput))[1]);
   OptionReader r(static_cast<const char*>(node->custom_initial_data),
@@ -788,13 +800,11 @@ core::Status FoldedBiasUpdate(TfLiteContext* context, const TfLiteNode* node, co
   core::UpdateParams p;
   p.update_channels = d->update_channels;
   p.seed = static_cast<uint32_t>(seed);
-  const int32_t ch = tflite::ElementCount(*b->dims);
-  const int32_t positions = ch ? g_dims.size() / ch : 0;
-  return b->type == kTfLiteInt16
-             ? core::BiasUpdate(g, g_scale, positions, ch, tflite::micro::GetTensorData<int16_t>(b),
-                                bf, lr, p, counter, bc)
-             : core::BiasUpdate(g, g_scale, positions, ch, tflite::micro::GetTensorData<int32_t>(b),
-                                bf, lr, p, counter, bc);
+  return BiasStep(g, g_dims.size(), g_scale, bc,
+                  tflite::micro::GetMutableEvalInput(context, node, kBiasInput),
+                  tflite::micro::GetTensorData<float>(
+                      tflite::micro::GetEvalInput(context, node, kBfactorInput)),
+                  lr, p, counter);
 }
 
 TfLiteStatus Report(int kind, core::Status s) {
@@ -1025,20 +1035,12 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
       break;
     }
     case kBiasUpdate: {
-      TfLiteEvalTensor* b = tflite::micro::GetMutableEvalInput(context, node, 2);
-      const int32_t ch = Elements(b);
       core::Hwc g_dims = HwcOf(in(0));
       float g_scale = f32(in(1));
       const core::GradBroadcast bc = BroadcastOf(context, node, d, &g_dims, &g_scale);
-      const int32_t positions = bc.on ? g_dims.h * g_dims.w : (ch ? Elements(in(0)) / ch : 0);
-      const float* bf = tflite::micro::GetTensorData<float>(in(3));
-      s = b->type == kTfLiteInt16
-              ? core::BiasUpdate(i8(in(0)), g_scale, positions, ch,
-                                 tflite::micro::GetTensorData<int16_t>(b), bf, lr, UpdateOf(d),
-                                 *step, bc)
-              : core::BiasUpdate(i8(in(0)), g_scale, positions, ch,
-                                 tflite::micro::GetTensorData<int32_t>(b), bf, lr, UpdateOf(d),
-                                 *step, bc);
+      s = BiasStep(i8(in(0)), bc.on ? g_dims.size() : Elements(in(0)), g_scale, bc,
+                   tflite::micro::GetMutableEvalInput(context, node, 2),
+                   tflite::micro::GetTensorData<float>(in(3)), lr, UpdateOf(d), *step);
       break;
     }
     default:
