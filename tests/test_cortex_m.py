@@ -90,9 +90,10 @@ def test_golden_cases_on_cortex_m(cpu, golden_dir, host_golden_report):
 
 @pytest.mark.parametrize("cpu", CPUS)
 def test_requantization_fast_path_bit_exact(cpu):
-    """tflm_reference.h's MultiplyByQuantizedMultiplier on the target (its SMMULR path for right
-    shifts of accumulators under 2^30 in magnitude) equals TFLM's two-step rounding on random and
-    edge accumulators, multipliers (negative ones too) and shifts."""
+    """tflm_reference.h's MultiplyByQuantizedMultiplier on the target (its SMMULR paths: right
+    shifts of accumulators under 2^30 in magnitude, left shifts whose result stays under 2^30)
+    equals TFLM's two-step rounding on random and edge accumulators (at the left-shift bounds
+    too), multipliers (negative ones too) and shifts."""
     elf = _build("multiplier_test", cpu, [ROOT / "tflm_ops/tests/multiplier_test.cc"], [])
     res = cmbuild.run_qemu(elf, cpu, ["20000"], timeout=600)
     print(f"\n{cpu}: {res.stdout.strip()}")

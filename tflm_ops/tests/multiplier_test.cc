@@ -94,10 +94,20 @@ long RequantizeMismatches(long n, long* checked) {
                                INT32_MIN, -1, 0x5A827999};
   long bad = 0;
   for (long i = 0; i < n; ++i) {
-    const int32_t x = Pick(xs, sizeof(xs) / sizeof(xs[0]));
+    int32_t x = Pick(xs, sizeof(xs) / sizeof(xs[0]));
     int32_t m = Pick(ms, sizeof(ms) / sizeof(ms[0]));
     if (i % 2) m = static_cast<int32_t>((1u << 30) | (Next() << 15 ^ Next()) >> 2);  // [2^30, 2^31)
     const int32_t shift = static_cast<int32_t>(Next() % 42) - 31;  // [-31, 10]
+    if (i % 3 == 0 && shift >= 0) {
+      // around the bounds +-2^(30 - shift) of the left-shift fast path (and inside them)
+      const int32_t bound = int32_t{1} << (30 - shift);
+      const int32_t near = static_cast<int32_t>(Next() % 5) - 2;
+      switch (Next() % 3) {
+        case 0: x = bound + near; break;
+        case 1: x = -bound + near; break;
+        default: x = static_cast<int32_t>(Next() % (2u * static_cast<uint32_t>(bound))) - bound;
+      }
+    }
     const int32_t got = MultiplyByQuantizedMultiplier(x, m, shift);
     const int32_t want = ReferenceRequant(x, m, shift);
     ++*checked;
