@@ -29,7 +29,7 @@ from .kernels import conv_ops
 from .kernels.training_ops import broadcast_inv
 
 # C++ ConvOpMean's chunk buffer holds kMeanChunkBytes int8: at least one channel of every pixel
-MAX_MEAN_PIXELS = 1024
+MAX_MEAN_PIXELS = 512
 GRAD_MASK = 6  # input slot of the packed mask in TMT_CONV_INPUT_GRAD and TMT_BIAS_UPDATE
 _BCAST_READERS = ("TMT_CONV_INPUT_GRAD", "TMT_BIAS_UPDATE")
 

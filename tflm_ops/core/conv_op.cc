@@ -204,7 +204,26 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
     const int8_t* w_c = w + static_cast<int64_t>(c0) * p.x.c;
     const int8_t* rest_c =
         split.rest != nullptr ? split.rest + static_cast<int64_t>(r0 - head) * p.x.c : nullptr;
-    for (int64_t i = 0; i < pixels; ++i) {
+    int64_t i = 0;
+    tflm_ref::PairLanes lanes;  // two pixels at a time where it applies (PointwisePair)
+    for (; i + 2 <= pixels && lanes.Widen(x + i * p.x.c, x + (i + 1) * p.x.c, p.x.c, p.x_offset);
+         i += 2) {
+      if (h1 > c0) {
+        int8_t* yp = y + i * y_stride + (c0 - y_c0);
+        int8_t* yq = yp + y_stride;
+        tflm_ref::PointwisePair(lanes, w_c, b, rq_c, h1 - c0,
+                                [yp](int32_t co, int8_t v) { yp[co] = v; },
+                                [yq](int32_t co, int8_t v) { yq[co] = v; });
+      }
+      if (c1 > r0) {
+        int8_t* yr = y + i * y_stride + (r0 - y_c0);
+        int8_t* ys = yr + y_stride;
+        tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0,
+                                [yr](int32_t co, int8_t v) { yr[co] = v; },
+                                [ys](int32_t co, int8_t v) { ys[co] = v; });
+      }
+    }
+    for (; i < pixels; ++i) {
       const int8_t* xp = x + i * p.x.c;
       if (h1 > c0) {
         int8_t* yp = y + i * y_stride + (c0 - y_c0);

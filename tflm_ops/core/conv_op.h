@@ -113,7 +113,7 @@ struct ConvMeanParams {
 };
 
 // y's pixels (H * W) times the channels of one chunk fit in this many bytes (the stack buffer).
-constexpr int32_t kMeanChunkBytes = 1024;
+constexpr int32_t kMeanChunkBytes = 512;
 
 // pooled [C] = MeanOp(ConvOp(x)) over y's H x W (params.y; kind CONV_2D, H * W <=
 // kMeanChunkBytes) and, with m.mask, bits [ceil(H * W * C / 8)] = MaskPack(y), bit for bit,

@@ -321,6 +321,10 @@ inline bool ChannelMultipliers(float in_scale, const WeightScales& w, float out_
   return true;
 }
 
+// (always inlined: as a call its int64 argument and the Requant fields cost more than its body)
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
   int32_t v = MultiplyByQuantizedMultiplier(Wrap32(acc), rq.multiplier[c], rq.shift[c]);
   v += rq.output_offset;
@@ -606,6 +610,117 @@ inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, co
     if (b) acc += static_cast<uint32_t>(b[co]);
     store(co, Requantize(static_cast<int32_t>(acc), rq, co));
   }
+}
+
+// Two input pixels of a 1x1 convolution widened once for all its output channels
+// (PairLanes::Widen), then summed two output channels of both pixels per pass (PointwisePair):
+// about 1.3 instructions per MAC instead of 2 (DotOffset3). With the DSP extension and in_c = 4k
+// <= kPairMaxChannels only; elsewhere Widen returns false and the caller runs PointwisePixel per
+// pixel. The lanes take 4 * kPairMaxChannels bytes of stack (4 without the DSP extension).
+#if TMT_REFERENCE_DSP
+constexpr int32_t kPairMaxChannels = 128;
+#else
+constexpr int32_t kPairMaxChannels = 1;
+#endif
+
+struct PairLanes {
+  int32_t groups = 0;
+  // per group of 4 channels the SMLAD operands: the int16 lanes (+ offset) of pixel 0's bytes
+  // 0, 2 and 1, 3, then pixel 1's
+  int32_t lanes[kPairMaxChannels];
+
+  bool Widen(const int8_t* in0, const int8_t* in1, int32_t in_c, int32_t in_offset) {
+#if TMT_REFERENCE_DSP
+    if (in_c % 4 != 0 || in_c > kPairMaxChannels) return false;
+    groups = in_c / 4;
+    const int32_t off2 = Dup16(in_offset);
+    int32_t* l = lanes;
+    for (int32_t g = 0; g < groups; ++g, l += 4) {
+      int32_t a0, a1;
+      std::memcpy(&a0, in0 + 4 * g, 4);
+      std::memcpy(&a1, in1 + 4 * g, 4);
+      SplitOffset(a0, off2, &l[0], &l[1]);
+      SplitOffset(a1, off2, &l[2], &l[3]);
+    }
+    return true;
+#else
+    (void)in0;
+    (void)in1;
+    (void)in_c;
+    (void)in_offset;
+    return false;
+#endif
+  }
+};
+
+#if TMT_REFERENCE_DSP
+// The dot products of weight rows w0, w1 with both pixels' lanes added to acc {pixel 0 row 0,
+// pixel 0 row 1, pixel 1 row 0, pixel 1 row 1} (wrapping, as the reference's sums): each weight
+// word is split once for both pixels.
+inline void DotPair2(const int32_t* lanes, int32_t groups, const int8_t* w0, const int8_t* w1,
+                     int32_t* acc) {
+  int32_t s00 = acc[0], s01 = acc[1], s10 = acc[2], s11 = acc[3];
+  const int32_t* const end = lanes + 4 * groups;
+  for (; lanes != end; lanes += 4, w0 += 4, w1 += 4) {
+    int32_t b;
+    std::memcpy(&b, w0, 4);
+    int32_t be = __sxtb16(b), bo = Sxtb16Odd(b);
+    s00 = __smlad(lanes[0], be, s00);
+    s00 = __smlad(lanes[1], bo, s00);
+    s10 = __smlad(lanes[2], be, s10);
+    s10 = __smlad(lanes[3], bo, s10);
+    std::memcpy(&b, w1, 4);
+    be = __sxtb16(b);
+    bo = Sxtb16Odd(b);
+    s01 = __smlad(lanes[0], be, s01);
+    s01 = __smlad(lanes[1], bo, s01);
+    s11 = __smlad(lanes[2], be, s11);
+    s11 = __smlad(lanes[3], bo, s11);
+  }
+  acc[0] = s00;
+  acc[1] = s01;
+  acc[2] = s10;
+  acc[3] = s11;
+}
+#endif
+
+// Both pixels of `lanes` (PairLanes::Widen returned true) through a 1x1 convolution with w
+// [out_c, in_c]: exactly PointwisePixel of pixel 0 into store0 and of pixel 1 into store1 (the
+// same wrapping sums, bias first; each store called once per channel, co ascending per pixel).
+template <typename Store0, typename Store1>
+inline void PointwisePair(const PairLanes& lanes, const int8_t* w, const int32_t* b,
+                          const Requant& rq_in, int32_t out_c, Store0 store0, Store1 store1) {
+#if TMT_REFERENCE_DSP
+  const Requant rq = rq_in;  // a local copy, as in PointwisePixel
+  const int32_t in_c = 4 * lanes.groups;
+  int32_t co = 0;
+  for (; co + 2 <= out_c; co += 2) {
+    const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
+    const int32_t b0 = b ? b[co] : 0, b1 = b ? b[co + 1] : 0;
+    int32_t acc[4] = {b0, b1, b0, b1};
+    DotPair2(lanes.lanes, lanes.groups, w0, w0 + in_c, acc);
+    store0(co, Requantize(acc[0], rq, co));
+    store0(co + 1, Requantize(acc[1], rq, co + 1));
+    store1(co, Requantize(acc[2], rq, co));
+    store1(co + 1, Requantize(acc[3], rq, co + 1));
+  }
+  if (co < out_c) {  // an odd count's last channel: its row twice, the copies' sums unused
+    const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
+    const int32_t b0 = b ? b[co] : 0;
+    int32_t acc[4] = {b0, 0, b0, 0};
+    DotPair2(lanes.lanes, lanes.groups, w0, w0, acc);
+    store0(co, Requantize(acc[0], rq, co));
+    store1(co, Requantize(acc[2], rq, co));
+  }
+#else
+  (void)lanes;
+  (void)w;
+  (void)b;
+  (void)rq_in;
+  (void)out_c;
+  (void)store0;
+  (void)store1;
+#endif
 }
 
 // Windows of at most this many int8 (kh * kw * in_c) take ConvRow's patch path (stack bytes).
