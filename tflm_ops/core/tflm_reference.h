@@ -614,44 +614,55 @@ inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, co
 
 // Two input pixels of a 1x1 convolution widened once for all its output channels
 // (PairLanes::Widen), then summed two output channels of both pixels per pass (PointwisePair):
-// about 1.3 instructions per MAC instead of 2 (DotOffset3). With the DSP extension and in_c = 4k
+// about 1.3 instructions per MAC instead of 2 (DotOffset3). With the DSP extension and 4 <= in_c
 // <= kPairMaxChannels only; elsewhere Widen returns false and the caller runs PointwisePixel per
 // pixel. The lanes take 4 * kPairMaxChannels bytes of stack (4 without the DSP extension).
-#if TMT_REFERENCE_DSP
 constexpr int32_t kPairMaxChannels = 128;
-#else
-constexpr int32_t kPairMaxChannels = 1;
-#endif
 
-struct PairLanes {
-  int32_t groups = 0;
+template <int32_t kMaxChannels>
+struct PairLanesOf {
+  const int8_t* in0 = nullptr;  // the pixels (their last in_c % 4 channels are read from here)
+  const int8_t* in1 = nullptr;
+  int32_t in_offset = 0;
+  int32_t groups = 0;  // in_c / 4
+  int32_t tail = 0;    // in_c % 4
   // per group of 4 channels the SMLAD operands: the int16 lanes (+ offset) of pixel 0's bytes
   // 0, 2 and 1, 3, then pixel 1's
-  int32_t lanes[kPairMaxChannels];
+  int32_t lanes[TMT_REFERENCE_DSP ? kMaxChannels : 1];
 
-  bool Widen(const int8_t* in0, const int8_t* in1, int32_t in_c, int32_t in_offset) {
+  // Whether Widen takes pixels of in_c channels (the DSP extension, 4 <= in_c <= the maximum).
+  static bool Takes(int32_t in_c) {
+    return TMT_REFERENCE_DSP && in_c >= 4 && in_c <= kMaxChannels;
+  }
+
+  bool Widen(const int8_t* p0, const int8_t* p1, int32_t in_c, int32_t offset) {
 #if TMT_REFERENCE_DSP
-    if (in_c % 4 != 0 || in_c > kPairMaxChannels) return false;
+    if (!Takes(in_c)) return false;
+    in0 = p0;
+    in1 = p1;
+    in_offset = offset;
     groups = in_c / 4;
-    const int32_t off2 = Dup16(in_offset);
+    tail = in_c % 4;
+    const int32_t off2 = Dup16(offset);
     int32_t* l = lanes;
     for (int32_t g = 0; g < groups; ++g, l += 4) {
       int32_t a0, a1;
-      std::memcpy(&a0, in0 + 4 * g, 4);
-      std::memcpy(&a1, in1 + 4 * g, 4);
+      std::memcpy(&a0, p0 + 4 * g, 4);
+      std::memcpy(&a1, p1 + 4 * g, 4);
       SplitOffset(a0, off2, &l[0], &l[1]);
       SplitOffset(a1, off2, &l[2], &l[3]);
     }
     return true;
 #else
-    (void)in0;
-    (void)in1;
+    (void)p0;
+    (void)p1;
     (void)in_c;
-    (void)in_offset;
+    (void)offset;
     return false;
 #endif
   }
 };
+using PairLanes = PairLanesOf<kPairMaxChannels>;
 
 #if TMT_REFERENCE_DSP
 // The dot products of weight rows w0, w1 with both pixels' lanes added to acc {pixel 0 row 0,
@@ -682,23 +693,44 @@ inline void DotPair2(const int32_t* lanes, int32_t groups, const int8_t* w0, con
   acc[2] = s10;
   acc[3] = s11;
 }
+
+// DotPair2 over all of a PairLanes' channels: the lanes, then the in_c % 4 last channels from the
+// pixels themselves (rows w0, w1 of in_c int8).
+template <int32_t kMax>
+inline void DotPairRows(const PairLanesOf<kMax>& l, const int8_t* w0, const int8_t* w1,
+                        int32_t* acc) {
+  DotPair2(l.lanes, l.groups, w0, w1, acc);
+  uint32_t s00 = static_cast<uint32_t>(acc[0]), s01 = static_cast<uint32_t>(acc[1]);
+  uint32_t s10 = static_cast<uint32_t>(acc[2]), s11 = static_cast<uint32_t>(acc[3]);
+  for (int32_t c = 4 * l.groups, end = c + l.tail; c < end; ++c) {
+    const int32_t v0 = l.in0[c] + l.in_offset, v1 = l.in1[c] + l.in_offset;
+    s00 += static_cast<uint32_t>(v0 * w0[c]);
+    s01 += static_cast<uint32_t>(v0 * w1[c]);
+    s10 += static_cast<uint32_t>(v1 * w0[c]);
+    s11 += static_cast<uint32_t>(v1 * w1[c]);
+  }
+  acc[0] = static_cast<int32_t>(s00);
+  acc[1] = static_cast<int32_t>(s01);
+  acc[2] = static_cast<int32_t>(s10);
+  acc[3] = static_cast<int32_t>(s11);
+}
 #endif
 
 // Both pixels of `lanes` (PairLanes::Widen returned true) through a 1x1 convolution with w
 // [out_c, in_c]: exactly PointwisePixel of pixel 0 into store0 and of pixel 1 into store1 (the
 // same wrapping sums, bias first; each store called once per channel, co ascending per pixel).
-template <typename Store0, typename Store1>
-inline void PointwisePair(const PairLanes& lanes, const int8_t* w, const int32_t* b,
+template <int32_t kMax, typename Store0, typename Store1>
+inline void PointwisePair(const PairLanesOf<kMax>& lanes, const int8_t* w, const int32_t* b,
                           const Requant& rq_in, int32_t out_c, Store0 store0, Store1 store1) {
 #if TMT_REFERENCE_DSP
   const Requant rq = rq_in;  // a local copy, as in PointwisePixel
-  const int32_t in_c = 4 * lanes.groups;
+  const int32_t in_c = 4 * lanes.groups + lanes.tail;
   int32_t co = 0;
   for (; co + 2 <= out_c; co += 2) {
     const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
     const int32_t b0 = b ? b[co] : 0, b1 = b ? b[co + 1] : 0;
     int32_t acc[4] = {b0, b1, b0, b1};
-    DotPair2(lanes.lanes, lanes.groups, w0, w0 + in_c, acc);
+    DotPairRows(lanes, w0, w0 + in_c, acc);
     store0(co, Requantize(acc[0], rq, co));
     store0(co + 1, Requantize(acc[1], rq, co + 1));
     store1(co, Requantize(acc[2], rq, co));
@@ -708,7 +740,7 @@ inline void PointwisePair(const PairLanes& lanes, const int8_t* w, const int32_t
     const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
     const int32_t b0 = b ? b[co] : 0;
     int32_t acc[4] = {b0, 0, b0, 0};
-    DotPair2(lanes.lanes, lanes.groups, w0, w0, acc);
+    DotPairRows(lanes, w0, w0, acc);
     store0(co, Requantize(acc[0], rq, co));
     store1(co, Requantize(acc[2], rq, co));
   }
@@ -723,8 +755,10 @@ inline void PointwisePair(const PairLanes& lanes, const int8_t* w, const int32_t
 #endif
 }
 
-// Windows of at most this many int8 (kh * kw * in_c) take ConvRow's patch path (stack bytes).
+// Windows of at most this many int8 (kh * kw * in_c) take ConvRow's patch path (stack bytes),
+// up to kConvPairMax two output pixels at a time (a stem's 3x3x3).
 constexpr int32_t kConvPatchMax = 128;
+constexpr int32_t kConvPairMax = 32;
 
 // Output row `r` of the convolution into `out` [out_w, out_c]; w [out_c, kh, kw, in_c]. The int32
 // (wrapping) sums of the reference over the in-image taps: with dilation 1 along x a kernel row's
@@ -741,12 +775,10 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
     // outside the image as the input zero point (their products (zp + in_offset) * w are 0, as
     // the reference's skipped taps), then one 1x1 convolution of the patch with w [out_c,
     // window]: the same wrapping int32 sums, over long runs instead of kernel rows of in_c.
-    int8_t patch[kConvPatchMax];
     const int32_t run = p.kw * in_c;
-    for (int32_t ox = 0; ox < p.out_w; ++ox) {
+    auto gather = [&](int32_t ox, int8_t* dst) {
       const int32_t x0 = ox * p.stride_w - p.pad_left;
       const bool cols_in = p.dil_w == 1 && x0 >= 0 && x0 + p.kw <= p.in_w;
-      int8_t* dst = patch;
       for (int32_t ky = 0; ky < p.kh; ++ky, dst += run) {
         const int32_t iy = y0 + ky * p.dil_h;
         if (iy < 0 || iy >= p.in_h) {
@@ -768,6 +800,24 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
           }
         }
       }
+    };
+    int32_t ox = 0;
+    if (PairLanesOf<kConvPairMax>::Takes(window)) {  // two output pixels at a time (PointwisePair)
+      int8_t patches[2][kConvPairMax];
+      PairLanesOf<kConvPairMax> lanes;
+      for (; ox + 2 <= p.out_w; ox += 2) {
+        gather(ox, patches[0]);
+        gather(ox + 1, patches[1]);
+        lanes.Widen(patches[0], patches[1], window, p.in_offset);
+        int8_t* o0 = out + ox * out_px;
+        int8_t* o1 = o0 + out_px;
+        PointwisePair(lanes, w, b, p.rq, p.out_c, [o0](int32_t co, int8_t v) { o0[co] = v; },
+                      [o1](int32_t co, int8_t v) { o1[co] = v; });
+      }
+    }
+    for (; ox < p.out_w; ++ox) {
+      int8_t patch[kConvPatchMax];
+      gather(ox, patch);
       int8_t* o = out + ox * out_px;
       PointwisePixel(patch, window, p.in_offset, w, b, p.rq, p.out_c,
                      [o](int32_t co, int8_t v) { o[co] = v; });
