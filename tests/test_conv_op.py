@@ -160,6 +160,7 @@ def test_integer_multipliers_match_double_precision():
     assert res.returncode == 0, res.stdout[-2000:]
     assert "2000000 checked, 0 mismatches" in res.stdout
     assert "requantize_test: 8000000 checked, 0 mismatches" in res.stdout
+    assert "fast_path_test: 2000006 checked, 0 mismatches" in res.stdout
 
 
 # --------------------------------------------------------------------------- TMT_MEAN

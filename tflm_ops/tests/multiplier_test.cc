@@ -123,6 +123,61 @@ long RequantizeMismatches(long n, long* checked) {
   return bad;
 }
 
+// WithFastPath's bound (|b| + window * 32640 < 2^30, shifts in [-31, -1]) at its edges, and
+// Requantize with `fast` set equal to Requantize without it (the checked path) on accumulators
+// under the bound: per failure one count.
+long FastPathMismatches(long n, long* checked) {
+  using tfmicro_train::core::Requant;
+  using tfmicro_train::core::tflm_ref::Requantize;
+  using tfmicro_train::core::tflm_ref::WithFastPath;
+  long bad = 0;
+  int32_t mult[2] = {0x5A827999, 1 << 30}, shift[2] = {-1, -31};
+  Requant rq;
+  rq.multiplier = mult;
+  rq.shift = shift;
+  const int32_t window = 1000;
+  const int32_t edge = (1 << 30) - 1 - window * 32640;  // the largest bias allowed
+  const int32_t b_in[2] = {edge, -edge}, b_out[2] = {0, edge + 1};
+  const bool edges_ok = WithFastPath(rq, 2, window, b_in).fast &&
+                        !WithFastPath(rq, 2, window, b_out).fast &&
+                        !WithFastPath(rq, 2, (1 << 30) / 32640 + 1, nullptr).fast &&
+                        WithFastPath(rq, 2, (1 << 30) / 32640, nullptr).fast;
+  shift[1] = 0;
+  const bool shift0 = WithFastPath(rq, 2, 1, nullptr).fast;
+  shift[1] = -32;
+  const bool shift32 = WithFastPath(rq, 2, 1, nullptr).fast;
+  *checked += 6;
+  if (!edges_ok || shift0 || shift32) {
+    std::printf("WithFastPath: wrong bound (edges %d, shift 0 %d, shift -32 %d)\n", edges_ok,
+                shift0, shift32);
+    ++bad;
+  }
+  for (long i = 0; i < n; ++i) {
+    int32_t m = static_cast<int32_t>((1u << 30) | (Next() << 15 ^ Next()) >> 2);
+    if (i % 5 == 0) m = -m;
+    int32_t sh = -1 - static_cast<int32_t>(Next() % 31);
+    Requant slow;
+    slow.multiplier = &m;
+    slow.shift = &sh;
+    slow.output_offset = static_cast<int32_t>(Next() % 256) - 128;
+    slow.act_min = -128 + static_cast<int32_t>(Next() % 64);
+    slow.act_max = 127 - static_cast<int32_t>(Next() % 64);
+    Requant fast = slow;
+    fast.fast = true;
+    const int32_t lim = (1 << 30) - 1;  // |acc| <= 2^30 - 1, edges included
+    const int32_t acc = (i % 4 == 0) ? ((i % 8 == 0) ? lim : -lim)
+                                     : static_cast<int32_t>(Next() % (2u * lim + 1u)) - lim;
+    ++*checked;
+    if (Requantize(acc, fast, 0) != Requantize(acc, slow, 0)) {
+      if (bad < 10) {
+        std::printf("fast requantize mismatch acc %ld m %ld shift %ld\n", static_cast<long>(acc),
+                    static_cast<long>(m), static_cast<long>(sh));
+      }
+      ++bad;
+    }
+  }
+  return bad;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -169,5 +224,8 @@ int main(int argc, char** argv) {
   const long rq_bad = RequantizeMismatches(4 * n, &rq_checked);
   std::printf("requantize_test: %ld checked, %ld mismatches (DSP path %d)\n", rq_checked, rq_bad,
               TMT_REFERENCE_DSP);
-  return bad || rq_bad ? 1 : 0;
+  long fast_checked = 0;
+  const long fast_bad = FastPathMismatches(n, &fast_checked);
+  std::printf("fast_path_test: %ld checked, %ld mismatches\n", fast_checked, fast_bad);
+  return bad || rq_bad || fast_bad ? 1 : 0;
 }

@@ -139,6 +139,8 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
   Requant rq_c = rq;  // channel c0 first
   rq_c.multiplier = rq.multiplier + c0;
   rq_c.shift = rq.shift + c0;
+  const int64_t window = p.kind == kConvOpDepthwise ? p.kh * p.kw : p.kh * p.kw * p.x.c;
+  rq_c = tflm_ref::WithFastPath(rq_c, n_c, window, b);
   if (p.kind == kConvOpDepthwise && p.kh * p.kw <= kMaxDepthwiseTaps) {
     // per output pixel, the window's in-image taps (out-of-image ones are skipped, as the
     // reference does), then the channels over them
@@ -180,6 +182,7 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
     l.d_pad_left = p.pad_left;
     l.in_offset = p.x_offset;
     l.rq = rq;
+    l.rq.fast = rq_c.fast;  // (the same channels, indexed from 0)
     l.c_begin = c0;
     l.c_end = c1;
     const int64_t row_bytes = static_cast<int64_t>(p.x.w) * p.x.c;
@@ -198,7 +201,7 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
     const int32_t head = split.rest != nullptr ? split.split : channels;
     const int32_t h1 = c1 < head ? c1 : head;  // [c0, h1) from w, [r0, c1) from split.rest
     const int32_t r0 = c0 > head ? c0 : head;
-    Requant rq_rest = rq;
+    Requant rq_rest = rq_c;  // (fast: channels [r0, c1) are among [c0, c1))
     rq_rest.multiplier = rq.multiplier + r0;
     rq_rest.shift = rq.shift + r0;
     const int8_t* w_c = w + static_cast<int64_t>(c0) * p.x.c;

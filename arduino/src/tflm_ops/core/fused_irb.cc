@@ -130,7 +130,7 @@ void ExpandRow(const FusedIrbParams& p, const tflm_ref::ConvLoop& loop, const in
     const int8_t* xr = x + static_cast<int64_t>(iy) * p.x.w * p.x.c;
     const int32_t step = p.e_stride_w * p.x.c;
     for (int32_t ox = 0; ox < p.e.w; ++ox) {
-      Pointwise(xr + ox * step, p.x.c, p.x_offset, w, b, p.e_rq, p.c_exp, out + ox * p.c_exp);
+      Pointwise(xr + ox * step, p.x.c, p.x_offset, w, b, loop.rq, p.c_exp, out + ox * p.c_exp);
     }
     return;
   }
@@ -363,8 +363,15 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
   const int32_t row_bytes = p.e.w * p.c_exp;
   int8_t* ring = scratch;
   int8_t* dpix = scratch + p.ring_rows * row_bytes;  // one pixel of depthwise output
-  const tflm_ref::ConvLoop expand = p.has_expand ? ExpandLoop(p) : tflm_ref::ConvLoop();
-  const tflm_ref::DepthwiseLoop dw = DepthwiseOf(p);
+  // the three stages' requantization, with the fast path where the biases allow it
+  tflm_ref::ConvLoop expand = p.has_expand ? ExpandLoop(p) : tflm_ref::ConvLoop();
+  if (p.has_expand) {
+    expand.rq = tflm_ref::WithFastPath(p.e_rq, p.c_exp, int64_t{p.x.c} * p.e_kh * p.e_kw, b_e);
+  }
+  tflm_ref::DepthwiseLoop dw = DepthwiseOf(p);
+  dw.rq = tflm_ref::WithFastPath(p.d_rq, p.c_exp, int64_t{p.d_kh} * p.d_kw, b_d);
+  const Requant& d_rq = dw.rq;
+  const Requant p_rq = tflm_ref::WithFastPath(p.p_rq, p.c_out, p.c_exp, b_p);
   auto row_of = [&](int32_t er) -> const int8_t* {
     return p.has_expand ? ring + (er % p.ring_rows) * row_bytes
                         : x + static_cast<int64_t>(er) * row_bytes;
@@ -429,7 +436,7 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
     auto pixel = [&](int32_t ox, int32_t src_offset) {
       if (fast_dw) {
         tflm_ref::DepthwiseTaps(src, src_w, n_src, pad_w, n_pad, pad_in, w_d, b_d, C,
-                                p.d_in_offset, p.d_rq, dpix, src_offset);
+                                p.d_in_offset, d_rq, dpix, src_offset);
       } else {
         tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
       }
@@ -439,10 +446,10 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
         // x[co] is read right before y[co] is written, channel by channel, as FusedIrbInPlaceLag
         // assumes (the dot products read only dpix and the weights)
         const int8_t* xp = x + pix * p.x.c;  // same dims as y then
-        tflm_ref::PointwisePixel(dpix, C, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out,
+        tflm_ref::PointwisePixel(dpix, C, p.p_in_offset, w_p, b_p, p_rq, p.c_out,
                                  [&](int32_t co, int8_t pv) { yp[co] = AddResidual(p, xp[co], pv); });
       } else {
-        Pointwise(dpix, C, p.p_in_offset, w_p, b_p, p.p_rq, p.c_out, yp);
+        Pointwise(dpix, C, p.p_in_offset, w_p, b_p, p_rq, p.c_out, yp);
       }
     };
     // Interior pixels, [in0, in1): every column tap in the source (ec in [0, e.w)), so their

@@ -63,6 +63,9 @@ struct Requant {
   int32_t output_offset = 0;
   int32_t act_min = -128;
   int32_t act_max = 127;
+  // Set by tflm_ref::WithFastPath: every shift in [-31, -1] and every accumulator under 2^30 in
+  // magnitude, so (with the DSP extension) Requantize takes the SMMULR path without checking.
+  bool fast = false;
 };
 
 namespace tflm_ref {
@@ -102,6 +105,15 @@ inline int32_t RoundingDivideByPot(int32_t x, int exponent) {
 // result is the high word of P + (2^(e-1) - [P < 0]) * 2^31, shifted right by e - 1.
 // (|P| < 2^62 + 2^30: no int64 overflow; Srdhm's one saturating case keeps its own path.)
 // tflm_ops/tests/multiplier_test.cc checks it against TFLM's formulation.
+#if TMT_REFERENCE_DSP
+// MultiplyByQuantizedMultiplier(x, multiplier, -e) for e in [1, 31] and |x| < 2^30 (below).
+inline int32_t SmallRightShift(int32_t x, int32_t multiplier, int32_t e) {
+  int32_t h;
+  __asm__("smmulr %0, %1, %2" : "=r"(h) : "r"(x * 2), "r"(multiplier));
+  return (h + (int32_t{1} << (e - 1)) - static_cast<int32_t>(static_cast<uint32_t>(h) >> 31)) >> e;
+}
+#endif
+
 inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift) {
 #if TMT_REFERENCE_DSP
   // The common case of a convolution's requantization, a right shift of an accumulator with
@@ -110,11 +122,7 @@ inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int3
   // the rounding division's h + 2^(e-1) - [h < 0] fits int32 (RoundingDivideByPot as below).
   if (shift < 0 &&
       static_cast<uint32_t>(x) + ((uint32_t{1} << 30) - 1u) < (uint32_t{1} << 31) - 1u) {
-    int32_t h;
-    __asm__("smmulr %0, %1, %2" : "=r"(h) : "r"(x * 2), "r"(multiplier));
-    const int32_t e = -shift;
-    return (h + (int32_t{1} << (e - 1)) - static_cast<int32_t>(static_cast<uint32_t>(h) >> 31)) >>
-           e;
+    return SmallRightShift(x, multiplier, -shift);
   }
   // A left shift s in [0, 30] (no division after it) of an x with |x << s| < 2^30, the
   // depthwise's usual case: Srdhm(x << s, m) = SMMULR(x << (s + 1), m) as above; the check is
@@ -326,11 +334,39 @@ inline bool ChannelMultipliers(float in_scale, const WeightScales& w, float out_
 __attribute__((always_inline))
 #endif
 inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
-  int32_t v = MultiplyByQuantizedMultiplier(Wrap32(acc), rq.multiplier[c], rq.shift[c]);
+  int32_t v;
+#if TMT_REFERENCE_DSP
+  if (rq.fast) {  // (WithFastPath: the conditions of MultiplyByQuantizedMultiplier's first path)
+    v = SmallRightShift(Wrap32(acc), rq.multiplier[c], -rq.shift[c]);
+  } else {
+    v = MultiplyByQuantizedMultiplier(Wrap32(acc), rq.multiplier[c], rq.shift[c]);
+  }
+#else
+  v = MultiplyByQuantizedMultiplier(Wrap32(acc), rq.multiplier[c], rq.shift[c]);
+#endif
   v += rq.output_offset;
   v = v < rq.act_min ? rq.act_min : v;
   v = v > rq.act_max ? rq.act_max : v;
   return static_cast<int8_t>(v);
+}
+
+// rq with `fast` set when its channels [0, channels) all have a right shift (shift in [-31, -1])
+// and every accumulator is under 2^30 in magnitude: a sum of `window` terms (x + offset) * w
+// (|x + offset| <= 255, |w| <= 128) plus the bias b[c] (b null: none), |b[c]| + window * 32640
+// < 2^30. Then Requantize skips MultiplyByQuantizedMultiplier's checks (the same results).
+inline Requant WithFastPath(Requant rq, int32_t channels, int64_t window, const int32_t* b) {
+  rq.fast = false;
+  const int64_t kLimit = int64_t{1} << 30;
+  const int64_t terms = window * 32640;
+  if (rq.multiplier == nullptr || rq.shift == nullptr || window < 0 || terms >= kLimit) return rq;
+  for (int32_t c = 0; c < channels; ++c) {
+    const int64_t bias = b ? b[c] : 0;
+    if (rq.shift[c] > -1 || rq.shift[c] < -31 || (bias < 0 ? -bias : bias) + terms >= kLimit) {
+      return rq;
+    }
+  }
+  rq.fast = true;
+  return rq;
 }
 
 // ------------------------------------------------------------------ convolution loops
