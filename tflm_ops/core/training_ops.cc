@@ -138,19 +138,60 @@ Status ActGrad(const int8_t* g, const int8_t* y, int32_t n, int32_t act_min, int
 
 Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, uint8_t* bits) {
   if (n < 0) return Status::kBadShape;
-  for (int32_t byte = 0; byte < (n + 7) / 8; ++byte) {
+  // act_min < v < act_max for an int8 v as one unsigned compare: the bounds clamped to
+  // [-129, 128] (the same test for v in [-128, 127]), then v - lo - 1 < hi - lo - 1 (unsigned;
+  // an empty range, span <= 0, sets no bit).
+  const int32_t lo = act_min < -129 ? -129 : (act_min > 128 ? 128 : act_min);
+  const int32_t hi = act_max < -129 ? -129 : (act_max > 128 ? 128 : act_max);
+  const int32_t span = hi - lo - 1;
+  const uint32_t uspan = span > 0 ? static_cast<uint32_t>(span) : 0u;
+  const int32_t base = lo + 1;
+  auto in = [&](int32_t v) -> uint32_t {
+    return static_cast<uint32_t>(v - base) < uspan ? 1u : 0u;
+  };
+  const int32_t full = n / 8;
+  for (int32_t byte = 0; byte < full; ++byte, y += 8) {
+    bits[byte] = static_cast<uint8_t>(in(y[0]) | (in(y[1]) << 1) | (in(y[2]) << 2) |
+                                      (in(y[3]) << 3) | (in(y[4]) << 4) | (in(y[5]) << 5) |
+                                      (in(y[6]) << 6) | (in(y[7]) << 7));
+  }
+  if (n % 8) {
     uint32_t packed = 0;
-    for (int32_t b = 0; b < 8 && byte * 8 + b < n; ++b) {
-      const int32_t v = y[byte * 8 + b];
-      if (v > act_min && v < act_max) packed |= 1u << b;
-    }
-    bits[byte] = static_cast<uint8_t>(packed);
+    for (int32_t b = 0; b < n % 8; ++b) packed |= in(y[b]) << b;
+    bits[full] = static_cast<uint8_t>(packed);
   }
   return Status::kOk;
 }
 
+namespace {
+
+// The four mask bits b0..b3 of x (x < 16) as bytes 0x00 / 0xFF, bit k in byte k: the copies
+// x << 7k do not overlap (no carries), so bit k lands alone at bit 8k; times 0xFF fills its byte.
+inline uint32_t ByteMask4(uint32_t x) { return ((x * 0x00204081u) & 0x01010101u) * 0xFFu; }
+
+}  // namespace
+
 Status MaskGrad(const int8_t* g, const uint8_t* bits, int32_t n, int8_t* out) {
-  return grad_copy::MaskGrad(g, bits, n, out);
+  if (n < 0) return Status::kBadShape;
+  // Whole mask bytes a word of gradients at a time: out = g AND the bytes of the mask bits
+  // (g where the bit is set, else 0: grad_copy::MaskGrad's select).
+  // (byte k of a word is element k: little-endian targets)
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  const int32_t full = 0;
+#else
+  const int32_t full = n / 8;
+#endif
+  for (int32_t byte = 0; byte < full; ++byte, g += 8, out += 8) {
+    const uint32_t m = bits[byte];
+    uint32_t lo, hi;
+    std::memcpy(&lo, g, 4);
+    std::memcpy(&hi, g + 4, 4);
+    lo &= ByteMask4(m & 0xFu);
+    hi &= ByteMask4(m >> 4);
+    std::memcpy(out, &lo, 4);
+    std::memcpy(out + 4, &hi, 4);
+  }
+  return grad_copy::MaskGrad(g, bits + full, n % 8, out);
 }
 
 Status GradAdd(const int8_t* g1, float s1, const int8_t* g2, float s2, int32_t n, int8_t* out,
