@@ -138,19 +138,60 @@ Status ActGrad(const int8_t* g, const int8_t* y, int32_t n, int32_t act_min, int
 
 Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, uint8_t* bits) {
   if (n < 0) return Status::kBadShape;
-  for (int32_t byte = 0; byte < (n + 7) / 8; ++byte) {
+  // act_min < v < act_max for an int8 v as one unsigned compare: the bounds clamped to
+  // [-129, 128] (the same test for v in [-128, 127]), then v - lo - 1 < hi - lo - 1 (unsigned;
+  // an empty range, span <= 0, sets no bit).
+  const int32_t lo = act_min < -129 ? -129 : (act_min > 128 ? 128 : act_min);
+  const int32_t hi = act_max < -129 ? -129 : (act_max > 128 ? 128 : act_max);
+  const int32_t span = hi - lo - 1;
+  const uint32_t uspan = span > 0 ? static_cast<uint32_t>(span) : 0u;
+  const int32_t base = lo + 1;
+  auto in = [&](int32_t v) -> uint32_t {
+    return static_cast<uint32_t>(v - base) < uspan ? 1u : 0u;
+  };
+  const int32_t full = n / 8;
+  for (int32_t byte = 0; byte < full; ++byte, y += 8) {
+    bits[byte] = static_cast<uint8_t>(in(y[0]) | (in(y[1]) << 1) | (in(y[2]) << 2) |
+                                      (in(y[3]) << 3) | (in(y[4]) << 4) | (in(y[5]) << 5) |
+                                      (in(y[6]) << 6) | (in(y[7]) << 7));
+  }
+  if (n % 8) {
     uint32_t packed = 0;
-    for (int32_t b = 0; b < 8 && byte * 8 + b < n; ++b) {
-      const int32_t v = y[byte * 8 + b];
-      if (v > act_min && v < act_max) packed |= 1u << b;
-    }
-    bits[byte] = static_cast<uint8_t>(packed);
+    for (int32_t b = 0; b < n % 8; ++b) packed |= in(y[b]) << b;
+    bits[full] = static_cast<uint8_t>(packed);
   }
   return Status::kOk;
 }
 
+namespace {
+
+// The four mask bits b0..b3 of x (x < 16) as bytes 0x00 / 0xFF, bit k in byte k: the copies
+// x << 7k do not overlap (no carries), so bit k lands alone at bit 8k; times 0xFF fills its byte.
+inline uint32_t ByteMask4(uint32_t x) { return ((x * 0x00204081u) & 0x01010101u) * 0xFFu; }
+
+}  // namespace
+
 Status MaskGrad(const int8_t* g, const uint8_t* bits, int32_t n, int8_t* out) {
-  return grad_copy::MaskGrad(g, bits, n, out);
+  if (n < 0) return Status::kBadShape;
+  // Whole mask bytes a word of gradients at a time: out = g AND the bytes of the mask bits
+  // (g where the bit is set, else 0: grad_copy::MaskGrad's select).
+  // (byte k of a word is element k: little-endian targets)
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  const int32_t full = 0;
+#else
+  const int32_t full = n / 8;
+#endif
+  for (int32_t byte = 0; byte < full; ++byte, g += 8, out += 8) {
+    const uint32_t m = bits[byte];
+    uint32_t lo, hi;
+    std::memcpy(&lo, g, 4);
+    std::memcpy(&hi, g + 4, 4);
+    lo &= ByteMask4(m & 0xFu);
+    hi &= ByteMask4(m >> 4);
+    std::memcpy(out, &lo, 4);
+    std::memcpy(out + 4, &hi, 4);
+  }
+  return grad_copy::MaskGrad(g, bits + full, n % 8, out);
 }
 
 Status GradAdd(const int8_t* g1, float s1, const int8_t* g2, float s2, int32_t n, int8_t* out,
@@ -485,73 +526,105 @@ constexpr int32_t kCiTile = 64;
 constexpr int32_t kCoTile = 32;
 constexpr int32_t kDwTile = 16;
 
-// One nonzero gradient of a tap's output pixel: gw = g[oh, ow, co] * wmul[co] (|gw| < 2^22, so
+// One nonzero gradient of a tap's output pixel: gw = g[oh, ow, co] * wmul[co] (|gw| <= 2^22, so
 // int32) and its weight row w[co, kh, kw, ci0:] (the tile's first input channel).
 struct GwEntry {
   int32_t gw;
   const int8_t* w;
 };
 
-// acc[j] += sum_e list[e].gw * list[e].w[j] for j in [0, cn): one 32 x 32 -> 64-bit
-// multiply-accumulate (SMLAL) per term, four input channels at a time. The list ends with an
-// entry gw == 0 (so the loop needs no end pointer and its 8 accumulator registers fit).
+// Bound on the sum of the |gw| of one list: with |w| <= 128 every partial sum of the list's
+// products gw * w is at most 128 * kGwSumMax < 2^31, so the list sums exactly in int32. One
+// entry alone always fits (|gw| <= 128 * 2^15).
+constexpr uint32_t kGwSumMax = (uint32_t{1} << 24) - 1;
+
+// *p += a (ADDS / ADC with the sign of a: GCC otherwise keeps the sign words apart, spilling).
+inline void AddWide(int64_t* p, int32_t a) {
+#if defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_7M__)
+  uint32_t lo, hi;
+  std::memcpy(&lo, p, 4);
+  std::memcpy(&hi, reinterpret_cast<const char*>(p) + 4, 4);
+  __asm__("adds %0, %0, %2\n\tadc %1, %1, %2, asr #31" : "+r"(lo), "+r"(hi) : "r"(a) : "cc");
+  std::memcpy(p, &lo, 4);
+  std::memcpy(reinterpret_cast<char*>(p) + 4, &hi, 4);
+#else
+  *p += a;
+#endif
+}
+
+// acc[j] += sum_e list[e].gw * list[e].w[j] for j in [0, cn): the list's sum in int32 (exact:
+// kGwSumMax), eight input channels at a time, then added to the int64 accumulators. The list
+// ends with an entry gw == 0 (so the loop needs no end pointer).
 TMT_NOINLINE void AccumulateTile(const GwEntry* list, int32_t cn, int64_t* acc) {
   int32_t j = 0;
-  for (; j + 4 <= cn; j += 4) {
-    int64_t a0 = acc[j], a1 = acc[j + 1], a2 = acc[j + 2], a3 = acc[j + 3];
+  for (; j + 8 <= cn; j += 8) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
     const GwEntry* e = list;
     for (int32_t gw = e->gw; gw != 0; gw = e->gw) {
       const int8_t* wp = e->w + j;
       ++e;
-      a0 += static_cast<int64_t>(gw) * wp[0];
-      a1 += static_cast<int64_t>(gw) * wp[1];
-      a2 += static_cast<int64_t>(gw) * wp[2];
-      a3 += static_cast<int64_t>(gw) * wp[3];
+      a0 += gw * wp[0];
+      a1 += gw * wp[1];
+      a2 += gw * wp[2];
+      a3 += gw * wp[3];
+      a4 += gw * wp[4];
+      a5 += gw * wp[5];
+      a6 += gw * wp[6];
+      a7 += gw * wp[7];
     }
-    acc[j] = a0;
-    acc[j + 1] = a1;
-    acc[j + 2] = a2;
-    acc[j + 3] = a3;
+    AddWide(acc + j, a0);
+    AddWide(acc + j + 1, a1);
+    AddWide(acc + j + 2, a2);
+    AddWide(acc + j + 3, a3);
+    AddWide(acc + j + 4, a4);
+    AddWide(acc + j + 5, a5);
+    AddWide(acc + j + 6, a6);
+    AddWide(acc + j + 7, a7);
   }
   for (; j < cn; ++j) {
-    int64_t a = acc[j];
-    for (const GwEntry* e = list; e->gw != 0; ++e) {
-      a += static_cast<int64_t>(e->gw) * e->w[j];
-    }
-    acc[j] = a;
+    int32_t a = 0;
+    for (const GwEntry* e = list; e->gw != 0; ++e) a += e->gw * e->w[j];
+    acc[j] += a;
   }
 }
 
-// The nonzero g[co] * wmul[co] of one output pixel gp for co in [co0, co1), with their weight rows
-// RowOf(w, split, co, w_co) + at, then the end entry gw == 0 (every listed gw is nonzero:
-// wmul >= 1). Returns the count.
+// The list of one output pixel gp from output channel *co on: the nonzero g[co] * wmul[co] with
+// their weight rows RowOf(w, split, co, w_co) + at (every listed gw is nonzero: wmul >= 1), up to
+// kCoTile entries and kGwSumMax, then the end entry gw == 0. Returns the count; *co becomes the
+// first channel not examined (CO when done).
 template <typename GAt>
 inline int32_t BuildGwListOf(GAt gp, const int32_t* wmul, const int8_t* w,
-                             const SplitWeights& split, int32_t at, int32_t w_co, int32_t co0,
-                             int32_t co1, GwEntry* list) {
+                             const SplitWeights& split, int32_t at, int32_t w_co, int32_t* co_io,
+                             int32_t CO, GwEntry* list) {
   int32_t n = 0;
-  // rows [co0, mid) at w, [mid, co1) at split.rest (no split: mid = co1)
-  int32_t mid = co1;
-  if (split.rest != nullptr && split.split < co1) mid = split.split > co0 ? split.split : co0;
-  const int8_t* base = w + at;
-  for (int32_t co = co0; co < mid; ++co) {
-    const int32_t gv = gp[co];
-    if (gv == 0) continue;
-    list[n].gw = gv * wmul[co];
-    list[n].w = base + co * w_co;
-    ++n;
-  }
-  for (int32_t co = mid; co < co1; ++co) {
-    const int32_t gv = gp[co];
-    if (gv == 0) continue;
-    list[n].gw = gv * wmul[co];
-    list[n].w = split.rest + (co - split.split) * w_co + at;
-    ++n;
-  }
+  uint32_t sum = 0;
+  int32_t co = *co_io;
+  // Scans [co, end), rows seg + (co - first) * w_co; false once the list is complete.
+  auto scan = [&](int32_t end, const int8_t* seg, int32_t first) -> bool {
+    for (; co < end; ++co) {
+      const int32_t gv = gp[co];
+      if (gv == 0) continue;
+      const int32_t gw = gv * wmul[co];
+      const uint32_t mag = static_cast<uint32_t>(gv < 0 ? -gw : gw);
+      if (n > 0 && sum + mag > kGwSumMax) return false;  // co opens the next list
+      sum += mag;
+      list[n].gw = gw;
+      list[n].w = seg + (co - first) * w_co;
+      if (++n == kCoTile) {
+        ++co;
+        return false;
+      }
+    }
+    return true;
+  };
+  // rows [co, mid) at w, [mid, CO) at split.rest (no split: mid = CO)
+  int32_t mid = CO;
+  if (split.rest != nullptr && split.split < CO) mid = split.split > co ? split.split : co;
+  if (scan(mid, w + at, 0)) scan(CO, split.rest + at, split.split);
   list[n].gw = 0;
+  *co_io = co;
   return n;
 }
-
 // One output pixel's values of a broadcast gradient, as BuildGwListOf reads them.
 struct BroadcastPixel {
   const int8_t* g;
@@ -561,27 +634,29 @@ struct BroadcastPixel {
 };
 
 // BuildGwListOf for output pixel `off` (its first element) of k's gradient.
-inline int32_t BuildGwList(const InputGradCtx& k, int32_t off, int32_t at, int32_t co0,
-                           int32_t co1, GwEntry* list) {
+inline int32_t BuildGwList(const InputGradCtx& k, int32_t off, int32_t at, int32_t* co,
+                           GwEntry* list) {
+  const int32_t CO = k.g_dims.c;
   if (!k.bcast.on) {
-    return BuildGwListOf(k.g + off, k.wmul, k.w, k.split, at, k.w_co, co0, co1, list);
+    return BuildGwListOf(k.g + off, k.wmul, k.w, k.split, at, k.w_co, co, CO, list);
   }
-  return BuildGwListOf(BroadcastPixel{k.g, k.bcast, off}, k.wmul, k.w, k.split, at, k.w_co, co0,
-                       co1, list);
+  return BuildGwListOf(BroadcastPixel{k.g, k.bcast, off}, k.wmul, k.w, k.split, at, k.w_co, co,
+                       CO, list);
 }
 
-// As AccumulateTile for the input channels idx[m], m in [0, nm): acc[m] += sum_e gw * w[idx[m]].
+// As AccumulateTile for the input channels idx[m], m in [0, nm): acc[m] += sum_e gw * w[idx[m]]
+// (the list's sum in int32).
 TMT_NOINLINE void AccumulateGather(const GwEntry* list, const int32_t* idx, int32_t nm,
                                    int64_t* acc) {
   for (int32_t m = 0; m < nm; ++m) {
     const int32_t ci = idx[m];
-    int64_t a = acc[m];
+    int32_t a = 0;  // exact in int32 (kGwSumMax)
     const GwEntry* e = list;
     for (int32_t gw = e->gw; gw != 0; gw = e->gw) {
-      a += static_cast<int64_t>(gw) * e->w[ci];
+      a += gw * e->w[ci];
       ++e;
     }
-    acc[m] = a;
+    acc[m] += a;
   }
 }
 
@@ -603,11 +678,8 @@ TMT_NOINLINE void ConvPixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit 
       for (int32_t c = 0; c < t.nc; ++c) {
         const int32_t off = t.gr[r] + t.gc[c];
         const int32_t at = t.wr[r] + t.wc[c] + ci0;
-        for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
-          const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-          if (BuildGwList(k, off, at, co0, co1, list)) {
-            AccumulateTile(list, cn, acc);
-          }
+        for (int32_t co = 0; co < CO;) {
+          if (BuildGwList(k, off, at, &co, list)) AccumulateTile(list, cn, acc);
         }
       }
     }
@@ -635,11 +707,8 @@ TMT_NOINLINE int32_t ConvFixGather(const InputGradCtx& k, const PixelTaps& t, in
     for (int32_t c = 0; c < t.nc; ++c) {
       const int32_t off = t.gr[r] + t.gc[c];
       const int32_t at = t.wr[r] + t.wc[c];
-      for (int32_t co0 = 0; co0 < CO; co0 += kCoTile) {
-        const int32_t co1 = CO - co0 < kCoTile ? CO : co0 + kCoTile;
-        if (BuildGwList(k, off, at, co0, co1, list)) {
-          AccumulateGather(list, idx, nm, acc);
-        }
+      for (int32_t co = 0; co < CO;) {
+        if (BuildGwList(k, off, at, &co, list)) AccumulateGather(list, idx, nm, acc);
       }
     }
   }
