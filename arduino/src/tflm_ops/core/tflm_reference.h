@@ -135,17 +135,6 @@ inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int3
       return h;
     }
   }
-  // A left shift s in [0, 30] (no division after it) of an x with |x << s| < 2^30, the
-  // depthwise's usual case: Srdhm(x << s, m) = SMMULR(x << (s + 1), m) as above; the check is
-  // that x << (s + 1) shifted back gives x (it fits int32).
-  if (static_cast<uint32_t>(shift) <= 30u) {
-    const int32_t a = static_cast<int32_t>(static_cast<uint32_t>(x) << (shift + 1));
-    if ((a >> (shift + 1)) == x) {
-      int32_t h;
-      __asm__("smmulr %0, %1, %2" : "=r"(h) : "r"(a), "r"(multiplier));
-      return h;
-    }
-  }
 #endif
   if (shift > 0) {  // nothing to divide after a left shift (RoundingDivideByPot by 2^0)
     const int32_t shifted =
