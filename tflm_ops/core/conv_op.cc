@@ -213,30 +213,24 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
          i += 2) {
       if (h1 > c0) {
         int8_t* yp = y + i * y_stride + (c0 - y_c0);
-        int8_t* yq = yp + y_stride;
-        tflm_ref::PointwisePair(lanes, w_c, b, rq_c, h1 - c0,
-                                [yp](int32_t co, int8_t v) { yp[co] = v; },
-                                [yq](int32_t co, int8_t v) { yq[co] = v; });
+        tflm_ref::PointwisePair(lanes, w_c, b, rq_c, h1 - c0, yp, yp + y_stride);
       }
       if (c1 > r0) {
         int8_t* yr = y + i * y_stride + (r0 - y_c0);
-        int8_t* ys = yr + y_stride;
-        tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0,
-                                [yr](int32_t co, int8_t v) { yr[co] = v; },
-                                [ys](int32_t co, int8_t v) { ys[co] = v; });
+        tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
+                                yr + y_stride);
       }
     }
     for (; i < pixels; ++i) {
       const int8_t* xp = x + i * p.x.c;
       if (h1 > c0) {
         int8_t* yp = y + i * y_stride + (c0 - y_c0);
-        tflm_ref::PointwisePixel(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0,
-                                 [yp](int32_t co, int8_t v) { yp[co] = v; });
+        tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0, yp);
       }
       if (c1 > r0) {
         int8_t* yr = y + i * y_stride + (r0 - y_c0);
-        tflm_ref::PointwisePixel(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
-                                 rq_rest, c1 - r0, [yr](int32_t co, int8_t v) { yr[co] = v; });
+        tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
+                                   rq_rest, c1 - r0, yr);
       }
     }
     return;

@@ -116,8 +116,7 @@ inline int8_t AddResidual(const FusedIrbParams& p, int32_t xv, int32_t pv) {
 // ConvPerChannel with a 1x1 kernel), w [out_c, in_c].
 inline void Pointwise(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                       const int32_t* b, const Requant& rq, int32_t out_c, int8_t* out) {
-  tflm_ref::PointwisePixel(in, in_c, in_offset, w, b, rq, out_c,
-                           [out](int32_t co, int8_t v) { out[co] = v; });
+  tflm_ref::PointwisePixelTo(in, in_c, in_offset, w, b, rq, out_c, out);
 }
 
 // Expansion row r into out [e.w, c_exp]: a 1x1 unpadded expansion reads one input pixel per

@@ -350,6 +350,34 @@ inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
   return static_cast<int8_t>(v);
 }
 
+// out[k] = Requantize(acc[k], rq, c0 + k) for k < n, as one loop: with rq.fast (DSP builds)
+// the fields stay in registers, and a clamp to the whole int8 range is one SSAT.
+inline void RequantizeRun(const int32_t* acc, int32_t n, const Requant& rq, int32_t c0,
+                          int8_t* out) {
+#if TMT_REFERENCE_DSP
+  if (rq.fast) {
+    const int32_t* m = rq.multiplier + c0;
+    const int32_t* s = rq.shift + c0;
+    const int32_t off = rq.output_offset;
+    if (rq.act_min == kQMin && rq.act_max == kQMax) {
+      for (int32_t k = 0; k < n; ++k) {
+        out[k] = static_cast<int8_t>(__ssat(SmallRightShift(acc[k], m[k], -s[k]) + off, 8));
+      }
+      return;
+    }
+    const int32_t lo = rq.act_min, hi = rq.act_max;
+    for (int32_t k = 0; k < n; ++k) {
+      int32_t v = SmallRightShift(acc[k], m[k], -s[k]) + off;
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+      out[k] = static_cast<int8_t>(v);
+    }
+    return;
+  }
+#endif
+  for (int32_t k = 0; k < n; ++k) out[k] = Requantize(acc[k], rq, c0 + k);
+}
+
 // rq with `fast` set when its channels [0, channels) all have a right shift (shift in [-31, -1])
 // and every accumulator is under 2^30 in magnitude: a sum of `window` terms (x + offset) * w
 // (|x + offset| <= 255, |w| <= 128) plus the bias b[c] (b null: none), |b[c]| + window * 32640
@@ -569,11 +597,11 @@ inline void DotOffset3(const int8_t* in, const int8_t* w, int32_t stride, int32_
 }
 
 #if TMT_REFERENCE_DSP
-// PointwisePixel for in_c = 4 * N (N <= 4): the input's N words split and offset once, kept in
+// PointwiseAccs for in_c = 4 * N (N <= 4): the input's N words split and offset once, kept in
 // registers for every output channel; the same wrapping sums (bias first, then the SMLADs).
-template <int N, typename Store>
-inline void PointwisePixelNarrow(const int8_t* in, int32_t in_offset, const int8_t* w,
-                                 const int32_t* b, const Requant& rq, int32_t out_c, Store store) {
+template <int N>
+inline void PointwiseAccsNarrow(const int8_t* in, int32_t in_offset, const int8_t* w,
+                                const int32_t* b, int32_t n, int32_t* acc) {
   const int32_t off2 = Dup16(in_offset);
   int32_t even[N], odd[N];
   for (int k = 0; k < N; ++k) {
@@ -581,70 +609,87 @@ inline void PointwisePixelNarrow(const int8_t* in, int32_t in_offset, const int8
     std::memcpy(&a, in + 4 * k, 4);
     SplitOffset(a, off2, &even[k], &odd[k]);
   }
-  for (int32_t co = 0; co < out_c; ++co) {
+  for (int32_t co = 0; co < n; ++co) {
     const int8_t* wc = w + static_cast<int64_t>(co) * (4 * N);
-    int32_t acc = b ? b[co] : 0;
+    int32_t a = b ? b[co] : 0;
     for (int k = 0; k < N; ++k) {
       int32_t wv;
       std::memcpy(&wv, wc + 4 * k, 4);
-      acc = __smlad(even[k], __sxtb16(wv), acc);
-      acc = __smlad(odd[k], Sxtb16Odd(wv), acc);
+      a = __smlad(even[k], __sxtb16(wv), a);
+      a = __smlad(odd[k], Sxtb16Odd(wv), a);
     }
-    store(co, Requantize(acc, rq, co));
+    acc[co] = a;
   }
 }
 #endif
 
+// The int32 (wrapping) accumulators of output channels [0, n) of a 1x1 convolution (or a
+// fully-connected layer) of one pixel: acc[k] = b[k] + sum_c (in[c] + in_offset) * w[k][c], w
+// [n, in_c] from the first of them, b from the first (null: no bias). Three output channels at a
+// time (DotOffset3), then a pair (DotOffset2), then one; with the DSP extension, 8 or 16 input
+// channels take PointwiseAccsNarrow (MobileNetV2's early expansions).
+inline void PointwiseAccs(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
+                          const int32_t* b, int32_t n, int32_t* acc) {
+#if TMT_REFERENCE_DSP
+  if (in_c == 8) {
+    PointwiseAccsNarrow<2>(in, in_offset, w, b, n, acc);
+    return;
+  }
+  if (in_c == 16) {
+    PointwiseAccsNarrow<4>(in, in_offset, w, b, n, acc);
+    return;
+  }
+#endif
+  int32_t co = 0;
+  for (; co + 3 <= n; co += 3) {
+    DotOffset3(in, w + static_cast<int64_t>(co) * in_c, in_c, in_c, in_offset, acc + co);
+  }
+  for (; co + 2 <= n; co += 2) {
+    const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
+    DotOffset2(in, w0, w0 + in_c, in_c, in_offset, acc + co, acc + co + 1);
+  }
+  for (; co < n; ++co) {
+    acc[co] = DotOffset(in, w + static_cast<int64_t>(co) * in_c, in_c, in_offset);
+  }
+  if (b) {
+    for (int32_t k = 0; k < n; ++k) {
+      acc[k] = static_cast<int32_t>(static_cast<uint32_t>(acc[k]) + static_cast<uint32_t>(b[k]));
+    }
+  }
+}
+
+// Output channels per chunk of accumulators (stack: 4 bytes each).
+constexpr int32_t kAccChunk = 24;
+
 // One pixel of a 1x1 convolution (or a fully-connected layer): in [in_c] -> output channel
 // values store(co, v), co ascending, with w [out_c, in_c]
-// (reference_integer_ops::FullyConnectedPerChannel for one batch row).
-// Three output channels at a time (DotOffset3), then a pair (DotOffset2), then one (with the DSP
-// extension, 8 or 16 input channels take PointwisePixelNarrow); store(co, v) is still called once
-// per channel, in ascending order, after the whole group is computed.
+// (reference_integer_ops::FullyConnectedPerChannel for one batch row). The accumulators of
+// kAccChunk channels at a time (PointwiseAccs), then their stores: store(co, v) is called once
+// per channel, in ascending order, after the chunk's sums are computed.
 template <typename Store>
 inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                            const int32_t* b, const Requant& rq_in, int32_t out_c, Store store) {
   // a local copy: the int8 stores may alias the caller's struct, its copy they cannot (the
   // fields stay in registers instead of being reloaded per output value)
   const Requant rq = rq_in;
-  int32_t co = 0;
-#if TMT_REFERENCE_DSP
-  if (in_c == 8 || in_c == 16) {
-    // MobileNetV2's early expansions (PointwisePixelNarrow)
-    if (in_c == 8) {
-      PointwisePixelNarrow<2>(in, in_offset, w, b, rq, out_c, store);
-    } else {
-      PointwisePixelNarrow<4>(in, in_offset, w, b, rq, out_c, store);
-    }
-    return;
+  int32_t acc[kAccChunk];
+  for (int32_t c0 = 0; c0 < out_c; c0 += kAccChunk) {
+    const int32_t n = out_c - c0 < kAccChunk ? out_c - c0 : kAccChunk;
+    PointwiseAccs(in, in_c, in_offset, w + static_cast<int64_t>(c0) * in_c, b ? b + c0 : nullptr,
+                  n, acc);
+    for (int32_t k = 0; k < n; ++k) store(c0 + k, Requantize(acc[k], rq, c0 + k));
   }
-#endif
-  for (; co + 3 <= out_c; co += 3) {
-    int32_t d[3];
-    DotOffset3(in, w + static_cast<int64_t>(co) * in_c, in_c, in_c, in_offset, d);
-    for (int32_t k = 0; k < 3; ++k) {
-      uint32_t acc = static_cast<uint32_t>(d[k]);
-      if (b) acc += static_cast<uint32_t>(b[co + k]);
-      store(co + k, Requantize(static_cast<int32_t>(acc), rq, co + k));
-    }
-  }
-  for (; co + 2 <= out_c; co += 2) {
-    const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
-    int32_t d0, d1;
-    DotOffset2(in, w0, w0 + in_c, in_c, in_offset, &d0, &d1);
-    uint32_t acc0 = static_cast<uint32_t>(d0), acc1 = static_cast<uint32_t>(d1);
-    if (b) {
-      acc0 += static_cast<uint32_t>(b[co]);
-      acc1 += static_cast<uint32_t>(b[co + 1]);
-    }
-    store(co, Requantize(static_cast<int32_t>(acc0), rq, co));
-    store(co + 1, Requantize(static_cast<int32_t>(acc1), rq, co + 1));
-  }
-  for (; co < out_c; ++co) {
-    uint32_t acc = static_cast<uint32_t>(
-        DotOffset(in, w + static_cast<int64_t>(co) * in_c, in_c, in_offset));
-    if (b) acc += static_cast<uint32_t>(b[co]);
-    store(co, Requantize(static_cast<int32_t>(acc), rq, co));
+}
+
+// PointwisePixel into out [out_c] (out[co] = v): the chunks requantized by RequantizeRun.
+inline void PointwisePixelTo(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
+                             const int32_t* b, const Requant& rq, int32_t out_c, int8_t* out) {
+  int32_t acc[kAccChunk];
+  for (int32_t c0 = 0; c0 < out_c; c0 += kAccChunk) {
+    const int32_t n = out_c - c0 < kAccChunk ? out_c - c0 : kAccChunk;
+    PointwiseAccs(in, in_c, in_offset, w + static_cast<int64_t>(c0) * in_c, b ? b + c0 : nullptr,
+                  n, acc);
+    RequantizeRun(acc, n, rq, c0, out + c0);
   }
 }
 
@@ -752,42 +797,46 @@ inline void DotPairRows(const PairLanesOf<kMax>& l, const int8_t* w0, const int8
 }
 #endif
 
+// Output channels per chunk of PointwisePair's accumulators (stack: 8 bytes each).
+constexpr int32_t kPairChunk = 8;
+
 // Both pixels of `lanes` (PairLanes::Widen returned true) through a 1x1 convolution with w
-// [out_c, in_c]: exactly PointwisePixel of pixel 0 into store0 and of pixel 1 into store1 (the
-// same wrapping sums, bias first; each store called once per channel, co ascending per pixel).
-template <int32_t kMax, typename Store0, typename Store1>
+// [out_c, in_c]: exactly PointwisePixelTo of pixel 0 into out0 [out_c] and of pixel 1 into out1
+// (the same wrapping sums, bias first).
+template <int32_t kMax>
 inline void PointwisePair(const PairLanesOf<kMax>& lanes, const int8_t* w, const int32_t* b,
-                          const Requant& rq_in, int32_t out_c, Store0 store0, Store1 store1) {
+                          const Requant& rq, int32_t out_c, int8_t* out0, int8_t* out1) {
 #if TMT_REFERENCE_DSP
-  const Requant rq = rq_in;  // a local copy, as in PointwisePixel
   const int32_t in_c = 4 * lanes.groups + lanes.tail;
-  int32_t co = 0;
-  for (; co + 2 <= out_c; co += 2) {
-    const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
-    const int32_t b0 = b ? b[co] : 0, b1 = b ? b[co + 1] : 0;
-    int32_t acc[4] = {b0, b1, b0, b1};
-    DotPairRows(lanes, w0, w0 + in_c, acc);
-    store0(co, Requantize(acc[0], rq, co));
-    store0(co + 1, Requantize(acc[1], rq, co + 1));
-    store1(co, Requantize(acc[2], rq, co));
-    store1(co + 1, Requantize(acc[3], rq, co + 1));
-  }
-  if (co < out_c) {  // an odd count's last channel: its row twice, the copies' sums unused
-    const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
-    const int32_t b0 = b ? b[co] : 0;
-    int32_t acc[4] = {b0, 0, b0, 0};
-    DotPairRows(lanes, w0, w0, acc);
-    store0(co, Requantize(acc[0], rq, co));
-    store1(co, Requantize(acc[2], rq, co));
+  int32_t acc0[kPairChunk], acc1[kPairChunk];
+  for (int32_t c0 = 0; c0 < out_c; c0 += kPairChunk) {
+    const int32_t n = out_c - c0 < kPairChunk ? out_c - c0 : kPairChunk;
+    for (int32_t k = 0; k < n; k += 2) {
+      const int32_t co = c0 + k;
+      const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
+      // an odd count's last channel: its row twice, the copy's sums unused
+      const int8_t* w1 = k + 1 < n ? w0 + in_c : w0;
+      const int32_t b0 = b ? b[co] : 0, b1 = b && k + 1 < n ? b[co + 1] : 0;
+      int32_t acc[4] = {b0, b1, b0, b1};
+      DotPairRows(lanes, w0, w1, acc);
+      acc0[k] = acc[0];
+      acc1[k] = acc[2];
+      if (k + 1 < n) {
+        acc0[k + 1] = acc[1];
+        acc1[k + 1] = acc[3];
+      }
+    }
+    RequantizeRun(acc0, n, rq, c0, out0 + c0);
+    RequantizeRun(acc1, n, rq, c0, out1 + c0);
   }
 #else
   (void)lanes;
   (void)w;
   (void)b;
-  (void)rq_in;
+  (void)rq;
   (void)out_c;
-  (void)store0;
-  (void)store1;
+  (void)out0;
+  (void)out1;
 #endif
 }
 
@@ -846,17 +895,13 @@ inline void ConvRow(const ConvLoop& p, const int8_t* x, const int8_t* w, const i
         gather(ox + 1, patches[1]);
         lanes.Widen(patches[0], patches[1], window, p.in_offset);
         int8_t* o0 = out + ox * out_px;
-        int8_t* o1 = o0 + out_px;
-        PointwisePair(lanes, w, b, p.rq, p.out_c, [o0](int32_t co, int8_t v) { o0[co] = v; },
-                      [o1](int32_t co, int8_t v) { o1[co] = v; });
+        PointwisePair(lanes, w, b, p.rq, p.out_c, o0, o0 + out_px);
       }
     }
     for (; ox < p.out_w; ++ox) {
       int8_t patch[kConvPatchMax];
       gather(ox, patch);
-      int8_t* o = out + ox * out_px;
-      PointwisePixel(patch, window, p.in_offset, w, b, p.rq, p.out_c,
-                     [o](int32_t co, int8_t v) { o[co] = v; });
+      PointwisePixelTo(patch, window, p.in_offset, w, b, p.rq, p.out_c, out + ox * out_px);
     }
     return;
   }
