@@ -604,6 +604,7 @@ inline void PointwiseAccsNarrow(const int8_t* in, int32_t in_offset, const int8_
                                 const int32_t* b, int32_t n, int32_t* acc) {
   const int32_t off2 = Dup16(in_offset);
   int32_t even[N], odd[N];
+#pragma GCC unroll 4
   for (int k = 0; k < N; ++k) {
     int32_t a;
     std::memcpy(&a, in + 4 * k, 4);
@@ -612,6 +613,7 @@ inline void PointwiseAccsNarrow(const int8_t* in, int32_t in_offset, const int8_
   for (int32_t co = 0; co < n; ++co) {
     const int8_t* wc = w + static_cast<int64_t>(co) * (4 * N);
     int32_t a = b ? b[co] : 0;
+#pragma GCC unroll 4  // (the lanes stay in registers only when unrolled)
     for (int k = 0; k < N; ++k) {
       int32_t wv;
       std::memcpy(&wv, wc + 4 * k, 4);
