@@ -885,7 +885,9 @@ def gen_fused_irb(rng, i):
         h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
         if rng.random() < 0.6:
             w = h
-        cin = int(rng.choice([1, 2, 3, 4, 6, 8])) if rng.random() < 0.7 else int(rng.integers(1, 9))
+        u = rng.random()  # (wider inputs too: the Cortex-M paths for 16 and 17..32 channels)
+        cin = int(rng.choice([1, 2, 3, 4, 6, 8])) if u < 0.6 else \
+            int(rng.integers(1, 9)) if u < 0.8 else int(rng.choice([12, 16, 20, 24, 32]))
         has_expand = rng.random() < 0.75
         o: dict = {}
         if has_expand:
@@ -893,8 +895,9 @@ def gen_fused_irb(rng, i):
                 ek = (1, 1, 1, 1, 1, 1, int(rng.choice([0, 1])))
             else:
                 ek = _fused_conv_geom(rng, h, w, ks=(1, 2, 3, 5), strides=(1, 2, 2))
-            c_exp = int(rng.choice([1, 2, 4, 6, 8, 12, 16])) if rng.random() < 0.8 \
-                else int(rng.integers(1, 17))
+            u = rng.random()
+            c_exp = int(rng.choice([1, 2, 4, 6, 8, 12, 16])) if u < 0.7 else \
+                int(rng.integers(1, 17)) if u < 0.85 else int(rng.choice([24, 32, 36, 48]))
             o.update(zip(("e_kh", "e_kw", "e_stride_h", "e_stride_w", "e_dil_h", "e_dil_w",
                           "e_padding"), ek))
             o["e_act"] = _fused_act(rng, 0.6)

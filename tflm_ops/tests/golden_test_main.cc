@@ -965,8 +965,9 @@ int main(int argc, char** argv) {
         ++failed;
         ++counts.second;
         if (reported++ < 20) {
-          std::printf("MISMATCH %s case #%zu (%s): %s\n", f.c_str(), c.index, c.op.c_str(),
-                      problem.c_str());
+          // (%lu: newlib's small printf on the Cortex-M builds has no %zu)
+          std::printf("MISMATCH %s case #%lu (%s): %s\n", f.c_str(),
+                      static_cast<unsigned long>(c.index), c.op.c_str(), problem.c_str());
         }
       }
     }
