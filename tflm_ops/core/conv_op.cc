@@ -127,6 +127,89 @@ bool ConvOpTakesSplit(const ConvOpParams& p) {
 
 namespace {
 
+#if defined(__GNUC__)
+#define TMT_NOINLINE __attribute__((noinline))
+#else
+#define TMT_NOINLINE
+#endif
+
+// ConvChannels for a depthwise of at most kMaxDepthwiseTaps taps: per output pixel, the window's
+// in-image taps (out-of-image ones are skipped, as the reference does), then the channels over
+// them. (Out of line, as PointwiseChannels: each keeps its arrays off the other's stack.)
+TMT_NOINLINE void DepthwiseTapsChannels(const ConvOpParams& p, const Requant& rq_c,
+                                        const int8_t* x, const int8_t* w, const int32_t* b,
+                                        int8_t* y, int32_t c0, int32_t n_c) {
+  const int32_t channels = p.y.c;
+  const int8_t* src[kMaxDepthwiseTaps];
+  int32_t src_w[kMaxDepthwiseTaps];
+  for (int32_t oy = 0; oy < p.y.h; ++oy) {
+    const int32_t iy0 = oy * p.stride_h - p.pad_top;
+    for (int32_t ox = 0; ox < p.y.w; ++ox) {
+      const int32_t ix0 = ox * p.stride_w - p.pad_left;
+      int32_t n = 0;
+      for (int32_t ky = 0; ky < p.kh; ++ky) {
+        const int32_t iy = iy0 + ky * p.dil_h;
+        if (iy < 0 || iy >= p.x.h) continue;
+        for (int32_t kx = 0; kx < p.kw; ++kx) {
+          const int32_t ix = ix0 + kx * p.dil_w;
+          if (ix < 0 || ix >= p.x.w) continue;
+          src[n] = x + (static_cast<int64_t>(iy) * p.x.w + ix) * channels + c0;
+          src_w[n++] = (ky * p.kw + kx) * channels + c0;
+        }
+      }
+      tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, n_c, p.x_offset, rq_c,
+                              y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels + c0);
+    }
+  }
+}
+
+// ConvChannels for a 1x1 convolution or a fully-connected layer (ConvOpTakesSplit): pairs of
+// output pixels (PointwisePair) where the lanes take the input, single ones (PointwisePixelTo)
+// otherwise; output channels [0, split.split) from w, the rest from split.rest.
+TMT_NOINLINE void PointwiseChannels(const ConvOpParams& p, const Requant& rq, const Requant& rq_c,
+                                    const int8_t* x, const int8_t* w, const int32_t* b,
+                                    int8_t* y, const SplitWeights& split, int32_t c0, int32_t c1,
+                                    int32_t y_stride, int32_t y_c0) {
+  const int32_t channels = p.y.c;
+  const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
+  // output channels [0, head) from w, [head, channels) from split.rest (rows of x.c weights)
+  const int32_t head = split.rest != nullptr ? split.split : channels;
+  const int32_t h1 = c1 < head ? c1 : head;  // [c0, h1) from w, [r0, c1) from split.rest
+  const int32_t r0 = c0 > head ? c0 : head;
+  Requant rq_rest = rq_c;  // (fast: channels [r0, c1) are among [c0, c1))
+  rq_rest.multiplier = rq.multiplier + r0;
+  rq_rest.shift = rq.shift + r0;
+  const int8_t* w_c = w + static_cast<int64_t>(c0) * p.x.c;
+  const int8_t* rest_c =
+      split.rest != nullptr ? split.rest + static_cast<int64_t>(r0 - head) * p.x.c : nullptr;
+  int64_t i = 0;
+  tflm_ref::PairLanes lanes;  // two pixels at a time where it applies (PointwisePair)
+  for (; i + 2 <= pixels && lanes.Widen(x + i * p.x.c, x + (i + 1) * p.x.c, p.x.c, p.x_offset);
+       i += 2) {
+    if (h1 > c0) {
+      int8_t* yp = y + i * y_stride + (c0 - y_c0);
+      tflm_ref::PointwisePair(lanes, w_c, b, rq_c, h1 - c0, yp, yp + y_stride);
+    }
+    if (c1 > r0) {
+      int8_t* yr = y + i * y_stride + (r0 - y_c0);
+      tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
+                              yr + y_stride);
+    }
+  }
+  for (; i < pixels; ++i) {
+    const int8_t* xp = x + i * p.x.c;
+    if (h1 > c0) {
+      int8_t* yp = y + i * y_stride + (c0 - y_c0);
+      tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0, yp);
+    }
+    if (c1 > r0) {
+      int8_t* yr = y + i * y_stride + (r0 - y_c0);
+      tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
+                                 rq_rest, c1 - r0, yr);
+    }
+  }
+}
+
 // Output channels [c0, c1) of the op over every output pixel: b (null: no bias) holds their
 // biases (b[c - c0]); the multipliers and weights are the op's whole tensors. Channel c of output
 // pixel i goes to y[i * y_stride + c - y_c0]: y the op's whole output (y_stride = channels,
@@ -142,29 +225,7 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
   const int64_t window = p.kind == kConvOpDepthwise ? p.kh * p.kw : p.kh * p.kw * p.x.c;
   rq_c = tflm_ref::WithFastPath(rq_c, n_c, window, b);
   if (p.kind == kConvOpDepthwise && p.kh * p.kw <= kMaxDepthwiseTaps) {
-    // per output pixel, the window's in-image taps (out-of-image ones are skipped, as the
-    // reference does), then the channels over them
-    const int8_t* src[kMaxDepthwiseTaps];
-    int32_t src_w[kMaxDepthwiseTaps];
-    for (int32_t oy = 0; oy < p.y.h; ++oy) {
-      const int32_t iy0 = oy * p.stride_h - p.pad_top;
-      for (int32_t ox = 0; ox < p.y.w; ++ox) {
-        const int32_t ix0 = ox * p.stride_w - p.pad_left;
-        int32_t n = 0;
-        for (int32_t ky = 0; ky < p.kh; ++ky) {
-          const int32_t iy = iy0 + ky * p.dil_h;
-          if (iy < 0 || iy >= p.x.h) continue;
-          for (int32_t kx = 0; kx < p.kw; ++kx) {
-            const int32_t ix = ix0 + kx * p.dil_w;
-            if (ix < 0 || ix >= p.x.w) continue;
-            src[n] = x + (static_cast<int64_t>(iy) * p.x.w + ix) * channels + c0;
-            src_w[n++] = (ky * p.kw + kx) * channels + c0;
-          }
-        }
-        tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, n_c, p.x_offset, rq_c,
-                                y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels + c0);
-      }
-    }
+    DepthwiseTapsChannels(p, rq_c, x, w, b, y, c0, n_c);
     return;
   }
   if (p.kind == kConvOpDepthwise) {
@@ -196,43 +257,7 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
     return;
   }
   if (ConvOpTakesSplit(p)) {  // every output pixel (FC: row) reads the input pixel at one place
-    const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
-    // output channels [0, head) from w, [head, channels) from split.rest (rows of x.c weights)
-    const int32_t head = split.rest != nullptr ? split.split : channels;
-    const int32_t h1 = c1 < head ? c1 : head;  // [c0, h1) from w, [r0, c1) from split.rest
-    const int32_t r0 = c0 > head ? c0 : head;
-    Requant rq_rest = rq_c;  // (fast: channels [r0, c1) are among [c0, c1))
-    rq_rest.multiplier = rq.multiplier + r0;
-    rq_rest.shift = rq.shift + r0;
-    const int8_t* w_c = w + static_cast<int64_t>(c0) * p.x.c;
-    const int8_t* rest_c =
-        split.rest != nullptr ? split.rest + static_cast<int64_t>(r0 - head) * p.x.c : nullptr;
-    int64_t i = 0;
-    tflm_ref::PairLanes lanes;  // two pixels at a time where it applies (PointwisePair)
-    for (; i + 2 <= pixels && lanes.Widen(x + i * p.x.c, x + (i + 1) * p.x.c, p.x.c, p.x_offset);
-         i += 2) {
-      if (h1 > c0) {
-        int8_t* yp = y + i * y_stride + (c0 - y_c0);
-        tflm_ref::PointwisePair(lanes, w_c, b, rq_c, h1 - c0, yp, yp + y_stride);
-      }
-      if (c1 > r0) {
-        int8_t* yr = y + i * y_stride + (r0 - y_c0);
-        tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
-                                yr + y_stride);
-      }
-    }
-    for (; i < pixels; ++i) {
-      const int8_t* xp = x + i * p.x.c;
-      if (h1 > c0) {
-        int8_t* yp = y + i * y_stride + (c0 - y_c0);
-        tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0, yp);
-      }
-      if (c1 > r0) {
-        int8_t* yr = y + i * y_stride + (r0 - y_c0);
-        tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
-                                   rq_rest, c1 - r0, yr);
-      }
-    }
+    PointwiseChannels(p, rq, rq_c, x, w, b, y, split, c0, c1, y_stride, y_c0);
     return;
   }
   tflm_ref::ConvLoop l;
