@@ -463,30 +463,52 @@ class StagedQuant {
   static constexpr int8_t kMarker = -128;
 
  private:
-  // o[j] = t = a[j] >> c when -127 <= t <= 127 (its high word is the sign of its low word and
-  // the low word is in range; a = hi * 2^32 + lo), else the marker. Returns the OR of the |a[j]|
-  // (the bit length of their max).
+  // o[j] = t = a[j] >> c when -127 <= t <= 127, else the marker. t is in range iff
+  // a in [-127 2^c, 128 2^c), i.e. u = a + 127 2^c < 255 2^c as uint64 (one add and one
+  // compare of 64 bits); then t's low byte (all the int8 store keeps) is bits c..c+7 of a.
+  // Returns the OR of |a[j]| over the marked j only: an unmarked one has |a| < 2^(c+7), so it
+  // cannot reach lim_ = 2^(c+8), and it never sets the bit length: once c > 0 the OR already has
+  // bit length c + 8 (Grow), and with c == 0 it is <= 127, where DynQuantizeShift is 0 either
+  // way. PutBlock, Grow and shift() therefore see exactly what the OR of every |a| gives them.
   static TMT_NOINLINE uint64_t Store(int8_t* o, const int64_t* a, int32_t n, int c) {
-    uint32_t or_lo = 0, or_hi = 0;
-    for (int32_t j = 0; j < n; ++j) {
-      const uint64_t u = static_cast<uint64_t>(a[j]);
-      const uint32_t lo = static_cast<uint32_t>(u);
-      const uint32_t hi = static_cast<uint32_t>(u >> 32);
-      const uint64_t m = AbsU64(a[j]);
-      or_lo |= static_cast<uint32_t>(m);
-      or_hi |= static_cast<uint32_t>(m >> 32);
-      int32_t tlo, thi;
-      if (c < 32) {
-        tlo = static_cast<int32_t>(c ? (lo >> c) | (hi << (32 - c)) : lo);
-        thi = static_cast<int32_t>(hi) >> c;
-      } else {
-        tlo = static_cast<int32_t>(hi) >> (c - 32);
-        thi = tlo >> 31;
+    uint64_t marked = 0;
+    const int64_t* const end = a + n;
+    if (c <= 24) {  // 255 2^c < 2^32; bits c..c+7 are in the low word
+      const uint32_t k = uint32_t{127} << c, l = uint32_t{255} << c;
+      for (; a < end; ++a, ++o) {
+        const uint64_t u = static_cast<uint64_t>(*a) + k;
+        if (u < l) {
+          *o = static_cast<int8_t>(static_cast<uint32_t>(*a) >> c);
+        } else {
+          *o = kMarker;
+          marked |= AbsU64(*a);
+        }
       }
-      const bool fits = thi == (tlo >> 31) && static_cast<uint32_t>(tlo) + 127u <= 254u;
-      o[j] = fits ? static_cast<int8_t>(tlo) : kMarker;
+    } else if (c < 32) {  // bits c..c+7 straddle the words
+      const uint64_t k = uint64_t{127} << c, l = uint64_t{255} << c;
+      for (; a < end; ++a, ++o) {
+        const uint64_t v = static_cast<uint64_t>(*a);
+        if (v + k < l) {
+          *o = static_cast<int8_t>((static_cast<uint32_t>(v) >> c) |
+                                   (static_cast<uint32_t>(v >> 32) << (32 - c)));
+        } else {
+          *o = kMarker;
+          marked |= AbsU64(*a);
+        }
+      }
+    } else {  // 32 <= c <= 56 (bit length <= 64): u's low word is a's, 255 2^(c-32) < 2^32
+      const uint32_t k = uint32_t{127} << (c - 32), l = uint32_t{255} << (c - 32);
+      for (; a < end; ++a, ++o) {
+        const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(*a) >> 32);
+        if (hi + k < l) {
+          *o = static_cast<int8_t>(hi >> (c - 32));
+        } else {
+          *o = kMarker;
+          marked |= AbsU64(*a);
+        }
+      }
     }
-    return (static_cast<uint64_t>(or_hi) << 32) | or_lo;
+    return marked;
   }
 
   TMT_NOINLINE void Grow(int32_t i) {
