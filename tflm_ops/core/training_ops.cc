@@ -150,7 +150,30 @@ Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, ui
     return static_cast<uint32_t>(v - base) < uspan ? 1u : 0u;
   };
   const int32_t full = n / 8;
-  for (int32_t byte = 0; byte < full; ++byte, y += 8) {
+  int32_t byte = 0;
+#if TMT_CORE_USE_DSP
+  if (span > 0) {
+    // Four bytes at a time: with L = max(lo + 1, -128) and H = min(hi - 1, 127) (span > 0: L <= H,
+    // both int8), v is in range iff v >= L and H >= v; SSUB8 sets GE per byte iff the exact
+    // signed difference is >= 0, SEL keeps 0x01 in those bytes, and the multiply by 0x01020408
+    // moves byte k's bit to bit 24 + k (the partial products do not overlap).
+    const uint32_t L = (static_cast<uint32_t>(base < -128 ? -128 : base) & 0xFFu) * 0x01010101u;
+    const uint32_t H = (static_cast<uint32_t>(hi - 1 > 127 ? 127 : hi - 1) & 0xFFu) * 0x01010101u;
+    uint32_t gather = 0x01020408u;
+    __asm__("" : "+r"(gather));  // one MUL (GCC would expand it into three shifted adds)
+    auto nibble = [&](uint32_t v) -> uint32_t {
+      uint32_t m, t;
+      __asm__("ssub8 %1, %2, %3\n\tsel %0, %4, %5\n\tssub8 %1, %6, %2\n\tsel %0, %0, %5"
+              : "=&r"(m), "=&r"(t)
+              : "r"(v), "r"(L), "r"(0x01010101u), "r"(0u), "r"(H));
+      return (m * gather) >> 24;
+    };
+    for (; byte < full; ++byte, y += 8) {
+      bits[byte] = static_cast<uint8_t>(nibble(Load32(y)) | (nibble(Load32(y + 4)) << 4));
+    }
+  }
+#endif
+  for (; byte < full; ++byte, y += 8) {
     bits[byte] = static_cast<uint8_t>(in(y[0]) | (in(y[1]) << 1) | (in(y[2]) << 2) |
                                       (in(y[3]) << 3) | (in(y[4]) << 4) | (in(y[5]) << 5) |
                                       (in(y[6]) << 6) | (in(y[7]) << 7));
@@ -1614,6 +1637,34 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
 
 namespace {
 
+#if TMT_CORE_USE_DSP
+// s[k] = sum_i g[i * stride + k], k < 4: SXTAB16 adds bytes 0, 2 (1, 3) into int16 lanes, exact
+// for up to 256 positions (|sum| <= 256 * 128 = 2^15, and -2^15 is an int16), then the lanes are
+// added to int32 sums.
+inline void ColumnSums4(const int8_t* g, int32_t positions, int32_t stride, int32_t* s) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int32_t i = 0; i < positions;) {
+    const int32_t n = positions - i < 256 ? positions - i : 256;
+    uint32_t even = 0, odd = 0;
+    for (int32_t k = 0; k < n; ++k, g += stride) {
+      const uint32_t v = Load32(g);
+      __asm__("sxtab16 %0, %0, %2\n\tsxtab16 %1, %1, %2, ror #8"
+              : "+r"(even), "+r"(odd)
+              : "r"(v));
+    }
+    i += n;
+    s0 += static_cast<int16_t>(even & 0xFFFFu);
+    s2 += static_cast<int32_t>(even) >> 16;
+    s1 += static_cast<int16_t>(odd & 0xFFFFu);
+    s3 += static_cast<int32_t>(odd) >> 16;
+  }
+  s[0] = s0;
+  s[1] = s1;
+  s[2] = s2;
+  s[3] = s3;
+}
+#endif
+
 template <typename Bias>
 Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channels, Bias* b,
                     const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
@@ -1623,6 +1674,10 @@ Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channel
   const uint32_t base = NoiseBase(p.seed, counter);
   const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const bool narrow = positions < (1 << 24);  // int32 sums of |g| <= 128 cannot overflow
+#if TMT_CORE_USE_DSP
+  const int32_t quads = p.update_channels & ~3;  // channels summed four at a time
+  int32_t sums[4] = {0, 0, 0, 0};
+#endif
   for (int32_t c = 0; c < p.update_channels; ++c) {
     int64_t acc = 0;
     if (bc.on) {  // g[c] at each position whose mask bit is set
@@ -1633,10 +1688,18 @@ Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channel
       }
       acc = n * g[c];
     } else if (narrow) {
-      int32_t a = 0;
-      const int8_t* gp = g + c;
-      for (int32_t i = 0; i < positions; ++i, gp += channels) a += *gp;
-      acc = a;
+#if TMT_CORE_USE_DSP
+      if (c < quads) {
+        if ((c & 3) == 0) ColumnSums4(g + c, positions, channels, sums);
+        acc = sums[c & 3];
+      } else
+#endif
+      {
+        int32_t a = 0;
+        const int8_t* gp = g + c;
+        for (int32_t i = 0; i < positions; ++i, gp += channels) a += *gp;
+        acc = a;
+      }
     } else {
       for (int32_t i = 0; i < positions; ++i) acc += g[i * channels + c];
     }
