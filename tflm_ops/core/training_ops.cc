@@ -150,7 +150,30 @@ Status MaskPack(const int8_t* y, int32_t n, int32_t act_min, int32_t act_max, ui
     return static_cast<uint32_t>(v - base) < uspan ? 1u : 0u;
   };
   const int32_t full = n / 8;
-  for (int32_t byte = 0; byte < full; ++byte, y += 8) {
+  int32_t byte = 0;
+#if TMT_CORE_USE_DSP
+  if (span > 0) {
+    // Four bytes at a time: with L = max(lo + 1, -128) and H = min(hi - 1, 127) (span > 0: L <= H,
+    // both int8), v is in range iff v >= L and H >= v; SSUB8 sets GE per byte iff the exact
+    // signed difference is >= 0, SEL keeps 0x01 in those bytes, and the multiply by 0x01020408
+    // moves byte k's bit to bit 24 + k (the partial products do not overlap).
+    const uint32_t L = (static_cast<uint32_t>(base < -128 ? -128 : base) & 0xFFu) * 0x01010101u;
+    const uint32_t H = (static_cast<uint32_t>(hi - 1 > 127 ? 127 : hi - 1) & 0xFFu) * 0x01010101u;
+    uint32_t gather = 0x01020408u;
+    __asm__("" : "+r"(gather));  // one MUL (GCC would expand it into three shifted adds)
+    auto nibble = [&](uint32_t v) -> uint32_t {
+      uint32_t m, t;
+      __asm__("ssub8 %1, %2, %3\n\tsel %0, %4, %5\n\tssub8 %1, %6, %2\n\tsel %0, %0, %5"
+              : "=&r"(m), "=&r"(t)
+              : "r"(v), "r"(L), "r"(0x01010101u), "r"(0u), "r"(H));
+      return (m * gather) >> 24;
+    };
+    for (; byte < full; ++byte, y += 8) {
+      bits[byte] = static_cast<uint8_t>(nibble(Load32(y)) | (nibble(Load32(y + 4)) << 4));
+    }
+  }
+#endif
+  for (; byte < full; ++byte, y += 8) {
     bits[byte] = static_cast<uint8_t>(in(y[0]) | (in(y[1]) << 1) | (in(y[2]) << 2) |
                                       (in(y[3]) << 3) | (in(y[4]) << 4) | (in(y[5]) << 5) |
                                       (in(y[6]) << 6) | (in(y[7]) << 7));
@@ -463,30 +486,52 @@ class StagedQuant {
   static constexpr int8_t kMarker = -128;
 
  private:
-  // o[j] = t = a[j] >> c when -127 <= t <= 127 (its high word is the sign of its low word and
-  // the low word is in range; a = hi * 2^32 + lo), else the marker. Returns the OR of the |a[j]|
-  // (the bit length of their max).
+  // o[j] = t = a[j] >> c when -127 <= t <= 127, else the marker. t is in range iff
+  // a in [-127 2^c, 128 2^c), i.e. u = a + 127 2^c < 255 2^c as uint64 (one add and one
+  // compare of 64 bits); then t's low byte (all the int8 store keeps) is bits c..c+7 of a.
+  // Returns the OR of |a[j]| over the marked j only: an unmarked one has |a| < 2^(c+7), so it
+  // cannot reach lim_ = 2^(c+8), and it never sets the bit length: once c > 0 the OR already has
+  // bit length c + 8 (Grow), and with c == 0 it is <= 127, where DynQuantizeShift is 0 either
+  // way. PutBlock, Grow and shift() therefore see exactly what the OR of every |a| gives them.
   static TMT_NOINLINE uint64_t Store(int8_t* o, const int64_t* a, int32_t n, int c) {
-    uint32_t or_lo = 0, or_hi = 0;
-    for (int32_t j = 0; j < n; ++j) {
-      const uint64_t u = static_cast<uint64_t>(a[j]);
-      const uint32_t lo = static_cast<uint32_t>(u);
-      const uint32_t hi = static_cast<uint32_t>(u >> 32);
-      const uint64_t m = AbsU64(a[j]);
-      or_lo |= static_cast<uint32_t>(m);
-      or_hi |= static_cast<uint32_t>(m >> 32);
-      int32_t tlo, thi;
-      if (c < 32) {
-        tlo = static_cast<int32_t>(c ? (lo >> c) | (hi << (32 - c)) : lo);
-        thi = static_cast<int32_t>(hi) >> c;
-      } else {
-        tlo = static_cast<int32_t>(hi) >> (c - 32);
-        thi = tlo >> 31;
+    uint64_t marked = 0;
+    const int64_t* const end = a + n;
+    if (c <= 24) {  // 255 2^c < 2^32; bits c..c+7 are in the low word
+      const uint32_t k = uint32_t{127} << c, l = uint32_t{255} << c;
+      for (; a < end; ++a, ++o) {
+        const uint64_t u = static_cast<uint64_t>(*a) + k;
+        if (u < l) {
+          *o = static_cast<int8_t>(static_cast<uint32_t>(*a) >> c);
+        } else {
+          *o = kMarker;
+          marked |= AbsU64(*a);
+        }
       }
-      const bool fits = thi == (tlo >> 31) && static_cast<uint32_t>(tlo) + 127u <= 254u;
-      o[j] = fits ? static_cast<int8_t>(tlo) : kMarker;
+    } else if (c < 32) {  // bits c..c+7 straddle the words
+      const uint64_t k = uint64_t{127} << c, l = uint64_t{255} << c;
+      for (; a < end; ++a, ++o) {
+        const uint64_t v = static_cast<uint64_t>(*a);
+        if (v + k < l) {
+          *o = static_cast<int8_t>((static_cast<uint32_t>(v) >> c) |
+                                   (static_cast<uint32_t>(v >> 32) << (32 - c)));
+        } else {
+          *o = kMarker;
+          marked |= AbsU64(*a);
+        }
+      }
+    } else {  // 32 <= c <= 56 (bit length <= 64): u's low word is a's, 255 2^(c-32) < 2^32
+      const uint32_t k = uint32_t{127} << (c - 32), l = uint32_t{255} << (c - 32);
+      for (; a < end; ++a, ++o) {
+        const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(*a) >> 32);
+        if (hi + k < l) {
+          *o = static_cast<int8_t>(hi >> (c - 32));
+        } else {
+          *o = kMarker;
+          marked |= AbsU64(*a);
+        }
+      }
     }
-    return (static_cast<uint64_t>(or_hi) << 32) | or_lo;
+    return marked;
   }
 
   TMT_NOINLINE void Grow(int32_t i) {
@@ -1592,6 +1637,34 @@ Status DepthwiseWeightUpdate(const int8_t* g, float s, Hwc g_dims, const int8_t*
 
 namespace {
 
+#if TMT_CORE_USE_DSP
+// s[k] = sum_i g[i * stride + k], k < 4: SXTAB16 adds bytes 0, 2 (1, 3) into int16 lanes, exact
+// for up to 256 positions (|sum| <= 256 * 128 = 2^15, and -2^15 is an int16), then the lanes are
+// added to int32 sums.
+inline void ColumnSums4(const int8_t* g, int32_t positions, int32_t stride, int32_t* s) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int32_t i = 0; i < positions;) {
+    const int32_t n = positions - i < 256 ? positions - i : 256;
+    uint32_t even = 0, odd = 0;
+    for (int32_t k = 0; k < n; ++k, g += stride) {
+      const uint32_t v = Load32(g);
+      __asm__("sxtab16 %0, %0, %2\n\tsxtab16 %1, %1, %2, ror #8"
+              : "+r"(even), "+r"(odd)
+              : "r"(v));
+    }
+    i += n;
+    s0 += static_cast<int16_t>(even & 0xFFFFu);
+    s2 += static_cast<int32_t>(even) >> 16;
+    s1 += static_cast<int16_t>(odd & 0xFFFFu);
+    s3 += static_cast<int32_t>(odd) >> 16;
+  }
+  s[0] = s0;
+  s[1] = s1;
+  s[2] = s2;
+  s[3] = s3;
+}
+#endif
+
 template <typename Bias>
 Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channels, Bias* b,
                     const float* bfactor, float lr, const UpdateParams& p, uint32_t counter,
@@ -1601,6 +1674,10 @@ Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channel
   const uint32_t base = NoiseBase(p.seed, counter);
   const float lr_s = lr * s;  // UpdateMultiplier's first product, once per op
   const bool narrow = positions < (1 << 24);  // int32 sums of |g| <= 128 cannot overflow
+#if TMT_CORE_USE_DSP
+  const int32_t quads = p.update_channels & ~3;  // channels summed four at a time
+  int32_t sums[4] = {0, 0, 0, 0};
+#endif
   for (int32_t c = 0; c < p.update_channels; ++c) {
     int64_t acc = 0;
     if (bc.on) {  // g[c] at each position whose mask bit is set
@@ -1611,10 +1688,18 @@ Status BiasUpdateOf(const int8_t* g, float s, int32_t positions, int32_t channel
       }
       acc = n * g[c];
     } else if (narrow) {
-      int32_t a = 0;
-      const int8_t* gp = g + c;
-      for (int32_t i = 0; i < positions; ++i, gp += channels) a += *gp;
-      acc = a;
+#if TMT_CORE_USE_DSP
+      if (c < quads) {
+        if ((c & 3) == 0) ColumnSums4(g + c, positions, channels, sums);
+        acc = sums[c & 3];
+      } else
+#endif
+      {
+        int32_t a = 0;
+        const int8_t* gp = g + c;
+        for (int32_t i = 0; i < positions; ++i, gp += channels) a += *gp;
+        acc = a;
+      }
     } else {
       for (int32_t i = 0; i < positions; ++i) acc += g[i * channels + c];
     }
