@@ -127,12 +127,6 @@ bool ConvOpTakesSplit(const ConvOpParams& p) {
 
 namespace {
 
-#if defined(__GNUC__)
-#define TMT_NOINLINE __attribute__((noinline))
-#else
-#define TMT_NOINLINE
-#endif
-
 // ConvChannels for a depthwise of at most kMaxDepthwiseTaps taps: per output pixel, the window's
 // in-image taps (out-of-image ones are skipped, as the reference does), then the channels over
 // them. (Out of line, as PointwiseChannels: each keeps its arrays off the other's stack.)

@@ -134,7 +134,14 @@ void ExpandRow(const FusedIrbParams& p, const tflm_ref::ConvLoop& loop, const in
     const int8_t* xr = x + static_cast<int64_t>(iy) * p.x.w * p.x.c;
     const int32_t step = p.e_stride_w * p.x.c;
     int32_t ox = 0;
-    // (8 or 16 input channels: PointwiseAccsNarrow with the lanes in registers is faster)
+    if (p.x.c == 8) {  // both pixels' lanes in registers (PointwisePixelPairTo)
+      for (; ox + 2 <= p.e.w; ox += 2) {
+        tflm_ref::PointwisePixelPairTo(xr + ox * step, xr + (ox + 1) * step, 8, p.x_offset, w, b,
+                                       loop.rq, p.c_exp, out + ox * p.c_exp,
+                                       out + (ox + 1) * p.c_exp);
+      }
+    }
+    // (16 input channels: PointwiseAccsNarrow with the lanes in registers is faster)
     if (p.x.c > 16 && tflm_ref::PairLanesOf<kExpandPairMax>::Takes(p.x.c)) {
       tflm_ref::PairLanesOf<kExpandPairMax> lanes;
       for (; ox + 2 <= p.e.w; ox += 2) {

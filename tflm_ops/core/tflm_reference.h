@@ -625,6 +625,41 @@ inline void PointwiseAccsNarrow(const int8_t* in, int32_t in_offset, const int8_
 }
 #endif
 
+#if TMT_REFERENCE_DSP
+// PointwiseAccsNarrow<2> (8 input channels) of two pixels at once: both pixels' lanes in
+// registers, each weight word split once for both.
+inline void PointwiseAccsNarrowPair(const int8_t* in0, const int8_t* in1, int32_t in_offset,
+                                    const int8_t* w, const int32_t* b, int32_t n, int32_t* acc0,
+                                    int32_t* acc1) {
+  const int32_t off2 = Dup16(in_offset);
+  int32_t a;
+  int32_t e00, o00, e01, o01, e10, o10, e11, o11;  // pixel, word
+  std::memcpy(&a, in0, 4);
+  SplitOffset(a, off2, &e00, &o00);
+  std::memcpy(&a, in0 + 4, 4);
+  SplitOffset(a, off2, &e01, &o01);
+  std::memcpy(&a, in1, 4);
+  SplitOffset(a, off2, &e10, &o10);
+  std::memcpy(&a, in1 + 4, 4);
+  SplitOffset(a, off2, &e11, &o11);
+  for (int32_t co = 0; co < n; ++co, w += 8) {
+    const int32_t bias = b ? b[co] : 0;
+    int32_t w0, w1;
+    std::memcpy(&w0, w, 4);
+    std::memcpy(&w1, w + 4, 4);
+    const int32_t w0e = __sxtb16(w0), w0o = Sxtb16Odd(w0);
+    const int32_t w1e = __sxtb16(w1), w1o = Sxtb16Odd(w1);
+    int32_t s0 = __smlad(e00, w0e, bias), s1 = __smlad(e10, w0e, bias);
+    s0 = __smlad(o00, w0o, s0);
+    s1 = __smlad(o10, w0o, s1);
+    s0 = __smlad(e01, w1e, s0);
+    s1 = __smlad(e11, w1e, s1);
+    acc0[co] = __smlad(o01, w1o, s0);
+    acc1[co] = __smlad(o11, w1o, s1);
+  }
+}
+#endif
+
 // The int32 (wrapping) accumulators of output channels [0, n) of a 1x1 convolution (or a
 // fully-connected layer) of one pixel: acc[k] = b[k] + sum_c (in[c] + in_offset) * w[k][c], w
 // [n, in_c] from the first of them, b from the first (null: no bias). Three output channels at a
@@ -683,6 +718,12 @@ inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, co
   }
 }
 
+// PointwisePixelTo of two pixels, in0 into out0 and in1 into out1 (8 input channels with the DSP
+// extension: PointwiseAccsNarrowPair; otherwise one pixel after the other).
+inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t in_c,
+                                 int32_t in_offset, const int8_t* w, const int32_t* b,
+                                 const Requant& rq, int32_t out_c, int8_t* out0, int8_t* out1);
+
 // PointwisePixel into out [out_c] (out[co] = v): the chunks requantized by RequantizeRun.
 inline void PointwisePixelTo(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                              const int32_t* b, const Requant& rq, int32_t out_c, int8_t* out) {
@@ -693,6 +734,26 @@ inline void PointwisePixelTo(const int8_t* in, int32_t in_c, int32_t in_offset, 
                   n, acc);
     RequantizeRun(acc, n, rq, c0, out + c0);
   }
+}
+
+inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t in_c,
+                                 int32_t in_offset, const int8_t* w, const int32_t* b,
+                                 const Requant& rq, int32_t out_c, int8_t* out0, int8_t* out1) {
+#if TMT_REFERENCE_DSP
+  if (in_c == 8) {
+    int32_t acc0[kAccChunk], acc1[kAccChunk];
+    for (int32_t c0 = 0; c0 < out_c; c0 += kAccChunk) {
+      const int32_t n = out_c - c0 < kAccChunk ? out_c - c0 : kAccChunk;
+      PointwiseAccsNarrowPair(in0, in1, in_offset, w + static_cast<int64_t>(c0) * 8,
+                              b ? b + c0 : nullptr, n, acc0, acc1);
+      RequantizeRun(acc0, n, rq, c0, out0 + c0);
+      RequantizeRun(acc1, n, rq, c0, out1 + c0);
+    }
+    return;
+  }
+#endif
+  PointwisePixelTo(in0, in_c, in_offset, w, b, rq, out_c, out0);
+  PointwisePixelTo(in1, in_c, in_offset, w, b, rq, out_c, out1);
 }
 
 // Two input pixels of a 1x1 convolution widened once for all its output channels

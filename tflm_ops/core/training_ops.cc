@@ -18,11 +18,6 @@
 #else
 #define TMT_CORE_HAVE_DSP 0
 #endif
-#if defined(__GNUC__)
-#define TMT_NOINLINE __attribute__((noinline))  // keeps a hot loop's registers to itself
-#else
-#define TMT_NOINLINE
-#endif
 #if TMT_CORE_HAVE_DSP && !defined(TMT_PORTABLE_ONLY)
 #define TMT_CORE_USE_DSP 1
 #else

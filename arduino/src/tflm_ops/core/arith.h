@@ -10,6 +10,14 @@
 #include <cmath>
 #include <cstdint>
 
+// A function kept out of line: its hot loop keeps the registers, or its arrays stay off its
+// callers' stack frames.
+#if defined(__GNUC__)
+#define TMT_NOINLINE __attribute__((noinline))
+#else
+#define TMT_NOINLINE
+#endif
+
 namespace tfmicro_train {
 namespace core {
 
