@@ -129,17 +129,50 @@ namespace {
 
 // ConvChannels for a depthwise of at most kMaxDepthwiseTaps taps: per output pixel, the window's
 // in-image taps (out-of-image ones are skipped, as the reference does), then the channels over
-// them. (Out of line, as PointwiseChannels: each keeps its arrays off the other's stack.)
+// them; a 3x3 window's in-image taps by their grid (DepthwiseTapsRect), other windows' by a tap
+// list. (Out of line, as PointwiseChannels: each keeps its arrays off the other's stack.)
 TMT_NOINLINE void DepthwiseTapsChannels(const ConvOpParams& p, const Requant& rq_c,
                                         const int8_t* x, const int8_t* w, const int32_t* b,
                                         int8_t* y, int32_t c0, int32_t n_c) {
   const int32_t channels = p.y.c;
   const int8_t* src[kMaxDepthwiseTaps];
   int32_t src_w[kMaxDepthwiseTaps];
+  const bool k3x3 = p.kh == 3 && p.kw == 3;
+  const int64_t row_bytes = static_cast<int64_t>(p.x.w) * channels;
+  // the window's taps in the image along one axis (3 taps): the first one and their count
+  auto in_range = [](int32_t i0, int32_t dil, int32_t n, int32_t* first) {
+    int32_t count = 0;
+    for (int32_t k = 2; k >= 0; --k) {
+      const int32_t i = i0 + k * dil;
+      if (i >= 0 && i < n) {
+        *first = k;
+        ++count;
+      }
+    }
+    return count;
+  };
   for (int32_t oy = 0; oy < p.y.h; ++oy) {
     const int32_t iy0 = oy * p.stride_h - p.pad_top;
+    int32_t ky0 = 0;
+    const int32_t n_rows = k3x3 ? in_range(iy0, p.dil_h, p.x.h, &ky0) : 0;
     for (int32_t ox = 0; ox < p.y.w; ++ox) {
       const int32_t ix0 = ox * p.stride_w - p.pad_left;
+      int8_t* out = y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels + c0;
+      int32_t kx0 = 0;
+      const int32_t n_cols = k3x3 ? in_range(ix0, p.dil_w, p.x.w, &kx0) : 0;
+      if (n_rows > 0 && n_cols > 0) {
+        // the taps in the image form an n_rows x n_cols grid (the others are skipped):
+        // its row pointers (r0 for rows past n_rows, unused)
+        const int8_t* r0 = x + static_cast<int64_t>(iy0 + ky0 * p.dil_h) * row_bytes +
+                           static_cast<int64_t>(ix0 + kx0 * p.dil_w) * channels + c0;
+        const int64_t dy = p.dil_h * row_bytes;
+        if (tflm_ref::DepthwiseTapsRect(n_rows, n_cols, r0, n_rows > 1 ? r0 + dy : r0,
+                                        n_rows > 2 ? r0 + 2 * dy : r0, p.dil_w * channels,
+                                        w + (ky0 * 3 + kx0) * channels + c0, 3 * channels,
+                                        channels, b, n_c, p.x_offset, rq_c, out)) {
+          continue;
+        }
+      }
       int32_t n = 0;
       for (int32_t ky = 0; ky < p.kh; ++ky) {
         const int32_t iy = iy0 + ky * p.dil_h;
@@ -151,8 +184,7 @@ TMT_NOINLINE void DepthwiseTapsChannels(const ConvOpParams& p, const Requant& rq
           src_w[n++] = (ky * p.kw + kx) * channels + c0;
         }
       }
-      tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, n_c, p.x_offset, rq_c,
-                              y + (static_cast<int64_t>(oy) * p.y.w + ox) * channels + c0);
+      tflm_ref::DepthwiseTaps(src, src_w, n, nullptr, 0, 0, w, b, n_c, p.x_offset, rq_c, out);
     }
   }
 }

@@ -430,25 +430,38 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
     }
     // the window's taps of output pixel ox: in-image taps (source pixel, weight offset), PAD
     // taps (weight offset); the int32 sum over taps wraps as the reference's does, in any order
+    // (weight offsets in one array: in-image taps' from the front, PAD taps' from the back; at
+    // most kMaxTaps in all)
     const int8_t* src[kMaxTaps];
-    int32_t src_w[kMaxTaps], pad_w[kMaxTaps];
-    int32_t n_src = 0, n_pad = 0;
+    int32_t src_w[kMaxTaps];
+    // the counts of in-image and PAD taps; for a 3x3 window (grid_3x3), the grid its in-image
+    // taps form (in-image rows and columns are ranges): grid_rows rows of grid_cols taps, row by
+    // row (one struct: the lambdas hold one reference to it, a smaller frame)
+    struct {
+      int32_t src, pad, grid_rows, grid_cols;
+      bool grid_3x3;
+    } n = {0, 0, 0, 0, fast_dw && p.d_kh == 3 && p.d_kw == 3};
     auto build_taps = [&](int32_t ox) {
-      n_src = n_pad = 0;
+      n.src = n.pad = n.grid_rows = n.grid_cols = 0;
       const int32_t col0 = ox * p.d_stride_w - p.d_pad_left;
       for (int32_t ky = 0; ky < p.d_kh; ++ky) {
         if (!row_used[ky]) continue;
+        const int32_t row_first = n.src;
         for (int32_t kx = 0; kx < p.d_kw; ++kx) {
           const int32_t pc = col0 + kx * p.d_dil_w;
           if (pc < 0 || pc >= p.pd.w) continue;
           const int32_t ec = pc - p.pad_left;
           const int32_t wo = (ky * p.d_kw + kx) * C;
           if (rows[ky] && ec >= 0 && ec < p.e.w) {
-            src[n_src] = rows[ky] + ec * C;
-            src_w[n_src++] = wo;
+            src[n.src] = rows[ky] + ec * C;
+            src_w[n.src++] = wo;
           } else {
-            pad_w[n_pad++] = wo;
+            src_w[kMaxTaps - 1 - n.pad++] = wo;
           }
+        }
+        if (n.grid_3x3 && n.src > row_first) {
+          ++n.grid_rows;
+          n.grid_cols = n.src - row_first;  // the same in every row with in-image taps
         }
       }
     };
@@ -456,8 +469,21 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
     // [+ residual ADD, interleaved per channel: see FusedIrbInPlaceLag] of output pixel ox
     auto pixel = [&](int32_t ox, int32_t src_offset) {
       if (fast_dw) {
-        tflm_ref::DepthwiseTaps(src, src_w, n_src, pad_w, n_pad, pad_in, w_d, b_d, C,
-                                p.d_in_offset, d_rq, dpix, src_offset);
+        // a 3x3 window whose PAD taps add nothing (none, or pad_in = 0: pad_in * w = 0) takes
+        // DepthwiseTapsRect on the grid (shifted as src)
+        bool done = false;
+        if (n.grid_rows > 0 && (n.pad == 0 || pad_in == 0)) {
+          const int8_t* r1 = n.grid_rows > 1 ? src[n.grid_cols] : src[0];
+          const int8_t* r2 = n.grid_rows > 2 ? src[2 * n.grid_cols] : src[0];
+          const int32_t step = n.grid_cols > 1 ? static_cast<int32_t>(src[1] - src[0]) : 0;
+          done = tflm_ref::DepthwiseTapsRect(n.grid_rows, n.grid_cols, src[0], r1, r2, step,
+                                             w_d + src_w[0], 3 * C, C, b_d, C, p.d_in_offset,
+                                             d_rq, dpix, src_offset);
+        }
+        if (!done) {
+          tflm_ref::DepthwiseTaps(src, src_w, n.src, src_w + (kMaxTaps - n.pad), n.pad, pad_in,
+                                  w_d, b_d, C, p.d_in_offset, d_rq, dpix, src_offset);
+        }
       } else {
         tflm_ref::DepthwisePixel(dw, row_of, oy, ox, w_d, b_d, dpix);
       }

@@ -429,6 +429,53 @@ inline void SplitOffset(int32_t word, int32_t off2, int32_t* even, int32_t* odd)
   *even = __sadd16(__sxtb16(word), off2);
   *odd = __sadd16(Sxtb16Odd(word), off2);
 }
+
+// SplitOffset in two instructions: SXTAB16 adds the sign-extended bytes to off2's lanes, lane by
+// lane (no carry between lanes), as SXTB16 then SADD16 do.
+inline void SplitOffsetAdd(int32_t word, int32_t off2, int32_t* even, int32_t* odd) {
+  int32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(off2), "r"(word));
+  *even = __sxtab16(off2, word);
+  *odd = r;
+}
+
+// One tap of 4 depthwise channels: the input word v (offset added by SXTAB16) times the weight
+// word wv, lane by lane into a0..a3 (channels c..c+3; SMLAxy's 32-bit sums wrap). Always inlined
+// (the accumulators stay in registers).
+__attribute__((always_inline)) inline void DepthwiseTap4(int32_t v, int32_t wv, int32_t off2,
+                                                         int32_t* a0, int32_t* a1, int32_t* a2,
+                                                         int32_t* a3) {
+  int32_t v02, v13;
+  SplitOffsetAdd(v, off2, &v02, &v13);
+  const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
+  *a0 = __smlabb(v02, w02, *a0);
+  *a2 = __smlatt(v02, w02, *a2);
+  *a1 = __smlabb(v13, w13, *a1);
+  *a3 = __smlatt(v13, w13, *a3);
+}
+
+// The kCols (1 to 3) taps of a window row of 4 depthwise channels: inputs at p + k step, weights
+// at wr + k w_stride (written out: GCC -O2 keeps a loop of 3 trips, and its counter).
+template <int kCols>
+__attribute__((always_inline)) inline void DepthwiseRow(const int8_t* p, int32_t step,
+                                                        const int8_t* wr, int32_t w_stride,
+                                                        int32_t off2, int32_t* a0, int32_t* a1,
+                                                        int32_t* a2, int32_t* a3) {
+  int32_t v, wv;
+  std::memcpy(&v, p, 4);
+  std::memcpy(&wv, wr, 4);
+  DepthwiseTap4(v, wv, off2, a0, a1, a2, a3);
+  if constexpr (kCols > 1) {
+    std::memcpy(&v, p + step, 4);
+    std::memcpy(&wv, wr + w_stride, 4);
+    DepthwiseTap4(v, wv, off2, a0, a1, a2, a3);
+  }
+  if constexpr (kCols > 2) {
+    std::memcpy(&v, p + 2 * step, 4);
+    std::memcpy(&wv, wr + 2 * w_stride, 4);
+    DepthwiseTap4(v, wv, off2, a0, a1, a2, a3);
+  }
+}
 #endif
 
 // int32 (wrapping) sum of (in[c] + in_offset) * w[c], c < n: the int32 accumulator of the
@@ -496,8 +543,8 @@ inline void DotOffset2(const int8_t* in, const int8_t* w0, const int8_t* w1, int
 // explicit-PAD ones (value pad_in = pad value + in_offset, weights at w + pad_w[t], t < n_pad):
 // out[c] = Requantize(b[c] + sum_t (src[t][c] + in_offset) * w[src_w[t] + c]
 // + sum_t pad_in * w[pad_w[t] + c]), the reference's wrapping int32 sum (order-free). With the
-// DSP extension four channels at a time: SXTB16 / SADD16 into int16 lanes, SMLABB / SMLATT per
-// lane (32-bit results wrap like the portable sum).
+// DSP extension four channels at a time: SXTAB16 (input plus offset) / SXTB16 into int16 lanes,
+// SMLABB / SMLATT per lane (32-bit results wrap like the portable sum).
 inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_t n_src,
                           const int32_t* pad_w, int32_t n_pad, int32_t pad_in, const int8_t* w,
                           const int32_t* b, int32_t channels, int32_t in_offset,
@@ -511,15 +558,10 @@ inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_
     int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
     int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
     for (int32_t t = 0; t < n_src; ++t) {
-      int32_t v, wv, v02, v13;
+      int32_t v, wv;
       std::memcpy(&v, src[t] + (src_offset + c), 4);
       std::memcpy(&wv, w + src_w[t] + c, 4);
-      SplitOffset(v, off2, &v02, &v13);
-      const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
-      a0 = __smlabb(v02, w02, a0);
-      a2 = __smlatt(v02, w02, a2);
-      a1 = __smlabb(v13, w13, a1);
-      a3 = __smlatt(v13, w13, a3);
+      DepthwiseTap4(v, wv, off2, &a0, &a1, &a2, &a3);
     }
     for (int32_t t = 0; t < n_pad; ++t) {
       int32_t wv;
@@ -546,6 +588,74 @@ inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_
     }
     out[c] = Requantize(static_cast<int32_t>(acc), rq, c);
   }
+}
+
+// DepthwiseTaps for a window whose taps in the image form a kRows x kCols grid (1 to 3 each)
+// and whose other taps contribute nothing (skipped, or PAD taps of value pad_in = 0): grid row r
+// starts at r_r + src_offset (its first tap's pixel, channel 0; the offset as in DepthwiseTaps;
+// rows past kRows unused), column taps `step` bytes apart; tap (r, k) has weights at
+// w + r * w_row + k * w_stride. The same wrapping sums as DepthwiseTaps with the grid's taps
+// listed (the order does not matter): the tap addresses come from the row pointers instead of
+// two loaded arrays, and the taps are unrolled (no tap count to reload).
+template <int kRows, int kCols>
+void DepthwiseTapsGrid(const int8_t* r0, const int8_t* r1, const int8_t* r2, int32_t step,
+                       const int8_t* w, int32_t w_row, int32_t w_stride, const int32_t* b,
+                       int32_t channels, int32_t in_offset, const Requant& rq_in, int8_t* out,
+                       int32_t src_offset) {
+  const Requant rq = rq_in;
+  r0 += src_offset;
+  r1 = kRows > 1 ? r1 + src_offset : r0;
+  r2 = kRows > 2 ? r2 + src_offset : r0;
+  int32_t c = 0;
+#if TMT_REFERENCE_DSP
+  const int32_t off2 = Dup16(in_offset);
+  for (; c + 4 <= channels; c += 4) {
+    int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
+    int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
+    const int8_t* wr = w + c;
+    DepthwiseRow<kCols>(r0 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+    if constexpr (kRows > 1) {
+      wr += w_row;
+      DepthwiseRow<kCols>(r1 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+    }
+    if constexpr (kRows > 2) {
+      wr += w_row;
+      DepthwiseRow<kCols>(r2 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+    }
+    out[c] = Requantize(a0, rq, c);
+    out[c + 1] = Requantize(a1, rq, c + 1);
+    out[c + 2] = Requantize(a2, rq, c + 2);
+    out[c + 3] = Requantize(a3, rq, c + 3);
+  }
+#endif
+  const int8_t* const rr[3] = {r0, r1, r2};
+  for (; c < channels; ++c) {
+    uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
+    for (int32_t r = 0; r < kRows; ++r) {
+      for (int32_t k = 0; k < kCols; ++k) {
+        const int32_t v = rr[r][k * step + c] + in_offset;
+        acc += static_cast<uint32_t>(v * w[r * w_row + k * w_stride + c]);
+      }
+    }
+    out[c] = Requantize(static_cast<int32_t>(acc), rq, c);
+  }
+}
+
+// DepthwiseTapsGrid for an n_rows x n_cols grid: false (nothing computed) for a shape without
+// its own instance (the full 3x3 window, its 3x2 and 2x3 borders and 2x2 corners have one).
+inline bool DepthwiseTapsRect(int32_t n_rows, int32_t n_cols, const int8_t* r0, const int8_t* r1,
+                              const int8_t* r2, int32_t step, const int8_t* w, int32_t w_row,
+                              int32_t w_stride, const int32_t* b, int32_t channels,
+                              int32_t in_offset, const Requant& rq, int8_t* out,
+                              int32_t src_offset = 0) {
+  auto grid = n_rows == 3 ? (n_cols == 3 ? DepthwiseTapsGrid<3, 3>
+                             : n_cols == 2 ? DepthwiseTapsGrid<3, 2> : nullptr)
+            : n_rows == 2 ? (n_cols == 3 ? DepthwiseTapsGrid<2, 3>
+                             : n_cols == 2 ? DepthwiseTapsGrid<2, 2> : nullptr)
+                          : nullptr;
+  if (grid == nullptr) return false;
+  grid(r0, r1, r2, step, w, w_row, w_stride, b, channels, in_offset, rq, out, src_offset);
+  return true;
 }
 
 // DotOffset(in, w + k * stride, n, in_offset) into out[k], k < 3 (three output channels of a 1x1
