@@ -424,15 +424,10 @@ inline int32_t Dup16(int32_t v) {
 }
 
 // The 4 int8 of `word` as int16 lanes plus the lanes of off2 (Dup16 of the input offset; the
-// sums fit a lane): bytes 0 and 2 into *even, 1 and 3 into *odd.
+// sums fit a lane): bytes 0 and 2 into *even, 1 and 3 into *odd. Two instructions: SXTAB16 adds
+// the sign-extended bytes to off2's lanes, lane by lane (no carry between lanes), as SXTB16 then
+// SADD16 would.
 inline void SplitOffset(int32_t word, int32_t off2, int32_t* even, int32_t* odd) {
-  *even = __sadd16(__sxtb16(word), off2);
-  *odd = __sadd16(Sxtb16Odd(word), off2);
-}
-
-// SplitOffset in two instructions: SXTAB16 adds the sign-extended bytes to off2's lanes, lane by
-// lane (no carry between lanes), as SXTB16 then SADD16 do.
-inline void SplitOffsetAdd(int32_t word, int32_t off2, int32_t* even, int32_t* odd) {
   int32_t r;
   __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(off2), "r"(word));
   *even = __sxtab16(off2, word);
@@ -446,7 +441,7 @@ __attribute__((always_inline)) inline void DepthwiseTap4(int32_t v, int32_t wv, 
                                                          int32_t* a0, int32_t* a1, int32_t* a2,
                                                          int32_t* a3) {
   int32_t v02, v13;
-  SplitOffsetAdd(v, off2, &v02, &v13);
+  SplitOffset(v, off2, &v02, &v13);
   const int32_t w02 = __sxtb16(wv), w13 = Sxtb16Odd(wv);
   *a0 = __smlabb(v02, w02, *a0);
   *a2 = __smlatt(v02, w02, *a2);
