@@ -604,23 +604,30 @@ void DepthwiseTapsGrid(const int8_t* r0, const int8_t* r1, const int8_t* r2, int
   int32_t c = 0;
 #if TMT_REFERENCE_DSP
   const int32_t off2 = Dup16(in_offset);
-  for (; c + 4 <= channels; c += 4) {
-    int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
-    int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
-    const int8_t* wr = w + c;
-    DepthwiseRow<kCols>(r0 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
-    if constexpr (kRows > 1) {
-      wr += w_row;
-      DepthwiseRow<kCols>(r1 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+  // the accumulators of up to 16 channels, then one RequantizeRun over them
+  int32_t acc[16];
+  while (c + 4 <= channels) {
+    const int32_t c0 = c;
+    int32_t j = 0;
+    for (; j < 16 && c + 4 <= channels; j += 4, c += 4) {
+      int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0;
+      int32_t a2 = b ? b[c + 2] : 0, a3 = b ? b[c + 3] : 0;
+      const int8_t* wr = w + c;
+      DepthwiseRow<kCols>(r0 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+      if constexpr (kRows > 1) {
+        wr += w_row;
+        DepthwiseRow<kCols>(r1 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+      }
+      if constexpr (kRows > 2) {
+        wr += w_row;
+        DepthwiseRow<kCols>(r2 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
+      }
+      acc[j] = a0;
+      acc[j + 1] = a1;
+      acc[j + 2] = a2;
+      acc[j + 3] = a3;
     }
-    if constexpr (kRows > 2) {
-      wr += w_row;
-      DepthwiseRow<kCols>(r2 + c, step, wr, w_stride, off2, &a0, &a1, &a2, &a3);
-    }
-    out[c] = Requantize(a0, rq, c);
-    out[c + 1] = Requantize(a1, rq, c + 1);
-    out[c + 2] = Requantize(a2, rq, c + 2);
-    out[c + 3] = Requantize(a3, rq, c + 3);
+    RequantizeRun(acc, j, rq, c0, out + c0);
   }
 #endif
   const int8_t* const rr[3] = {r0, r1, r2};
