@@ -189,6 +189,37 @@ TMT_NOINLINE void DepthwiseTapsChannels(const ConvOpParams& p, const Requant& rq
   }
 }
 
+// PointwiseChannels' pixels [0, pixels) two at a time with the input channels in parts
+// (PointwisePairParts), output channels [c0, h1) from w_c and [r0, c1) from rest_c: the pixels
+// done (none without the DSP extension). (Out of line: its accumulators stay off the stack of the
+// other paths.)
+TMT_NOINLINE int64_t PairsInParts(const ConvOpParams& p, const int8_t* x, int64_t pixels,
+                                  const int8_t* w_c, const int32_t* b, const Requant& rq_c,
+                                  int32_t c0, int32_t h1, const int8_t* rest_c,
+                                  const Requant& rq_rest, int32_t r0, int32_t c1, int8_t* y,
+                                  int32_t y_stride, int32_t y_c0, tflm_ref::PairLanes* lanes) {
+  int64_t i = 0;
+  for (; i + 2 <= pixels; i += 2) {
+    const int8_t* xp = x + i * p.x.c;
+    if (h1 > c0) {
+      int8_t* yp = y + i * y_stride + (c0 - y_c0);
+      if (!tflm_ref::PointwisePairParts(xp, xp + p.x.c, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0,
+                                        yp, yp + y_stride, lanes)) {
+        break;
+      }
+    }
+    if (c1 > r0) {
+      int8_t* yr = y + i * y_stride + (r0 - y_c0);
+      if (!tflm_ref::PointwisePairParts(xp, xp + p.x.c, p.x.c, p.x_offset, rest_c,
+                                        b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
+                                        yr + y_stride, lanes)) {
+        break;  // (the first call refused too: the same in_c)
+      }
+    }
+  }
+  return i;
+}
+
 // ConvChannels for a 1x1 convolution or a fully-connected layer (ConvOpTakesSplit): pairs of
 // output pixels (PointwisePair) where the lanes take the input, single ones (PointwisePixelTo)
 // otherwise; output channels [0, split.split) from w, the rest from split.rest.
@@ -221,6 +252,11 @@ TMT_NOINLINE void PointwiseChannels(const ConvOpParams& p, const Requant& rq, co
       tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
                               yr + y_stride);
     }
+  }
+  // wider inputs: two pixels at a time, the input channels in parts (PointwisePairParts)
+  if (!tflm_ref::PairLanes::Takes(p.x.c)) {
+    i = PairsInParts(p, x, pixels, w_c, b, rq_c, c0, h1, rest_c, rq_rest, r0, c1, y, y_stride,
+                     y_c0, &lanes);
   }
   for (; i < pixels; ++i) {
     const int8_t* xp = x + i * p.x.c;
