@@ -847,7 +847,17 @@ inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit e
       const int8_t* gc = k.g + c;
       const int8_t* wc = k.w + c;
       if (flat) {
+#if TMT_CORE_USE_DSP
+        for (const FlatTap* e = taps; e != tend;) {
+          // one LDMIA for the tap (GCC emits two loads and an add); fixed ascending registers
+          register int32_t go __asm__("r4");
+          register int32_t wo __asm__("r5");
+          __asm__("ldmia %2!, {%0, %1}" : "=r"(go), "=r"(wo), "+r"(e) : "m"(*e));
+          DwTap4(gc + go, wc + wo, t0, t1, t2, t3);
+        }
+#else
         for (const FlatTap* e = taps; e != tend; ++e) DwTap4(gc + e->g, wc + e->w, t0, t1, t2, t3);
+#endif
       } else {
         for (int32_t r = 0; r < nr; ++r) {
           for (int32_t q = 0; q < nc; ++q) {
