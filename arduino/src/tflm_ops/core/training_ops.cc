@@ -465,7 +465,25 @@ class StagedQuant {
     for (int32_t p = 0, base = 0; p < pixels; ++p, base += ch) {
       int32_t marked = 0;
       int8_t* o = out_ + base;
-      for (int32_t j = 0; j < ch; ++j) {
+      int32_t j = 0;
+#if TMT_CORE_USE_DSP
+      // Four elements a word: SHADD8 with 0x01 bytes is (t + 1) >> 1 per byte (exact, the sum
+      // is taken in 9 bits); SSUB8 t - (-127) sets GE exactly where t >= -127 (no marker), and
+      // SEL keeps the marker bytes. A result byte is a marker iff bit 7 is set and bit 6 clear
+      // (the others are in [-63, 64]); USADA8 adds those 0x80 bytes, so marks / 128 counts them.
+      uint32_t marks = 0;
+      for (; j + 4 <= ch; j += 4) {
+        const uint32_t v = Load32(o + j);
+        uint32_t r, d;
+        __asm__("shadd8 %0, %2, %3\n\tssub8 %1, %2, %4\n\tsel %0, %0, %2"
+                : "=&r"(r), "=&r"(d)
+                : "r"(v), "r"(0x01010101u), "r"(0x81818181u));
+        std::memcpy(o + j, &r, 4);
+        marks = __usada8((r & ~(r << 1)) & 0x80808080u, 0u, marks);
+      }
+      marked = static_cast<int32_t>(marks >> 7);
+#endif
+      for (; j < ch; ++j) {
         const int32_t t = o[j];
         if (t == kMarker) {
           ++marked;
@@ -829,7 +847,17 @@ inline void DepthwisePixelAccs(const InputGradCtx& k, const PixelTaps& t, Emit e
       const int8_t* gc = k.g + c;
       const int8_t* wc = k.w + c;
       if (flat) {
+#if TMT_CORE_USE_DSP
+        for (const FlatTap* e = taps; e != tend;) {
+          // one LDMIA for the tap (GCC emits two loads and an add); fixed ascending registers
+          register int32_t go __asm__("r4");
+          register int32_t wo __asm__("r5");
+          __asm__("ldmia %2!, {%0, %1}" : "=r"(go), "=r"(wo), "+r"(e) : "m"(*e));
+          DwTap4(gc + go, wc + wo, t0, t1, t2, t3);
+        }
+#else
         for (const FlatTap* e = taps; e != tend; ++e) DwTap4(gc + e->g, wc + e->w, t0, t1, t2, t3);
+#endif
       } else {
         for (int32_t r = 0; r < nr; ++r) {
           for (int32_t q = 0; q < nc; ++q) {
@@ -1288,9 +1316,7 @@ struct TapTerm {
 };
 
 // acc[k] (0 if `first`) + sum_j t[j].g * x[t[j].off + k] into acc[k], for k in [0, nc), over m
-// terms; four input channels at a time. kDsp: two terms at a time by SMLAD (Cortex-M with the
-// DSP extension).
-template <bool kDsp>
+// terms; four input channels at a time (the DSP extension takes AccumulatePairs instead).
 TMT_NOINLINE void AccumulateTerms(const TapTerm* t, int32_t m, const int8_t* x, int32_t* acc,
                                   int32_t nc, bool first) {
   const TapTerm* end = t + m;
@@ -1305,21 +1331,6 @@ TMT_NOINLINE void AccumulateTerms(const TapTerm* t, int32_t m, const int8_t* x, 
     }
     const int8_t* xk = x + k;
     const TapTerm* tp = t;
-#if TMT_CORE_HAVE_DSP
-    if (kDsp) {
-      for (; tp + 1 < end; tp += 2) {
-        const uint32_t G = PackLow(static_cast<uint32_t>(tp[0].g), static_cast<uint32_t>(tp[1].g));
-        const uint32_t P = Load32(xk + tp[0].off);
-        const uint32_t Q = Load32(xk + tp[1].off);
-        const uint32_t P02 = __sxtb16(P), P13 = Sxtb16Odd(P);
-        const uint32_t Q02 = __sxtb16(Q), Q13 = Sxtb16Odd(Q);
-        a0 = __smlad(G, PackLow(P02, Q02), a0);
-        a1 = __smlad(G, PackLow(P13, Q13), a1);
-        a2 = __smlad(G, PackHigh(Q02, P02), a2);
-        a3 = __smlad(G, PackHigh(Q13, P13), a3);
-      }
-    }
-#endif
     for (; tp < end; ++tp) {
       const int32_t v = tp->g;
       const int8_t* xp = xk + tp->off;
@@ -1340,6 +1351,60 @@ TMT_NOINLINE void AccumulateTerms(const TapTerm* t, int32_t m, const int8_t* x, 
   }
 }
 
+#if TMT_CORE_HAVE_DSP
+// Two nonzero gradients of a tap's output positions packed as int16 halves (PKHBT, once per
+// chunk instead of once per channel block) and their inputs' offsets in x. An odd last term is
+// paired with a zero gradient at its own offset (adds 0 * x: exact).
+struct TermPair {
+  uint32_t g;  // low half: the first gradient, high half: the second
+  int32_t off0, off1;
+};
+
+// AccumulateTerms over m term pairs with SMLAD, two terms at a time: acc[k] (0 if `first`) + sum_j of both products.
+TMT_NOINLINE void AccumulatePairs(const TermPair* t, int32_t m, const int8_t* x, int32_t* acc,
+                                  int32_t nc, bool first) {
+  const TermPair* end = t + m;
+  int32_t k = 0;
+  for (; k + 4 <= nc; k += 4) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    if (!first) {
+      a0 = acc[k];
+      a1 = acc[k + 1];
+      a2 = acc[k + 2];
+      a3 = acc[k + 3];
+    }
+    const int8_t* xk = x + k;
+    for (const TermPair* tp = t; tp < end;) {
+      // one LDMIA for the pair (GCC emits three loads and an add); fixed ascending registers
+      register uint32_t G __asm__("r4");
+      register int32_t off0 __asm__("r5");
+      register int32_t off1 __asm__("r6");
+      __asm__("ldmia %3!, {%0, %1, %2}" : "=r"(G), "=r"(off0), "=r"(off1), "+r"(tp) : "m"(*tp));
+      const uint32_t P = Load32(xk + off0);
+      const uint32_t Q = Load32(xk + off1);
+      const uint32_t P02 = __sxtb16(P), P13 = Sxtb16Odd(P);
+      const uint32_t Q02 = __sxtb16(Q), Q13 = Sxtb16Odd(Q);
+      a0 = __smlad(G, PackLow(P02, Q02), a0);
+      a1 = __smlad(G, PackLow(P13, Q13), a1);
+      a2 = __smlad(G, PackHigh(Q02, P02), a2);
+      a3 = __smlad(G, PackHigh(Q13, P13), a3);
+    }
+    acc[k] = a0;
+    acc[k + 1] = a1;
+    acc[k + 2] = a2;
+    acc[k + 3] = a3;
+  }
+  for (; k < nc; ++k) {
+    int32_t a = first ? 0 : acc[k];
+    for (const TermPair* tp = t; tp < end; ++tp) {
+      a += static_cast<int16_t>(tp->g & 0xFFFFu) * x[tp->off0 + k] +
+           (static_cast<int32_t>(tp->g) >> 16) * x[tp->off1 + k];
+    }
+    acc[k] = a;
+  }
+}
+#endif
+
 // One tap (co, kh, kw) of ConvWeightUpdateNarrow: the CI weights wr[0, CI) summed over `rows` x
 // `cols` output positions. g points at g[oh0, ow0, co] (next row g + g_row, next column g + CO),
 // x at x[ih0, iw0, 0] (next row x + x_row, next column x + xstep).
@@ -1351,7 +1416,7 @@ struct ConvTap {
   uint32_t idx0;  // element index of wr[0] (noise order)
   int32_t g_row, CO, x_row, xstep, CI, zp;
   const ChannelStep* up;
-  bool dsp;  // AccumulateTerms<true>
+  bool dsp;  // AccumulatePairs
 };
 
 // The gradient of one tap's weights, acc = (sum g * x) - zp * (sum g), exact in int32
@@ -1360,7 +1425,12 @@ struct ConvTap {
 // overhead; zero gradients, e.g. behind a ReLU, cost nothing further).
 TMT_NOINLINE void ConvWeightTap(const ConvTap& a) {
   int32_t acc[kUpdateChunk];
-  TapTerm t[kTapChunk];
+  union {  // the chunk's terms (DSP: paired, fewer bytes)
+    TapTerm t[kTapChunk];
+#if TMT_CORE_HAVE_DSP
+    TermPair pr[kTapChunk / 2];
+#endif
+  } terms;
   const int32_t positions = a.rows * a.cols;
   for (int32_t c0 = 0; c0 < a.CI; c0 += kUpdateChunk) {
     const int32_t nc = a.CI - c0 < kUpdateChunk ? a.CI - c0 : kUpdateChunk;
@@ -1374,31 +1444,56 @@ TMT_NOINLINE void ConvWeightTap(const ConvTap& a) {
     int32_t xrow = c0, xo = c0, col = 0;
     for (int32_t p0 = 0; p0 < positions; p0 += kTapChunk) {
       const int32_t pn = positions - p0 < kTapChunk ? positions - p0 : kTapChunk;
+      // walk(term): the chunk's positions in order, term(v, xo) for each nonzero gradient v.
+      auto walk = [&](auto term) {
+        for (int32_t i = 0; i < pn; ++i) {
+          const int32_t v = *gp;
+          gsum += v;
+          if (v != 0) term(v, xo);
+          if (++col == a.cols) {
+            col = 0;
+            gp = grow += a.g_row;
+            xo = xrow += a.x_row;
+          } else {
+            gp += a.CO;
+            xo += a.xstep;
+          }
+        }
+      };
       int32_t m = 0;
-      for (int32_t i = 0; i < pn; ++i) {
-        const int32_t v = *gp;
-        gsum += v;
-        if (v != 0) {
-          t[m].g = v;
-          t[m].off = xo;
-          ++m;
-        }
-        if (++col == a.cols) {
-          col = 0;
-          gp = grow += a.g_row;
-          xo = xrow += a.x_row;
-        } else {
-          gp += a.CO;
-          xo += a.xstep;
-        }
-      }
 #if TMT_CORE_HAVE_DSP
       if (a.dsp) {
-        AccumulateTerms<true>(t, m, a.x, acc, nc, p0 == 0);
+        TermPair* pr = terms.pr;
+        int32_t pend = 0, pend_off = 0;
+        walk([&](int32_t v, int32_t off) {
+          if (pend == 0) {
+            pend = v;
+            pend_off = off;
+            return;
+          }
+          pr[m].g = PackLow(static_cast<uint32_t>(pend), static_cast<uint32_t>(v));
+          pr[m].off0 = pend_off;
+          pr[m].off1 = off;
+          ++m;
+          pend = 0;
+        });
+        if (pend != 0) {
+          pr[m].g = static_cast<uint32_t>(pend) & 0xFFFFu;
+          pr[m].off0 = pend_off;
+          pr[m].off1 = pend_off;
+          ++m;
+        }
+        AccumulatePairs(pr, m, a.x, acc, nc, p0 == 0);
         continue;
       }
 #endif
-      AccumulateTerms<false>(t, m, a.x, acc, nc, p0 == 0);
+      TapTerm* t = terms.t;
+      walk([&](int32_t v, int32_t off) {
+        t[m].g = v;
+        t[m].off = off;
+        ++m;
+      });
+      AccumulateTerms(t, m, a.x, acc, nc, p0 == 0);
     }
     a.up->Weights(a.wr + c0, acc, nc, a.zp * gsum, a.idx0 + static_cast<uint32_t>(c0));
   }
