@@ -352,6 +352,9 @@ inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
 
 // out[k] = Requantize(acc[k], rq, c0 + k) for k < n, as one loop: with rq.fast (DSP builds)
 // the fields stay in registers, and a clamp to the whole int8 range is one SSAT.
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 inline void RequantizeRun(const int32_t* acc, int32_t n, const Requant& rq, int32_t c0,
                           int8_t* out) {
 #if TMT_REFERENCE_DSP
@@ -973,7 +976,7 @@ inline void DotPairRows(const PairLanesOf<kMax>& l, const int8_t* w0, const int8
 #endif
 
 // Output channels per chunk of PointwisePair's accumulators (stack: 8 bytes each).
-constexpr int32_t kPairChunk = 8;
+constexpr int32_t kPairChunk = 16;
 
 // Both pixels of `lanes` (PairLanes::Widen returned true) through a 1x1 convolution with w
 // [out_c, in_c]: exactly PointwisePixelTo of pixel 0 into out0 [out_c] and of pixel 1 into out1
