@@ -16,8 +16,10 @@
 #include <cstdint>
 #include <cstring>
 
-// Cortex-M4/M7 DSP extension (SXTB16 / SADD16 / SMLAD via arm_acle.h) for the 1x1 convolutions'
-// dot products (DotOffset), unless built with -DTMT_PORTABLE_ONLY; bit-exact either way.
+// Cortex-M4/M7 DSP extension (SXTB16 / SXTAB16 / SMLAD / SMLAxy / SMMULR / SSAT via arm_acle.h or
+// inline asm) for the convolutions' dot products, the depthwise taps and the requantization
+// (PairLanes, DepthwiseTapsGrid, RequantizeRun, ...), unless built with -DTMT_PORTABLE_ONLY;
+// bit-exact either way.
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(TMT_PORTABLE_ONLY)
 #include <arm_acle.h>
 #define TMT_REFERENCE_DSP 1
