@@ -835,12 +835,6 @@ inline void PointwisePixel(const int8_t* in, int32_t in_c, int32_t in_offset, co
   }
 }
 
-// PointwisePixelTo of two pixels, in0 into out0 and in1 into out1 (8 input channels with the DSP
-// extension: PointwiseAccsNarrowPair; otherwise one pixel after the other).
-inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t in_c,
-                                 int32_t in_offset, const int8_t* w, const int32_t* b,
-                                 const Requant& rq, int32_t out_c, int8_t* out0, int8_t* out1);
-
 // PointwisePixel into out [out_c] (out[co] = v): the chunks requantized by RequantizeRun.
 inline void PointwisePixelTo(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
                              const int32_t* b, const Requant& rq, int32_t out_c, int8_t* out) {
@@ -853,6 +847,8 @@ inline void PointwisePixelTo(const int8_t* in, int32_t in_c, int32_t in_offset, 
   }
 }
 
+// PointwisePixelTo of two pixels, in0 into out0 and in1 into out1 (8 input channels with the DSP
+// extension: PointwiseAccsNarrowPair; otherwise one pixel after the other).
 inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t in_c,
                                  int32_t in_offset, const int8_t* w, const int32_t* b,
                                  const Requant& rq, int32_t out_c, int8_t* out0, int8_t* out1) {
