@@ -189,31 +189,36 @@ TMT_NOINLINE void DepthwiseTapsChannels(const ConvOpParams& p, const Requant& rq
   }
 }
 
-// PointwiseChannels' pixels [0, pixels) two at a time with the input channels in parts
-// (PointwisePairParts), output channels [c0, h1) from w_c and [r0, c1) from rest_c: the pixels
-// done (none without the DSP extension). (Out of line: its accumulators stay off the stack of the
-// other paths.)
+// The output channels [c0, c1) of a 1x1 ConvChannels call in at most two parts: [c0, h1) with
+// rows of w, then [r0, c1) with rows of split.rest; each with its biases, requantization and
+// place in a y pixel.
+struct WeightParts {
+  struct Part {
+    const int8_t* w;
+    const int32_t* b;
+    const Requant* rq;
+    int32_t n;      // output channels
+    int32_t y_off;  // their first one's offset in a pixel of y
+  };
+  Part part[2];
+  int32_t count = 0;
+};
+
+// Pixels [0, pixels) two at a time with the input channels in parts (PointwisePairParts): the
+// pixels done (none without the DSP extension). (Out of line: its accumulators stay off the
+// stack of the other paths.)
 TMT_NOINLINE int64_t PairsInParts(const ConvOpParams& p, const int8_t* x, int64_t pixels,
-                                  const int8_t* w_c, const int32_t* b, const Requant& rq_c,
-                                  int32_t c0, int32_t h1, const int8_t* rest_c,
-                                  const Requant& rq_rest, int32_t r0, int32_t c1, int8_t* y,
-                                  int32_t y_stride, int32_t y_c0, tflm_ref::PairLanes* lanes) {
+                                  const WeightParts& wp, int8_t* y, int32_t y_stride,
+                                  tflm_ref::PairLanes* lanes) {
   int64_t i = 0;
   for (; i + 2 <= pixels; i += 2) {
     const int8_t* xp = x + i * p.x.c;
-    if (h1 > c0) {
-      int8_t* yp = y + i * y_stride + (c0 - y_c0);
-      if (!tflm_ref::PointwisePairParts(xp, xp + p.x.c, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0,
+    for (int32_t k = 0; k < wp.count; ++k) {
+      const WeightParts::Part& q = wp.part[k];
+      int8_t* yp = y + i * y_stride + q.y_off;
+      if (!tflm_ref::PointwisePairParts(xp, xp + p.x.c, p.x.c, p.x_offset, q.w, q.b, *q.rq, q.n,
                                         yp, yp + y_stride, lanes)) {
-        break;
-      }
-    }
-    if (c1 > r0) {
-      int8_t* yr = y + i * y_stride + (r0 - y_c0);
-      if (!tflm_ref::PointwisePairParts(xp, xp + p.x.c, p.x.c, p.x_offset, rest_c,
-                                        b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
-                                        yr + y_stride, lanes)) {
-        break;  // (the first call refused too: the same in_c)
+        return i;  // (for every part alike: the same in_c)
       }
     }
   }
@@ -221,53 +226,44 @@ TMT_NOINLINE int64_t PairsInParts(const ConvOpParams& p, const int8_t* x, int64_
 }
 
 // ConvChannels for a 1x1 convolution or a fully-connected layer (ConvOpTakesSplit): pairs of
-// output pixels (PointwisePair) where the lanes take the input, single ones (PointwisePixelTo)
-// otherwise; output channels [0, split.split) from w, the rest from split.rest.
+// output pixels (PointwisePair) where the lanes take the input, in parts of the input channels
+// where it is wider (PairsInParts), single ones (PointwisePixelTo) otherwise; output channels
+// [0, split.split) from w, the rest from split.rest.
 TMT_NOINLINE void PointwiseChannels(const ConvOpParams& p, const Requant& rq, const Requant& rq_c,
                                     const int8_t* x, const int8_t* w, const int32_t* b,
                                     int8_t* y, const SplitWeights& split, int32_t c0, int32_t c1,
                                     int32_t y_stride, int32_t y_c0) {
-  const int32_t channels = p.y.c;
   const int64_t pixels = static_cast<int64_t>(p.y.h) * p.y.w;
   // output channels [0, head) from w, [head, channels) from split.rest (rows of x.c weights)
-  const int32_t head = split.rest != nullptr ? split.split : channels;
+  const int32_t head = split.rest != nullptr ? split.split : p.y.c;
   const int32_t h1 = c1 < head ? c1 : head;  // [c0, h1) from w, [r0, c1) from split.rest
   const int32_t r0 = c0 > head ? c0 : head;
   Requant rq_rest = rq_c;  // (fast: channels [r0, c1) are among [c0, c1))
   rq_rest.multiplier = rq.multiplier + r0;
   rq_rest.shift = rq.shift + r0;
-  const int8_t* w_c = w + static_cast<int64_t>(c0) * p.x.c;
-  const int8_t* rest_c =
-      split.rest != nullptr ? split.rest + static_cast<int64_t>(r0 - head) * p.x.c : nullptr;
+  WeightParts wp;
+  if (h1 > c0) wp.part[wp.count++] = {w + static_cast<int64_t>(c0) * p.x.c, b, &rq_c, h1 - c0, 0};
+  if (c1 > r0) {
+    wp.part[wp.count++] = {split.rest + static_cast<int64_t>(r0 - head) * p.x.c,
+                           b ? b + (r0 - c0) : nullptr, &rq_rest, c1 - r0, r0 - c0};
+  }
+  y += c0 - y_c0;
   int64_t i = 0;
   tflm_ref::PairLanes lanes;  // two pixels at a time where it applies (PointwisePair)
   for (; i + 2 <= pixels && lanes.Widen(x + i * p.x.c, x + (i + 1) * p.x.c, p.x.c, p.x_offset);
        i += 2) {
-    if (h1 > c0) {
-      int8_t* yp = y + i * y_stride + (c0 - y_c0);
-      tflm_ref::PointwisePair(lanes, w_c, b, rq_c, h1 - c0, yp, yp + y_stride);
-    }
-    if (c1 > r0) {
-      int8_t* yr = y + i * y_stride + (r0 - y_c0);
-      tflm_ref::PointwisePair(lanes, rest_c, b ? b + (r0 - c0) : nullptr, rq_rest, c1 - r0, yr,
-                              yr + y_stride);
+    for (int32_t k = 0; k < wp.count; ++k) {
+      const WeightParts::Part& q = wp.part[k];
+      int8_t* yp = y + i * y_stride + q.y_off;
+      tflm_ref::PointwisePair(lanes, q.w, q.b, *q.rq, q.n, yp, yp + y_stride);
     }
   }
-  // wider inputs: two pixels at a time, the input channels in parts (PointwisePairParts)
-  if (!tflm_ref::PairLanes::Takes(p.x.c)) {
-    i = PairsInParts(p, x, pixels, w_c, b, rq_c, c0, h1, rest_c, rq_rest, r0, c1, y, y_stride,
-                     y_c0, &lanes);
-  }
+  if (!tflm_ref::PairLanes::Takes(p.x.c)) i = PairsInParts(p, x, pixels, wp, y, y_stride, &lanes);
   for (; i < pixels; ++i) {
-    const int8_t* xp = x + i * p.x.c;
-    if (h1 > c0) {
-      int8_t* yp = y + i * y_stride + (c0 - y_c0);
-      tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, w_c, b, rq_c, h1 - c0, yp);
-    }
-    if (c1 > r0) {
-      int8_t* yr = y + i * y_stride + (r0 - y_c0);
-      tflm_ref::PointwisePixelTo(xp, p.x.c, p.x_offset, rest_c, b ? b + (r0 - c0) : nullptr,
-                                 rq_rest, c1 - r0, yr);
+    for (int32_t k = 0; k < wp.count; ++k) {
+      const WeightParts::Part& q = wp.part[k];
+      tflm_ref::PointwisePixelTo(x + i * p.x.c, p.x.c, p.x_offset, q.w, q.b, *q.rq, q.n,
+                                 y + i * y_stride + q.y_off);
     }
   }
 }

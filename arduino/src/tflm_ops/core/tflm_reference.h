@@ -740,9 +740,7 @@ inline void PointwiseAccsNarrow(const int8_t* in, int32_t in_offset, const int8_
     acc[co] = a;
   }
 }
-#endif
 
-#if TMT_REFERENCE_DSP
 // PointwiseAccsNarrow<2> (8 input channels) of two pixels at once: both pixels' lanes in
 // registers, each weight word split once for both.
 inline void PointwiseAccsNarrowPair(const int8_t* in0, const int8_t* in1, int32_t in_offset,
@@ -872,8 +870,8 @@ inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t i
 // Two input pixels of a 1x1 convolution widened once for all its output channels
 // (PairLanes::Widen), then summed two output channels of both pixels per pass (PointwisePair):
 // about 1.3 instructions per MAC instead of 2 (DotOffset3). With the DSP extension and 4 <= in_c
-// <= kPairMaxChannels only; elsewhere Widen returns false and the caller runs PointwisePixel per
-// pixel. The lanes take 4 * kPairMaxChannels bytes of stack (4 without the DSP extension).
+// <= kPairMaxChannels only; elsewhere Widen returns false and the caller runs PointwisePixelTo
+// per pixel. The lanes take 4 * kPairMaxChannels bytes of stack (4 without the DSP extension).
 constexpr int32_t kPairMaxChannels = 128;
 
 template <int32_t kMaxChannels>
