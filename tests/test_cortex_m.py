@@ -94,13 +94,15 @@ def test_requantization_fast_path_bit_exact(cpu):
     shifts of accumulators under 2^30 in magnitude, left shifts whose result stays under 2^30)
     equals TFLM's two-step rounding on random and edge accumulators (at the left-shift bounds
     too), multipliers (negative ones too) and shifts; Requantize with Requant::fast (no checks)
-    equals the checked path under WithFastPath's bound, which holds at its edges."""
+    equals the checked path under WithFastPath's bound, which holds at its edges; so do
+    RequantizeRun / RequantizeRuns with Requant::folded (the SMMLAR path) under its bound."""
     elf = _build("multiplier_test", cpu, [ROOT / "tflm_ops/tests/multiplier_test.cc"], [])
     res = cmbuild.run_qemu(elf, cpu, ["20000"], timeout=600)
     print(f"\n{cpu}: {res.stdout.strip()}")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "requantize_test: 80000 checked, 0 mismatches (DSP path 1)" in res.stdout
     assert "fast_path_test: 20006 checked, 0 mismatches" in res.stdout
+    assert "folded_path_test: 5000 runs, 63367 checked, 0 mismatches" in res.stdout
 
 
 @pytest.mark.parametrize("cpu", CPUS)

@@ -302,6 +302,7 @@ void ConvChannels(const ConvOpParams& p, const Requant& rq, const int8_t* x, con
     l.in_offset = p.x_offset;
     l.rq = rq;
     l.rq.fast = rq_c.fast;  // (the same channels, indexed from 0)
+    l.rq.folded = rq_c.folded;
     l.c_begin = c0;
     l.c_end = c1;
     const int64_t row_bytes = static_cast<int64_t>(p.x.w) * p.x.c;

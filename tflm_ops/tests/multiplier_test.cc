@@ -5,9 +5,10 @@
 // ranges, any exponent, significands with few bits set: exact quotients and rounding ties), and
 // MultiplyByQuantizedMultiplier (one 64-bit rounding step) == TFLM's SaturatingRoundingDoublingHighMul
 // then RoundingDivideByPOT on random and edge accumulators, multipliers and shifts (built for a
-// Cortex-M with the DSP extension, its SMMULR fast path too: tests/test_cortex_m.py).
-// Usage: multiplier_test [N]; prints "multiplier_test: N checked, 0 mismatches" and
-// "requantize_test: M checked, 0 mismatches".
+// Cortex-M with the DSP extension, its SMMULR fast path too: tests/test_cortex_m.py), and
+// RequantizeRun(s) with Requant::folded (the SMMLAR path) == Requantize's checked path.
+// Usage: multiplier_test [N]; prints "multiplier_test: N checked, 0 mismatches",
+// "requantize_test: M checked, 0 mismatches", "fast_path_test: ..." and "folded_path_test: ...".
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -178,6 +179,119 @@ long FastPathMismatches(long n, long* checked) {
   }
   return bad;
 }
+
+// WithFastPath's `folded` bound (multipliers >= 0, |(2 * output_offset + 1) << (-shift - 1)| <
+// 2^30) at its edges, and RequantizeRun / RequantizeRuns<true> (one and two pixels: the
+// SMMLAR path on a DSP build) equal to Requantize without `fast` on runs of 1 to 24 channels:
+// random and edge accumulators (|x| <= 2^30 - 1, x = -1 with small multipliers: h = 0), zero
+// and edge multipliers, shifts -1 to -31 (both sides of the folded tier's edge), output
+// offsets at the bound, clamps to the whole int8 range or not. Per failure one count.
+long FoldedMismatches(long n, long* checked) {
+  using tfmicro_train::core::Requant;
+  using tfmicro_train::core::tflm_ref::Requantize;
+  using tfmicro_train::core::tflm_ref::RequantizeRun;
+  using tfmicro_train::core::tflm_ref::RequantizeRuns;
+  using tfmicro_train::core::tflm_ref::WithFastPath;
+  long bad = 0;
+  // the bound's edges: K = 2 off + 1 with |K| << (e - 1) just under 2^30, and just over it (e
+  // = 31: none under it)
+  int32_t mult[1] = {1 << 30}, shift[1] = {-1};
+  Requant rq;
+  rq.multiplier = mult;
+  rq.shift = shift;
+  shift[0] = -31;  // |K| << 30 >= 2^30 for every K
+  bool edges_ok = !WithFastPath(rq, 1, 1, nullptr).folded;
+  for (int32_t e = 1; e <= 30; ++e) {
+    shift[0] = -e;
+    int32_t k_max = ((1 << 30) - 1) >> (e - 1);
+    if (k_max % 2 == 0) --k_max;
+    for (int32_t sign = -1; sign <= 1; sign += 2) {
+      rq.output_offset = (sign * k_max - 1) / 2;  // K = sign * k_max
+      const bool in = WithFastPath(rq, 1, 1, nullptr).folded;
+      rq.output_offset = (sign * (k_max + 2) - 1) / 2;  // K = sign * (k_max + 2)
+      const bool out = WithFastPath(rq, 1, 1, nullptr).folded;
+      edges_ok = edges_ok && in && !out;
+    }
+  }
+  rq.output_offset = 127;  // int8 offsets: folded up to e = 23
+  shift[0] = -23;
+  const bool e23 = WithFastPath(rq, 1, 1, nullptr).folded;
+  shift[0] = -24;
+  const bool e24 = WithFastPath(rq, 1, 1, nullptr).folded && WithFastPath(rq, 1, 1, nullptr).fast;
+  mult[0] = -1;
+  shift[0] = -1;
+  const bool negative = WithFastPath(rq, 1, 1, nullptr).folded;
+  *checked += 3;
+  if (!edges_ok || !e23 || e24 || negative) {
+    std::printf("WithFastPath: wrong folded bound (edges %d, e 23 %d, e 24 %d, m < 0 %d)\n",
+                edges_ok, e23, e24, negative);
+    ++bad;
+  }
+  constexpr int32_t kMaxRun = 24;
+  int32_t m[kMaxRun], sh[kMaxRun], acc0[kMaxRun], acc1[kMaxRun];
+  int8_t got0[kMaxRun], got1[kMaxRun], got2[kMaxRun];
+  const int32_t lim = (1 << 30) - 1;
+  for (long i = 0; i < n; ++i) {
+    const int32_t len = 1 + static_cast<int32_t>(Next() % kMaxRun);
+    Requant slow;
+    slow.multiplier = m;
+    slow.shift = sh;
+    slow.output_offset = static_cast<int32_t>(Next() % 256) - 128;
+    if (Next() % 2) {
+      slow.act_min = -128 + static_cast<int32_t>(Next() % 64);
+      slow.act_max = 127 - static_cast<int32_t>(Next() % 64);
+    }
+    const int32_t e_top = (i % 4 == 0) ? 31 : 23;  // (some runs past the folded tier)
+    for (int32_t k = 0; k < len; ++k) {
+      const uint32_t pick = Next() % 8;
+      m[k] = pick == 0   ? 0
+             : pick == 1 ? INT32_MAX
+             : pick == 2 ? 1 + static_cast<int32_t>(Next() % 1000)  // (x = -1, -2: h = 0)
+                         : static_cast<int32_t>((1u << 30) | (Next() << 15 ^ Next()) >> 2);
+      sh[k] = -1 - static_cast<int32_t>(Next() % e_top);
+      int32_t* const pixels[2] = {acc0 + k, acc1 + k};
+      for (int32_t* a : pixels) {
+        switch (Next() % 6) {
+          case 0: *a = (Next() % 2) ? lim : -lim; break;
+          case 1: *a = static_cast<int32_t>(Next() % 5) - 2; break;  // -2 .. 2
+          case 2: *a = static_cast<int32_t>(Next() % 20001) - 10000; break;
+          default: *a = static_cast<int32_t>(Next() % (2u * lim + 1u)) - lim;
+        }
+      }
+    }
+    if (i % 16 == 0) {  // the offset at the bound (edges above), e = 1 .. 4
+      const int32_t e = 1 + static_cast<int32_t>(Next() % 4);
+      int32_t k_max = ((1 << 30) - 1) >> (e - 1);
+      if (k_max % 2 == 0) --k_max;
+      slow.output_offset = ((Next() % 2 ? k_max : -k_max) - 1) / 2;
+      for (int32_t k = 0; k < len; ++k) sh[k] = -e;
+    }
+    const Requant fast = WithFastPath(slow, len, 0, nullptr);
+    if (!fast.fast) {
+      std::printf("folded test: fast path expected\n");
+      ++bad;
+      continue;
+    }
+    RequantizeRun(acc0, len, fast, 0, got0);
+    RequantizeRuns<true>(acc0, acc1, len, fast, 0, got1, got2);
+    for (int32_t k = 0; k < len; ++k) {
+      const int8_t want0 = Requantize(acc0[k], slow, k), want1 = Requantize(acc1[k], slow, k);
+      ++*checked;
+      if (got0[k] != want0 || got1[k] != want0 || got2[k] != want1) {
+        if (bad < 10) {
+          std::printf("folded requantize mismatch acc %ld %ld m %ld shift %ld off %ld folded %d: "
+                      "%d %d %d, expected %d %d\n",
+                      static_cast<long>(acc0[k]), static_cast<long>(acc1[k]),
+                      static_cast<long>(m[k]), static_cast<long>(sh[k]),
+                      static_cast<long>(slow.output_offset), fast.folded, got0[k], got1[k],
+                      got2[k], want0, want1);
+        }
+        ++bad;
+      }
+    }
+  }
+  return bad;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -227,5 +341,9 @@ int main(int argc, char** argv) {
   long fast_checked = 0;
   const long fast_bad = FastPathMismatches(n, &fast_checked);
   std::printf("fast_path_test: %ld checked, %ld mismatches\n", fast_checked, fast_bad);
-  return bad || rq_bad || fast_bad ? 1 : 0;
+  long folded_checked = 0;
+  const long folded_bad = FoldedMismatches(n / 4, &folded_checked);
+  std::printf("folded_path_test: %ld runs, %ld checked, %ld mismatches\n", n / 4, folded_checked,
+              folded_bad);
+  return bad || rq_bad || fast_bad || folded_bad ? 1 : 0;
 }

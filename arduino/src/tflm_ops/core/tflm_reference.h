@@ -16,10 +16,10 @@
 #include <cstdint>
 #include <cstring>
 
-// Cortex-M4/M7 DSP extension (SXTB16 / SXTAB16 / SMLAD / SMLAxy / SMMULR / SSAT via arm_acle.h or
-// inline asm) for the convolutions' dot products, the depthwise taps and the requantization
-// (PairLanes, DepthwiseTapsGrid, RequantizeRun, ...), unless built with -DTMT_PORTABLE_ONLY;
-// bit-exact either way.
+// Cortex-M4/M7 DSP extension (SXTB16 / SXTAB16 / SMLAD / SMLAxy / SMMULR / SMMLAR / SSAT via
+// arm_acle.h or inline asm) for the convolutions' dot products, the depthwise taps and the
+// requantization (PairLanes, DepthwiseTapsGrid, RequantizeRun, ...), unless built with
+// -DTMT_PORTABLE_ONLY; bit-exact either way.
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(TMT_PORTABLE_ONLY)
 #include <arm_acle.h>
 #define TMT_REFERENCE_DSP 1
@@ -68,6 +68,9 @@ struct Requant {
   // Set by tflm_ref::WithFastPath: every shift in [-31, -1] and every accumulator under 2^30 in
   // magnitude, so (with the DSP extension) Requantize takes the SMMULR path without checking.
   bool fast = false;
+  // Set by WithFastPath with `fast` when also every multiplier is >= 0 and every
+  // |(2 * output_offset + 1) << (-shift - 1)| < 2^30: RequantizeRun's SMMLAR path (DSP builds).
+  bool folded = false;
 };
 
 namespace tflm_ref {
@@ -352,35 +355,154 @@ inline int8_t Requantize(int64_t acc, const Requant& rq, int32_t c) {
   return static_cast<int8_t>(v);
 }
 
-// out[k] = Requantize(acc[k], rq, c0 + k) for k < n, as one loop: with rq.fast (DSP builds)
-// the fields stay in registers, and a clamp to the whole int8 range is one SSAT.
+#if TMT_REFERENCE_DSP
+// SMMLAR: r + SMMULR(a, b), modulo 2^32.
+inline int32_t Smmlar(int32_t a, int32_t b, int32_t r) {
+  int32_t v;
+  __asm__("smmlar %0, %1, %2, %3" : "=r"(v) : "r"(a), "r"(b), "r"(r));
+  return v;
+}
+
+// SSAT #8 of v >> 1 (arithmetic): SSAT's operand shift.
+inline int32_t Ssat8Half(int32_t v) {
+  int32_t r;
+  __asm__("ssat %0, #8, %1, asr #1" : "=r"(r) : "r"(v));
+  return r;
+}
+
+// a = p[0], b = p[1] by one LDRD (p 4-byte aligned, as int32_t), p advanced past them.
+inline void Load2(const int32_t** p, int32_t* a, int32_t* b) {
+  __asm__("ldrd %0, %1, [%2], #8"
+          : "=r"(*a), "=r"(*b), "+r"(*p)
+          : "m"(*reinterpret_cast<const int32_t(*)[2]>(*p)));
+}
+
+// p[0] = a, p[1] = b (int8), p advanced past them (two post-indexed STRB).
+inline void Store2(int8_t** p, int32_t a, int32_t b) {
+  __asm__("strb %3, [%0, #1]\n\tstrb %2, [%0], #2"
+          : "+r"(*p), "=m"(*reinterpret_cast<int8_t(*)[2]>(*p))
+          : "r"(a), "r"(b));
+}
+
+// Requantize(x, rq, c) for rq.folded before its clamp, as SSAT's operand: the value t with
+// (t >> 1) = SmallRightShift(x, m, e) + off, given x2 = 2x, e1 = e - 1 = ~shift and
+// r = (2 off + 1) << e1 (per channel; the caller clamps Ssat8Half(t), or t >> 1).
+//   SmallRightShift + off = ((h + 2^(e-1) - [h < 0]) >> e) + off, h = SMMULR(2x, m),
+//                         = (h + r - [h < 0]) >> e       (off * 2^e added before the shift),
+//                         = (SMMLAR(2x, m, r) + (2x >> 31)) >> e1 >> 1.
+// SMMLAR is exact: h is in [-2^30, 2^30) (|x| < 2^30, 0 <= m < 2^31: |2xm| < 2^62 - 2^32) and
+// |r| < 2^30, so h + r and h + r - 1 fit int32. [h < 0] = [x < 0] = -(2x >> 31) (m >= 0: h has
+// x's sign or is 0) except for x < 0 with h = 0, where (r - 1) >> e = r >> e = off (0 <=
+// 2^(e-1) - 1 < 2^e).
+inline int32_t FoldedRequant(int32_t x2, int32_t m, int32_t r, int32_t e1) {
+  return (Smmlar(x2, m, r) + (x2 >> 31)) >> e1;
+}
+
+// RequantizeRuns for rq.folded (below), kFull: the clamp is the whole int8 range (SSAT alone).
+template <bool kTwo, bool kFull>
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-inline void RequantizeRun(const int32_t* acc, int32_t n, const Requant& rq, int32_t c0,
-                          int8_t* out) {
+inline void FoldedRuns(const int32_t* acc0, const int32_t* acc1, int32_t n, const Requant& rq,
+                       int32_t c0, int8_t* out0, int8_t* out1) {
+  const int32_t* m = rq.multiplier + c0;
+  const int32_t* s = rq.shift + c0;
+  const int32_t k_odd = 2 * rq.output_offset + 1;
+  const int32_t lo = rq.act_min, hi = rq.act_max;
+  auto clamp = [lo, hi](int32_t t) {
+    int32_t v = Ssat8Half(t);
+    if constexpr (!kFull) {
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+    }
+    return v;
+  };
+  const int32_t* const end = acc0 + n;
+  if constexpr (!kTwo) {
+    // two channels per iteration, each array read by one LDRD (GCC's own unrolling indexes
+    // every array separately)
+    const int32_t* const end2 = acc0 + (n & ~1);
+    while (acc0 != end2) {
+      int32_t s0, s1, m0, m1, a0, a1;
+      Load2(&s, &s0, &s1);
+      Load2(&m, &m0, &m1);
+      Load2(&acc0, &a0, &a1);
+      const int32_t e0 = ~s0, e1 = ~s1;
+      const int32_t r0 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e0);
+      const int32_t r1 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e1);
+      Store2(&out0, clamp(FoldedRequant(a0 * 2, m0, r0, e0)),
+             clamp(FoldedRequant(a1 * 2, m1, r1, e1)));
+    }
+  }
+  while (acc0 != end) {  // (kTwo: a channel's shift and rounding term serve both pixels)
+    const int32_t e1 = ~*s++;
+    const int32_t r = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e1);
+    const int32_t mk = *m++;  // (loaded once: the int8 stores may alias it)
+    *out0++ = static_cast<int8_t>(clamp(FoldedRequant(*acc0++ * 2, mk, r, e1)));
+    if constexpr (kTwo) {
+      *out1++ = static_cast<int8_t>(clamp(FoldedRequant(*acc1++ * 2, mk, r, e1)));
+    }
+  }
+}
+#endif
+
+// out0[k] = Requantize(acc0[k], rq, c0 + k) for k < n, and with kTwo the same of acc1 into out1
+// (two pixels, the same channels), as one loop: with rq.folded (DSP builds) the fields stay in
+// registers, a channel's shift and rounding term serve both pixels, and a clamp to the whole
+// int8 range is one SSAT.
+template <bool kTwo>
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline void RequantizeRuns(const int32_t* acc0, const int32_t* acc1, int32_t n, const Requant& rq,
+                           int32_t c0, int8_t* out0, int8_t* out1) {
 #if TMT_REFERENCE_DSP
+  if (rq.folded) {
+    if (rq.act_min == kQMin && rq.act_max == kQMax) {
+      FoldedRuns<kTwo, true>(acc0, acc1, n, rq, c0, out0, out1);
+    } else {
+      FoldedRuns<kTwo, false>(acc0, acc1, n, rq, c0, out0, out1);
+    }
+    return;
+  }
+  if constexpr (kTwo) {  // (otherwise one pixel after the other)
+    RequantizeRuns<false>(acc0, nullptr, n, rq, c0, out0, nullptr);
+    RequantizeRuns<false>(acc1, nullptr, n, rq, c0, out1, nullptr);
+    return;
+  }
   if (rq.fast) {
     const int32_t* m = rq.multiplier + c0;
     const int32_t* s = rq.shift + c0;
     const int32_t off = rq.output_offset;
     if (rq.act_min == kQMin && rq.act_max == kQMax) {
       for (int32_t k = 0; k < n; ++k) {
-        out[k] = static_cast<int8_t>(__ssat(SmallRightShift(acc[k], m[k], -s[k]) + off, 8));
+        out0[k] = static_cast<int8_t>(__ssat(SmallRightShift(acc0[k], m[k], -s[k]) + off, 8));
       }
       return;
     }
     const int32_t lo = rq.act_min, hi = rq.act_max;
     for (int32_t k = 0; k < n; ++k) {
-      int32_t v = SmallRightShift(acc[k], m[k], -s[k]) + off;
+      int32_t v = SmallRightShift(acc0[k], m[k], -s[k]) + off;
       v = v < lo ? lo : v;
       v = v > hi ? hi : v;
-      out[k] = static_cast<int8_t>(v);
+      out0[k] = static_cast<int8_t>(v);
     }
     return;
   }
 #endif
-  for (int32_t k = 0; k < n; ++k) out[k] = Requantize(acc[k], rq, c0 + k);
+  for (int32_t k = 0; k < n; ++k) out0[k] = Requantize(acc0[k], rq, c0 + k);
+  if constexpr (kTwo) {
+    for (int32_t k = 0; k < n; ++k) out1[k] = Requantize(acc1[k], rq, c0 + k);
+  }
+}
+
+// out[k] = Requantize(acc[k], rq, c0 + k) for k < n (RequantizeRuns of one pixel).
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline void RequantizeRun(const int32_t* acc, int32_t n, const Requant& rq, int32_t c0,
+                          int8_t* out) {
+  RequantizeRuns<false>(acc, nullptr, n, rq, c0, out, nullptr);
 }
 
 // rq with `fast` set when its channels [0, channels) all have a right shift (shift in [-31, -1])
@@ -389,6 +511,7 @@ inline void RequantizeRun(const int32_t* acc, int32_t n, const Requant& rq, int3
 // < 2^30. Then Requantize skips MultiplyByQuantizedMultiplier's checks (the same results).
 inline Requant WithFastPath(Requant rq, int32_t channels, int64_t window, const int32_t* b) {
   rq.fast = false;
+  rq.folded = false;
   const int64_t kLimit = int64_t{1} << 30;
   const int64_t terms = window * 32640;
   if (rq.multiplier == nullptr || rq.shift == nullptr || window < 0 || terms >= kLimit) return rq;
@@ -399,6 +522,13 @@ inline Requant WithFastPath(Requant rq, int32_t channels, int64_t window, const 
     }
   }
   rq.fast = true;
+  // folded: RequantizeRuns' SMMLAR path (FoldedRequant: m >= 0, |(2 off + 1) << (e - 1)| < 2^30)
+  const int64_t k_odd = 2 * int64_t{rq.output_offset} + 1;
+  for (int32_t c = 0; c < channels; ++c) {
+    const int64_t r = k_odd * (int64_t{1} << (-rq.shift[c] - 1));
+    if (rq.multiplier[c] < 0 || r >= kLimit || r <= -kLimit) return rq;
+  }
+  rq.folded = true;
   return rq;
 }
 
@@ -857,8 +987,7 @@ inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t i
       const int32_t n = out_c - c0 < kAccChunk ? out_c - c0 : kAccChunk;
       PointwiseAccsNarrowPair(in0, in1, in_offset, w + static_cast<int64_t>(c0) * 8,
                               b ? b + c0 : nullptr, n, acc0, acc1);
-      RequantizeRun(acc0, n, rq, c0, out0 + c0);
-      RequantizeRun(acc1, n, rq, c0, out1 + c0);
+      RequantizeRuns<true>(acc0, acc1, n, rq, c0, out0 + c0, out1 + c0);
     }
     return;
   }
@@ -1000,8 +1129,7 @@ inline void PointwisePair(const PairLanesOf<kMax>& lanes, const int8_t* w, const
         acc1[k + 1] = acc[3];
       }
     }
-    RequantizeRun(acc0, n, rq, c0, out0 + c0);
-    RequantizeRun(acc1, n, rq, c0, out1 + c0);
+    RequantizeRuns<true>(acc0, acc1, n, rq, c0, out0 + c0, out1 + c0);
   }
 #else
   (void)lanes;
@@ -1046,8 +1174,7 @@ inline bool PointwisePairParts(const int8_t* in0, const int8_t* in1, int32_t in_
         }
       }
     }
-    RequantizeRun(acc0, n, rq, c0, out0 + c0);
-    RequantizeRun(acc1, n, rq, c0, out1 + c0);
+    RequantizeRuns<true>(acc0, acc1, n, rq, c0, out0 + c0, out1 + c0);
   }
   return true;
 #else
