@@ -417,31 +417,31 @@ inline void FoldedRuns(const int32_t* acc0, const int32_t* acc1, int32_t n, cons
     }
     return v;
   };
-  const int32_t* const end = acc0 + n;
-  if constexpr (!kTwo) {
-    // two channels per iteration, each array read by one LDRD (GCC's own unrolling indexes
-    // every array separately)
-    const int32_t* const end2 = acc0 + (n & ~1);
-    while (acc0 != end2) {
-      int32_t s0, s1, m0, m1, a0, a1;
-      Load2(&s, &s0, &s1);
-      Load2(&m, &m0, &m1);
-      Load2(&acc0, &a0, &a1);
-      const int32_t e0 = ~s0, e1 = ~s1;
-      const int32_t r0 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e0);
-      const int32_t r1 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e1);
-      Store2(&out0, clamp(FoldedRequant(a0 * 2, m0, r0, e0)),
+  // two channels per iteration, each array read by one LDRD (GCC's own unrolling indexes every
+  // array separately); the channels' shifts and rounding terms serve both pixels with kTwo
+  const int32_t* const end2 = acc0 + (n & ~1);
+  while (acc0 != end2) {
+    int32_t s0, s1, m0, m1;
+    Load2(&s, &s0, &s1);
+    Load2(&m, &m0, &m1);
+    const int32_t e0 = ~s0, e1 = ~s1;
+    const int32_t r0 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e0);
+    const int32_t r1 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e1);
+    auto pixel = [&](const int32_t** acc, int8_t** out) {
+      int32_t a0, a1;
+      Load2(acc, &a0, &a1);
+      Store2(out, clamp(FoldedRequant(a0 * 2, m0, r0, e0)),
              clamp(FoldedRequant(a1 * 2, m1, r1, e1)));
-    }
+    };
+    pixel(&acc0, &out0);
+    if constexpr (kTwo) pixel(&acc1, &out1);
   }
-  while (acc0 != end) {  // (kTwo: a channel's shift and rounding term serve both pixels)
-    const int32_t e1 = ~*s++;
+  if (n & 1) {  // an odd n's last channel
+    const int32_t e1 = ~*s;
     const int32_t r = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e1);
-    const int32_t mk = *m++;  // (loaded once: the int8 stores may alias it)
-    *out0++ = static_cast<int8_t>(clamp(FoldedRequant(*acc0++ * 2, mk, r, e1)));
-    if constexpr (kTwo) {
-      *out1++ = static_cast<int8_t>(clamp(FoldedRequant(*acc1++ * 2, mk, r, e1)));
-    }
+    const int32_t mk = *m;  // (loaded before the int8 stores, which may alias it)
+    *out0 = static_cast<int8_t>(clamp(FoldedRequant(*acc0 * 2, mk, r, e1)));
+    if constexpr (kTwo) *out1 = static_cast<int8_t>(clamp(FoldedRequant(*acc1 * 2, mk, r, e1)));
   }
 }
 #endif
