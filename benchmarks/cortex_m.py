@@ -47,7 +47,9 @@ Printed, in one run (about 5 minutes on 2 cores with TFLM):
    input gradients, arena, stack, flash and RAM; then both ratios as in 3 (whole step with
    TFLM), and the paper's kind of comparison: the sparse step against a full update whose
    forward pass runs on TFLM's reference kernels (convert(fuse=False, flash_requant=False)),
-   backward portable;
+   backward portable; then the sparse step on a sample seen before (convert(feature_cache=True),
+   each step on the sample's cached features: the frozen prefix does not run), which must train
+   exactly as on the images, against both full updates;
 5. last line: `sparse vs full: <N>x fewer instructions (<what>; <model>, sparse = <scheme>;
    Cortex-M7)`: the whole training step when TFLM is configured, else the backward + update
    pass (sum of our kernels), on the paper-scale model, or on --model with --paper-res 0. The
@@ -227,15 +229,17 @@ def tflm_arena(flatbuffer: bytes, variable_bytes: int, tflm, work: Path, breakdo
     return (int(out["arena"]), out.get("allocs", {})) if breakdown else int(out["arena"])
 
 
-def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys) -> dict:
-    """Whole training steps of `art` in TFLM on the Cortex-M7 (model in flash)."""
+def tflm_step(art, tflm, work: Path, dsp: bool, xs, ys, cached: bool = False) -> dict:
+    """Whole training steps of `art` in TFLM on the Cortex-M7 (model in flash); `cached` (an
+    artifact converted with feature_cache=True): every step on its sample's cached features."""
     from tfmicro_train import HostSimulator
 
     work.mkdir(parents=True, exist_ok=True)
     art.export_c(work / "model_data.h")
     sim = HostSimulator(art)
     steps = work / "steps.bin"
-    steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * len(xs)))
+    features = [sim.features(x[None]) for x in xs] if cached else None
+    steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * len(xs), features))
     # The kernel cores take their DSP paths on DSP targets by default (the weight gradients in
     # training_ops.cc, the forward convolutions of TMT_CONV / TMT_FUSED_IRB in tflm_reference.h);
     # the portable build compiles every core source with -DTMT_PORTABLE_ONLY.
@@ -335,6 +339,23 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
               f"{_fmt(ref['forward'])}, arena {ref['arena']:,} B")
         print(f"sparse (our kernels, DSP) vs that full update, the paper's kind of comparison (23-25x "
               f"there, STM32F746): {ref['step'] / whole['sparse']:.1f}x fewer instructions")
+        # A sample seen before (the next epochs of a few-shot fine-tuning): the sparse artifact
+        # converted with feature_cache=True, each step on the sample's cached features, so the
+        # frozen prefix (the fused blocks) does not run. It must train exactly as on the image.
+        c_art = tmt.convert(model, calib, update=sparse, feature_cache=True)
+        fc = c_art.metadata["feature_cache"]
+        cached = tflm_step(c_art, tflm, work / "mbv2_sparse_cached", True, xs, ys, cached=True)
+        same = cached["losses"] == steps["sparse"]["losses"]
+        print(f"sparse on cached features (convert(feature_cache=True): the frozen prefix, "
+              f"{fc['ops']} fused blocks, skipped; {fc['bytes']:,} B of features per sample): "
+              f"step {_fmt(cached['step'])}, arena {cached['arena']:,} B "
+              f"(sparse {steps['sparse']['arena']:,}); "
+              f"losses identical to the steps on the images: {same}")
+        if not same:
+            raise RuntimeError("the steps on cached features did not train as on the images")
+        print(f"sparse on cached features vs full: {whole['full'] / cached['step']:.1f}x fewer "
+              f"instructions (same kernels), {ref['step'] / cached['step']:.1f}x vs the full update "
+              f"with TFLM's reference kernels (the paper's kind of comparison)")
     what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
     print(f"backward + update pass ({what}), fewer instructions than full: "
           + ", ".join(f"{n} {backward['full'] / backward[n]:.1f}x" for n in arts if n != "full"))

@@ -109,6 +109,7 @@ class DriverRun:
         self.returncode, self.stdout, self.stderr = res.returncode, res.stdout, res.stderr
         self.variables = read_variables(var_path) if var_path.exists() else None
         self.steps: dict[int, tuple] = {}  # k -> ("ok", loss bits, out0 bytes) | ("failed", line)
+        self.out2: dict[int, bytes] = {}  # k -> output 2 (the features of a feature cache)
         self.arena: dict[str, int] = {}
         for line in self.stdout.splitlines():
             w = line.split()
@@ -116,6 +117,8 @@ class DriverRun:
                 k = int(w[1])
                 if w[2] == "ok":
                     self.steps[k] = ("ok", int(w[4], 16), bytes.fromhex(w[7]))
+                    if len(w) > 9 and w[8] == "out2":  # a feature cache's features
+                        self.out2[k] = bytes.fromhex(w[9])
                 else:
                     self.steps[k] = ("failed", line)
             elif line.startswith("arena: used "):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .autodiff import differentiate
 from .emit import emit
+from .fuse import feature_cache as cache_frozen_prefix
 from .fuse import stream_input as stream_first_input
 from .graph import from_tflite
 from .importer import WEIGHT_OPS, LayerRef, check_layers, import_model
@@ -182,7 +183,8 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
             loss: str = "sparse_categorical_crossentropy", optimizer: SGD | None = None,
             qas: bool = True, seed: int = 0, fuse: bool = True,
             backward: str = "int8", flash_requant: bool = True,
-            narrow_biases: bool = True, stream_input: bool = False) -> TrainingModel:
+            narrow_biases: bool = True, stream_input: bool = False,
+            feature_cache: bool = False) -> TrainingModel:
     """Keras model -> self-training int8 TFLite artifact.
 
     update: "full", "last" (classifier only), "bias", or a SparseUpdate. loss:
@@ -201,6 +203,11 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     ValueError) reads it from memory outside the arena (flash, PSRAM, a camera buffer) that the
     application passes through TFLM's external context (tflm_ops/README.md); the artifact's
     inputs are then (label, learning rate) and metadata["stream_input"] describes the image.
+    feature_cache: the frozen prefix (the fused blocks from the image on, which must read it
+    alone, else ValueError) can be skipped for a sample seen before: two more inputs,
+    `tmt/features_given` (int32, 1 = skip the prefix) and the prefix's output (int8 features,
+    also the last output, to keep after a step that computed it); a step on cached features
+    trains exactly as one on the image. metadata["feature_cache"] describes them.
     Nothing is written to disk; call `.save()` on the result.
     """
     if backward not in BACKWARDS:
@@ -224,6 +231,7 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     differentiate(graph, trainable, head, qas, seed, fp32=backward == "fp32")
     lower(graph, fuse=fuse, flash_requant=flash_requant, narrow=narrow_biases)
     streamed = stream_first_input(graph) if stream_input else None
+    cache = cache_frozen_prefix(graph) if feature_cache else None
     mem = plan_memory(graph)
     metadata = {
         "format": 1, "head": head, "qas": qas, "backward": backward, "learning_rate": optimizer.learning_rate,
@@ -235,6 +243,8 @@ def convert(model, representative_data: Iterable, update: str | SparseUpdate = "
     }
     if streamed is not None:
         metadata["stream_input"] = streamed
+    if cache is not None:
+        metadata["feature_cache"] = cache
     timeline = [TimelineEntry(i + 1, n.op, n.role, n.layer, mem.live_bytes[i])
                 for i, n in enumerate(graph.nodes)]
     return TrainingModel(emit(graph, metadata, mem.offsets), imported.flatbuffer, imported.layers,

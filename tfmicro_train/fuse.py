@@ -320,6 +320,65 @@ def stream_input(g: Graph) -> dict:
             "zero_point": zp, "bytes": h * w * c, "layer": node.layer}
 
 
+def feature_cache(g: Graph) -> dict:
+    """Feature cache: the frozen prefix, the chain of TMT_FUSED_IRB ops from the image on (each
+    intermediate output read only by the next), can be skipped when the application hands over
+    its output B (the features of a sample it has seen before). Every chain op gains input
+    FEATURES_GIVEN, a new int32 [1] graph input `tmt/features_given` (0: compute, 1: skip); B
+    becomes a graph input (written by the application before a skipping invoke) and a graph
+    output (read after a computing one), live for the whole invocation. Returns B's description
+    for the metadata. Raises ValueError naming the operator and layer when the image is not read
+    by a frozen fused block alone (nothing to skip)."""
+    if not g.inputs and not any(n.op == fused_ops.OP_NAME and n.options.get("x_external")
+                                for n in g.nodes):
+        raise ValueError("feature_cache: the graph has no input")
+    readers: dict[int, list[int]] = {}
+    for i, n in enumerate(g.nodes):
+        for t in set(n.inputs):
+            if t >= 0:
+                readers.setdefault(t, []).append(i)
+    first = next((i for i, n in enumerate(g.nodes)
+                  if n.op == fused_ops.OP_NAME and n.options.get("x_external")), None)
+    if first is None:  # the image is graph input 0: its one reader must be a fused block
+        image = g.inputs[0]
+        name = g.tensors[image].name
+        rs = readers.get(image, [])
+        bad = [i for i in rs if g.nodes[i].op != fused_ops.OP_NAME
+               or g.nodes[i].inputs.index(image) != fused_ops.X]
+        if bad or len(rs) != 1:
+            n = g.nodes[(bad or rs or [0])[0]] if g.nodes else None
+            what = f"{n.op} (layer '{n.layer}')" if n is not None else "no operator"
+            raise ValueError(f"feature_cache: the input '{name}' must be read by exactly one "
+                             f"frozen fused block (TMT_FUSED_IRB), the start of the frozen prefix; "
+                             f"it is read by {len(rs)} operator(s), first {what} (convert with "
+                             f"fuse=True and an update that leaves the first blocks frozen)")
+        first = rs[0]
+    chain = [first]
+    while True:
+        y = g.nodes[chain[-1]].outputs[0]
+        rs = readers.get(y, [])
+        if (len(rs) != 1 or y in g.outputs or g.nodes[rs[0]].op != fused_ops.OP_NAME
+                or g.nodes[rs[0]].inputs[fused_ops.X] != y):
+            break
+        chain.append(rs[0])
+    b = g.nodes[chain[-1]].outputs[0]
+    if b in g.outputs:
+        raise ValueError(f"feature_cache: the frozen prefix's output '{g.tensors[b].name}' is the "
+                         "model's output: nothing would train after it")
+    flag = g.add(Tensor("tmt/features_given", (1,), np.dtype(np.int32)))
+    for i in chain:
+        node = g.nodes[i]
+        node.inputs = [*node.inputs, *[-1] * (fused_ops.FEATURES_GIVEN - len(node.inputs)), flag]
+    g.inputs = [*g.inputs, flag, b]
+    g.outputs = [*g.outputs, b]
+    t = g.tensors[b]
+    scale, zp = _q(t)
+    return {"name": t.name, "shape": [int(d) for d in t.shape], "dtype": "int8", "scale": scale,
+            "zero_point": zp, "bytes": t.nbytes, "ops": len(chain),
+            "layer": g.nodes[chain[-1]].layer, "flag_input": len(g.inputs) - 2,
+            "features_input": len(g.inputs) - 1, "features_output": len(g.outputs) - 1}
+
+
 # ------------------------------------------------------------------ back to builtin operators
 
 _BUILTIN_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "PADV2": 2, "ADD": 2}

@@ -162,6 +162,7 @@ def lifetimes(g: Graph, in_place: bool = True, lags: dict[int, int] | None = Non
             continue
         buffers[t] = Buffer(t, _align(tensor.nbytes), f, last.get(t, f))
     if in_place:
+        inputs = set(g.inputs)
         owner: dict[int, Buffer] = dict(buffers)
         for i, node in enumerate(g.nodes):
             fused = node.op == "TMT_FUSED_IRB"
@@ -169,8 +170,8 @@ def lifetimes(g: Graph, in_place: bool = True, lags: dict[int, int] | None = Non
             if slot is None or not node.outputs:
                 continue
             src, dst = node.inputs[slot], node.outputs[0]
-            if src not in owner or dst not in buffers or owner[src].last != i:
-                continue
+            if src not in owner or dst not in buffers or owner[src].last != i or dst in inputs:
+                continue  # (a graph input, e.g. cached features, is live from the start)
             b = owner[src]
             parts = b.parts or [[0, b.size, b.first, b.last]]
             at = b.rel.get(src, 0)

@@ -79,6 +79,8 @@ class HostSimulator:
         self._streamed = None if op is None else replace(
             fused_ops.external_x_info(op.options),
             name=self.meta.get("stream_input", {}).get("name", "streamed input"))
+        # a feature cache (convert(feature_cache=True)): the frozen prefix's skip flag and output
+        self._cache = self.meta.get("feature_cache")
         self.state_tensor = next(t for t in self.variables if sg.infos[t].name == "tmt/state")
         self.steps = 0
         self._record: dict | None = None
@@ -185,27 +187,82 @@ class HostSimulator:
             return np.zeros(1, np.int32)
         return np.zeros(self.output_info.shape, np.int8)
 
-    def train_step(self, x, y, learning_rate: float | None = None) -> float:
-        """One on-device training step on one sample (batch 1); returns the loss."""
-        xq = self.quantize_input(x).reshape(self.input_info.shape)
-        out = self.invoke([xq, self._label_array(y), self._lr(learning_rate)])
-        self.steps += 1
-        return float(out[1][0])
+    @property
+    def feature_cache(self) -> dict | None:
+        """The cached features' description (convert(feature_cache=True)), else None."""
+        return self._cache
 
-    def fit(self, xs, ys, epochs: int = 1, learning_rate=None, shuffle_seed: int = 0) -> list[float]:
-        """Train sample by sample; returns the mean loss of every epoch."""
+    def _invoke(self, x, label: np.ndarray, lr: np.ndarray, features=None) -> list[np.ndarray]:
+        """invoke() on one sample (_inputs)."""
+        return self.invoke(self._inputs(x, label, lr, features))
+
+    def _inputs(self, x, label: np.ndarray, lr: np.ndarray, features=None) -> list[np.ndarray]:
+        """The raw inputs of one invocation: the image x, or with a feature cache its cached
+        features (x unused, may be None: the frozen prefix is skipped)."""
+        if features is None:
+            raw = [self.quantize_input(x).reshape(self.input_info.shape), label, lr]
+        elif self._cache is None:
+            raise ValueError("features: the artifact has no feature cache (convert(..., "
+                             "feature_cache=True))")
+        else:
+            raw = [np.zeros(self.input_info.shape, np.int8), label, lr]
+        if self._cache is not None:
+            shape = tuple(self._cache["shape"])
+            if features is not None:
+                f = np.asarray(features)
+                if f.dtype != np.int8 or f.size != int(np.prod(shape)):
+                    raise ValueError(f"features must be int8 with shape {list(shape)} (the "
+                                     f"output of '{self._cache['layer']}'), got {f.dtype} "
+                                     f"{list(f.shape)}")
+            raw += [np.array([0 if features is None else 1], np.int32),
+                    np.zeros(shape, np.int8) if features is None else f.reshape(shape)]
+        return raw
+
+    def train_step(self, x, y, learning_rate: float | None = None, features=None) -> float:
+        """One on-device training step on one sample (batch 1); returns the loss. With a
+        feature cache, `features` (from features() or cached_fit) replaces the image x: the
+        step skips the frozen prefix and trains exactly as on the image."""
+        return float(self._train(x, y, learning_rate, features)[1][0])
+
+    def _train(self, x, y, learning_rate, features=None) -> list[np.ndarray]:
+        out = self._invoke(x, self._label_array(y), self._lr(learning_rate), features)
+        self.steps += 1
+        return out
+
+    def features(self, x) -> np.ndarray:
+        """The cached features of sample x: the frozen prefix's int8 output (an inference call;
+        a training step on x gives the same as its last output)."""
+        if self._cache is None:
+            raise ValueError("features: the artifact has no feature cache (convert(..., "
+                             "feature_cache=True))")
+        out = self._invoke(x, self._dummy_label(), np.zeros(1, F32))
+        return out[self._cache["features_output"]].copy()
+
+    def fit(self, xs, ys, epochs: int = 1, learning_rate=None, shuffle_seed: int = 0,
+            cache_features: bool = False) -> list[float]:
+        """Train sample by sample; returns the mean loss of every epoch. cache_features (an
+        artifact with a feature cache): keep each sample's features from its first step and
+        train later epochs on them, skipping the frozen prefix (the same results)."""
+        if cache_features and self._cache is None:
+            raise ValueError("cache_features: the artifact has no feature cache (convert(..., "
+                             "feature_cache=True))")
         rng = np.random.default_rng(shuffle_seed)
+        cached: dict[int, np.ndarray] = {}
         means = []
         for _ in range(epochs):
-            order = rng.permutation(len(xs))
-            means.append(float(np.mean([self.train_step(xs[i], ys[i], learning_rate)
-                                        for i in order])))
+            losses = []
+            for i in rng.permutation(len(xs)):
+                out = self._train(xs[i], ys[i], learning_rate, cached.get(i))
+                losses.append(float(out[1][0]))
+                if cache_features and i not in cached:
+                    cached[i] = out[self._cache["features_output"]].copy()
+            means.append(float(np.mean(losses)))
         return means
 
-    def predict_raw(self, x) -> np.ndarray:
-        """Raw int8 output of one sample (an inference call: lr = 0 skips every TMT op)."""
-        xq = self.quantize_input(x).reshape(self.input_info.shape)
-        return self.invoke([xq, self._dummy_label(), np.zeros(1, F32)])[0]
+    def predict_raw(self, x, features=None) -> np.ndarray:
+        """Raw int8 output of one sample (an inference call: lr = 0 skips every TMT op); with a
+        feature cache, `features` may replace x."""
+        return self._invoke(x, self._dummy_label(), np.zeros(1, F32), features)[0]
 
     def predict(self, x) -> np.ndarray:
         """Dequantized outputs (probabilities for a softmax head) for a batch of samples."""

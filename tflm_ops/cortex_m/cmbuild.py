@@ -284,9 +284,10 @@ def find_tflm(target: str) -> Tflm | str:
 # ----------------------------------------------------------------------------- training steps
 
 
-def steps_file(sim, xs, ys, lrs) -> bytes:
+def steps_file(sim, xs, ys, lrs, features=None) -> bytes:
     """The STEPS input of tflm_train_main.cc: the artifact's raw inputs of each training step,
-    made exactly as HostSimulator.train_step makes them."""
+    made exactly as HostSimulator.train_step makes them (features: per step the cached features
+    of an artifact with a feature cache, or None for the image)."""
     import struct
 
     import numpy as np
@@ -296,9 +297,10 @@ def steps_file(sim, xs, ys, lrs) -> bytes:
         inputs.insert(0, sim.streamed_input)
     sizes = [int(np.prod(i.shape)) * np.dtype(i.dtype).itemsize for i in inputs]
     out = [b"TMTS", struct.pack("<II", len(xs), len(inputs)), struct.pack(f"<{len(sizes)}I", *sizes)]
-    for x, y, lr in zip(xs, ys, lrs):
-        raw = [sim.quantize_input(x).reshape(sim.input_info.shape), sim._label_array(y),
-               sim._lr(lr)]
+    features = [None] * len(xs) if features is None else features
+    for x, y, lr, f in zip(xs, ys, lrs, features):
+        raw = sim._inputs(x, sim._label_array(y), sim._lr(lr), f)
+        assert len(raw) == len(sizes)
         for arr, n in zip(raw, sizes):
             b = np.ascontiguousarray(arr).tobytes()
             assert len(b) == n

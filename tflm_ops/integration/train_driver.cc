@@ -24,7 +24,9 @@
 //   model: <operators> operators, <tensors> tensors, <variables> variable tensors (<bytes> bytes)
 //   arena: used <total> bytes (head <head>, tail <tail>) of <size>; variable buffers <v> bytes;
 //          recording overhead <r> bytes          (--plain: arena: used <total> bytes of <size>)
-//   step <k> ok loss 0x<float bits> <loss> out0 <hex bytes of output 0>
+//   step <k> ok loss 0x<float bits> <loss> out0 <hex bytes of output 0> [out2 <hex>]
+//                                                       (out2: a third output, the features of
+//                                                        convert(feature_cache=True))
 //   step <k> failed (Invoke); variables unchanged        (or: variables CHANGED: names)
 //   step <k> rejected: input <i> '<name>' ...            (input of the wrong type / size)
 //   reset: ok ...                                       (Reset() + one lr = 0 invoke restore
@@ -402,8 +404,13 @@ int main(int argc, char** argv) {
     if (loss->type == kTfLiteFloat32 && loss->bytes == 4) std::memcpy(&l, loss->data.raw, 4);
     uint32_t bits;
     std::memcpy(&bits, &l, 4);
-    std::printf("step %u ok loss 0x%08x %.9g out0 %s\n", k, bits, static_cast<double>(l),
-                Hex(out0->data.raw, out0->bytes).c_str());
+    // (an artifact with a feature cache has a third output: the frozen prefix's features)
+    const std::string out2 = interpreter.outputs_size() > 2
+                                 ? " out2 " + Hex(interpreter.output(2)->data.raw,
+                                                  interpreter.output(2)->bytes)
+                                 : std::string();
+    std::printf("step %u ok loss 0x%08x %.9g out0 %s%s\n", k, bits, static_cast<double>(l),
+                Hex(out0->data.raw, out0->bytes).c_str(), out2.c_str());
     std::fflush(stdout);
   }
 

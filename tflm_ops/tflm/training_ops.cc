@@ -1200,6 +1200,24 @@ struct FusedOpData {
 };
 
 constexpr int kFusedInputs = 7;
+constexpr int kFeaturesGiven = 7;  // optional 8th input (convert(feature_cache=True))
+
+// Input 7 'features_given' (int32 [1]) of a frozen-prefix op: 0 computes, 1 skips the op (the
+// application wrote the prefix's output, its cached features); *skip is false without the input.
+// Prints why and returns false for any other value (before the op writes anything).
+bool FeaturesGiven(TfLiteContext* context, TfLiteNode* node, bool* skip) {
+  *skip = false;
+  if (node->inputs->size <= kFeaturesGiven || node->inputs->data[kFeaturesGiven] < 0) return true;
+  const int32_t v = *tflite::micro::GetTensorData<int32_t>(
+      tflite::micro::GetEvalInput(context, node, kFeaturesGiven));
+  if (v != 0 && v != 1) {
+    MicroPrintf("TMT_FUSED_IRB: input 7 'features_given' is %ld; it must be 0 (compute the frozen "
+                "prefix) or 1 (its output, the cached features, was given)", static_cast<long>(v));
+    return false;
+  }
+  *skip = v == 1;
+  return true;
+}
 
 void* FusedInit(TfLiteContext* context, const char* buffer, size_t length) {
   void* mem = context->AllocatePersistentBuffer(context, sizeof(FusedOpData));
@@ -1344,10 +1362,21 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
   core::FusedIrbSpec s;
   bool x_external = false;
   if (!ReadFusedOptions(d, &s, &x_external)) return kTfLiteError;
-  if (node->inputs->size != kFusedInputs || node->outputs->size != 2) {
-    MicroPrintf("TMT_FUSED_IRB: expected 7 inputs and 2 outputs, got %d and %d",
-                node->inputs->size, node->outputs->size);
+  if ((node->inputs->size != kFusedInputs && node->inputs->size != kFusedInputs + 1) ||
+      node->outputs->size != 2) {
+    MicroPrintf("TMT_FUSED_IRB: expected 7 inputs (8 with 'features_given') and 2 outputs, got "
+                "%d and %d", node->inputs->size, node->outputs->size);
     return kTfLiteError;
+  }
+  if (node->inputs->size > kFeaturesGiven && node->inputs->data[kFeaturesGiven] >= 0) {
+    TfLiteTensor* flag = tflite::GetMicroContext(context)->AllocateTempInputTensor(node, kFeaturesGiven);
+    const bool ok = flag != nullptr && flag->type == kTfLiteInt32 &&
+                    tflite::ElementCount(*flag->dims) == 1;
+    if (flag != nullptr) tflite::GetMicroContext(context)->DeallocateTempTfLiteTensor(flag);
+    if (!ok) {
+      MicroPrintf("TMT_FUSED_IRB: input 7 'features_given' must be int32 with 1 element");
+      return kTfLiteError;
+    }
   }
   if (x_external && node->inputs->data[0] >= 0) {
     MicroPrintf("TMT_FUSED_IRB: input 0 'x' must be absent (-1) with option x_external");
@@ -1420,6 +1449,9 @@ TfLiteStatus FusedPrepare(TfLiteContext* context, TfLiteNode* node) {
 }
 
 TfLiteStatus FusedEval(TfLiteContext* context, TfLiteNode* node) {
+  bool skip = false;  // the cached features were given: the frozen prefix writes nothing
+  if (!FeaturesGiven(context, node, &skip)) return kTfLiteError;
+  if (skip) return kTfLiteOk;
   const FusedOpData* d = static_cast<const FusedOpData*>(node->user_data);
   auto in = [&](int i) -> const TfLiteEvalTensor* {
     return node->inputs->data[i] >= 0 ? tflite::micro::GetEvalInput(context, node, i) : nullptr;

@@ -13,7 +13,10 @@ builtin kernels of builtin_ops.py in sequence on full tensors (numpy memory does
 Inputs: x, w_expand, b_expand, w_dw, b_dw, w_project, b_project (-1 for an absent tensor: no
 expansion, or a bias the converter dropped; x is absent for a streamed input, option
 x_external = 1: the op reads the image from memory outside the arena, whose shape and
-quantization are the options x_h x_w x_c x_scale (float) x_zp). Outputs: y, scratch (int8 [scratch_bytes]).
+quantization are the options x_h x_w x_c x_scale (float) x_zp), and optionally an 8th,
+features_given (int32 [1], a graph input; convert(feature_cache=True)): 0 computes as usual, 1
+skips the op, writing nothing (the application gave the output of the frozen prefix, the cached
+features, itself), any other value fails. Outputs: y, scratch (int8 [scratch_bytes]).
 It is a forward op: it always runs (also at inference) and has no learning-rate input.
 
 Options (flexbuffer map; ints unless noted; "padding" is TFLite's Padding enum, 0 SAME 1 VALID;
@@ -45,7 +48,7 @@ from .builtin_ops import BUILTIN_KERNELS
 
 OP_NAME = "TMT_FUSED_IRB"
 # input slots
-X, W_EXPAND, B_EXPAND, W_DW, B_DW, W_PROJECT, B_PROJECT = range(7)
+X, W_EXPAND, B_EXPAND, W_DW, B_DW, W_PROJECT, B_PROJECT, FEATURES_GIVEN = range(8)
 
 _GEOM_KEYS = ("stride_h", "stride_w", "dil_h", "dil_w", "padding", "act")
 
@@ -253,8 +256,24 @@ def external_x_info(o: dict) -> TensorInfo:
     return _info("x", (1, o["x_h"], o["x_w"], o["x_c"]), o["x_scale"], o["x_zp"])
 
 
+def skipped(inputs: list[int], values: dict) -> bool:
+    """Whether a TMT_FUSED_IRB with these inputs skips (features_given = 1); ValueError naming
+    the input for a value other than 0 or 1."""
+    if len(inputs) <= FEATURES_GIVEN or inputs[FEATURES_GIVEN] < 0:
+        return False
+    flag = int(np.asarray(values[inputs[FEATURES_GIVEN]]).reshape(-1)[0])
+    if flag not in (0, 1):
+        raise ValueError(f"TMT_FUSED_IRB: input {FEATURES_GIVEN} 'features_given' is {flag}; it "
+                         "must be 0 (compute the frozen prefix) or 1 (its output, the cached "
+                         "features, was given)")
+    return flag == 1
+
+
 def run_op(sg: Any, op: Any, values: dict) -> None:
-    """HostSimulator hook: run one TMT_FUSED_IRB operator on the value table (no lr gate)."""
+    """HostSimulator hook: run one TMT_FUSED_IRB operator on the value table (no lr gate); with
+    features_given (input 7) = 1 it writes nothing."""
+    if skipped(op.inputs, values):
+        return
     ins = [values[t] if t >= 0 else None for t in op.inputs]
     infos = [sg.infos[t] if t >= 0 else None for t in op.inputs]
     if op.options.get("x_external"):  # a streamed input: x from outside the arena
