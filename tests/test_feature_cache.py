@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_fuse import irb_net  # noqa: E402
-from test_stream_input import _build_driver  # noqa: E402
+from test_stream_input import _build_driver, m7_train_program  # noqa: E402
 
 TFLM_SKIP = ("TFLM tests of the feature cache skipped: set TFLM_DIR=/path/to/tflite-micro (a "
              "checkout where `make -f tensorflow/lite/micro/tools/make/Makefile microlite` has run)")
@@ -237,33 +237,12 @@ def test_bad_flag_fails_the_step_in_tflm_and_changes_nothing(driver, pair, calib
 def test_cached_steps_on_the_cortex_m7(pair, calib16, tmp_path):
     """tflm_train on the Cortex-M7 (QEMU): steps on cached features give the simulator's losses,
     equal to the steps on the images, in the planned arena."""
-    sys.path.insert(0, str(ROOT / "tflm_ops" / "cortex_m"))
-    import cmbuild
-    from test_checkpoint import tflm_train_sources
-
-    missing = cmbuild.missing_cross_tools()
-    if missing is not None:
-        pytest.skip(f"Cortex-M tests skipped: {missing}")
-    tflm = cmbuild.find_tflm("cortex-m7")
-    if isinstance(tflm, str):
-        pytest.skip(tflm)
     case, _, art = pair
     peak = art.memory_report().peak_sram_bytes
-    art.export_c(tmp_path / "model_data.h")
     sim = tmt.HostSimulator(art)
     xs, ys = calib16[:4] * 2, _labels(8)
     feats = [None] * 4 + [sim.features(x) for x in xs[4:]]  # the second epoch on the cache
-    steps = tmp_path / "steps.bin"
-    steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * 8, feats))
-    try:
-        elf = cmbuild.build_arm(
-            "tflm_train", "cortex-m7", [], cmbuild.DRIVER_FLAGS,
-            [*tflm_train_sources(), tmp_path / "model_data.cpp"],
-            defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={peak}",
-                     f"TMT_STEPS_MAX_BYTES={len(steps.read_bytes())}", "TMT_REGION_MAX_BYTES=65536"],
-            libs=[str(tflm.lib)], extra_flags=list(tflm.flags))
-    except cmbuild.BuildError as e:
-        pytest.fail(str(e))
+    cmbuild, elf, steps = m7_train_program(art, sim, xs, ys, feats, peak, tmp_path)
     res = cmbuild.run_qemu(elf, "cortex-m7", ["-", str(steps), str(tmp_path / "region.bin"),
                                               f"arena={peak}"], timeout=300)
     out = cmbuild.parse_train_output(res.stdout)

@@ -288,10 +288,10 @@ def _run(driver, model: bytes, steps, tmp: Path, extra: list[str]):
 # --------------------------------------------------------------------------- Cortex-M7
 
 
-def test_plan_predicts_the_cortex_m7_arena_streamed(stem_pair, calib48, tmp_path):
-    """memory_report().peak_sram_bytes of the streamed artifact is the arena TFLM needs on the
-    Cortex-M7 (AllocateTensors succeeds in it, and fails 1 KB + 2% below), and one training step
-    there gives the simulator's loss."""
+def m7_train_program(art, sim, xs, ys, features, arena: int, tmp_path: Path):
+    """tflm_train_main.cc for the Cortex-M7 with `art` in flash, an `arena`-byte arena and the
+    steps file of (xs, ys, lr 0.05, features) at tmp_path/steps.bin: (cmbuild, elf, steps path).
+    Skips without the cross tools or TFLM's cortex-m7 build."""
     sys.path.insert(0, str(ROOT / "tflm_ops" / "cortex_m"))
     import cmbuild
     from test_checkpoint import tflm_train_sources
@@ -302,22 +302,30 @@ def test_plan_predicts_the_cortex_m7_arena_streamed(stem_pair, calib48, tmp_path
     tflm = cmbuild.find_tflm("cortex-m7")
     if isinstance(tflm, str):
         pytest.skip(tflm)
-    _, art = stem_pair
-    peak = art.memory_report().peak_sram_bytes
     art.export_c(tmp_path / "model_data.h")
-    sim = tmt.HostSimulator(art)
-    xs, ys = calib48[:3], [1, 2, 3]
     steps = tmp_path / "steps.bin"
-    steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * 3))
+    steps.write_bytes(cmbuild.steps_file(sim, xs, ys, [0.05] * len(xs), features))
     try:
         elf = cmbuild.build_arm(
             "tflm_train", "cortex-m7", [], cmbuild.DRIVER_FLAGS,
             [*tflm_train_sources(), tmp_path / "model_data.cpp"],
-            defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={peak}",
+            defines=["TMT_EMBEDDED_MODEL=g_model", f"TMT_ARENA_BYTES={arena}",
                      f"TMT_STEPS_MAX_BYTES={len(steps.read_bytes())}", "TMT_REGION_MAX_BYTES=65536"],
             libs=[str(tflm.lib)], extra_flags=list(tflm.flags))
     except cmbuild.BuildError as e:
         pytest.fail(str(e))
+    return cmbuild, elf, steps
+
+
+def test_plan_predicts_the_cortex_m7_arena_streamed(stem_pair, calib48, tmp_path):
+    """memory_report().peak_sram_bytes of the streamed artifact is the arena TFLM needs on the
+    Cortex-M7 (AllocateTensors succeeds in it, and fails 1 KB + 2% below), and one training step
+    there gives the simulator's loss."""
+    _, art = stem_pair
+    peak = art.memory_report().peak_sram_bytes
+    sim = tmt.HostSimulator(art)
+    xs, ys = calib48[:3], [1, 2, 3]
+    cmbuild, elf, steps = m7_train_program(art, sim, xs, ys, None, peak, tmp_path)
 
     def run(arena: int, steps_arg: str = "-") -> dict | None:
         res = cmbuild.run_qemu(elf, "cortex-m7", ["-", steps_arg, str(tmp_path / "region.bin"),
