@@ -166,6 +166,19 @@ TMT_NOINLINE void DepthwiseTapsChannels(const ConvOpParams& p, const Requant& rq
         const int8_t* r0 = x + static_cast<int64_t>(iy0 + ky0 * p.dil_h) * row_bytes +
                            static_cast<int64_t>(ix0 + kx0 * p.dil_w) * channels + c0;
         const int64_t dy = p.dil_h * row_bytes;
+        // two pixels whose windows' columns are all in the image: one DepthwiseTapsGridPair
+        // (ox + 1's grid is ox's shifted by stride_w pixels)
+        int32_t unused = 0;
+        if (n_rows > 1 && n_cols == 3 && ox + 1 < p.y.w &&
+            in_range(ix0 + p.stride_w, p.dil_w, p.x.w, &unused) == 3) {
+          auto pair = n_rows == 3 ? tflm_ref::DepthwiseTapsGridPair<3>
+                                  : tflm_ref::DepthwiseTapsGridPair<2>;
+          pair(r0, r0 + dy, r0 + 2 * dy, p.dil_w * channels, p.stride_w * channels,
+               w + ky0 * 3 * channels + c0, 3 * channels, channels, b, n_c, p.x_offset, rq_c, out,
+               out + channels);
+          ++ox;
+          continue;
+        }
         if (tflm_ref::DepthwiseTapsRect(n_rows, n_cols, r0, n_rows > 1 ? r0 + dy : r0,
                                         n_rows > 2 ? r0 + 2 * dy : r0, p.dil_w * channels,
                                         w + (ky0 * 3 + kx0) * channels + c0, 3 * channels,

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 // Cortex-M4/M7 DSP extension (SXTB16 / SXTAB16 / SMLAD / SMLAxy / SMMULR / SMMLAR / SSAT via
 // arm_acle.h or inline asm) for the convolutions' dot products, the depthwise taps and the
@@ -584,6 +585,52 @@ __attribute__((always_inline)) inline void DepthwiseTap4(int32_t v, int32_t wv, 
   *a3 = __smlatt(v13, w13, *a3);
 }
 
+// The int16 lanes (plus off2's) of bytes kOdd and kOdd + 2 of the word at p: channels kOdd and
+// kOdd + 2 of a pixel (one SXTAB16).
+template <int kOdd>
+__attribute__((always_inline)) inline int32_t LoadLanes(const int8_t* p, int32_t off2) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  if constexpr (kOdd == 0) return __sxtab16(off2, v);
+  int32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(off2), "r"(v));
+  return r;
+}
+
+// p, opaque to GCC (no instruction): loads through it are not merged with loads through p.
+template <typename T>
+__attribute__((always_inline)) inline T* Opaque(T* p) {
+  __asm__ volatile("" : "+r"(p));
+  return p;
+}
+
+// DepthwiseRow<3> of two output pixels, channels kOdd and kOdd + 2 (the int16 lanes of one
+// SXTAB16 / SXTB16; all four channels would take 8 accumulators, and GCC then spills the sums
+// and the pointers in every tap): pixel 0's inputs at p + k step into a[0], a[1], pixel 1's at
+// p + next + k step into a[2], a[3], weights at wr + k w_stride. A tap's weight lanes are
+// loaded and split once for both pixels; with kShared (next == step: stride 1, dilation 1)
+// pixel 1's tap k is pixel 0's tap k + 1, so its input lanes are reused too (4 input words per
+// row, not 6).
+template <int kOdd, bool kShared>
+__attribute__((always_inline)) inline void DepthwiseRowPair(const int8_t* p, int32_t step,
+                                                            int32_t next, const int8_t* wr,
+                                                            int32_t w_stride, int32_t off2,
+                                                            int32_t* a) {
+  int32_t x = LoadLanes<kOdd>(p, off2);
+#pragma GCC unroll 3
+  for (int32_t k = 0; k < 3; ++k) {
+    int32_t wv;
+    std::memcpy(&wv, wr + k * w_stride, 4);
+    const int32_t wl = kOdd == 0 ? __sxtb16(wv) : Sxtb16Odd(wv);
+    a[0] = __smlabb(x, wl, a[0]);
+    a[1] = __smlatt(x, wl, a[1]);
+    const int32_t y = LoadLanes<kOdd>(p + (kShared ? (k + 1) * step : next + k * step), off2);
+    a[2] = __smlabb(y, wl, a[2]);
+    a[3] = __smlatt(y, wl, a[3]);
+    if (k < 2) x = kShared ? y : LoadLanes<kOdd>(p + (k + 1) * step, off2);
+  }
+}
+
 // The kCols (1 to 3) taps of a window row of 4 depthwise channels: inputs at p + k step, weights
 // at wr + k w_stride (written out: GCC -O2 keeps a loop of 3 trips, and its counter).
 template <int kCols>
@@ -720,6 +767,30 @@ inline void DepthwiseTaps(const int8_t* const* src, const int32_t* src_w, int32_
   }
 }
 
+// DepthwiseTapsGrid's channels [c, channels) one at a time (rows r0..r2 already shifted).
+// Always inlined (out of line, its call in every DepthwiseTapsGrid pixel cost the fused op
+// about 95 K instructions per step at 128x128 though it rarely has channels to do).
+template <int kRows, int kCols>
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline void GridChannels(const int8_t* r0, const int8_t* r1, const int8_t* r2, int32_t step,
+                         const int8_t* w, int32_t w_row, int32_t w_stride, const int32_t* b,
+                         int32_t c, int32_t channels, int32_t in_offset, const Requant& rq,
+                         int8_t* out) {
+  const int8_t* const rr[3] = {r0, r1, r2};
+  for (; c < channels; ++c) {
+    uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
+    for (int32_t r = 0; r < kRows; ++r) {
+      for (int32_t k = 0; k < kCols; ++k) {
+        const int32_t v = rr[r][k * step + c] + in_offset;
+        acc += static_cast<uint32_t>(v * w[r * w_row + k * w_stride + c]);
+      }
+    }
+    out[c] = Requantize(static_cast<int32_t>(acc), rq, c);
+  }
+}
+
 // DepthwiseTaps for a window whose taps in the image form a kRows x kCols grid (1 to 3 each)
 // and whose other taps contribute nothing (skipped, or PAD taps of value pad_in = 0): grid row r
 // starts at r_r + src_offset (its first tap's pixel, channel 0; the offset as in DepthwiseTaps;
@@ -765,17 +836,8 @@ void DepthwiseTapsGrid(const int8_t* r0, const int8_t* r1, const int8_t* r2, int
     RequantizeRun(acc, j, rq, c0, out + c0);
   }
 #endif
-  const int8_t* const rr[3] = {r0, r1, r2};
-  for (; c < channels; ++c) {
-    uint32_t acc = b ? static_cast<uint32_t>(b[c]) : 0u;
-    for (int32_t r = 0; r < kRows; ++r) {
-      for (int32_t k = 0; k < kCols; ++k) {
-        const int32_t v = rr[r][k * step + c] + in_offset;
-        acc += static_cast<uint32_t>(v * w[r * w_row + k * w_stride + c]);
-      }
-    }
-    out[c] = Requantize(static_cast<int32_t>(acc), rq, c);
-  }
+  GridChannels<kRows, kCols>(r0, r1, r2, step, w, w_row, w_stride, b, c, channels, in_offset, rq,
+                             out);
 }
 
 // DepthwiseTapsGrid for an n_rows x n_cols grid: false (nothing computed) for a shape without
@@ -793,6 +855,78 @@ inline bool DepthwiseTapsRect(int32_t n_rows, int32_t n_cols, const int8_t* r0, 
   if (grid == nullptr) return false;
   grid(r0, r1, r2, step, w, w_row, w_stride, b, channels, in_offset, rq, out, src_offset);
   return true;
+}
+
+#if TMT_REFERENCE_DSP
+// DepthwiseTapsGridPair's 4-channel blocks from channel *c on (DepthwiseRowPair<kShared> per
+// grid row), up to 8 channels of each pixel then one RequantizeRuns<true> (a channel's
+// multiplier, shift and rounding term loaded once for both pixels); *c left at the first
+// channel not done.
+template <int kRows, bool kShared>
+__attribute__((always_inline)) inline void GridPairBlocks(
+    const int8_t* r0, const int8_t* r1, const int8_t* r2, int32_t step, int32_t next,
+    const int8_t* w, int32_t w_row, int32_t w_stride, const int32_t* b, int32_t channels,
+    int32_t off2, const Requant& rq, int8_t* out0, int8_t* out1, int32_t* c_io) {
+  int32_t c = *c_io;
+  int32_t acc0[8], acc1[8];
+  while (c + 4 <= channels) {
+    const int32_t c0 = c;
+    int32_t j = 0;
+    for (; j < 8 && c + 4 <= channels; j += 4, c += 4) {
+      // channels c + kOdd and c + kOdd + 2 of both pixels (DepthwiseRowPair); the pointers
+      // Opaque in each lane pass: GCC would otherwise load each word once for both passes and
+      // keep the words on the stack (a store and a reload each instead of a second LDR)
+      auto lanes = [&](auto odd) {
+        constexpr int kOdd = decltype(odd)::value;
+        const int8_t* const rows[3] = {Opaque(r0 + c), Opaque(r1 + c), Opaque(r2 + c)};
+        const int8_t* const wc = Opaque(w + c);
+        int32_t a[4] = {0, 0, 0, 0};
+        if (b) a[0] = a[2] = b[c + kOdd], a[1] = a[3] = b[c + kOdd + 2];
+#pragma GCC unroll 3
+        for (int32_t r = 0; r < kRows; ++r) {
+          DepthwiseRowPair<kOdd, kShared>(rows[r], step, next, wc + r * w_row, w_stride, off2, a);
+        }
+        acc0[j + kOdd] = a[0];
+        acc0[j + kOdd + 2] = a[1];
+        acc1[j + kOdd] = a[2];
+        acc1[j + kOdd + 2] = a[3];
+      };
+      lanes(std::integral_constant<int, 0>());
+      lanes(std::integral_constant<int, 1>());
+    }
+    RequantizeRuns<true>(acc0, acc1, j, rq, c0, out0 + c0, out1 + c0);
+  }
+  *c_io = c;
+}
+#endif
+
+// DepthwiseTapsGrid<kRows, 3> of two output pixels of a row whose windows both have kRows x 3
+// grids: pixel 0's rows at r_r (into out0), pixel 1's at r_r + next (into out1); the other
+// arguments as there (no src_offset). The same sums and results as two DepthwiseTapsGrid
+// calls; with the DSP extension the 4-channel blocks of both pixels together (GridPairBlocks).
+template <int kRows>
+void DepthwiseTapsGridPair(const int8_t* r0, const int8_t* r1, const int8_t* r2, int32_t step,
+                           int32_t next, const int8_t* w, int32_t w_row, int32_t w_stride,
+                           const int32_t* b, int32_t channels, int32_t in_offset,
+                           const Requant& rq_in, int8_t* out0, int8_t* out1) {
+  const Requant rq = rq_in;
+  r1 = kRows > 1 ? r1 : r0;
+  r2 = kRows > 2 ? r2 : r0;
+  int32_t c = 0;
+#if TMT_REFERENCE_DSP
+  const int32_t off2 = Dup16(in_offset);
+  if (next == step) {
+    GridPairBlocks<kRows, true>(r0, r1, r2, step, next, w, w_row, w_stride, b, channels, off2,
+                                rq, out0, out1, &c);
+  } else {
+    GridPairBlocks<kRows, false>(r0, r1, r2, step, next, w, w_row, w_stride, b, channels, off2,
+                                 rq, out0, out1, &c);
+  }
+#endif
+  GridChannels<kRows, 3>(r0, r1, r2, step, w, w_row, w_stride, b, c, channels, in_offset, rq,
+                         out0);
+  GridChannels<kRows, 3>(r0 + next, r1 + next, r2 + next, step, w, w_row, w_stride, b, c,
+                         channels, in_offset, rq, out1);
 }
 
 // DotOffset(in, w + k * stride, n, in_offset) into out[k], k < 3 (three output channels of a 1x1
