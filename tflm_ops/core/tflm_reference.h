@@ -879,12 +879,15 @@ __attribute__((always_inline)) inline void GridPairBlocks(
       auto lanes = [&](auto odd) {
         constexpr int kOdd = decltype(odd)::value;
         const int8_t* const rows[3] = {Opaque(r0 + c), Opaque(r1 + c), Opaque(r2 + c)};
-        const int8_t* const wc = Opaque(w + c);
+        const int8_t* wr = Opaque(w + c);
         int32_t a[4] = {0, 0, 0, 0};
         if (b) a[0] = a[2] = b[c + kOdd], a[1] = a[3] = b[c + kOdd + 2];
 #pragma GCC unroll 3
         for (int32_t r = 0; r < kRows; ++r) {
-          DepthwiseRowPair<kOdd, kShared>(rows[r], step, next, wc + r * w_row, w_stride, off2, a);
+          DepthwiseRowPair<kOdd, kShared>(rows[r], step, next, wr, w_stride, off2, a);
+          // (Opaque: the weight row's taps at [wr], [wr, w_stride], [wr, w_stride, lsl #1],
+          // instead of a stack slot per tap offset r * w_row + k * w_stride)
+          wr = Opaque(wr + w_row);
         }
         acc0[j + kOdd] = a[0];
         acc0[j + kOdd + 2] = a[1];
