@@ -897,7 +897,7 @@ def gen_fused_irb(rng, i):
                 ek = _fused_conv_geom(rng, h, w, ks=(1, 2, 3, 5), strides=(1, 2, 2))
             u = rng.random()
             c_exp = int(rng.choice([1, 2, 4, 6, 8, 12, 16])) if u < 0.7 else \
-                int(rng.integers(1, 17)) if u < 0.85 else int(rng.choice([24, 32, 36, 48]))
+                int(rng.integers(1, 17)) if u < 0.85 else int(rng.choice([24, 32, 36, 48, 54, 100]))
             o.update(zip(("e_kh", "e_kw", "e_stride_h", "e_stride_w", "e_dil_h", "e_dil_w",
                           "e_padding"), ek))
             o["e_act"] = _fused_act(rng, 0.6)
