@@ -39,15 +39,21 @@ def _q(t: Tensor) -> tuple[float, int]:
     return float(np.float32(t.scale[0])), int(t.zero_point[0])
 
 
+def _consumers(g: Graph) -> dict[int, list[int]]:
+    """tensor index -> the indices of the nodes that read it (each once, in order)."""
+    consumers: dict[int, list[int]] = {}
+    for i, n in enumerate(g.nodes):
+        for t in n.inputs:
+            if t >= 0 and i not in consumers.setdefault(t, []):
+                consumers[t].append(i)
+    return consumers
+
+
 class _Matcher:
     def __init__(self, g: Graph):
         self.g = g
         self.producer = g.producers()
-        self.consumers: dict[int, list[int]] = {}
-        for i, n in enumerate(g.nodes):
-            for t in n.inputs:
-                if t >= 0 and i not in self.consumers.setdefault(t, []):
-                    self.consumers[t].append(i)
+        self.consumers = _consumers(g)
         self.outputs = set(g.outputs)
         self.taken: set[int] = set()
 
@@ -332,11 +338,7 @@ def feature_cache(g: Graph) -> dict:
     if not g.inputs and not any(n.op == fused_ops.OP_NAME and n.options.get("x_external")
                                 for n in g.nodes):
         raise ValueError("feature_cache: the graph has no input")
-    readers: dict[int, list[int]] = {}
-    for i, n in enumerate(g.nodes):
-        for t in set(n.inputs):
-            if t >= 0:
-                readers.setdefault(t, []).append(i)
+    readers = _consumers(g)
     first = next((i for i, n in enumerate(g.nodes)
                   if n.op == fused_ops.OP_NAME and n.options.get("x_external")), None)
     if first is None:  # the image is graph input 0: its one reader must be a fused block

@@ -192,6 +192,13 @@ class HostSimulator:
         """The cached features' description (convert(feature_cache=True)), else None."""
         return self._cache
 
+    def _need_cache(self, what: str) -> dict:
+        """The feature cache's description; ValueError naming `what` when there is none."""
+        if self._cache is None:
+            raise ValueError(f"{what}: the artifact has no feature cache (convert(..., "
+                             "feature_cache=True))")
+        return self._cache
+
     def _invoke(self, x, label: np.ndarray, lr: np.ndarray, features=None) -> list[np.ndarray]:
         """invoke() on one sample (_inputs)."""
         return self.invoke(self._inputs(x, label, lr, features))
@@ -201,10 +208,8 @@ class HostSimulator:
         features (x unused, may be None: the frozen prefix is skipped)."""
         if features is None:
             raw = [self.quantize_input(x).reshape(self.input_info.shape), label, lr]
-        elif self._cache is None:
-            raise ValueError("features: the artifact has no feature cache (convert(..., "
-                             "feature_cache=True))")
         else:
+            self._need_cache("features")
             raw = [np.zeros(self.input_info.shape, np.int8), label, lr]
         if self._cache is not None:
             shape = tuple(self._cache["shape"])
@@ -220,7 +225,7 @@ class HostSimulator:
 
     def train_step(self, x, y, learning_rate: float | None = None, features=None) -> float:
         """One on-device training step on one sample (batch 1); returns the loss. With a
-        feature cache, `features` (from features() or cached_fit) replaces the image x: the
+        feature cache, `features` (from features() or fit(cache_features=True)) replaces the image x: the
         step skips the frozen prefix and trains exactly as on the image."""
         return float(self._train(x, y, learning_rate, features)[1][0])
 
@@ -232,9 +237,7 @@ class HostSimulator:
     def features(self, x) -> np.ndarray:
         """The cached features of sample x: the frozen prefix's int8 output (an inference call;
         a training step on x gives the same as its last output)."""
-        if self._cache is None:
-            raise ValueError("features: the artifact has no feature cache (convert(..., "
-                             "feature_cache=True))")
+        self._need_cache("features")
         out = self._invoke(x, self._dummy_label(), np.zeros(1, F32))
         return out[self._cache["features_output"]].copy()
 
@@ -243,9 +246,8 @@ class HostSimulator:
         """Train sample by sample; returns the mean loss of every epoch. cache_features (an
         artifact with a feature cache): keep each sample's features from its first step and
         train later epochs on them, skipping the frozen prefix (the same results)."""
-        if cache_features and self._cache is None:
-            raise ValueError("cache_features: the artifact has no feature cache (convert(..., "
-                             "feature_cache=True))")
+        if cache_features:
+            self._need_cache("cache_features")
         rng = np.random.default_rng(shuffle_seed)
         cached: dict[int, np.ndarray] = {}
         means = []
