@@ -410,7 +410,8 @@ inline void FoldedRuns(const int32_t* acc0, const int32_t* acc1, int32_t n, cons
   const int32_t* s = rq.shift + c0;
   const int32_t k_odd = 2 * rq.output_offset + 1;
   const int32_t lo = rq.act_min, hi = rq.act_max;
-  auto clamp = [lo, hi](int32_t t) {
+  // (the lambdas always inlined: GCC may otherwise call them, in a unit with more callers)
+  auto clamp = [lo, hi](int32_t t) __attribute__((always_inline)) {
     int32_t v = Ssat8Half(t);
     if constexpr (!kFull) {
       v = v < lo ? lo : v;
@@ -428,7 +429,7 @@ inline void FoldedRuns(const int32_t* acc0, const int32_t* acc1, int32_t n, cons
     const int32_t e0 = ~s0, e1 = ~s1;
     const int32_t r0 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e0);
     const int32_t r1 = static_cast<int32_t>(static_cast<uint32_t>(k_odd) << e1);
-    auto pixel = [&](const int32_t** acc, int8_t** out) {
+    auto pixel = [&](const int32_t** acc, int8_t** out) __attribute__((always_inline)) {
       int32_t a0, a1;
       Load2(acc, &a0, &a1);
       Store2(out, clamp(FoldedRequant(a0 * 2, m0, r0, e0)),
@@ -1139,7 +1140,7 @@ inline void PointwisePixelPairTo(const int8_t* in0, const int8_t* in1, int32_t i
 
 // Two input pixels of a 1x1 convolution widened once for all its output channels
 // (PairLanes::Widen), then summed two output channels of both pixels per pass (PointwisePair):
-// about 1.3 instructions per MAC instead of 2 (DotOffset3). With the DSP extension and 4 <= in_c
+// about 1.15 instructions per MAC instead of 2 (DotOffset3). With the DSP extension and 4 <= in_c
 // <= kPairMaxChannels only; elsewhere Widen returns false and the caller runs PointwisePixelTo
 // per pixel. The lanes take 4 * kPairMaxChannels bytes of stack (4 without the DSP extension).
 constexpr int32_t kPairMaxChannels = 128;
@@ -1197,21 +1198,26 @@ inline void DotPair2(const int32_t* lanes, int32_t groups, const int8_t* w0, con
                      int32_t* acc) {
   int32_t s00 = acc[0], s01 = acc[1], s10 = acc[2], s11 = acc[3];
   const int32_t* const end = lanes + 4 * groups;
-  for (; lanes != end; lanes += 4, w0 += 4, w1 += 4) {
+  while (lanes != end) {
+    int32_t l0, l1, l2, l3;  // a group's lanes by two LDRD (GCC's own takes four LDR)
+    Load2(&lanes, &l0, &l1);
+    Load2(&lanes, &l2, &l3);
     int32_t b;
     std::memcpy(&b, w0, 4);
+    w0 += 4;
     int32_t be = __sxtb16(b), bo = Sxtb16Odd(b);
-    s00 = __smlad(lanes[0], be, s00);
-    s00 = __smlad(lanes[1], bo, s00);
-    s10 = __smlad(lanes[2], be, s10);
-    s10 = __smlad(lanes[3], bo, s10);
+    s00 = __smlad(l0, be, s00);
+    s00 = __smlad(l1, bo, s00);
+    s10 = __smlad(l2, be, s10);
+    s10 = __smlad(l3, bo, s10);
     std::memcpy(&b, w1, 4);
+    w1 += 4;
     be = __sxtb16(b);
     bo = Sxtb16Odd(b);
-    s01 = __smlad(lanes[0], be, s01);
-    s01 = __smlad(lanes[1], bo, s01);
-    s11 = __smlad(lanes[2], be, s11);
-    s11 = __smlad(lanes[3], bo, s11);
+    s01 = __smlad(l0, be, s01);
+    s01 = __smlad(l1, bo, s01);
+    s11 = __smlad(l2, be, s11);
+    s11 = __smlad(l3, bo, s11);
   }
   acc[0] = s00;
   acc[1] = s01;
@@ -1253,22 +1259,23 @@ inline void PointwisePair(const PairLanesOf<kMax>& lanes, const int8_t* w, const
 #if TMT_REFERENCE_DSP
   const int32_t in_c = 4 * lanes.groups + lanes.tail;
   int32_t acc0[kPairChunk], acc1[kPairChunk];
+  const int8_t* w0 = w;  // output channel co's row
   for (int32_t c0 = 0; c0 < out_c; c0 += kPairChunk) {
     const int32_t n = out_c - c0 < kPairChunk ? out_c - c0 : kPairChunk;
-    for (int32_t k = 0; k < n; k += 2) {
-      const int32_t co = c0 + k;
-      const int8_t* w0 = w + static_cast<int64_t>(co) * in_c;
-      // an odd count's last channel: its row twice, the copy's sums unused
-      const int8_t* w1 = k + 1 < n ? w0 + in_c : w0;
-      const int32_t b0 = b ? b[co] : 0, b1 = b && k + 1 < n ? b[co + 1] : 0;
+    // two output channels per pass, by pointers (GCC's indexing of acc0 / acc1 by k takes an
+    // address computation per store): an odd count's last channel its row twice, the copy's
+    // sums unused
+    int32_t* a0 = acc0;
+    int32_t* a1 = acc1;
+    for (int32_t k = 0; k < n; k += 2, a0 += 2, a1 += 2, w0 += 2 * in_c) {
+      const bool two = k + 1 < n;
+      const int32_t b0 = b ? b[c0 + k] : 0, b1 = b && two ? b[c0 + k + 1] : 0;
       int32_t acc[4] = {b0, b1, b0, b1};
-      DotPairRows(lanes, w0, w1, acc);
-      acc0[k] = acc[0];
-      acc1[k] = acc[2];
-      if (k + 1 < n) {
-        acc0[k + 1] = acc[1];
-        acc1[k + 1] = acc[3];
-      }
+      DotPairRows(lanes, w0, two ? w0 + in_c : w0, acc);
+      a0[0] = acc[0];
+      a1[0] = acc[2];
+      a0[1] = acc[1];  // (for an odd n, past it: kPairChunk is even; an odd n is the last)
+      a1[1] = acc[3];
     }
     RequantizeRuns<true>(acc0, acc1, n, rq, c0, out0 + c0, out1 + c0);
   }
