@@ -125,7 +125,11 @@ constexpr int32_t kExpandPairMax = 32;
 
 // Expansion row r into out [e.w, c_exp]: a 1x1 unpadded expansion reads one input pixel per
 // output pixel (all in range: OutSize), two at a time where PointwisePair takes them; any other
-// geometry runs the generic ConvRow.
+// geometry runs the generic ConvRow. Not inlined: its lanes are on the stack only while it runs,
+// not in FusedIrb's frame under the depthwise and projection calls (one call per row).
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 void ExpandRow(const FusedIrbParams& p, const tflm_ref::ConvLoop& loop, const int8_t* x,
                const int8_t* w, const int32_t* b, int32_t r, int8_t* out) {
   const int32_t iy = r * p.e_stride_h;
@@ -164,6 +168,43 @@ constexpr int32_t kMaxTaps = 49;  // depthwise windows up to 7x7 take the fast p
 // 128x128 on the M7: 144 (6 x 24) saves about 1.1 M instructions per step, 96 67 K less, 256
 // saves 5 K more for 112 more bytes of stack.
 constexpr int32_t kDwPairMax = 144;
+
+// Output channels up to which a residual block's two projected pixels are buffered on the stack
+// (ProjectPair: a byte each per pixel).
+constexpr int32_t kProjPairOut = 32;
+
+// The projection (1x1 CONV_2D) [+ residual ADD] of the two horizontally adjacent output pixels
+// pix and pix + 1 from their depthwise outputs d0, d1 [c_exp]: the values of FusedIrb's project
+// of each. With the DSP extension both pixels are widened into int16 lanes once (PairLanes) and
+// two output channels of both are summed per pass (PointwisePair: each weight word loaded and
+// split once for both pixels, not once per pixel as PointwiseAccs). With a residual both
+// pixels' projections come first, then pixel pix's ADDs and pixel pix + 1's, each x[co] read
+// right before y[co] is written, as FusedIrbInPlaceLag assumes. False (nothing done) where it
+// does not apply: no DSP extension (PairLanes::Widen false), fewer than 4 or more than
+// kDwPairMax expansion channels, a residual block of more than kProjPairOut output channels.
+// Not inlined: the lanes (576 bytes) are on the stack only while it runs, not in FusedIrb's
+// frame under every call. MobileNetV2-w0.35 128x128 on the M7: lanes of 96 channels, the
+// 144-channel blocks in parts (PointwisePairParts), took 50 K instructions more per step for
+// 80 B less of the step's stack.
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+bool ProjectPair(const FusedIrbParams& p, const int8_t* d0, const int8_t* d1, const int8_t* w,
+                 const int32_t* b, const Requant& rq, int64_t pix, const int8_t* x, int8_t* y) {
+  if (p.residual && p.c_out > kProjPairOut) return false;
+  tflm_ref::PairLanesOf<kDwPairMax> lanes;  // (4 bytes per channel)
+  if (!lanes.Widen(d0, d1, p.c_exp, p.p_in_offset)) return false;
+  int8_t* yp = y + pix * p.c_out;
+  int8_t v[2][kProjPairOut];  // with a residual, the projections before the ADDs
+  tflm_ref::PointwisePair(lanes, w, b, rq, p.c_out, p.residual ? v[0] : yp,
+                          p.residual ? v[1] : yp + p.c_out);
+  if (!p.residual) return true;
+  const int8_t* xp = x + pix * p.x.c;  // same dims as y then
+  for (int32_t k = 0; k < 2; ++k, xp += p.x.c, yp += p.c_out) {
+    for (int32_t co = 0; co < p.c_out; ++co) yp[co] = AddResidual(p, xp[co], v[k][co]);
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -530,7 +571,8 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
       const int32_t step = p.d_stride_w * C;
       int32_t ox = in0, off = 0;
       // two pixels at a time where both windows are 3x3 grids (2 or 3 rows) and dpix2 holds C:
-      // one DepthwiseTapsGridPair (each tap's weights loaded once for both), then both projected.
+      // one DepthwiseTapsGridPair (each tap's weights loaded once for both), then both projected
+      // together (ProjectPair: each projection weight loaded once for both) or one by one.
       // (Pixel ox + 1's depthwise reads its source before pixel ox's projection writes y: reads
       // only earlier than one pixel at a time, of bytes FusedIrbInPlaceLag keeps unwritten.)
       if (n.grid_3x3 && n.grid_rows > 1 && n.grid_cols == 3 && (n.pad == 0 || pad_in == 0) &&
@@ -541,8 +583,11 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
         for (; ox + 1 < in1; ox += 2, off += 2 * step) {
           pair(src[0] + off, src[3] + off, (n.grid_rows > 2 ? src[6] : src[0]) + off, col_step,
                step, w_d + src_w[0], 3 * C, C, b_d, C, p.d_in_offset, d_rq, dpix, dpix2);
-          project(ox, dpix);
-          project(ox + 1, dpix2);
+          if (!ProjectPair(p, dpix, dpix2, w_p, b_p, p_rq, static_cast<int64_t>(oy) * p.y.w + ox,
+                           x, y)) {
+            project(ox, dpix);
+            project(ox + 1, dpix2);
+          }
         }
       }
       for (; ox < in1; ++ox, off += step) pixel(ox, off);
