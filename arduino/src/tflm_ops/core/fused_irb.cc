@@ -145,8 +145,9 @@ void ExpandRow(const FusedIrbParams& p, const tflm_ref::ConvLoop& loop, const in
                                        out + (ox + 1) * p.c_exp);
       }
     }
-    // (16 input channels: PointwiseAccsNarrow with the lanes in registers is faster)
-    if (p.x.c > 16 && tflm_ref::PairLanesOf<kExpandPairMax>::Takes(p.x.c)) {
+    // (16 input channels too: with DotPair2's LDRD lanes, MobileNetV2-w0.35's 16 -> 96 blocks
+    // take about 4% fewer instructions than by PointwiseAccsNarrow<4> one pixel at a time)
+    if (p.x.c >= 16 && tflm_ref::PairLanesOf<kExpandPairMax>::Takes(p.x.c)) {
       tflm_ref::PairLanesOf<kExpandPairMax> lanes;
       for (; ox + 2 <= p.e.w; ox += 2) {
         lanes.Widen(xr + ox * step, xr + (ox + 1) * step, p.x.c, p.x_offset);
