@@ -106,6 +106,19 @@ def test_requantization_fast_path_bit_exact(cpu):
 
 
 @pytest.mark.parametrize("cpu", CPUS)
+def test_fused_residual_add_bit_exact(cpu):
+    """fused_irb.cc's AddResidualRun (AddStage: the ADD's three multiplications by SMMULR and
+    one rounding shift each) equals AddResidual (TFLM's reference ADD arithmetic) on every int8
+    pair, for 400 random add.cc-style parameter sets."""
+    elf = _build("fused_add_test", cpu, [ROOT / "tflm_ops/tests/fused_add_test.cc"],
+                 [ROOT / "tflm_ops/core/training_ops.cc"])
+    res = cmbuild.run_qemu(elf, cpu, [], timeout=600)
+    print(f"\n{cpu}: {res.stdout.strip()}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "fused_add_test: 26214400 checked, 0 mismatches, 400 fast" in res.stdout
+
+
+@pytest.mark.parametrize("cpu", CPUS)
 def test_dsp_weight_gradient_bit_exact(cpu, tmp_path):
     import golden_cases
 

@@ -112,6 +112,59 @@ inline int8_t AddResidual(const FusedIrbParams& p, int32_t xv, int32_t pv) {
   return static_cast<int8_t>(v);
 }
 
+#if TMT_REFERENCE_DSP
+// MultiplyByQuantizedMultiplier(x, m, -e) (its DSP path) for e in [0, 30], 0 <= m < 2^31 and
+// |x| < 2^29, given x2 = 2x, r = 2^e and e1 = e + 1, in four instructions. That path computes
+// h = SMMULR(2x, m) (= Srdhm(x, m)), then for e >= 1 SmallRightShift's (h + 2^(e-1) - n) >> e,
+// n = [h < 0], and for e = 0 (its left-shift path, shift 0) h itself. Both are
+// (2h + 2^e - n) >> (e + 1): for e = 0, (2h + 1 - n) >> 1 = h; for e >= 1 the numerators
+// 2h + 2^e - n and 2 (h + 2^(e-1) - n) differ only for n = 1, by one, and the odd 2h + 2^e - 1
+// is no multiple of 2^(e+1), so the floors agree. |h| <= |x| + 1 < 2^29 + 1: 2h + 2^e fits int32.
+inline int32_t AddStage(int32_t x2, int32_t m, int32_t r, int32_t e1) {
+  int32_t h;
+  __asm__("smmulr %0, %1, %2" : "=r"(h) : "r"(x2), "r"(m));
+  return (2 * h + r - static_cast<int32_t>(static_cast<uint32_t>(h) >> 31)) >> e1;
+}
+#endif
+
+// y[co] = AddResidual(p, x[co], v[co]) for co < n, in order: each x[co] read right before y[co]
+// is written (y may overlap x, FusedIrbInPlaceLag). With the DSP extension, where the left shift
+// is at most 20, every shift in [-30, 0], every multiplier >= 0 and the x and projection ones at
+// most 1/2 (as add.cc's for int8, each input's scale over twice the larger), the three
+// multiplications by AddStage: the inputs (v + offset) << left_shift are under 2^28 in
+// magnitude, each scaled one at most 2^27 + 1 (m <= 2^30 with e = 0, or e >= 1), their sum at
+// most 2^28 + 2. Otherwise AddResidual per element.
+void AddResidualRun(const FusedIrbParams& p, const int8_t* x, const int8_t* v, int32_t n,
+                    int8_t* y) {
+#if TMT_REFERENCE_DSP
+  auto half = [](int32_t m, int32_t shift) {
+    return m >= 0 && (shift < 0 || m <= (int32_t{1} << 30));
+  };
+  if (p.add_left_shift >= 0 && p.add_left_shift <= 20 && p.add_shift_x >= -30 &&
+      p.add_shift_x <= 0 && p.add_shift_p >= -30 && p.add_shift_p <= 0 &&
+      p.add_out_shift >= -30 && p.add_out_shift <= 0 && p.add_out_mult >= 0 &&
+      half(p.add_mult_x, p.add_shift_x) && half(p.add_mult_p, p.add_shift_p)) {
+    // (locals: the int8 stores may alias p, they cannot alias these)
+    const int32_t ls1 = p.add_left_shift + 1;
+    const int32_t off_x = p.add_offset_x, off_p = p.add_offset_p;
+    const int32_t mx = p.add_mult_x, mp = p.add_mult_p, mo = p.add_out_mult;
+    const int32_t ex = -p.add_shift_x, ep = -p.add_shift_p, eo = -p.add_out_shift;
+    const int32_t rx = int32_t{1} << ex, rp = int32_t{1} << ep, ro = int32_t{1} << eo;
+    const int32_t out_off = p.add_out_offset, lo = p.add_act_min, hi = p.add_act_max;
+    for (int32_t co = 0; co < n; ++co) {
+      const int32_t sx = AddStage((x[co] + off_x) << ls1, mx, rx, ex + 1);
+      const int32_t sp = AddStage((v[co] + off_p) << ls1, mp, rp, ep + 1);
+      int32_t r = AddStage((sx + sp) * 2, mo, ro, eo + 1) + out_off;
+      r = r < lo ? lo : r;
+      r = r > hi ? hi : r;
+      y[co] = static_cast<int8_t>(r);
+    }
+    return;
+  }
+#endif
+  for (int32_t co = 0; co < n; ++co) y[co] = AddResidual(p, x[co], v[co]);
+}
+
 // One pixel of a 1x1 convolution: in [in_c] -> out [out_c] (reference FullyConnectedPerChannel /
 // ConvPerChannel with a 1x1 kernel), w [out_c, in_c].
 inline void Pointwise(const int8_t* in, int32_t in_c, int32_t in_offset, const int8_t* w,
@@ -171,7 +224,7 @@ constexpr int32_t kMaxTaps = 49;  // depthwise windows up to 7x7 take the fast p
 constexpr int32_t kDwPairMax = 144;
 
 // Output channels up to which a residual block's two projected pixels are buffered on the stack
-// (ProjectPair: a byte each per pixel).
+// (ProjectPair, and the one-pixel projection's AddResidualRun: a byte each per pixel).
 constexpr int32_t kProjPairOut = 32;
 
 // The projection (1x1 CONV_2D) [+ residual ADD] of the two horizontally adjacent output pixels
@@ -201,9 +254,8 @@ bool ProjectPair(const FusedIrbParams& p, const int8_t* d0, const int8_t* d1, co
                           p.residual ? v[1] : yp + p.c_out);
   if (!p.residual) return true;
   const int8_t* xp = x + pix * p.x.c;  // same dims as y then
-  for (int32_t k = 0; k < 2; ++k, xp += p.x.c, yp += p.c_out) {
-    for (int32_t co = 0; co < p.c_out; ++co) yp[co] = AddResidual(p, xp[co], v[k][co]);
-  }
+  AddResidualRun(p, xp, v[0], p.c_out, yp);
+  AddResidualRun(p, xp + p.x.c, v[1], p.c_out, yp + p.c_out);
   return true;
 }
 
@@ -520,10 +572,17 @@ Status FusedIrb(const FusedIrbParams& p, const int8_t* x, const int8_t* w_e, con
       int8_t* yp = y + pix * p.c_out;
       if (p.residual) {
         // x[co] is read right before y[co] is written, channel by channel, as FusedIrbInPlaceLag
-        // assumes (the dot products read only dp and the weights)
+        // assumes (the dot products read only dp and the weights): up to kProjPairOut channels
+        // the projection first, then AddResidualRun
         const int8_t* xp = x + pix * p.x.c;  // same dims as y then
-        tflm_ref::PointwisePixel(dp, C, p.p_in_offset, w_p, b_p, p_rq, p.c_out,
-                                 [&](int32_t co, int8_t pv) { yp[co] = AddResidual(p, xp[co], pv); });
+        if (p.c_out <= kProjPairOut) {
+          int8_t v[kProjPairOut];
+          Pointwise(dp, C, p.p_in_offset, w_p, b_p, p_rq, p.c_out, v);
+          AddResidualRun(p, xp, v, p.c_out, yp);
+        } else {
+          tflm_ref::PointwisePixel(dp, C, p.p_in_offset, w_p, b_p, p_rq, p.c_out,
+                                   [&](int32_t co, int8_t pv) { yp[co] = AddResidual(p, xp[co], pv); });
+        }
       } else {
         Pointwise(dp, C, p.p_in_offset, w_p, b_p, p_rq, p.c_out, yp);
       }
