@@ -164,6 +164,26 @@ def test_streamed_input_with_feature_cache(calib16):
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
+def test_search_memory_model_plans_the_cached_artifact(pair, calib16):
+    # plan_sparse_update(feature_cache=True) budgets with the planner of the artifact convert()
+    # makes with feature_cache=True: the features are an input live for the whole step
+    from tfmicro_train import search
+
+    case, plain, cached = pair
+    update = tmt.SparseUpdate.preset("last", 10) if case == "last" else BLOCK2_TRAINS
+    m = irb_net()
+    peaks = {}
+    for art, flag in ((plain, False), (cached, True)):
+        mm = search.MemoryModel(m, calib16, feature_cache=flag)
+        peaks[flag] = mm.measure(update)[0]
+        assert peaks[flag] == art.memory_report().peak_sram_bytes, (case, flag)
+    assert peaks[True] > peaks[False]
+    # a scheme training the stem (which reads the image) has no cache: it fits no budget
+    stem = tmt.SparseUpdate.preset("full", 10)
+    assert search.MemoryModel(m, calib16, feature_cache=True).measure(stem)[0] == search.NOT_CONVERTIBLE
+    assert search.MemoryModel(m, calib16).measure(stem)[0] < search.NOT_CONVERTIBLE
+
+
 # --------------------------------------------------------------------------- TFLM on this host
 
 

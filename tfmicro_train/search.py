@@ -20,6 +20,7 @@ import numpy as np
 
 from .autodiff import differentiate
 from .emit import emit
+from .fuse import feature_cache as cache_frozen_prefix
 from .fuse import stream_input as stream_first_input
 from .graph import Graph, from_tflite
 from .importer import WEIGHT_OPS, import_model
@@ -177,18 +178,21 @@ def contribution_analysis(model, train_data, val_data, bias_ks=None, layers=None
     return out
 
 
-# MemoryModel(stream_input=True)'s peak for a scheme that cannot stream its input (it trains the
-# first fused block): no budget admits it.
-UNSTREAMABLE = 1 << 62
+# MemoryModel's peak for a scheme that convert() refuses with its stream_input=True or
+# feature_cache=True (the scheme trains the first fused block, which reads the image): no budget
+# admits it.
+NOT_CONVERTIBLE = 1 << 62
+UNSTREAMABLE = NOT_CONVERTIBLE
 
 
 class MemoryModel:
     """Peak SRAM and flash of any sparse scheme of one model, by the converter's own planner."""
 
     def __init__(self, model, representative_data, loss_head: str = "softmax", fuse: bool = True,
-                 requant: bool = True, stream_input: bool = False):
+                 requant: bool = True, stream_input: bool = False, feature_cache: bool = False):
         self.fuse, self.requant = fuse, requant  # as convert(fuse=, flash_requant=)
         self.stream_input = stream_input  # as convert(stream_input=)
+        self.feature_cache = feature_cache  # as convert(feature_cache=)
         self.imported = import_model(model, representative_data, loss_head)
         self.base: Graph = from_tflite(self.imported.model)
         for ref in self.imported.layers:
@@ -225,18 +229,22 @@ class MemoryModel:
             plan = resolve(update, self.imported.layers, self.channels)
             differentiate(g, plan, self.head, True, 0)
             lower(g, fuse=self.fuse, flash_requant=self.requant)
-            streams = True
-            if self.stream_input:
-                try:
-                    stream_first_input(g)
-                except ValueError:  # the scheme trains what reads the image: convert() refuses it
-                    streams = False
+            converts = True
+            # as convert(): the streamed input first, then the feature cache; each refuses a
+            # scheme that trains what reads the image
+            for on, rewrite in ((self.stream_input, stream_first_input),
+                                (self.feature_cache, cache_frozen_prefix)):
+                if on and converts:
+                    try:
+                        rewrite(g)
+                    except ValueError:
+                        converts = False
             mem = plan_memory(g)
             self.plans[key] = mem
             data = emit(g, {"head": self.head}, mem.offsets)
             if self.keep_flatbuffers:
                 self.flatbuffers[key] = data
-            self.cache[key] = (mem.peak_sram_bytes if streams else UNSTREAMABLE, len(data))
+            self.cache[key] = (mem.peak_sram_bytes if converts else NOT_CONVERTIBLE, len(data))
         return key
 
 
@@ -246,8 +254,8 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
                        learning_rate: float = 0.05, batch_size: int = 1,
                        population: int = 32, generations: int = 25,
                        seed: int = 0, cache_dir: str | None = None, verbose: bool = True,
-                       return_plan: bool = False,
-                       stream_input: bool = False) -> SparseUpdate | SparsePlan:
+                       return_plan: bool = False, stream_input: bool = False,
+                       feature_cache: bool = False) -> SparseUpdate | SparsePlan:
     """The SparseUpdate with the largest summed contribution whose training step fits the budget.
 
     train_data / val_data: (x, y) arrays of the target task. The classifier always trains.
@@ -255,7 +263,8 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
     reproducible; contribution runs are cached in `cache_dir` when given. stream_input: plan
     the memory of artifacts converted with convert(..., stream_input=True) (the image outside
     the arena; a scheme that trains the block reading the image cannot stream and fits no
-    budget).
+    budget). feature_cache: the same for convert(..., feature_cache=True) (the cached features
+    are a graph input live for the whole step).
     """
     import keras
 
@@ -266,7 +275,7 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
                                     learning_rate, batch_size, seed, cache_dir, verbose)
     rep = representative_data if representative_data is not None else [
         x_train[i:i + 1] for i in range(min(64, len(x_train)))]
-    mem = MemoryModel(model, rep, stream_input=stream_input)
+    mem = MemoryModel(model, rep, stream_input=stream_input, feature_cache=feature_cache)
     n = len(mem.imported.layers)
     classifier = n - 1
     ks = sorted(contrib.bias)
@@ -328,7 +337,13 @@ def plan_sparse_update(model, train_data, val_data, memory_budget_kb: float,
     best = max(scored, key=lambda gnm: scored[gnm][0])
     score, peak, flash = scored[best]
     if score <= -1e9:
-        smallest = min(v[1] for v in scored.values()) / 1024
+        smallest = min(v[1] for v in scored.values())
+        if smallest >= NOT_CONVERTIBLE:
+            what = " and ".join(f"{n}=True" for n, on in (("stream_input", stream_input),
+                                                          ("feature_cache", feature_cache)) if on)
+            raise ValueError(f"no sparse update tried can be converted with {what}: each trains "
+                             "the first fused block, which reads the image")
+        smallest /= 1024
         flash_text = "" if flash_budget is None else f" and {flash_budget_kb} KB of flash"
         raise ValueError(f"no sparse update fits memory_budget_kb={memory_budget_kb} KB of SRAM"
                          f"{flash_text}; the smallest scheme tried needs {smallest:.1f} KB")

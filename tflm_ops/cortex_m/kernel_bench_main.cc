@@ -3,13 +3,30 @@
 // PLAN is a text file, one kernel call per line (written by benchmarks/cortex_m.py):
 //   <label> <kind> OH OW CO KH KW IH IW CI SH SW PT PL N
 // kind: conv_input_grad | dw_input_grad | conv_weight_update | conv_weight_update_dsp |
-//       dw_weight_update | bias_update | conv_forward | dw_forward
+//       dw_weight_update | bias_update | conv_forward | dw_forward |
+//       tflm_conv_input_grad | tflm_dw_input_grad | tflm_conv_weight_grad | tflm_dw_weight_grad
 // (g / output [OH, OW, CO], x / input [IH, IW, CI], weights [CO, KH, KW, CI] or [1, KH, KW, C],
 // N = update_channels). conv_forward / dw_forward are TFLM's reference int8 kernels
 // (reference_integer_ops::ConvPerChannel / DepthwiseConvPerChannel, what TFLM's CONV_2D and
-// DEPTHWISE_CONV_2D run without an optimized kernel library); they need TMT_WITH_TFLM_REFERENCE
-// and TFLM's include paths. Data are pseudo-random (fixed seed); each call runs once to warm up
-// and once measured. Prints "<label> <kind> insns <n>" per line, then "done".
+// DEPTHWISE_CONV_2D run without an optimized kernel library). The tflm_* kinds are the same
+// gradients as our conv_input_grad / dw_input_grad / conv_weight_update / dw_weight_update of
+// that line, computed as a TFLM user would with TFLM's reference int8 kernels (TFLM has no
+// training ops; the paper's "full update with TFLM kernels"), the cheaper where two fit:
+//   conv input grad   TransposeConv (TFLM's TRANSPOSE_CONV: the gradient of a convolution with
+//                     respect to its input), or for a 1x1 stride-1 conv ConvPerChannel with the
+//                     transposed weights [CI, 1, 1, CO];
+//   conv weight grad  1x1 stride 1: FullyConnected of g^T [CO, OH*OW] by x^T [CI, OH*OW];
+//                     otherwise ConvPerChannel of x^T [CI, IH, IW, 1] by g^T [CO, OH, OW, 1]
+//                     with dilation = the stride -> [CI, KH, KW, CO];
+//   dw input grad     DepthwiseConvPerChannel of g with the rotated kernel, for stride s as
+//                     s*s stride-1 calls, one per output phase with the taps that reach it;
+//   dw weight grad    DepthwiseConvPerChannel of x by g [1, OH, OW, C] with dilation = the
+//                     stride -> [1, KH, KW, C].
+// Only the multiply-accumulate kernels: the transposes, the dyn-quant scaling and the weight
+// update itself are not counted (they would only add). These need TMT_WITH_TFLM_REFERENCE and
+// TFLM's include paths. Data are pseudo-random (fixed seed); each call runs once to warm up and
+// once measured (the tflm_* kinds once: their cost does not depend on a warm-up under QEMU).
+// Prints "<label> <kind> insns <n>" per line, then "done".
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +40,8 @@
 #if defined(TMT_WITH_TFLM_REFERENCE)
 #include "tensorflow/lite/kernels/internal/reference/integer_ops/conv.h"
 #include "tensorflow/lite/kernels/internal/reference/integer_ops/depthwise_conv.h"
+#include "tensorflow/lite/kernels/internal/reference/integer_ops/fully_connected.h"
+#include "tensorflow/lite/kernels/internal/reference/integer_ops/transpose_conv.h"
 #endif
 
 #if defined(__arm__)
@@ -73,6 +92,149 @@ unsigned long long Measure(Fn fn) {
   fn();
   return Stop();
 }
+
+template <typename Fn>
+unsigned long long MeasureOnce(Fn fn) {
+  Start();
+  fn();
+  return Stop();
+}
+
+#if defined(TMT_WITH_TFLM_REFERENCE)
+// The parameters every TFLM reference int8 call below takes (values do not change the cost).
+template <typename P>
+P RefParams(int32_t pad_h, int32_t pad_w, int32_t stride_h, int32_t stride_w, int32_t dil_h,
+            int32_t dil_w) {
+  P p = {};
+  p.padding_values.height = static_cast<int16_t>(pad_h);
+  p.padding_values.width = static_cast<int16_t>(pad_w);
+  p.stride_height = static_cast<int16_t>(stride_h);
+  p.stride_width = static_cast<int16_t>(stride_w);
+  p.dilation_height_factor = static_cast<int16_t>(dil_h);
+  p.dilation_width_factor = static_cast<int16_t>(dil_w);
+  p.input_offset = 3;
+  p.output_offset = -5;
+  p.quantized_activation_min = -128;
+  p.quantized_activation_max = 127;
+  return p;
+}
+
+tflite::RuntimeShape Shape4(int32_t a, int32_t b, int32_t c, int32_t d) {
+  const int32_t dims[4] = {a, b, c, d};
+  return tflite::RuntimeShape(4, dims);
+}
+
+// DepthwiseConvPerChannel of in [1, ih, iw, c] by a [1, kh, kw, c] kernel -> [1, oh, ow, c].
+unsigned long long RefDepthwise(int32_t ih, int32_t iw, int32_t c, int32_t kh, int32_t kw,
+                                int32_t oh, int32_t ow, int32_t pad_h, int32_t pad_w,
+                                int32_t dil_h, int32_t dil_w) {
+  std::vector<int8_t> in = Random(static_cast<size_t>(ih * iw * c));
+  std::vector<int8_t> k = Random(static_cast<size_t>(kh * kw * c));
+  std::vector<int8_t> out(static_cast<size_t>(oh * ow * c));
+  std::vector<int32_t> mult(static_cast<size_t>(c), 1 << 30), shift(static_cast<size_t>(c), -8);
+  auto dp = RefParams<tflite::DepthwiseParams>(pad_h, pad_w, 1, 1, dil_h, dil_w);
+  dp.depth_multiplier = 1;
+  const int32_t bias_dims[1] = {c};
+  return MeasureOnce([&] {
+    tflite::reference_integer_ops::DepthwiseConvPerChannel(
+        dp, mult.data(), shift.data(), Shape4(1, ih, iw, c), in.data(), Shape4(1, kh, kw, c),
+        k.data(), tflite::RuntimeShape(1, bias_dims), nullptr, Shape4(1, oh, ow, c), out.data());
+  });
+}
+
+// ConvPerChannel of in [b, ih, iw, ci] by [co, kh, kw, ci] -> [b, oh, ow, co], stride 1.
+unsigned long long RefConv(int32_t b, int32_t ih, int32_t iw, int32_t ci, int32_t co, int32_t kh,
+                           int32_t kw, int32_t oh, int32_t ow, int32_t pad_h, int32_t pad_w,
+                           int32_t dil_h, int32_t dil_w) {
+  std::vector<int8_t> in = Random(static_cast<size_t>(b * ih * iw * ci));
+  std::vector<int8_t> k = Random(static_cast<size_t>(co * kh * kw * ci));
+  std::vector<int8_t> out(static_cast<size_t>(b * oh * ow * co));
+  std::vector<int32_t> mult(static_cast<size_t>(co), 1 << 30), shift(static_cast<size_t>(co), -8);
+  const auto cp = RefParams<tflite::ConvParams>(pad_h, pad_w, 1, 1, dil_h, dil_w);
+  const int32_t bias_dims[1] = {co};
+  return MeasureOnce([&] {
+    tflite::reference_integer_ops::ConvPerChannel(
+        cp, mult.data(), shift.data(), Shape4(b, ih, iw, ci), in.data(), Shape4(co, kh, kw, ci),
+        k.data(), tflite::RuntimeShape(1, bias_dims), static_cast<const int32_t*>(nullptr),
+        Shape4(b, oh, ow, co), out.data());
+  });
+}
+
+// The line's gradients with TFLM's reference kernels (see the kinds at the top).
+unsigned long long RunTflmGradient(const Line& l, const std::string& kind) {
+  const bool pointwise = l.kh == 1 && l.kw == 1 && l.sh == 1 && l.sw == 1 && l.pt == 0 &&
+                         l.pl == 0 && l.oh == l.ih && l.ow == l.iw;
+  if (kind == "tflm_conv_input_grad") {
+    // g [OH, OW, CO] -> [IH, IW, CI] through the forward weights [CO, KH, KW, CI]
+    std::vector<int8_t> g = Random(static_cast<size_t>(l.oh * l.ow * l.co));
+    std::vector<int8_t> w = Random(static_cast<size_t>(l.co * l.kh * l.kw * l.ci));
+    std::vector<int8_t> out(static_cast<size_t>(l.ih * l.iw * l.ci));
+    std::vector<int32_t> scratch(out.size());
+    std::vector<int32_t> mult(static_cast<size_t>(l.ci), 1 << 30), shift(static_cast<size_t>(l.ci), -8);
+    const auto cp = RefParams<tflite::ConvParams>(l.pt, l.pl, l.sh, l.sw, 1, 1);
+    const int32_t bias_dims[1] = {l.ci};
+    const tflite::RuntimeShape none;
+    unsigned long long n = MeasureOnce([&] {
+      tflite::reference_integer_ops::TransposeConv(
+          cp, mult.data(), shift.data(), Shape4(1, l.oh, l.ow, l.co), g.data(),
+          Shape4(l.ci, l.kh, l.kw, l.co), w.data(), tflite::RuntimeShape(1, bias_dims), nullptr,
+          Shape4(1, l.ih, l.iw, l.ci), out.data(), none, nullptr, scratch.data());
+    });
+    if (pointwise) {
+      const unsigned long long c = RefConv(1, l.oh, l.ow, l.co, l.ci, 1, 1, l.ih, l.iw, 0, 0, 1, 1);
+      if (c < n) n = c;
+    }
+    return n;
+  }
+  if (kind == "tflm_conv_weight_grad") {
+    if (pointwise) {
+      // dW [CO, CI] = g^T [CO, P] x^T [CI, P]^T, P = OH * OW
+      const int32_t pos = l.oh * l.ow;
+      std::vector<int8_t> gt = Random(static_cast<size_t>(l.co * pos));
+      std::vector<int8_t> xt = Random(static_cast<size_t>(l.ci * pos));
+      std::vector<int8_t> out(static_cast<size_t>(l.co * l.ci));
+      tflite::FullyConnectedParams fp = {};
+      fp.input_offset = 3;
+      fp.output_offset = -5;
+      fp.output_multiplier = 1 << 30;
+      fp.output_shift = -8;
+      fp.quantized_activation_min = -128;
+      fp.quantized_activation_max = 127;
+      const int32_t in_dims[2] = {l.co, pos};
+      const int32_t f_dims[2] = {l.ci, pos};
+      const int32_t o_dims[2] = {l.co, l.ci};
+      const int32_t bias_dims[1] = {l.ci};
+      return MeasureOnce([&] {
+        tflite::reference_integer_ops::FullyConnected<int8_t, int8_t, int8_t, int32_t>(
+            fp, tflite::RuntimeShape(2, in_dims), gt.data(), tflite::RuntimeShape(2, f_dims),
+            xt.data(), tflite::RuntimeShape(1, bias_dims), nullptr, tflite::RuntimeShape(2, o_dims),
+            out.data());
+      });
+    }
+    // dW^T [CI, KH, KW, CO]: batches = CI, one input channel, g^T as the kernel
+    return RefConv(l.ci, l.ih, l.iw, 1, l.co, l.oh, l.ow, l.kh, l.kw, l.pt, l.pl, l.sh, l.sw);
+  }
+  if (kind == "tflm_dw_input_grad") {
+    // output phase (py, px) of the input gradient: the taps ky with (py + pt - ky) % sh == 0
+    unsigned long long n = 0;
+    for (int32_t py = 0; py < l.sh; ++py) {
+      for (int32_t px = 0; px < l.sw; ++px) {
+        int32_t ty = 0, tx = 0;
+        for (int32_t k = 0; k < l.kh; ++k) ty += ((py + l.pt - k) % l.sh + l.sh) % l.sh == 0;
+        for (int32_t k = 0; k < l.kw; ++k) tx += ((px + l.pl - k) % l.sw + l.sw) % l.sw == 0;
+        const int32_t oh = (l.ih - py + l.sh - 1) / l.sh, ow = (l.iw - px + l.sw - 1) / l.sw;
+        if (ty == 0 || tx == 0 || oh <= 0 || ow <= 0) continue;
+        n += RefDepthwise(l.oh, l.ow, l.co, ty, tx, oh, ow, ty - 1, tx - 1, 1, 1);
+      }
+    }
+    return n;
+  }
+  if (kind == "tflm_dw_weight_grad") {
+    return RefDepthwise(l.ih, l.iw, l.ci, l.oh, l.ow, l.kh, l.kw, l.pt, l.pl, l.sh, l.sw);
+  }
+  return ~0ull;
+}
+#endif
 
 unsigned long long Run(const Line& l) {
   const core::Hwc g_dims{l.oh, l.ow, l.co};
@@ -129,6 +291,7 @@ unsigned long long Run(const Line& l) {
     });
   }
 #if defined(TMT_WITH_TFLM_REFERENCE)
+  if (kind.compare(0, 5, "tflm_") == 0) return RunTflmGradient(l, kind);
   std::vector<int32_t> mult(static_cast<size_t>(l.co), 1 << 30), shift(static_cast<size_t>(l.co), -8);
   std::vector<int32_t> bias(static_cast<size_t>(l.co), 100);
   std::vector<int8_t> y(static_cast<size_t>(g_dims.size()));
