@@ -192,14 +192,15 @@ def cmsis_nn_include(tflm) -> Path | None:
 
 
 def build_kernel_bench(tflm) -> Path:
-    defines, flags, libs = [], [], []
+    defines, flags, libs, sources = [], [], [], [ROOT / "tflm_ops/cortex_m/kernel_bench_main.cc"]
     if not isinstance(tflm, str):
         defines, flags, libs = ["TMT_WITH_TFLM_REFERENCE"], list(tflm.flags), [str(tflm.lib)]
         cmsis = cmsis_nn_include(tflm)
         if cmsis:  # the cmsis_* kinds: CMSIS-NN's kernels, from the library
             defines.append("TMT_WITH_CMSIS_NN")
             flags += ["-isystem", str(cmsis)]
-    return cmbuild.build_arm("kernel_bench", CPU, [ROOT / "tflm_ops/cortex_m/kernel_bench_main.cc"],
+            sources.append(ROOT / "tflm_ops/cortex_m/kernel_bench_cmsis.cc")
+    return cmbuild.build_arm("kernel_bench", CPU, sources,
                              cmbuild.DRIVER_FLAGS,
                              [*CORE_SOURCES, ROOT / "tflm_ops/cortex_m/dsp_kernels.cc"],
                              defines=defines, extra_flags=flags, libs=libs)
