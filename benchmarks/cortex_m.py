@@ -374,7 +374,9 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
         print(f"sparse (our kernels, DSP) vs that full update: {ref['step'] / whole['sparse']:.1f}x "
               "fewer instructions")
         paper = tflm_kernels_full_update(ref_art, ref, elf, work)
-        print(f"the paper's baseline, a full update with TFLM's kernels throughout: that step with "
+        what = ("with TFLM's reference kernels for its gradient convolutions only" if cmsis else
+                "the paper's baseline, a full update with TFLM's kernels throughout")
+        print(f"{what}: that step with "
               f"its {paper['calls']} gradient convolutions ({paper['macs'] / 1e6:.1f} M MACs; "
               f"TMT_CONV/DW_INPUT_GRAD, TMT_CONV/DW_WEIGHT_UPDATE: {_fmt(paper['ours'])} portable, "
               f"update included, {paper['ours'] / paper['macs']:.1f} per MAC) computed by TFLM's "
@@ -552,9 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwhole training step in TFLM: skipped ({tflm})")
     else:
         steps = {k: tflm_step(a, tflm, work / k, False, xs, ys) for k, a in arts.items()}
+        builtins = "TFLM + CMSIS-NN's" if cmsis_nn_include(tflm) else "TFLM's reference"
         steps_dsp = {k: tflm_step(a, tflm, work / f"{k}_dsp", True, xs, ys) for k, a in arts.items()}
         print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {len(xs)} steps; forward: our "
-              "TMT_CONV / TMT_FUSED_IRB and TFLM's reference kernels for the other builtins; our ops "
+              f"TMT_CONV / TMT_FUSED_IRB and {builtins} kernels for the other builtins; our ops "
               "backward; step / forward / bwd+update: the default build, with the Cortex-M DSP "
               "paths; portable / fwd port.: every kernel core built with -DTMT_PORTABLE_ONLY; "
               "flash/RAM of the linked program from arm-none-eabi-size)")
@@ -601,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{(f'{fwd / max(fwd_macs, 1):.1f}' if fwd else '-'):>9}")
     if isinstance(tflm, str):
         print("(TFLM forward column: needs TFLM_DIR)")
+    else:
+        print("(TFLM fwd: TFLM's reference int8 kernels, whichever library TFLM_DIR has)")
     print("(weight-update rows include the per-weight requantization and stochastic rounding)")
 
     if whole:
