@@ -50,7 +50,10 @@ Printed, in one run (about 5 minutes on 2 cores with TFLM):
    portable, and against the paper's baseline, a full update with TFLM's kernels throughout:
    that step with its gradient convolutions computed by TFLM's reference kernels instead
    (TRANSPOSE_CONV, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D: kernel_bench's tflm_* kinds,
-   measured with each op's shapes); then the sparse step on a sample seen before
+   measured with each op's shapes; with a TFLM library built with OPTIMIZED_KERNEL_DIR=cmsis_nn,
+   TFLM's builtins run CMSIS-NN's kernels and the baseline's gradient convolutions are computed
+   with CMSIS-NN too: kernel_bench's cmsis_* kinds, whose outputs must equal the reference
+   kernels'); then the sparse step on a sample seen before
    (convert(feature_cache=True), each step on the sample's cached features: the frozen prefix
    does not run), which must train exactly as on the images, against the full updates;
 5. last line: `sparse vs full: <N>x fewer instructions (<what>; <model>, sparse = <scheme>;
@@ -158,8 +161,10 @@ def kernel_calls(art, prefix: str = "") -> list[KernelCall]:
     return calls
 
 
-def run_plan(elf: Path, lines: list[str], work: Path) -> dict[str, int]:
-    """Run kernel_bench on plan lines; {"<label> <kind>": instructions}."""
+def run_plan(elf: Path, lines: list[str], work: Path,
+             mismatch: dict[str, int] | None = None) -> dict[str, int]:
+    """Run kernel_bench on plan lines; {"<label> <kind>": instructions}. `mismatch` receives the
+    cmsis_* lines' "<label> <kind>": output bytes differing from TFLM's reference kernels."""
     plan = work / "plan.txt"
     plan.write_text("\n".join(lines) + "\n")
     res = cmbuild.run_qemu(elf, CPU, [str(plan)], icount=True, timeout=600)
@@ -170,14 +175,32 @@ def run_plan(elf: Path, lines: list[str], work: Path) -> dict[str, int]:
         w = ln.split()
         if len(w) == 4 and w[2] == "insns":
             out[f"{w[0]} {w[1]}"] = int(w[3])
+        elif len(w) == 4 and w[2] == "mismatch" and mismatch is not None:
+            mismatch[f"{w[0]} {w[1]}"] = int(w[3])
     return out
 
 
+def cmsis_nn_include(tflm) -> Path | None:
+    """CMSIS-NN's Include directory when the TFLM library was built with
+    OPTIMIZED_KERNEL_DIR=cmsis_nn (the library then holds CMSIS-NN's kernels), else None."""
+    if isinstance(tflm, str):
+        return None
+    inc = tflm.root / "tensorflow/lite/micro/tools/make/downloads/cmsis_nn/Include"
+    if not inc.is_dir() or b"arm_convolve_wrapper_s8" not in tflm.lib.read_bytes():
+        return None
+    return inc
+
+
 def build_kernel_bench(tflm) -> Path:
-    defines, flags, libs = [], [], []
+    defines, flags, libs, sources = [], [], [], [ROOT / "tflm_ops/cortex_m/kernel_bench_main.cc"]
     if not isinstance(tflm, str):
         defines, flags, libs = ["TMT_WITH_TFLM_REFERENCE"], list(tflm.flags), [str(tflm.lib)]
-    return cmbuild.build_arm("kernel_bench", CPU, [ROOT / "tflm_ops/cortex_m/kernel_bench_main.cc"],
+        cmsis = cmsis_nn_include(tflm)
+        if cmsis:  # the cmsis_* kinds: CMSIS-NN's kernels, from the library
+            defines.append("TMT_WITH_CMSIS_NN")
+            flags += ["-isystem", str(cmsis)]
+            sources.append(ROOT / "tflm_ops/cortex_m/kernel_bench_cmsis.cc")
+    return cmbuild.build_arm("kernel_bench", CPU, sources,
                              cmbuild.DRIVER_FLAGS,
                              [*CORE_SOURCES, ROOT / "tflm_ops/cortex_m/dsp_kernels.cc"],
                              defines=defines, extra_flags=flags, libs=libs)
@@ -337,16 +360,23 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
         # against a full update run with TFLM's kernels. First the full update with TFLM's builtin
         # reference kernels for the whole forward pass (no fused blocks, no TMT_CONV / TMT_MEAN)
         # and our portable backward build; then the same with its gradient convolutions on TFLM's
-        # reference kernels too (tflm_kernels_full_update).
+        # reference kernels too (tflm_kernels_full_update). With a TFLM library built with
+        # OPTIMIZED_KERNEL_DIR=cmsis_nn, TFLM's builtins run Arm's CMSIS-NN kernels (the strongest
+        # stock TFLM on a Cortex-M7): the forward is theirs, and the baseline's gradient
+        # convolutions are computed with CMSIS-NN too (kernel_bench cmsis_*).
+        cmsis = cmsis_nn_include(tflm) is not None
+        builtins = "TFLM + CMSIS-NN's" if cmsis else "TFLM's reference"
         ref_art = tmt.convert(model, calib, update="full", fuse=False, flash_requant=False)
         ref = tflm_step(ref_art, tflm, work / "mbv2_full_tflm_ref", False, xs, ys)
-        print(f"full update with TFLM's reference kernels forward (convert(fuse=False, "
+        print(f"full update with {builtins} kernels forward (convert(fuse=False, "
               f"flash_requant=False)) and the portable backward: step {_fmt(ref['step'])}, forward "
               f"{_fmt(ref['forward'])}, arena {ref['arena']:,} B")
         print(f"sparse (our kernels, DSP) vs that full update: {ref['step'] / whole['sparse']:.1f}x "
               "fewer instructions")
         paper = tflm_kernels_full_update(ref_art, ref, elf, work)
-        print(f"the paper's baseline, a full update with TFLM's kernels throughout: that step with "
+        what = ("with TFLM's reference kernels for its gradient convolutions only" if cmsis else
+                "the paper's baseline, a full update with TFLM's kernels throughout")
+        print(f"{what}: that step with "
               f"its {paper['calls']} gradient convolutions ({paper['macs'] / 1e6:.1f} M MACs; "
               f"TMT_CONV/DW_INPUT_GRAD, TMT_CONV/DW_WEIGHT_UPDATE: {_fmt(paper['ours'])} portable, "
               f"update included, {paper['ours'] / paper['macs']:.1f} per MAC) computed by TFLM's "
@@ -354,9 +384,19 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
               f"DEPTHWISE_CONV_2D with the layers' shapes, kernel_bench: {_fmt(paper['tflm'])}, "
               f"{paper['tflm'] / paper['macs']:.1f} per MAC; transposes and the update itself not "
               f"counted): step {_fmt(paper['step'])}")
-        print(f"sparse (our kernels, DSP) vs the full update with TFLM's kernels, the paper's "
-              f"comparison (23-25x there, STM32F746): {paper['step'] / whole['sparse']:.1f}x fewer "
-              "instructions")
+        if cmsis:
+            cm = tflm_kernels_full_update(ref_art, ref, elf, work, "cmsis")
+            print(f"the same with its gradient convolutions on CMSIS-NN's kernels (kernel_bench "
+                  f"cmsis_*: arm_transpose_conv_wrapper_s8, arm_convolve_wrapper_s8, "
+                  f"arm_fully_connected_s8, arm_depthwise_conv_wrapper_s8; outputs equal to the "
+                  f"reference kernels'): {_fmt(cm['tflm'])}, {cm['tflm'] / cm['macs']:.1f} per MAC; "
+                  f"step {_fmt(cm['step'])}, a full update with TFLM + CMSIS-NN's kernels throughout")
+            paper = {**cm, "what": "TFLM + CMSIS-NN's kernels"}
+        else:
+            paper["what"] = "TFLM's kernels"
+        print(f"sparse (our kernels, DSP) vs the full update with {paper['what']}, the paper's "
+              f"comparison (23-25x there, STM32F746, TFLM's kernels): "
+              f"{paper['step'] / whole['sparse']:.1f}x fewer instructions")
         # A sample seen before (the next epochs of a few-shot fine-tuning): the sparse artifact
         # converted with feature_cache=True, each step on the sample's cached features, so the
         # frozen prefix (the fused blocks) does not run. It must train exactly as on the image.
@@ -373,25 +413,27 @@ def paper_scale(res: int, n_steps: int, tflm, elf: Path, work: Path) -> dict:
             raise RuntimeError("the steps on cached features did not train as on the images")
         print(f"sparse on cached features vs full: {whole['full'] / cached['step']:.1f}x fewer "
               f"instructions (same kernels), {ref['step'] / cached['step']:.1f}x vs the full update "
-              f"with TFLM's reference forward, {paper['step'] / cached['step']:.1f}x vs the full "
-              "update with TFLM's kernels (the paper's comparison)")
+              f"with {builtins} forward, {paper['step'] / cached['step']:.1f}x vs the full "
+              f"update with {paper['what']} (the paper's comparison)")
     what = "TFLM step minus forward pass" if whole else "sum of our backward/update kernels"
     print(f"backward + update pass ({what}), fewer instructions than full: "
           + ", ".join(f"{n} {backward['full'] / backward[n]:.1f}x" for n in arts if n != "full"))
     return {"whole": whole, "backward": backward, "title": title,
-            "tflm_kernels_full": paper["step"] if whole else None}
+            "tflm_kernels_full": paper["step"] if whole else None,
+            "baseline_kernels": paper["what"] if whole else None}
 
 
 GRADIENT_OPS = ("TMT_CONV_INPUT_GRAD", "TMT_DW_INPUT_GRAD", "TMT_CONV_WEIGHT_UPDATE",
                 "TMT_DW_WEIGHT_UPDATE")
 
 
-def tflm_kernels_full_update(art, step: dict, elf: Path, work: Path) -> dict:
+def tflm_kernels_full_update(art, step: dict, elf: Path, work: Path, kernels: str = "tflm") -> dict:
     """The paper's baseline from a measured TFLM step of the full update `art` (`step`, from
     tflm_step): its gradient convolution ops (GRADIENT_OPS, the TFLM profiler's instructions)
     replaced by the same gradients computed with TFLM's reference kernels, each measured by
-    kernel_bench with the op's shapes (kinds tflm_*). What the rest of the step costs (forward
-    pass, loss, bias and elementwise gradient ops) is kept as measured."""
+    kernel_bench with the op's shapes (kinds tflm_*; kernels="cmsis": CMSIS-NN's kernels, kinds
+    cmsis_*, whose outputs must equal the reference kernels'). What the rest of the step costs
+    (forward pass, loss, bias and elementwise gradient ops) is kept as measured."""
     ops = step["ops"]
     if not ops:
         raise RuntimeError("the TFLM step has no per-operator profile")
@@ -399,8 +441,12 @@ def tflm_kernels_full_update(art, step: dict, elf: Path, work: Path) -> dict:
     kinds = {c.kind for c in calls}
     if kinds - {"conv_input_grad", "dw_input_grad", "conv_weight_update", "dw_weight_update"}:
         raise RuntimeError(f"unexpected kernel kinds {sorted(kinds)}")
-    lines = [c.line("tflm_" + c.kind.replace("weight_update", "weight_grad")) for c in calls]
-    res = run_plan(elf, lines, work)
+    lines = [c.line(f"{kernels}_" + c.kind.replace("weight_update", "weight_grad")) for c in calls]
+    mismatch: dict[str, int] = {}
+    res = run_plan(elf, lines, work, mismatch)
+    if any(mismatch.values()):
+        raise RuntimeError(f"{kernels}_* outputs differ from TFLM's reference kernels: "
+                           f"{ {k: v for k, v in mismatch.items() if v} }")
     tflm = sum(res.values())
     counted = sum(ops.get(op, (0, 0))[0] for op in GRADIENT_OPS)
     if counted != len(calls):
@@ -508,9 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwhole training step in TFLM: skipped ({tflm})")
     else:
         steps = {k: tflm_step(a, tflm, work / k, False, xs, ys) for k, a in arts.items()}
+        builtins = "TFLM + CMSIS-NN's" if cmsis_nn_include(tflm) else "TFLM's reference"
         steps_dsp = {k: tflm_step(a, tflm, work / f"{k}_dsp", True, xs, ys) for k, a in arts.items()}
         print(f"\nwhole training step in TFLM on the Cortex-M7 (median of {len(xs)} steps; forward: our "
-              "TMT_CONV / TMT_FUSED_IRB and TFLM's reference kernels for the other builtins; our ops "
+              f"TMT_CONV / TMT_FUSED_IRB and {builtins} kernels for the other builtins; our ops "
               "backward; step / forward / bwd+update: the default build, with the Cortex-M DSP "
               "paths; portable / fwd port.: every kernel core built with -DTMT_PORTABLE_ONLY; "
               "flash/RAM of the linked program from arm-none-eabi-size)")
@@ -557,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{(f'{fwd / max(fwd_macs, 1):.1f}' if fwd else '-'):>9}")
     if isinstance(tflm, str):
         print("(TFLM forward column: needs TFLM_DIR)")
+    else:
+        print("(TFLM fwd: TFLM's reference int8 kernels, whichever library TFLM_DIR has)")
     print("(weight-update rows include the per-weight requantization and stochastic rounding)")
 
     if whole:
@@ -567,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {backward['full'] / backward[k]:.1f}x" for k in arts if k != "full"))
     short = "digits CNN" if args.model == "digits" else "MCUNet-like 64x64"
     last = (whole or backward, short, updates["sparse"])
-    baseline = None
+    baseline, baseline_kernels = None, None
 
     # 4. the paper-scale model
     if args.paper_res:
@@ -575,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         last = (paper["whole"] or paper["backward"], paper["title"],
                 f"the paper's {PAPER_BUDGET_KB} KB scheme")
         baseline = paper["tflm_kernels_full"]
+        baseline_kernels = paper["baseline_kernels"]
 
     # the last line: with TFLM, the paper's comparison on the paper-scale model (the sparse step
     # on our kernels vs the full update with TFLM's kernels), then the same-kernel ratio; without
@@ -584,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     same = ratios["full"] / ratios["sparse"]
     if baseline:
         print(f"sparse vs full: {baseline / ratios['sparse']:.1f}x fewer instructions (whole "
-              f"training step in TFLM, our sparse update vs a full update with TFLM's kernels, "
+              f"training step in TFLM, our sparse update vs a full update with {baseline_kernels}, "
               f"the paper's comparison; {same:.1f}x vs our own full update; {on}, sparse = "
               f"{scheme}; Cortex-M7)")
     else:

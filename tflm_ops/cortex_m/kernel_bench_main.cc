@@ -4,7 +4,8 @@
 //   <label> <kind> OH OW CO KH KW IH IW CI SH SW PT PL N
 // kind: conv_input_grad | dw_input_grad | conv_weight_update | conv_weight_update_dsp |
 //       dw_weight_update | bias_update | conv_forward | dw_forward |
-//       tflm_conv_input_grad | tflm_dw_input_grad | tflm_conv_weight_grad | tflm_dw_weight_grad
+//       tflm_conv_input_grad | tflm_dw_input_grad | tflm_conv_weight_grad | tflm_dw_weight_grad |
+//       cmsis_conv_input_grad | cmsis_dw_input_grad | cmsis_conv_weight_grad | cmsis_dw_weight_grad
 // (g / output [OH, OW, CO], x / input [IH, IW, CI], weights [CO, KH, KW, CI] or [1, KH, KW, C],
 // N = update_channels). conv_forward / dw_forward are TFLM's reference int8 kernels
 // (reference_integer_ops::ConvPerChannel / DepthwiseConvPerChannel, what TFLM's CONV_2D and
@@ -26,6 +27,23 @@
 // update itself are not counted (they would only add). These need TMT_WITH_TFLM_REFERENCE and
 // TFLM's include paths. Data are pseudo-random (fixed seed); each call runs once to warm up and
 // once measured (the tflm_* kinds once: their cost does not depend on a warm-up under QEMU).
+// The cmsis_* kinds (kernel_bench_cmsis.cc, built with TMT_WITH_CMSIS_NN, CMSIS-NN's Include
+// directory on the include path and a TFLM library built with OPTIMIZED_KERNEL_DIR=cmsis_nn, which
+// holds CMSIS-NN) are the same mappings on Arm's CMSIS-NN kernels, what TFLM's TRANSPOSE_CONV /
+// CONV_2D / FULLY_CONNECTED / DEPTHWISE_CONV_2D run in that build, the cheaper where two fit:
+//   conv input grad   arm_transpose_conv_wrapper_s8, or for a 1x1 stride-1 conv
+//                     arm_convolve_wrapper_s8 (-> arm_convolve_1x1_s8_fast) with [CI, 1, 1, CO];
+//   conv weight grad  1x1 stride 1: arm_fully_connected_s8 of g^T by x^T, or the same product as
+//                     a 1x1 convolution (arm_convolve_1x1_s8_fast, what TFLM's FULLY_CONNECTED
+//                     with a 4-D output runs); otherwise arm_convolve_wrapper_s8 with dilation
+//                     (-> arm_convolve_s8, which takes dilation);
+//   dw input grad     arm_depthwise_conv_wrapper_s8 per output phase (stride 1, no dilation:
+//                     the 3x3 or the DSP "opt" kernel), with the padding that makes it exact;
+//   dw weight grad    arm_depthwise_conv_wrapper_s8 with dilation = the stride (stride 2: the
+//                     generic arm_depthwise_conv_s8, CMSIS-NN's only depthwise kernel with
+//                     dilation).
+// Each cmsis_* call also runs TFLM's reference kernel on the same data and parameters (not
+// measured) and prints "<label> <kind> mismatch <bytes>": output bytes that differ (0 = exact).
 // Prints "<label> <kind> insns <n>" per line, then "done".
 #include <cstdint>
 #include <cstdio>
@@ -46,6 +64,14 @@
 
 #if defined(__arm__)
 #include "tflm_ops/cortex_m/cm_timer.h"
+#endif
+
+#if defined(TMT_WITH_CMSIS_NN)
+namespace tmt_kernel_bench {
+// kernel_bench_cmsis.cc: a cmsis_* kind of a line's fields (OH ... N), ~0 if it cannot run;
+// *mismatch = output bytes differing from TFLM's reference kernels on the same data.
+unsigned long long CmsisGradient(const char* kind, const int* fields, unsigned long long* mismatch);
+}  // namespace tmt_kernel_bench
 #endif
 
 namespace {
@@ -236,6 +262,10 @@ unsigned long long RunTflmGradient(const Line& l, const std::string& kind) {
 }
 #endif
 
+#if defined(TMT_WITH_CMSIS_NN)
+unsigned long long g_mismatch = 0;  // of the last cmsis_* line
+#endif
+
 unsigned long long Run(const Line& l) {
   const core::Hwc g_dims{l.oh, l.ow, l.co};
   const core::Hwc x_dims{l.ih, l.iw, l.ci};
@@ -258,6 +288,12 @@ unsigned long long Run(const Line& l) {
   p.x_zero_point = -3;
   float s_out = 0;
   const std::string kind = l.kind;
+#if defined(TMT_WITH_CMSIS_NN)
+  if (kind.compare(0, 6, "cmsis_") == 0) {
+    const int fields[13] = {l.oh, l.ow, l.co, l.kh, l.kw, l.ih, l.iw, l.ci, l.sh, l.sw, l.pt, l.pl, l.n};
+    return tmt_kernel_bench::CmsisGradient(l.kind, fields, &g_mismatch);
+  }
+#endif
   if (kind == "conv_input_grad") {
     return Measure([&] {
       core::ConvInputGrad(g.data(), 0.01f, g_dims, w.data(), l.kh, l.kw, wmul.data(), 0.02f, x_dims,
@@ -368,6 +404,11 @@ int main(int argc, char** argv) {
       ++bad;
     } else {
       std::printf("%s %s insns %llu\n", l.label, l.kind, n);
+#if defined(TMT_WITH_CMSIS_NN)
+      if (std::strncmp(l.kind, "cmsis_", 6) == 0) {
+        std::printf("%s %s mismatch %llu\n", l.label, l.kind, g_mismatch);
+      }
+#endif
     }
   }
   std::fclose(f);
