@@ -57,11 +57,11 @@ Printed, in one run (about 5 minutes on 2 cores with TFLM):
    (convert(feature_cache=True), each step on the sample's cached features: the frozen prefix
    does not run), which must train exactly as on the images, against the full updates;
 5. last line: `sparse vs full: <N>x fewer instructions (<what>; <model>, sparse = <scheme>;
-   Cortex-M7)`: with TFLM and the paper-scale model, the paper's comparison (the whole sparse
-   step on our kernels vs the full update with TFLM's kernels) followed by the ratio with our
-   own full update; else the same-kernel ratio of the whole training step when TFLM is
-   configured, or of the backward + update pass (sum of our kernels), on --model with
-   --paper-res 0. The lines above give both ratios for both models.
+   Cortex-M7)`: N is the same-kernel ratio (our sparse vs our full update) of the whole training
+   step when TFLM is configured, else of the backward + update pass (sum of our kernels), on the
+   paper-scale model, or on --model with --paper-res 0; with the paper-scale model's TFLM steps
+   <what> adds the paper's comparison (our sparse step vs the full update with TFLM's kernels:
+   the reference ones, or CMSIS-NN's with such a library). The lines above give every ratio.
 """
 
 from __future__ import annotations
@@ -626,21 +626,18 @@ def main(argv: list[str] | None = None) -> int:
         baseline = paper["tflm_kernels_full"]
         baseline_kernels = paper["baseline_kernels"]
 
-    # the last line: with TFLM, the paper's comparison on the paper-scale model (the sparse step
-    # on our kernels vs the full update with TFLM's kernels), then the same-kernel ratio; without
-    # the paper-scale model's TFLM steps, the same-kernel ratio per whole training step when TFLM
-    # ran it, else per backward + update pass
+    # the last line: the same-kernel ratio (our sparse vs our full update) per whole training step
+    # when TFLM ran it, else per backward + update pass; on the paper-scale model when it ran, else
+    # on --model; with the paper-scale model's TFLM steps also the paper's comparison (our sparse
+    # step vs the full update with TFLM's kernels: the reference ones, or CMSIS-NN's when the
+    # library holds them)
     ratios, on, scheme = last
     same = ratios["full"] / ratios["sparse"]
-    if baseline:
-        print(f"sparse vs full: {baseline / ratios['sparse']:.1f}x fewer instructions (whole "
-              f"training step in TFLM, our sparse update vs a full update with {baseline_kernels}, "
-              f"the paper's comparison; {same:.1f}x vs our own full update; {on}, sparse = "
-              f"{scheme}; Cortex-M7)")
-    else:
-        kind = "whole training step in TFLM" if whole else "backward + update pass, our kernels"
-        print(f"sparse vs full: {same:.1f}x fewer instructions ({kind}; {on}, sparse = {scheme}; "
-              "Cortex-M7)")
+    kind = "whole training step in TFLM" if whole else "backward + update pass, our kernels"
+    paper_text = (f"; {baseline / ratios['sparse']:.1f}x vs a full update with {baseline_kernels}, "
+                  "the paper's comparison" if baseline else "")
+    print(f"sparse vs full: {same:.1f}x fewer instructions ({kind}, same kernels{paper_text}; {on}, "
+          f"sparse = {scheme}; Cortex-M7)")
     return 0
 
 

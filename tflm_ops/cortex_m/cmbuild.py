@@ -265,7 +265,9 @@ def find_tflm(target: str) -> Tflm | str:
         pattern = (f"gen/linux_{os.uname().machine}_default*/lib/libtensorflow-microlite.a"
                    if target == "host" else
                    f"gen/cortex_m_generic_{target}_default*/lib/libtensorflow-microlite.a")
-        found = sorted(root.glob(pattern))
+        # TFLM's reference kernels first where a checkout also holds a CMSIS-NN build
+        # (OPTIMIZED_KERNEL_DIR=cmsis_nn: bit-exact with them; TFLM_LIB_<TARGET> picks it)
+        found = sorted(root.glob(pattern), key=lambda q: ("cmsis_nn" in q.parent.parent.name, str(q)))
         if not found:
             how = "" if target == "host" else (
                 f" TARGET=cortex_m_generic TARGET_ARCH={target} OPTIMIZED_KERNEL_DIR= "
